@@ -1,0 +1,1 @@
+"""The benchmarking harness: grid specs, models, runner, metrics, results store, plots and reports."""

@@ -1,0 +1,34 @@
+"""Model presets by name. For now the analytic Gaussian mixtures, which carry exact ground truth."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.analytic import GaussianMixture
+
+
+def ring2d(n_modes: int = 8, radius: float = 1.0, std: float = 0.1) -> GaussianMixture:
+    """n_modes equal-weight isotropic Gaussians evenly spaced on a circle in 2-D."""
+    angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return GaussianMixture(means, std**2)
+
+
+def gmm_hd(dim: int = 64, n_modes: int = 16, scale: float = 0.5, std: float = 0.2, seed: int = 0) -> GaussianMixture:
+    """A higher-dimensional mixture: means N(0, scale^2 I) drawn from ``seed``, random positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    means = scale * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    weights = 0.5 + torch.rand(n_modes, generator=g, dtype=torch.float64)
+    return GaussianMixture(means, std**2, weights)
+
+
+def digits(std: float = 0.1) -> GaussianMixture:
+    """Means are the 1,797 8x8 handwritten digits shipped in scikit-learn, scaled to [-1, 1]; shape (1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    images = torch.as_tensor(load_digits().images, dtype=torch.float64)  # (1797, 8, 8), values 0..16
+    return GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
+
+
+ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits}

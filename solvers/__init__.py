@@ -1,0 +1,9 @@
+"""A library of diffusion-model samplers: torch only, usable without the benchmarking harness.
+
+    from solvers import SOLVERS, sample, DiffusionModel
+    x0 = sample("heun", DiffusionModel(net, schedule, "eps"), x_T, timesteps("logsnr", 20, schedule))
+"""
+from solvers.model import DiffusionModel
+from solvers.registry import SOLVERS, Solver, get_solver, sample
+
+__all__ = ["SOLVERS", "Solver", "DiffusionModel", "get_solver", "sample"]

@@ -1,0 +1,56 @@
+"""Denoising samplers that step through the Gaussian posterior q(x_s | x_t, x0): DDIM and DDPM.
+
+Written for any schedule with alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 -
+alpha_{t|s}^2 sigma_s^2 (Kingma et al. 2021, arXiv:2107.00630, eq. 2-3), s < t.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12).
+
+    x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z with DDIM's eq. 16 variance, which in
+    log-SNR form is c^2 = eta^2 sigma_s^2 (1 - exp(-2h)), h = lambda_s - lambda_t. eta = 0 is the
+    deterministic DDIM (first order, 1 NFE per step; equal to DPM-Solver-1); eta = 1 is DDPM's
+    posterior sampler. To first order in h, c^2 = 2 eta^2 sigma^2 h equals the eta family's noise
+    variance eta^2 g^2 |dt|, so DDIM's eta is DESIGN.md's eta.
+    """
+    schedule = model.schedule
+    times = ts.tolist()
+    for t, s in zip(times[:-1], times[1:]):
+        eps, x0 = model.eps_and_x0(x, t)
+        alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+        h = float(schedule.lambda_(s) - schedule.lambda_(t))
+        c = eta * sigma_s * math.sqrt(-math.expm1(-2 * h))
+        x = alpha_s * x0 + math.sqrt(sigma_s**2 - c**2) * eps
+        if eta > 0:
+            x = x + c * noise(t, s, x)
+    return x
+
+
+def ddpm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, variance: str = "beta_tilde") -> torch.Tensor:
+    """DDPM ancestral sampling (Ho, Jain & Abbeel 2020, arXiv:2006.11239, eq. 7 and Algorithm 2).
+
+    x_s = mean of q(x_s | x_t, x0_hat) + std z, on any time grid. ``variance="beta_tilde"`` uses the
+    posterior variance sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (then identical to DDIM with eta = 1);
+    ``variance="beta"`` uses the forward variance sigma_{t|s}^2 (DDPM's sigma_t^2 = beta_t). First
+    order, 1 NFE per step. It is the reverse SDE's discretisation: eta is fixed at 1.
+    """
+    if variance not in ("beta_tilde", "beta"):
+        raise ValueError(f"ddpm: variance must be 'beta_tilde' or 'beta', got {variance!r}")
+    schedule = model.schedule
+    times = ts.tolist()
+    for t, s in zip(times[:-1], times[1:]):
+        _, x0 = model.eps_and_x0(x, t)
+        alpha_t, sigma_t = float(schedule.alpha(t)), float(schedule.sigma(t))
+        alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+        alpha_ts = alpha_t / alpha_s
+        sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+        mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x + (alpha_s * sigma2_ts / sigma_t**2) * x0
+        var = sigma2_ts * sigma_s**2 / sigma_t**2 if variance == "beta_tilde" else sigma2_ts
+        x = mean + math.sqrt(var) * noise(t, s, x)
+    return x

@@ -1,0 +1,42 @@
+"""Linear multistep solvers in t on the probability-flow ODE."""
+from __future__ import annotations
+
+import torch
+
+from solvers.coefficients import lagrange_integrals
+from solvers.runge_kutta import rk4_step
+
+LMS_WARMUPS = ("rk4", "lower_order")
+
+
+def lms(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, order: int = 4,
+        warmup: str = "rk4") -> torch.Tensor:
+    """Variable-step Adams-Bashforth of order ``order`` (1..4) on the probability-flow ODE.
+
+    Hairer, Norsett & Wanner 1993, III.5, eq. 5.3: x_{i+1} = x_i + sum_j w_j d_{i-j}, with w_j the
+    integrals of the Lagrange basis through the last ``order`` derivative nodes; 1 NFE per step.
+    The first order - 1 steps build the history. ``warmup="rk4"`` (default) takes them with RK4
+    (3 extra NFE each), which keeps the global order equal to ``order``. ``warmup="lower_order"``
+    takes them with Adams-Bashforth of the order the history allows, as k-diffusion's
+    ``sample_lms`` does: no extra NFE, but the first step's O(h^2) local error caps the global order
+    at 2 (measured on the ring mixture under VE, n = 64..256: slope 1.87 for order 4).
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
+        raise ValueError(f"lms: order must be an integer in 1..4, got {order!r}")
+    if warmup not in LMS_WARMUPS:
+        raise ValueError(f"lms: warmup must be one of {LMS_WARMUPS}, got {warmup!r}")
+    times = ts.tolist()
+    derivatives: list[torch.Tensor] = []
+    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
+        derivatives = [model.drift(x, t)] + derivatives[: order - 1]
+        if warmup == "rk4" and len(derivatives) < order:
+            x = rk4_step(model, x, t, s, derivatives[0])
+            continue
+        weights = lagrange_integrals(times[i::-1][: len(derivatives)], t, s)
+        x = x + sum(w * d for w, d in zip(weights, derivatives))
+    return x
+
+
+def lms_warmup_nfe(n_steps: int, options: dict) -> int:
+    """Extra network evaluations of lms beyond one per step: 3 per RK4 warm-up step (options complete)."""
+    return 3 * min(options["order"] - 1, n_steps) if options["warmup"] == "rk4" else 0

@@ -1,0 +1,58 @@
+"""Noise sources for stochastic solvers.
+
+A noise source is called as ``noise(t, s, like)`` for the step from time t to time s and returns a
+standard-normal tensor shaped like ``like``. ``GaussianNoise`` draws fresh i.i.d. values from a
+seeded generator. ``BrownianNoise`` returns (W(t) - W(s)) / sqrt(|t - s|) for one Brownian path W
+fixed by its seed, so a solve on n steps and one on 2n steps see the same Brownian motion: two half
+steps' noises combine, (z_1 + z_2)/sqrt(2), into the full step's noise. That is what makes a
+step-doubling error estimate of a stochastic solver meaningful.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class GaussianNoise:
+    """Independent N(0, I) draws from ``generator`` (a torch.Generator, or None for torch's global RNG)."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        device = self.generator.device if self.generator is not None else like.device
+        z = torch.randn(like.shape, generator=self.generator, device=device, dtype=like.dtype)
+        return z.to(like.device)
+
+
+class BrownianNoise:
+    """Increments of one Brownian path on [t_min, t_max], fixed by ``seed`` (torchsde.BrownianInterval).
+
+    The path is resolved on a dyadic tree to ``tol`` in time, so any set of query points gives
+    increments of the same path: normalised increments of n and 2n step grids agree in the sense
+    above. ``like`` fixes the shape, dtype and device of the path.
+    """
+
+    def __init__(self, like: torch.Tensor, t_min: float, t_max: float, seed: int, tol: float = 1e-7):
+        import torchsde  # lazy: solvers import cheaply when no SDE path is wanted
+
+        if not t_min < t_max:
+            raise ValueError(f"BrownianNoise: need t_min < t_max, got {t_min}, {t_max}")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.shape = like.shape
+        self._path = torchsde.BrownianInterval(
+            t0=self.t_min, t1=self.t_max, size=like.shape, dtype=like.dtype, device=like.device,
+            entropy=int(seed), tol=tol, halfway_tree=True, pool_size=24,
+        )
+
+    def increment(self, t: float, s: float) -> torch.Tensor:
+        """W(max(t, s)) - W(min(t, s)), with variance |t - s| per element."""
+        lo, hi = sorted((float(t), float(s)))
+        lo, hi = max(lo, self.t_min), min(hi, self.t_max)
+        return self._path(lo, hi)
+
+    def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        if like.shape != self.shape:
+            raise ValueError(f"BrownianNoise was built for shape {tuple(self.shape)}, asked for {tuple(like.shape)}")
+        return self.increment(t, s) / math.sqrt(abs(float(t) - float(s)))

@@ -1,0 +1,158 @@
+"""The solver registry SOLVERS and ``sample``, which validates every input before the first network call."""
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from solvers import denoising, multistep, runge_kutta
+from solvers.model import DiffusionModel
+from solvers.noise import GaussianNoise
+
+STOCHASTIC_KINDS = ("ode", "sde", "both")
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One registered sampler and what the harness needs to know about it.
+
+    ``stochastic``: "ode" takes eta = 0 only; "both" takes any eta >= 0 (default 0); "sde" needs
+    eta > 0 (default 1), or exactly ``fixed_eta`` when the method has no free noise level.
+    Fixed-step solvers cost ``nfe(n) = nfe_per_step * n + nfe_extra(n, options)`` evaluations.
+    """
+
+    name: str
+    fn: Callable
+    order: int
+    stochastic: str
+    nfe_per_step: int | None
+    eta: str
+    reference: str
+    adaptive: bool = False
+    fixed_eta: float | None = None
+    nfe_extra: Callable[[int, dict], int] | None = None
+    options: dict = field(init=False)
+
+    def __post_init__(self):
+        if self.stochastic not in STOCHASTIC_KINDS:
+            raise ValueError(f"{self.name}: stochastic must be one of {STOCHASTIC_KINDS}, got {self.stochastic!r}")
+        params = inspect.signature(self.fn).parameters.values()
+        opts = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("eta", "noise")}
+        object.__setattr__(self, "options", opts)
+
+    @property
+    def default_eta(self) -> float:
+        if self.fixed_eta is not None:
+            return self.fixed_eta
+        return 1.0 if self.stochastic == "sde" else 0.0
+
+    def nfe(self, n_steps: int, **options) -> int | None:
+        """Network evaluations for ``n_steps`` steps; None for adaptive solvers (they count as they go)."""
+        if self.nfe_per_step is None:
+            return None
+        extra = self.nfe_extra(n_steps, {**self.options, **options}) if self.nfe_extra else 0
+        return self.nfe_per_step * n_steps + extra
+
+    def effective_order(self, options: dict | None = None) -> int:
+        """The order under ``options`` (a solver with an ``order`` option takes it from there)."""
+        return int((options or {}).get("order", self.options.get("order", self.order)))
+
+    def check_eta(self, eta) -> float:
+        """The eta to use, or a ValueError that says what this solver accepts."""
+        if eta is None:
+            return self.default_eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
+            raise ValueError(f"{self.name}: eta must be a finite number, got {eta!r}")
+        if eta < 0:
+            raise ValueError(f"{self.name}: eta must be >= 0, got {eta}")
+        if self.stochastic == "ode" and eta > 0:
+            raise ValueError(f"{self.name} is an ODE solver: eta must be 0, got {eta} (stochastic solvers: "
+                             f"{', '.join(n for n, s in SOLVERS.items() if s.stochastic != 'ode')})")
+        if self.fixed_eta is not None and eta != self.fixed_eta:
+            raise ValueError(f"{self.name}: eta is fixed at {self.fixed_eta} ({self.eta}), got {eta}")
+        if self.stochastic == "sde" and eta == 0:
+            raise ValueError(f"{self.name} is an SDE solver: eta must be > 0, got 0 (use an ODE solver for eta = 0)")
+        return float(eta)
+
+
+def _solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs) -> tuple[str, Solver]:
+    return name, Solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs)
+
+
+_ETA_FAMILY = "DESIGN.md's eta: 0 probability-flow ODE, 1 reverse SDE"
+_ODE_ONLY = "none (eta must be 0)"
+
+SOLVERS: dict[str, Solver] = dict([
+    _solver("euler", runge_kutta.euler, 1, "both", 1, _ETA_FAMILY, "Song et al. 2021, arXiv:2011.13456, eq. 6/13"),
+    _solver("euler_maruyama", runge_kutta.euler, 1, "sde", 1, _ETA_FAMILY + " (default 1)",
+            "Song et al. 2021, arXiv:2011.13456, eq. 6; Kloeden & Platen 1992"),
+    _solver("heun", runge_kutta.heun, 2, "ode", 2, _ODE_ONLY, "Karras et al. 2022, arXiv:2206.00364, Alg. 1"),
+    _solver("rk4", runge_kutta.rk4, 4, "ode", 4, _ODE_ONLY, "Hairer et al. 1993, Table 1.2"),
+    _solver("ddim", denoising.ddim, 1, "both", 1, "DDIM's eta (eq. 16), equal to DESIGN.md's eta to first order",
+            "Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12"),
+    _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
+            "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
+    _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
+            nfe_extra=multistep.lms_warmup_nfe),
+])
+
+
+def get_solver(name: str) -> Solver:
+    """The registry entry for ``name``, or a ValueError listing the valid names and the closest ones."""
+    if name in SOLVERS:
+        return SOLVERS[name]
+    close = difflib.get_close_matches(str(name), SOLVERS, n=3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown solver {name!r}.{hint} Valid solvers: {', '.join(SOLVERS)}")
+
+
+def _check_time_grid(model: DiffusionModel, ts) -> torch.Tensor:
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"ts must be a 1-D floating torch.Tensor, got {type(ts).__name__}")
+    if ts.ndim != 1 or not ts.is_floating_point():
+        raise ValueError(f"ts must be a 1-D floating tensor, got shape {tuple(ts.shape)} and dtype {ts.dtype}")
+    ts = ts.detach().to("cpu", torch.float64)
+    if ts.numel() < 2:
+        raise ValueError(f"ts must hold at least 2 times (one step), got {ts.numel()}")
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError(f"ts must be finite, got {ts.tolist()}")
+    steps = torch.diff(ts)
+    if not bool((steps < 0).all()):
+        i = int(torch.nonzero(steps >= 0)[0])
+        raise ValueError(f"ts must be strictly decreasing (t_max first), but ts[{i}] = {ts[i].item()} <= "
+                         f"ts[{i + 1}] = {ts[i + 1].item()}")
+    schedule = model.schedule
+    lo, hi = float(ts[-1]), float(ts[0])
+    slack = 1e-9 * max(1.0, abs(schedule.t_max))
+    if lo < schedule.t_min - slack or hi > schedule.t_max + slack:
+        raise ValueError(f"ts spans [{lo}, {hi}] but {schedule!r} is defined on [{schedule.t_min}, {schedule.t_max}]; "
+                         f"build the schedule with other t_min/t_max to widen it")
+    return ts
+
+
+def sample(name: str, model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, *, eta: float | None = None,
+           generator: torch.Generator | None = None, noise=None, **options) -> torch.Tensor:
+    """Run solver ``name`` from x = x_T at ts[0] down to ts[-1]; returns the sample at ts[-1].
+
+    ``eta`` defaults to the solver's own (0 for ODE solvers, 1 for SDE solvers). Noise for
+    stochastic solvers comes from ``noise`` (a noise source, see solvers.noise) or else from
+    ``generator``. ``options`` are the solver's own keyword options (``SOLVERS[name].options``).
+    """
+    solver = get_solver(name)
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(f"model must be a solvers.DiffusionModel, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating torch.Tensor, got {type(x).__name__}")
+    eta = solver.check_eta(eta)
+    unknown = sorted(set(options) - set(solver.options))
+    if unknown:
+        allowed = ", ".join(solver.options) or "none"
+        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed options: {allowed}")
+    ts = _check_time_grid(model, ts)
+    if noise is None:
+        noise = GaussianNoise(generator)
+    return solver.fn(model, x, ts, eta=eta, noise=noise, **options)

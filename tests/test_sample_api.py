@@ -1,0 +1,121 @@
+"""sample(): registry metadata, NFE accounting, determinism, pairing, and input validation."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.models import ring2d
+from solvers import SOLVERS, sample
+from solvers.schedules import VPLinear
+from solvers.spacing import timesteps
+from tests.conftest import prior_sample
+
+SCHEDULE = VPLinear()
+TS = timesteps("logsnr", 10, SCHEDULE)
+
+
+@pytest.fixture
+def model():
+    return ring2d().model(SCHEDULE)
+
+
+@pytest.fixture
+def x_T():
+    return prior_sample(SCHEDULE, 8, 2)
+
+
+def test_registry_metadata_is_complete():
+    for name, solver in SOLVERS.items():
+        assert solver.name == name
+        assert solver.order >= 1 and solver.stochastic in ("ode", "sde", "both")
+        assert solver.eta and solver.reference and solver.fn.__doc__
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_nfe_matches_registry_formula(model, x_T, name, n):
+    model.reset_nfe()
+    sample(name, model, x_T, timesteps("uniform", n, SCHEDULE), generator=torch.Generator().manual_seed(0))
+    assert model.nfe == SOLVERS[name].nfe(n)
+
+
+@pytest.mark.parametrize("order, warmup, n, expected", [(4, "rk4", 10, 19), (4, "rk4", 2, 8), (3, "rk4", 10, 16),
+                                                        (4, "lower_order", 10, 10), (1, "rk4", 10, 10)])
+def test_lms_nfe_counts_its_warmup(model, x_T, order, warmup, n, expected):
+    model.reset_nfe()
+    sample("lms", model, x_T, timesteps("uniform", n, SCHEDULE), order=order, warmup=warmup)
+    assert model.nfe == expected == SOLVERS["lms"].nfe(n, order=order, warmup=warmup)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.stochastic != "sde"])
+def test_ode_solvers_are_bit_reproducible(model, x_T, name):
+    assert torch.equal(sample(name, model, x_T, TS), sample(name, model, x_T.clone(), TS))
+
+
+@pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.stochastic != "ode"])
+def test_stochastic_solvers_reproduce_under_the_same_seed(model, x_T, name):
+    def run(seed):
+        return sample(name, model, x_T, TS, eta=1.0, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(5), run(5)) and not torch.equal(run(5), run(6))
+
+
+def test_same_seed_gives_the_same_x_T_for_every_solver(model):
+    """Paired comparisons: x_T depends only on the seed, and no solver mutates it."""
+    x_T = prior_sample(SCHEDULE, 8, 2, seed=9)
+    before = x_T.clone()
+    for name in SOLVERS:
+        sample(name, model, x_T, TS, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(x_T, before), name
+    assert torch.equal(prior_sample(SCHEDULE, 8, 2, seed=9), before)
+
+
+def test_euler_with_eta_zero_is_the_ode_path(model, x_T):
+    torch.testing.assert_close(sample("euler", model, x_T, TS, eta=0.0, generator=torch.Generator().manual_seed(1)),
+                               sample("euler", model, x_T, TS))
+
+
+def test_float32_input_stays_float32(x_T):
+    model = ring2d().model(SCHEDULE)
+    out = sample("heun", model, x_T.float(), TS)
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, x: sample("dpm_solver_7", m, x, TS), ValueError, "unknown solver 'dpm_solver_7'. Valid solvers: euler"),
+    (lambda m, x: sample("heum", m, x, TS), ValueError, "Did you mean 'heun'"),
+    (lambda m, x: sample("euler", m, x, TS, eta=-0.5), ValueError, "eta must be >= 0, got -0.5"),
+    (lambda m, x: sample("euler", m, x, TS, eta=float("nan")), ValueError, "eta must be a finite number"),
+    (lambda m, x: sample("heun", m, x, TS, eta=0.5), ValueError, "heun is an ODE solver: eta must be 0, got 0.5"),
+    (lambda m, x: sample("ddpm", m, x, TS, eta=0.5), ValueError, "ddpm: eta is fixed at 1.0"),
+    (lambda m, x: sample("euler_maruyama", m, x, TS, eta=0.0), ValueError, "SDE solver: eta must be > 0"),
+    (lambda m, x: sample("euler", m, x, TS.flip(0)), ValueError, r"strictly decreasing \(t_max first\), but ts\[0\]"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([1.0, 0.5, 0.5, 0.1])), ValueError, r"ts\[1\] = 0.5 <= ts\[2\] = 0.5"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([1.5, 0.5])), ValueError, r"ts spans \[0.5, 1.5\] but VPLinear"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([0.5, 0.0])), ValueError, "is defined on \\[0.001, 1.0\\]"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([1.0])), ValueError, "at least 2 times"),
+    (lambda m, x: sample("euler", m, x, TS[None]), ValueError, "1-D floating tensor, got shape"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([3, 2])), ValueError, "dtype torch.int64"),
+    (lambda m, x: sample("euler", m, x, [1.0, 0.5]), TypeError, "ts must be a 1-D floating torch.Tensor, got list"),
+    (lambda m, x: sample("euler", m, x, torch.tensor([1.0, float("nan")])), ValueError, "ts must be finite"),
+    (lambda m, x: sample("lms", m, x, TS, oder=3), ValueError, "lms: unknown option\\(s\\) oder; allowed options: order, warmup"),
+    (lambda m, x: sample("lms", m, x, TS, order=7), ValueError, "lms: order must be an integer in 1..4, got 7"),
+    (lambda m, x: sample("lms", m, x, TS, warmup="euler"), ValueError, "lms: warmup must be one of"),
+    (lambda m, x: sample("ddpm", m, x, TS, variance="small"), ValueError, "variance must be 'beta_tilde' or 'beta'"),
+    (lambda m, x: sample("euler", lambda x, t: x, x, TS), TypeError, "model must be a solvers.DiffusionModel"),
+    (lambda m, x: sample("euler", m, x.long(), TS), TypeError, "x must be a floating torch.Tensor"),
+])
+def test_bad_input_is_rejected_before_any_network_call(model, x_T, call, error, message):
+    with pytest.raises(error, match=message):
+        call(model, x_T)
+    assert model.nfe == 0
+
+
+def test_solvers_import_no_harness_modules():
+    code = ("import sys, solvers, solvers.reference; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('bench', 'pandas', 'torch_fidelity', 'sklearn')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+

@@ -1,0 +1,87 @@
+"""Stochastic solvers sample the right distribution, and Euler-Maruyama converges strongly at order 1."""
+import pytest
+import torch
+
+from bench.models import ring2d
+from solvers import sample
+from solvers.noise import BrownianNoise, GaussianNoise
+from solvers.schedules import VPLinear
+from solvers.spacing import timesteps
+from tests.conftest import fitted_slope, prior_sample
+
+N_SAMPLES, N_STEPS = 20_000, 500
+SCHEDULE = VPLinear()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mixture = ring2d()
+    return mixture.model(SCHEDULE), prior_sample(SCHEDULE, N_SAMPLES, 2), mixture.moments(SCHEDULE, SCHEDULE.t_min)
+
+
+def _z_scores(x, mean, cov):
+    """Deviations of the sample mean and covariance from the exact ones, in standard errors."""
+    n = x.shape[0]
+    centred = x - x.mean(0)
+    products = (centred[:, :, None] * centred[:, None, :]).reshape(n, -1)
+    cov_se = (products.std(0) / n**0.5).reshape(cov.shape)
+    mean_se = (cov.diag() / n).sqrt()
+    return ((x.mean(0) - mean) / mean_se).abs().max().item(), ((torch.cov(x.T) - cov) / cov_se).abs().max().item()
+
+
+def _sample(setup, name, noise, **options):
+    model, x_T, _ = setup
+    return sample(name, model, x_T, timesteps("logsnr", N_STEPS, SCHEDULE), eta=1.0, noise=noise, **options)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("euler_maruyama", {}), ("euler", {}), ("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}),
+], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1"])
+def test_eta_one_matches_exact_moments(setup, name, options):
+    x = _sample(setup, name, GaussianNoise(torch.Generator().manual_seed(1)), **options)
+    z_mean, z_cov = _z_scores(x, *setup[2])
+    assert z_mean < 5 and z_cov < 5, f"{name}: mean off by {z_mean:.1f} SE, covariance by {z_cov:.1f} SE"
+
+
+def test_moment_check_detects_wrong_noise_level(setup):
+    """Negative control: 30% too much noise must fail the same check."""
+    gaussian = GaussianNoise(torch.Generator().manual_seed(1))
+    x = _sample(setup, "ddpm", lambda t, s, like: 1.3 * gaussian(t, s, like))
+    assert _z_scores(x, *setup[2])[1] > 5
+
+
+def test_ddpm_posterior_variance_equals_ddim_eta_one(setup):
+    model, x_T, _ = setup
+    ts = timesteps("uniform", 20, SCHEDULE)
+    a = sample("ddpm", model, x_T[:100], ts, generator=torch.Generator().manual_seed(3))
+    b = sample("ddim", model, x_T[:100], ts, eta=1.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_euler_maruyama_strong_order_one_on_a_brownian_path():
+    """Additive noise (eta g(t) dw), so EM's strong order is 1; mean error against a 4096-step solve."""
+    model = ring2d(std=0.25).model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 200, 2, seed=4)
+    path = BrownianNoise(x_T, SCHEDULE.t_min, SCHEDULE.t_max, seed=7)
+    fine = sample("euler_maruyama", model, x_T, timesteps("uniform", 4096, SCHEDULE), noise=path)
+    ns = (64, 128, 256)
+    errors = [(sample("euler_maruyama", model, x_T, timesteps("uniform", n, SCHEDULE), noise=path) - fine)
+              .norm(dim=1).mean().item() for n in ns]
+    assert abs(fitted_slope(ns, errors) - 1) < 0.2
+
+
+def test_brownian_increments_agree_across_refinements():
+    like = torch.zeros(3, 2, dtype=torch.float64)
+    coarse, fine = BrownianNoise(like, 0.0, 1.0, seed=11), BrownianNoise(like, 0.0, 1.0, seed=11)
+    ts = torch.linspace(1, 0, 9, dtype=torch.float64).tolist()
+    for i in range(0, 8, 2):
+        whole = coarse(ts[i], ts[i + 2], like)
+        halves = (fine(ts[i], ts[i + 1], like) + fine(ts[i + 1], ts[i + 2], like)) / 2**0.5
+        torch.testing.assert_close(whole, halves, rtol=0, atol=1e-12)
+    assert not torch.equal(BrownianNoise(like, 0.0, 1.0, seed=12)(1.0, 0.5, like), coarse(1.0, 0.5, like))
+
+
+def test_brownian_increments_have_unit_variance():
+    like = torch.zeros(20_000, dtype=torch.float64)
+    z = BrownianNoise(like, 0.0, 1.0, seed=5)(0.8, 0.3, like)
+    assert abs(z.mean().item()) < 5 / 20_000**0.5 and abs(z.var().item() - 1) < 5 * (2 / 20_000) ** 0.5
