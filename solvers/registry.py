@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from solvers import denoising, multistep, runge_kutta
+from solvers import denoising, exponential, multistep, runge_kutta, unipc
 from solvers.model import DiffusionModel
 from solvers.noise import GaussianNoise
 
@@ -35,13 +35,15 @@ class Solver:
     adaptive: bool = False
     fixed_eta: float | None = None
     nfe_extra: Callable[[int, dict], int] | None = None
+    fixed: dict = field(default_factory=dict)
     options: dict = field(init=False)
 
     def __post_init__(self):
         if self.stochastic not in STOCHASTIC_KINDS:
             raise ValueError(f"{self.name}: stochastic must be one of {STOCHASTIC_KINDS}, got {self.stochastic!r}")
         params = inspect.signature(self.fn).parameters.values()
-        opts = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("eta", "noise")}
+        hidden = {"eta", "noise", *self.fixed}
+        opts = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in hidden}
         object.__setattr__(self, "options", opts)
 
     @property
@@ -59,6 +61,8 @@ class Solver:
 
     def effective_order(self, options: dict | None = None) -> int:
         """The order under ``options`` (a solver with an ``order`` option takes it from there)."""
+        if "order" in self.fixed:
+            return self.order
         return int((options or {}).get("order", self.options.get("order", self.order)))
 
     def check_eta(self, eta) -> float:
@@ -98,6 +102,22 @@ SOLVERS: dict[str, Solver] = dict([
             "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
             nfe_extra=multistep.lms_warmup_nfe),
+    _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
+    _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1"),
+    _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2"),
+    _solver("dpmpp_2s", exponential.dpmpp_2s, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 1"),
+    _solver("dpmpp_2m", exponential.dpmpp_2m, 2, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 2"),
+    _solver("dpmpp_3m", exponential.dpmpp_3m, 3, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, App. B"),
+    _solver("dpmpp_2m_sde", exponential.dpmpp_2m_sde, 2, "both", 1,
+            _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5"),
+    _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
+            fixed={"order": 2}),
+    _solver("deis_3", exponential.deis, 3, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
+            fixed={"order": 3}),
+    _solver("unipc_2", unipc.unipc, 3, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-2 + UniC",
+            fixed={"order": 2}),
+    _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
+            fixed={"order": 3}),
 ])
 
 
@@ -155,4 +175,4 @@ def sample(name: str, model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, 
     ts = _check_time_grid(model, ts)
     if noise is None:
         noise = GaussianNoise(generator)
-    return solver.fn(model, x, ts, eta=eta, noise=noise, **options)
+    return solver.fn(model, x, ts, eta=eta, noise=noise, **solver.fixed, **options)

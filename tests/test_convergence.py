@@ -2,11 +2,14 @@
 
 Problem: the 8-mode ring with component std 0.25 under VPLinear and VE, 100 samples, median
 per-sample error. The fitted slope over n in {64, 128, 256} must be within 0.2 of the registry's
-order. Variable-step Adams-Bashforth of order >= 3 under VPLinear is not yet asymptotic there: in t,
-the VP drift changes fast near t_min, and the steps that take it are coarse. It is checked over
-n in {256, 512, 1024} on the logsnr grid, and on VE (where uniform-in-t is a smooth grid) for
-uniform; on VPLinear + uniform its slopes measured 3.2-3.6 even at n = 1024, so that pair is not
-asserted.
+order. Two groups are not yet asymptotic there on VPLinear, where the solution changes fast near
+t_min and a grid uniform in t takes that stretch in few, coarse steps:
+- variable-step Adams-Bashforth (lms) of order >= 3: checked over n in {256, 512, 1024} on logsnr;
+  on uniform its slopes measured 3.2-3.6 even at n = 1024, so VP + uniform is not asserted;
+- the exponential integrators (DPM-Solver, DPM-Solver++, DEIS, UniPC), built for logsnr grids: on
+  VP + uniform they measured 1.8 (2nd order), 2.2-2.6 (3rd) and 2.6 (unipc_3), so VP + uniform is
+  not asserted for them.
+Both are asserted on VE, where a uniform grid in t is uniform in lambda too.
 """
 import functools
 
@@ -53,11 +56,19 @@ def _errors(problem, name, options, spacing, ns=NS):
     return errors
 
 
+EXPONENTIAL = {"dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
+               "deis_2", "deis_3", "unipc_2", "unipc_3"}
+
+
 def _step_counts(schedule_name, name, options, spacing):
-    """NS, or NS_FINE for the pre-asymptotic VP + lms order >= 3 case; None where it is not asserted."""
-    if not (schedule_name == "VPLinear" and name == "lms" and options["order"] >= 3):
+    """The step counts to fit over; None where the module docstring says the pair is not asserted."""
+    if schedule_name != "VPLinear":
         return NS
-    return NS_FINE if spacing == "logsnr" else None
+    if name == "lms" and options["order"] >= 3:
+        return NS_FINE if spacing == "logsnr" else None
+    if name in EXPONENTIAL and spacing == "uniform":
+        return None
+    return NS
 
 
 ORDER_CASES = [

@@ -36,7 +36,8 @@ def _sample(setup, name, noise, **options):
 
 @pytest.mark.parametrize("name, options", [
     ("euler_maruyama", {}), ("euler", {}), ("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}),
-], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1"])
+    ("dpmpp_2m_sde", {}),
+], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1", "dpmpp_2m_sde-eta1"])
 def test_eta_one_matches_exact_moments(setup, name, options):
     x = _sample(setup, name, GaussianNoise(torch.Generator().manual_seed(1)), **options)
     z_mean, z_cov = _z_scores(x, *setup[2])
