@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from solvers import denoising, exponential, multistep, runge_kutta, unipc
+from solvers import adaptive, denoising, exponential, multistep, runge_kutta, unipc
 from solvers.model import DiffusionModel
 from solvers.noise import GaussianNoise
 
@@ -118,6 +118,16 @@ SOLVERS: dict[str, Solver] = dict([
             fixed={"order": 2}),
     _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
             fixed={"order": 3}),
+    _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
+            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),
+    _solver("step_doubling_heun", adaptive.step_doubling, 2, "ode", None, _ODE_ONLY,
+            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "heun"}),
+    *[_solver(name, adaptive.torchdiffeq_adaptive, order, "ode", None, _ODE_ONLY, f"torchdiffeq {name}; {ref}",
+              adaptive=True, fixed={"method": name})
+      for name, order, ref in [("dopri5", 5, "Dormand & Prince 1980"), ("bosh3", 3, "Bogacki & Shampine 1989"),
+                               ("adaptive_heun", 2, "Heun-Euler 2(1)"), ("dopri8", 8, "Prince & Dormand 1981")]],
+    _solver("midpoint", adaptive.torchdiffeq_fixed_grid, 2, "ode", 2, _ODE_ONLY, "torchdiffeq midpoint",
+            fixed={"method": "midpoint"}),
 ])
 
 

@@ -26,6 +26,13 @@ def euler(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> tor
     return x
 
 
+def heun_step(model, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """One Heun step from t to s on the probability-flow ODE."""
+    dt = s - t
+    d = model.drift(x, t)
+    return x + (d + model.drift(x + d * dt, s)) * (dt / 2)
+
+
 def heun(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """Heun's method (explicit trapezoidal rule) on the probability-flow ODE.
 
@@ -34,10 +41,7 @@ def heun(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torc
     """
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
-        dt = s - t
-        d = model.drift(x, t)
-        x_euler = x + d * dt
-        x = x + (d + model.drift(x_euler, s)) * (dt / 2)
+        x = heun_step(model, x, t, s)
     return x
 
 
