@@ -5,7 +5,7 @@ from solvers.registry import SOLVERS
 def registry_table() -> str:
     rows = ["| name | order | NFE per step | ode/sde | adaptive | eta | reference |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in SOLVERS.items():
-        nfe = "adaptive" if s.nfe_per_step is None else str(s.nfe_per_step) + (" + warm-up" if s.nfe_extra else "")
+        nfe = "adaptive" if s.nfe_per_step is None else f"{s.nfe_per_step} {s.nfe_note}".strip()
         rows.append(f"| `{name}` | {s.effective_order()} | {nfe} | {s.stochastic} | {'yes' if s.adaptive else 'no'} "
                     f"| {s.eta} | {s.reference} |")
     return "\n".join(rows)

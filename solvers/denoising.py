@@ -32,6 +32,19 @@ def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torc
     return x
 
 
+def ddpm_step(model, x: torch.Tensor, t: float, s: float, noise, variance: str = "beta_tilde") -> torch.Tensor:
+    """One ancestral step from t to s: the posterior mean given x0_hat plus the chosen variance."""
+    schedule = model.schedule
+    _, x0 = model.eps_and_x0(x, t)
+    alpha_t, sigma_t = float(schedule.alpha(t)), float(schedule.sigma(t))
+    alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+    alpha_ts = alpha_t / alpha_s
+    sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+    mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x + (alpha_s * sigma2_ts / sigma_t**2) * x0
+    var = sigma2_ts * sigma_s**2 / sigma_t**2 if variance == "beta_tilde" else sigma2_ts
+    return mean + math.sqrt(var) * noise(t, s, x)
+
+
 def ddpm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, variance: str = "beta_tilde") -> torch.Tensor:
     """DDPM ancestral sampling (Ho, Jain & Abbeel 2020, arXiv:2006.11239, eq. 7 and Algorithm 2).
 
@@ -42,15 +55,7 @@ def ddpm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, varianc
     """
     if variance not in ("beta_tilde", "beta"):
         raise ValueError(f"ddpm: variance must be 'beta_tilde' or 'beta', got {variance!r}")
-    schedule = model.schedule
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
-        _, x0 = model.eps_and_x0(x, t)
-        alpha_t, sigma_t = float(schedule.alpha(t)), float(schedule.sigma(t))
-        alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
-        alpha_ts = alpha_t / alpha_s
-        sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
-        mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x + (alpha_s * sigma2_ts / sigma_t**2) * x0
-        var = sigma2_ts * sigma_s**2 / sigma_t**2 if variance == "beta_tilde" else sigma2_ts
-        x = mean + math.sqrt(var) * noise(t, s, x)
+        x = ddpm_step(model, x, t, s, noise, variance)
     return x

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from solvers import adaptive, denoising, exponential, multistep, runge_kutta, unipc
+from solvers import adaptive, denoising, exponential, multistep, runge_kutta, stochastic, unipc
 from solvers.model import DiffusionModel
 from solvers.noise import GaussianNoise
 
@@ -22,7 +22,8 @@ class Solver:
 
     ``stochastic``: "ode" takes eta = 0 only; "both" takes any eta >= 0 (default 0); "sde" needs
     eta > 0 (default 1), or exactly ``fixed_eta`` when the method has no free noise level.
-    Fixed-step solvers cost ``nfe(n) = nfe_per_step * n + nfe_extra(n, options)`` evaluations.
+    Fixed-step solvers cost ``nfe(n) = nfe_per_step * n + nfe_extra(n, options)`` evaluations
+    (``nfe_note`` says what the extra is, for the registry table).
     """
 
     name: str
@@ -36,6 +37,7 @@ class Solver:
     fixed_eta: float | None = None
     nfe_extra: Callable[[int, dict], int] | None = None
     fixed: dict = field(default_factory=dict)
+    nfe_note: str = ""
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -101,7 +103,7 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
             "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
-            nfe_extra=multistep.lms_warmup_nfe),
+            nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step"),
     _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
     _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1"),
     _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2"),
@@ -118,6 +120,12 @@ SOLVERS: dict[str, Solver] = dict([
             fixed={"order": 2}),
     _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
             fixed={"order": 3}),
+    _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
+            "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
+            "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2"),
+    _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
+            "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
+            nfe_note="+ corrector_steps"),
     _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),
     _solver("step_doubling_heun", adaptive.step_doubling, 2, "ode", None, _ODE_ONLY,

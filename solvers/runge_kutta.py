@@ -10,6 +10,15 @@ import math
 import torch
 
 
+def euler_maruyama_step(model, x: torch.Tensor, t: float, s: float, eta: float, noise) -> torch.Tensor:
+    """One Euler(-Maruyama) step of the eta family from t to s: x + drift dt + eta g(t) sqrt(|dt|) z."""
+    dt = s - t
+    x = x + model.drift(x, t, eta) * dt
+    if eta > 0:
+        x = x + eta * math.sqrt(float(model.schedule.g2(t)) * -dt) * noise(t, s, x)
+    return x
+
+
 def euler(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """Euler (eta = 0) or Euler-Maruyama (eta > 0) on the eta family.
 
@@ -19,10 +28,7 @@ def euler(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> tor
     """
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
-        dt = s - t
-        x = x + model.drift(x, t, eta) * dt
-        if eta > 0:
-            x = x + eta * math.sqrt(float(model.schedule.g2(t)) * -dt) * noise(t, s, x)
+        x = euler_maruyama_step(model, x, t, s, eta, noise)
     return x
 
 

@@ -103,6 +103,13 @@ def test_float32_input_stays_float32(x_T):
     (lambda m, x: sample("lms", m, x, TS, order=7), ValueError, "lms: order must be an integer in 1..4, got 7"),
     (lambda m, x: sample("lms", m, x, TS, warmup="euler"), ValueError, "lms: warmup must be one of"),
     (lambda m, x: sample("ddpm", m, x, TS, variance="small"), ValueError, "variance must be 'beta_tilde' or 'beta'"),
+    (lambda m, x: sample("pc", m, x, TS, predictor="langevin"), ValueError, "pc: predictor must be one of"),
+    (lambda m, x: sample("pc", m, x, TS, corrector_steps=-1), ValueError, "corrector_steps must be an integer >= 0, got -1"),
+    (lambda m, x: sample("pc", m, x, TS, snr=0.0), ValueError, "pc: snr must be > 0, got 0.0"),
+    (lambda m, x: sample("pc", m, x, TS, eta=0.5, predictor="reverse_diffusion"), ValueError, "eta must be 1, got 0.5"),
+    (lambda m, x: sample("edm_stochastic", m, x, TS, s_churn=-1.0), ValueError, "s_churn must be >= 0, got -1.0"),
+    (lambda m, x: sample("unipc_2", m, x, TS, variant="bh3"), ValueError, "unipc: variant must be one of"),
+    (lambda m, x: sample("unipc_2", m, x, TS, order=3), ValueError, "unipc_2: unknown option\\(s\\) order; allowed options: variant"),
     (lambda m, x: sample("euler", lambda x, t: x, x, TS), TypeError, "model must be a solvers.DiffusionModel"),
     (lambda m, x: sample("euler", m, x.long(), TS), TypeError, "x must be a floating torch.Tensor"),
 ])

@@ -36,8 +36,9 @@ def _sample(setup, name, noise, **options):
 
 @pytest.mark.parametrize("name, options", [
     ("euler_maruyama", {}), ("euler", {}), ("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}),
-    ("dpmpp_2m_sde", {}),
-], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1", "dpmpp_2m_sde-eta1"])
+    ("dpmpp_2m_sde", {}), ("edm_stochastic", {}), ("pc", {}), ("pc", {"predictor": "reverse_diffusion"}),
+], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1", "dpmpp_2m_sde-eta1",
+        "edm_stochastic-eta1", "pc-em", "pc-reverse_diffusion"])
 def test_eta_one_matches_exact_moments(setup, name, options):
     x = _sample(setup, name, GaussianNoise(torch.Generator().manual_seed(1)), **options)
     z_mean, z_cov = _z_scores(x, *setup[2])
@@ -86,3 +87,25 @@ def test_brownian_increments_have_unit_variance():
     like = torch.zeros(20_000, dtype=torch.float64)
     z = BrownianNoise(like, 0.0, 1.0, seed=5)(0.8, 0.3, like)
     assert abs(z.mean().item()) < 5 / 20_000**0.5 and abs(z.var().item() - 1) < 5 * (2 / 20_000) ** 0.5
+
+
+def _mmd(x, y, bandwidth=0.1):
+    """Squared maximum mean discrepancy with a Gaussian kernel (Gretton et al. 2012, eq. 3, biased form)."""
+    def kernel_mean(a, b):
+        return torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth**2)).mean()
+
+    return (kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y)).item()
+
+
+def test_langevin_corrector_brings_pc_closer_to_the_exact_distribution():
+    """Equal predictor steps (20, logsnr): MMD to exact samples of p_{t_min} falls with corrector steps."""
+    mixture = ring2d()
+    model = mixture.model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 3000, 2)
+    alpha, sigma = float(SCHEDULE.alpha(SCHEDULE.t_min)), float(SCHEDULE.sigma(SCHEDULE.t_min))
+    g = torch.Generator().manual_seed(9)
+    exact = alpha * mixture.sample(3000, g) + sigma * torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    ts = timesteps("logsnr", 20, SCHEDULE)
+    mmds = [_mmd(sample("pc", model, x_T, ts, corrector_steps=k, generator=torch.Generator().manual_seed(1)), exact)
+            for k in (0, 1, 2)]
+    assert mmds[1] < mmds[0] and mmds[2] < 0.6 * mmds[0], f"MMD with 0/1/2 corrector steps: {mmds}"
