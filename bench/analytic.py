@@ -99,9 +99,13 @@ class GaussianMixture:
             out[rows] = part
         return out
 
+    def component_log_joint(self, x: torch.Tensor, schedule: Schedule | None = None, t=None) -> torch.Tensor:
+        """log(w_k N(x; alpha_t mu_k, alpha_t^2 v_k + sigma_t^2)) per sample and component, shape (B, K)."""
+        return self._per_time(x, t, schedule, lambda rows, a, s: self._log_resp_and_terms(rows, a, s)[0])
+
     def log_prob(self, x: torch.Tensor, schedule: Schedule | None = None, t=None) -> torch.Tensor:
         """Exact log p_t(x) per sample (log p_0 without a schedule)."""
-        return self._per_time(x, t, schedule, lambda rows, a, s: torch.logsumexp(self._log_resp_and_terms(rows, a, s)[0], 1))
+        return torch.logsumexp(self.component_log_joint(x, schedule, t), 1)
 
     def score(self, x: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
         """Exact grad_x log p_t(x), shaped like x."""
@@ -119,6 +123,11 @@ class GaussianMixture:
         else:
             sigma = float(schedule.sigma(float(t)))
         return -sigma * self.score(x, schedule, t)
+
+    def subset(self, components) -> "GaussianMixture":
+        """The mixture restricted to ``components`` (weights renormalised): a class-conditional p(x | y)."""
+        return GaussianMixture(self.means[components], self.variances[components], self.log_weights[components].exp(),
+                               self.event_shape)
 
     def model(self, schedule: Schedule) -> DiffusionModel:
         """A DiffusionModel whose network is this mixture's exact eps under ``schedule``."""
