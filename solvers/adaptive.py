@@ -65,19 +65,39 @@ def step_doubling(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise
     return x
 
 
+class _ProbabilityFlow:
+    """The ODE right-hand side for torchdiffeq, counting the steps it accepts and rejects (its callbacks)."""
+
+    def __init__(self, model):
+        self.model, self.accepted, self.rejected = model, 0, 0
+
+    def __call__(self, t, y):
+        return self.model.drift(y, float(t))
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.accepted += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.rejected += 1
+
+
 def torchdiffeq_adaptive(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, method: str,
-                         rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
+                         rtol: float = 1e-5, atol: float = 1e-5, stats: dict | None = None) -> torch.Tensor:
     """torchdiffeq's embedded Runge-Kutta pairs (Chen et al. 2018, arXiv:1806.07366) on the
     probability-flow ODE from ts[0] to ts[-1]: dopri5 (Dormand-Prince 5(4)), bosh3 (Bogacki-Shampine
     3(2)), adaptive_heun (2(1)), dopri8 (8(7)), with torchdiffeq's error norm and step control.
 
     The first step is span/64 and ``step_t`` pins the end point: torchdiffeq's own initial-step probe
     and its stages past the end would otherwise evaluate the model outside the schedule's range.
+    ``stats``, when given, receives ``accepted`` and ``rejected`` step counts.
     """
     span = torch.stack([ts[0], ts[-1]]).to(device=x.device, dtype=x.dtype)
     options = {"first_step": float(ts[0] - ts[-1]) / 64, "step_t": span}
-    return torchdiffeq.odeint(lambda t, y: model.drift(y, float(t)), x, span, method=method, rtol=rtol, atol=atol,
-                              options=options)[-1]
+    flow = _ProbabilityFlow(model)
+    x = torchdiffeq.odeint(flow, x, span, method=method, rtol=rtol, atol=atol, options=options)[-1]
+    if stats is not None:
+        stats.update(accepted=flow.accepted, rejected=flow.rejected)
+    return x
 
 
 def torchdiffeq_fixed_grid(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, method: str) -> torch.Tensor:
@@ -86,5 +106,4 @@ def torchdiffeq_fixed_grid(model, x: torch.Tensor, ts: torch.Tensor, *, eta: flo
     torchdiffeq's explicit_adams is not registered: on the non-uniform grids used here it measured
     order 2 (VP, logsnr) and diverged on VE; ``lms`` is the variable-step Adams-Bashforth instead.
     """
-    grid = ts.to(device=x.device, dtype=x.dtype)
-    return torchdiffeq.odeint(lambda t, y: model.drift(y, float(t)), x, grid, method=method)[-1]
+    return torchdiffeq.odeint(_ProbabilityFlow(model), x, ts.to(device=x.device, dtype=x.dtype), method=method)[-1]

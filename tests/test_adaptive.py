@@ -39,11 +39,15 @@ def test_tighter_tolerance_lowers_error_and_costs_more(problem, name):
     assert 2 < err_loose / err_tight < 50, f"{name}: error {err_loose:.2e} -> {err_tight:.2e}"
 
 
-def test_step_doubling_reports_accepted_and_rejected_steps(problem):
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_adaptive_solvers_report_accepted_and_rejected_steps(problem, name):
     model, x_T, _ = problem
     stats = {}
-    sample("step_doubling_heun", model, x_T, ENDS, rtol=1e-4, atol=1e-4, stats=stats)
+    model.reset_nfe()
+    sample(name, model, x_T, ENDS, rtol=1e-4, atol=1e-4, stats=stats)
+    steps = stats["accepted"] + stats["rejected"]
     assert stats["accepted"] > 0 and stats["rejected"] >= 0
+    assert steps < model.nfe  # every attempted step costs at least one evaluation, dopri5 & co. several
 
 
 def _gaussian_flow(mean, var, t0, t1, x):

@@ -27,7 +27,7 @@ NS = (64, 128, 256)
 
 # (solver, options) for every fixed-step ODE-capable solver; lms once per order and warm-up.
 ODE_CASES = [(name, {}) for name, s in SOLVERS.items() if s.stochastic != "sde" and not s.adaptive and name != "lms"]
-ODE_CASES += [("lms", {"order": k}) for k in (1, 2, 3, 4)]
+ODE_CASES += [("lms", {"order": k}) for k in (1, 2, 3, 4)] + [("unipc_2", {"variant": "bh1"}), ("unipc_3", {"variant": "bh1"})]
 NS_FINE = (256, 512, 1024)
 
 
@@ -64,7 +64,7 @@ def _step_counts(schedule_name, name, options, spacing):
     """The step counts to fit over; None where the module docstring says the pair is not asserted."""
     if schedule_name != "VPLinear":
         return NS
-    if name == "lms" and options["order"] >= 3:
+    if name == "lms" and options.get("order", 4) >= 3:
         return NS_FINE if spacing == "logsnr" else None
     if name in EXPONENTIAL and spacing == "uniform":
         return None

@@ -126,3 +126,11 @@ def test_solvers_import_no_harness_modules():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
+
+def test_python_m_solvers_prints_the_registry_table():
+    result = subprocess.run([sys.executable, "-m", "solvers"], capture_output=True, text=True, check=True)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| name | order | NFE per step | ode/sde | adaptive | eta | reference |")
+    assert len(lines) == 2 + len(SOLVERS)
+    assert "| `lms` | 4 | 1 + 3 per RK4 warm-up step | ode | no |" in result.stdout
