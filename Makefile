@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup test test-all clean
+.PHONY: setup test test-all bench clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,6 +25,11 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
+
+# The main job: the default grid on the analytic presets -> results/scratch/<time>-<commit>-default/
+SPEC ?= bench/configs/default.toml
+bench: setup
+	$(PY) -m bench run $(SPEC) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -40,6 +40,8 @@ class GaussianMixture:
             raise ValueError(f"weights must be positive with shape ({k},), got {tuple(weights.shape)}")
         self.means, self.variances = means, variances.contiguous()
         self.log_weights = torch.log(weights / weights.sum())
+        self._cast: dict = {}
+        self.isotropic = bool((self.variances == self.variances[:, :1]).all())
         self.event_shape = tuple(event_shape) if event_shape is not None else (d,)
         if math.prod(self.event_shape) != d:
             raise ValueError(f"event_shape {self.event_shape} does not hold {d} values")
@@ -71,15 +73,32 @@ class GaussianMixture:
 
     # -- exact density and score ----------------------------------------------------------------
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], self.dim).to(self.means.dtype)
+        x = x.reshape(x.shape[0], self.dim)
+        return x if x.is_floating_point() else x.to(self.means.dtype)
+
+    def _params(self, like: torch.Tensor):
+        """(means, variances, log_weights) in x's dtype and device: float32 sampling computes in float32."""
+        key = (like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = tuple(p.to(like.device, like.dtype) for p in (self.means, self.variances, self.log_weights))
+        return self._cast[key]
 
     def _log_resp_and_terms(self, x: torch.Tensor, alpha: float, sigma: float):
-        """Per-component log(w_k N(x; alpha mu_k, var_k)) as (B, K), plus the pieces the score needs."""
-        precision = 1.0 / (alpha**2 * self.variances + sigma**2)  # (K, D)
-        scaled_means = alpha * self.means * precision  # (K, D)
-        quad = (x * x) @ precision.T - 2 * x @ scaled_means.T + (alpha * self.means * scaled_means).sum(1)
-        log_norm = -0.5 * (torch.log(precision).neg().sum(1) + self.dim * math.log(2 * math.pi))
-        return self.log_weights + log_norm - 0.5 * quad, precision, scaled_means
+        """Per-component log(w_k N(x; alpha mu_k, var_k)) as (B, K), plus the precisions (K, D) or, for
+        isotropic components, (K, 1), and the precision-scaled means alpha mu_k / var_k (K, D)."""
+        means, variances, log_weights = self._params(x)
+        if self.isotropic:  # one (B, D) x (D, K) product instead of two
+            precision = 1.0 / (alpha**2 * variances[:, :1] + sigma**2)  # (K, 1)
+            squared_distance = ((x * x).sum(1, keepdim=True) - 2 * alpha * x @ means.T
+                                + alpha**2 * (means * means).sum(1))
+            quad = squared_distance * precision.T
+            log_det_precision = self.dim * torch.log(precision[:, 0])
+        else:
+            precision = 1.0 / (alpha**2 * variances + sigma**2)  # (K, D)
+            quad = (x * x) @ precision.T - 2 * alpha * x @ (means * precision).T + alpha**2 * (means * means * precision).sum(1)
+            log_det_precision = torch.log(precision).sum(1)
+        log_norm = 0.5 * (log_det_precision - self.dim * math.log(2 * math.pi))
+        return log_weights + log_norm - 0.5 * quad, precision, alpha * means * precision
 
     def _per_time(self, x: torch.Tensor, t, schedule: Schedule | None, fn):
         """Apply fn(x_rows, alpha, sigma) per distinct time (one group when t is a scalar)."""
@@ -90,6 +109,8 @@ class GaussianMixture:
             t = float(t)
             return fn(x, float(schedule.alpha(t)), float(schedule.sigma(t)))
         t = t.detach().to("cpu", torch.float64)
+        if bool((t == t[0]).all()):  # the usual case: every sample at the same time
+            return self._per_time(x, float(t[0]), schedule, fn)
         out = None
         for value in torch.unique(t).tolist():
             rows = (t == value).to(x.device)
@@ -114,7 +135,7 @@ class GaussianMixture:
             resp = torch.softmax(log_joint, dim=1)
             return resp @ scaled_means - rows * (resp @ precision)
 
-        return self._per_time(x, t, schedule, score_rows).reshape(x.shape).to(x.dtype)
+        return self._per_time(x, t, schedule, score_rows).reshape(x.shape)
 
     def eps(self, x: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
         """The optimal noise prediction eps = -sigma_t grad log p_t(x)."""

@@ -32,3 +32,6 @@ def digits(std: float = 0.1) -> GaussianMixture:
 
 
 ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits}
+
+# Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
+MODELS = dict(ANALYTIC_PRESETS)

@@ -106,4 +106,5 @@ def torchdiffeq_fixed_grid(model, x: torch.Tensor, ts: torch.Tensor, *, eta: flo
     torchdiffeq's explicit_adams is not registered: on the non-uniform grids used here it measured
     order 2 (VP, logsnr) and diverged on VE; ``lms`` is the variable-step Adams-Bashforth instead.
     """
-    return torchdiffeq.odeint(_ProbabilityFlow(model), x, ts.to(device=x.device, dtype=x.dtype), method=method)[-1]
+    grid = ts.to(device=x.device, dtype=x.dtype)
+    return torchdiffeq.odeint(lambda t, y: model.drift(y, float(t)), x, grid, method=method)[-1]

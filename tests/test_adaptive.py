@@ -9,7 +9,7 @@ from solvers.adaptive import STEP_DOUBLING_METHODS, richardson_error
 from solvers.reference import reference_solve
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from tests.conftest import prior_sample
+from support import prior_sample
 
 SCHEDULE = VPLinear()
 ENDS = timesteps("uniform", 1, SCHEDULE)

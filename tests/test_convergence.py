@@ -21,7 +21,7 @@ from solvers import SOLVERS, sample
 from solvers.reference import reference_solve
 from solvers.schedules import VE, VPLinear
 from solvers.spacing import timesteps
-from tests.conftest import fitted_slope, prior_sample
+from support import fitted_slope, prior_sample
 
 NS = (64, 128, 256)
 

@@ -8,7 +8,7 @@ from solvers import DiffusionModel, sample
 from solvers.guidance import classifier_free, classifier_guided, inpaint, slerp
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from tests.conftest import prior_sample
+from support import prior_sample
 
 SCHEDULE = VPLinear()
 TS = timesteps("logsnr", 12, SCHEDULE)

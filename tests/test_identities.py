@@ -6,7 +6,7 @@ from bench.models import ring2d
 from solvers import sample
 from solvers.schedules import EDM
 from solvers.spacing import timesteps
-from tests.conftest import prior_sample
+from support import prior_sample
 
 
 @pytest.mark.parametrize("spacing", ["logsnr", "uniform", "karras"])

@@ -9,7 +9,7 @@ from bench.models import ring2d
 from solvers import SOLVERS, sample
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from tests.conftest import prior_sample
+from support import prior_sample
 
 SCHEDULE = VPLinear()
 TS = timesteps("logsnr", 10, SCHEDULE)

@@ -7,7 +7,7 @@ from solvers import sample
 from solvers.noise import BrownianNoise, GaussianNoise
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from tests.conftest import fitted_slope, prior_sample
+from support import fitted_slope, prior_sample
 
 N_SAMPLES, N_STEPS = 20_000, 500
 SCHEDULE = VPLinear()

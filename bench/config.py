@@ -1,0 +1,241 @@
+"""Grid specs: a TOML file validated in full, then expanded into frozen RunConfigs.
+
+A spec (see bench/configs/*.toml) lists models, solvers, step counts, spacings, etas, tolerances
+(adaptive solvers), seeds, sample counts, device and metrics. ``load_spec`` reads and validates it
+before any compute and raises SpecError with one line per problem, each naming the file, the key,
+the value and what is allowed. ``expand`` turns it into RunConfigs: fixed-step solvers over
+steps x spacings x etas, adaptive ones over tolerances x etas; a combination a solver cannot run
+(eta outside what it accepts) becomes a config with ``skip_reason`` set, recorded, not dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bench.metrics import METRICS
+from bench.models import MODELS
+from solvers import SOLVERS
+from solvers.schedules import SCHEDULES
+from solvers.spacing import SPACINGS
+
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "float64")
+
+
+class SpecError(ValueError):
+    """A grid spec that cannot run; the message has one line per problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One configuration of a sweep. ``config_id`` hashes everything that defines its result."""
+
+    model: str
+    schedule: str
+    solver: str
+    options: tuple  # sorted (name, value) pairs of solver options
+    steps: int | None
+    spacing: str | None
+    eta: float
+    tolerance: float | None
+    seed: int
+    n_samples: int
+    batch_size: int
+    device: str
+    dtype: str
+    metrics: tuple
+    spec_name: str
+    spec_hash: str
+    skip_reason: str | None = None
+
+    @property
+    def config_id(self) -> str:
+        key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("spec_name", "spec_hash", "skip_reason", "batch_size", "metrics")}
+        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        grid = f"{self.steps} steps {self.spacing}" if self.tolerance is None else f"tol {self.tolerance:g}"
+        return f"{self.model} {self.solver} {grid} eta={self.eta:g} seed={self.seed}"
+
+
+# key: (type check, description of what is allowed)
+_LIST_KEYS = {
+    "models": (str, "model names: " + ", ".join(MODELS)),
+    "solvers": (str, "solver names (python -m solvers lists them)"),
+    "steps": (int, "integers >= 1"),
+    "spacings": (str, "spacings: " + ", ".join(SPACINGS)),
+    "etas": ((int, float), "numbers >= 0"),
+    "tolerances": ((int, float), "numbers > 0"),
+    "seeds": (int, "integers >= 0"),
+    "metrics": (str, "metrics: " + ", ".join(METRICS)),
+}
+_SCALAR_KEYS = {
+    "name": (str, "a string"),
+    "schedule": (str, "schedules: " + ", ".join(SCHEDULES)),
+    "n_samples": (int, "an integer >= 1"),
+    "batch_size": (int, "an integer >= 1"),
+    "device": (str, "one of " + ", ".join(DEVICES) + " or cuda:N"),
+    "dtype": (str, "one of " + ", ".join(DTYPES)),
+    "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
+}
+_REQUIRED = ("models", "solvers", "n_samples")
+_DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+             "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
+             "metrics": ["err_reference", "err_stepdoubling", "loglik", "frechet", "precision_recall",
+                         "sliced_wasserstein"]}
+
+
+def _suggest(value, allowed) -> str:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_type(value, types) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def _validate(raw: dict, where: str) -> list[str]:
+    errors = []
+    for key in raw:
+        if key not in _LIST_KEYS and key not in _SCALAR_KEYS:
+            allowed = ", ".join([*_SCALAR_KEYS, *_LIST_KEYS])
+            errors.append(f"{where}: unknown key {key!r}{_suggest(key, [*_SCALAR_KEYS, *_LIST_KEYS])}; allowed keys: {allowed}")
+    for key in _REQUIRED:
+        if key not in raw:
+            errors.append(f"{where}: missing required key {key!r}")
+    for key, (types, allowed) in _SCALAR_KEYS.items():
+        if key in raw and not _is_type(raw[key], types):
+            errors.append(f"{where}: key {key!r} must be {allowed}, got {raw[key]!r}")
+    for key, (types, allowed) in _LIST_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, list):
+            errors.append(f"{where}: key {key!r} must be a list of {allowed}, got {value!r}")
+        elif bad := [v for v in value if not _is_type(v, types)]:
+            errors.append(f"{where}: key {key!r} must hold {allowed}, got {bad[0]!r}")
+        elif len(set(map(str, value))) != len(value):
+            errors.append(f"{where}: key {key!r} lists a value twice: {value!r}")
+    if errors:  # the checks below assume the types are right
+        return errors
+    for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS)):
+        for name in raw.get(key, []):
+            if name not in allowed:
+                errors.append(f"{where}: key {key!r}: unknown {key[:-1]} {name!r}{_suggest(name, allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
+    checks = [("steps", lambda v: v >= 1, "integers >= 1"), ("etas", lambda v: v >= 0, "numbers >= 0"),
+              ("tolerances", lambda v: v > 0, "numbers > 0"), ("seeds", lambda v: v >= 0, "integers >= 0")]
+    for key, ok, allowed in checks:
+        if bad := [v for v in raw.get(key, []) if not ok(v)]:
+            errors.append(f"{where}: key {key!r} must hold {allowed}, got {bad[0]!r}")
+    for key in ("n_samples", "batch_size"):
+        if key in raw and raw[key] < 1:
+            errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
+    for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES)):
+        if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
+            continue
+        if key in raw and raw[key] not in allowed:
+            errors.append(f"{where}: key {key!r}: unknown value {raw[key]!r}{_suggest(raw[key], allowed)}; "
+                          f"allowed: {', '.join(allowed)}")
+    for key in ("models", "solvers"):
+        if key in raw and not raw[key]:
+            errors.append(f"{where}: key {key!r} must not be empty")
+    solvers = raw.get("solvers", [])
+    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" in raw and not raw["steps"]:
+        errors.append(f"{where}: key 'steps' must not be empty when fixed-step solvers are listed")
+    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" not in raw:
+        errors.append(f"{where}: missing key 'steps' (needed by the fixed-step solvers listed)")
+    if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
+        errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
+    for solver, options in raw.get("options", {}).items():
+        if solver not in solvers:
+            errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        elif not isinstance(options, dict):
+            errors.append(f"{where}: key 'options.{solver}' must be a table of option = value, got {options!r}")
+        else:
+            for option in options:
+                if option not in SOLVERS[solver].options:
+                    allowed = ", ".join(SOLVERS[solver].options) or "none"
+                    errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, SOLVERS[solver].options)}; "
+                                  f"allowed: {allowed}")
+    return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    path: str
+    hash: str
+    values: dict
+
+
+def load_spec(path) -> Spec:
+    """Read and validate a grid spec; raises SpecError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    return parse_spec(raw, str(path), text)
+
+
+def parse_spec(raw: dict, where: str = "<spec>", text: str | None = None) -> Spec:
+    errors = _validate(raw, where)
+    if errors:
+        raise SpecError("\n".join(errors))
+    values = {**_DEFAULTS, **raw}
+    if values["batch_size"] is None:
+        values["batch_size"] = values["n_samples"]
+    canonical = text if text is not None else json.dumps(raw, sort_keys=True)
+    return Spec(values.get("name", Path(where).stem), where, hashlib.sha1(canonical.encode()).hexdigest()[:12], values)
+
+
+def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
+    """The cartesian product of the spec, one RunConfig each, in a deterministic order."""
+    v = spec.values
+    configs = []
+    for model in v["models"]:
+        for solver_name in v["solvers"]:
+            solver = SOLVERS[solver_name]
+            options = tuple(sorted(v["options"].get(solver_name, {}).items()))
+            if solver.adaptive:
+                grid = [(None, None, tol) for tol in v["tolerances"]]
+            else:  # larger step counts first, so a step-doubling partner (2n) is run before n
+                grid = [(n, sp, None) for sp in v["spacings"] for n in sorted(v["steps"], reverse=True)]
+            for seed in v["seeds"]:
+                for steps, spacing, tolerance in grid:
+                    for eta in v["etas"]:
+                        try:
+                            solver.check_eta(float(eta))
+                            reason = None
+                        except ValueError as err:
+                            reason = str(err)
+                        configs.append(RunConfig(
+                            model=model, schedule=v["schedule"], solver=solver_name, options=options, steps=steps,
+                            spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
+                            n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
+                            dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
+                            skip_reason=reason))
+    return configs
+
+
+def shard(configs: list[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """The configs of shard ``index`` of ``count`` (0-based): a stable hash split on config_id."""
+    if not 0 <= index < count:
+        raise SpecError(f"--shard: need 0 <= i < n, got {index}/{count}")
+    return [c for c in configs if int(c.config_id, 16) % count == index]

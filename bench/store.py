@@ -1,0 +1,130 @@
+"""Results store: a run folder holding one parquet file per finished configuration.
+
+    <run>/run.json           what made the run (spec name, hash, path, commit, start time)
+    <run>/spec.toml          the spec text
+    <run>/rows/<id>.parquet  one row per config, written to a hidden temp file and renamed into place,
+                             so a killed sweep leaves only whole files; readers skip hidden files
+
+``load_rows(run)`` (or ``pandas.read_parquet(run / "rows")``) gives the table; shards of one sweep
+write into the same folder and load as one table.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("config_id", pa.string()), ("spec_name", pa.string()), ("spec_hash", pa.string()),
+    ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("created_at", pa.string()), ("host", pa.string()),
+    ("device", pa.string()), ("torch_version", pa.string()),
+    ("model", pa.string()), ("dataset", pa.string()), ("schedule", pa.string()), ("solver", pa.string()),
+    ("options", pa.string()), ("steps", pa.int64()), ("spacing", pa.string()), ("eta", pa.float64()),
+    ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
+    ("dtype", pa.string()),
+    ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
+    ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
+    ("fid", pa.float64()), ("kid", pa.float64()), ("precision", pa.float64()), ("recall", pa.float64()),
+    ("err_stepdoubling", pa.float64()), ("err_stepdoubling_rms", pa.float64()), ("err_reference", pa.float64()),
+    ("loglik", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
+    ("status", pa.string()), ("message", pa.string()),
+])
+COLUMNS = SCHEMA.names
+STATUSES = ("ok", "diverged", "skipped", "failed")
+
+
+def git_state(cwd=None) -> tuple[str, bool]:
+    """(commit, dirty) of the checkout, or ("unknown", False) outside git. results/ does not count as dirty."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], cwd=cwd,
+                                capture_output=True, text=True, check=True).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def environment(device: str) -> dict:
+    """The columns every row of this process shares."""
+    import torch
+
+    commit, dirty = git_state()
+    if device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(), "device": device_name,
+            "torch_version": torch.__version__}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_dir(root: Path, spec_name: str) -> Path:
+    commit, dirty = git_state()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{commit[:7]}{'-dirty' if dirty else ''}-{spec_name}"
+
+
+def open_run(run_dir: Path, spec) -> dict:
+    """Create the run folder or check that an existing one was made from the same spec; returns run.json."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta["spec_hash"] != spec.hash:
+            raise ValueError(f"{run_dir} was made from spec {meta['spec_path']} (hash {meta['spec_hash']}); "
+                             f"{spec.path} has hash {spec.hash}: resume it with the same spec or use a new --out")
+        for stale in (run_dir / "rows").glob(".tmp-*"):
+            stale.unlink()
+        return meta
+    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
+    commit, _ = git_state()
+    meta = {"run_id": run_dir.name, "spec_name": spec.name, "spec_path": spec.path, "spec_hash": spec.hash,
+            "git_commit": commit, "created_at": now()}
+    if Path(spec.path).is_file():
+        (run_dir / "spec.toml").write_text(Path(spec.path).read_text())
+    _atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_row(run_dir: Path, row: dict) -> Path:
+    """Write one config's row atomically; columns missing from ``row`` are null."""
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"write_row: unknown columns {sorted(unknown)}")
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"write_row: status must be one of {STATUSES}, got {row.get('status')!r}")
+    rows_dir = Path(run_dir) / "rows"
+    path = rows_dir / f"{row['config_id']}.parquet"
+    tmp = rows_dir / f".tmp-{row['config_id']}-{os.getpid()}.parquet"
+    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def done_ids(run_dir: Path) -> set[str]:
+    return {p.stem for p in (Path(run_dir) / "rows").glob("*.parquet") if not p.name.startswith(".")}
+
+
+def load_rows(*run_dirs) -> pd.DataFrame:
+    """All rows of one or more run folders as one DataFrame (empty, with the columns, if none)."""
+    tables = [pq.read_table(p, schema=SCHEMA) for d in run_dirs for p in sorted((Path(d) / "rows").glob("[!.]*.parquet"))]
+    if not tables:
+        return SCHEMA.empty_table().to_pandas()
+    return pa.concat_tables(tables).to_pandas()

@@ -1,0 +1,106 @@
+"""Grid spec validation (every malformed spec gets its own one-line message, before any compute) and expansion."""
+import pytest
+
+from bench.config import SpecError, expand, load_spec, parse_spec, shard
+from solvers import SOLVERS
+
+GOOD = {"name": "t", "models": ["ring2d"], "solvers": ["heun", "ddpm", "dopri5"], "steps": [4, 8],
+        "spacings": ["logsnr", "uniform"], "etas": [0.0, 1.0], "tolerances": [1e-3], "n_samples": 16}
+
+
+def _with(**changes):
+    spec = {**GOOD, **changes}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+MALFORMED = [
+    (_with(solver=["heun"]), "unknown key 'solver' (did you mean 'solvers'?); allowed keys:"),
+    (_with(models=None), "missing required key 'models'"),
+    (_with(solvers=["heum"]), "key 'solvers': unknown solver 'heum' (did you mean 'heun'?); allowed: euler"),
+    (_with(models=["ring3d"]), "key 'models': unknown model 'ring3d' (did you mean 'ring2d'?)"),
+    (_with(spacings=["logsnrr"]), "key 'spacings': unknown spacing 'logsnrr' (did you mean 'logsnr'?)"),
+    (_with(metrics=["fid_score"]), "key 'metrics': unknown metric 'fid_score'"),
+    (_with(steps=[4, -2]), "key 'steps' must hold integers >= 1, got -2"),
+    (_with(steps=[4, 2.5]), "key 'steps' must hold integers >= 1, got 2.5"),
+    (_with(steps=4), "key 'steps' must be a list of integers >= 1, got 4"),
+    (_with(etas=[-0.5]), "key 'etas' must hold numbers >= 0, got -0.5"),
+    (_with(etas=["high"]), "key 'etas' must hold numbers >= 0, got 'high'"),
+    (_with(tolerances=[0.0]), "key 'tolerances' must hold numbers > 0, got 0.0"),
+    (_with(n_samples=0), "key 'n_samples' must be an integer >= 1, got 0"),
+    (_with(n_samples="many"), "key 'n_samples' must be an integer >= 1, got 'many'"),
+    (_with(batch_size=-4), "key 'batch_size' must be an integer >= 1, got -4"),
+    (_with(seeds=[-1]), "key 'seeds' must hold integers >= 0, got -1"),
+    (_with(seeds=[True]), "key 'seeds' must hold integers >= 0, got True"),
+    (_with(device="tpu"), "key 'device': unknown value 'tpu' (did you mean 'cpu'?); allowed: cpu, cuda, auto"),
+    (_with(schedule="VPLinearr"), "key 'schedule': unknown value 'VPLinearr' (did you mean 'VPLinear'?)"),
+    (_with(dtype="float16"), "key 'dtype': unknown value 'float16' (did you mean 'float64'?); allowed: float32, float64"),
+    (_with(tolerances=None), "missing key 'tolerances' (needed by the adaptive solvers listed)"),
+    (_with(steps=None), "missing key 'steps' (needed by the fixed-step solvers listed)"),
+    (_with(steps=[]), "key 'steps' must not be empty when fixed-step solvers are listed"),
+    (_with(solvers=[]), "key 'solvers' must not be empty"),
+    (_with(steps=[4, 4]), "key 'steps' lists a value twice"),
+    (_with(options={"lms": {"order": 3}}), "key 'options.lms': 'lms' is not in 'solvers'"),
+    (_with(options={"heun": {"order": 3}}), "key 'options.heun.order': unknown option; allowed: none"),
+    (_with(options={"ddpm": {"varience": "beta"}}), "key 'options.ddpm.varience': unknown option (did you mean 'variance'?)"),
+    (_with(name=3), "key 'name' must be a string, got 3"),
+]
+
+
+@pytest.mark.parametrize("raw, message", MALFORMED, ids=[m for _, m in MALFORMED])
+def test_malformed_spec_gives_its_specific_message(raw, message, tmp_path):
+    path = tmp_path / "bad.toml"
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, str(path))
+    lines = str(err.value).splitlines()
+    assert any(message in line and line.startswith(str(path)) for line in lines), str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as err:
+        parse_spec(_with(n_samples=0, etas=[-1.0], device="tpu"), "x.toml")
+    assert len(str(err.value).splitlines()) == 3
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("models = [ring2d")
+    with pytest.raises(SpecError, match="broken.toml: not valid TOML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="nope.toml: no such spec file"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_expansion_counts_and_skip_reasons():
+    configs = expand(parse_spec(GOOD))
+    # heun, ddpm: 2 steps x 2 spacings x 2 etas each; dopri5: 1 tolerance x 2 etas.
+    assert len(configs) == 8 + 8 + 2
+    by = {(c.solver, c.eta, c.steps, c.spacing): c for c in configs}
+    assert "heun is an ODE solver: eta must be 0, got 1.0" in by[("heun", 1.0, 4, "logsnr")].skip_reason
+    assert "ddpm: eta is fixed at 1.0" in by[("ddpm", 0.0, 8, "uniform")].skip_reason
+    assert by[("ddpm", 1.0, 8, "uniform")].skip_reason is None
+    assert by[("dopri5", 0.0, None, None)].tolerance == 1e-3 and by[("dopri5", 0.0, None, None)].skip_reason is None
+    assert len({c.config_id for c in configs}) == len(configs)
+
+
+def test_config_ids_are_stable_and_ignore_the_spec_name():
+    a = expand(parse_spec(GOOD))
+    b = expand(parse_spec({**GOOD, "name": "other"}))
+    assert [c.config_id for c in a] == [c.config_id for c in b]
+
+
+def test_shards_partition_the_grid():
+    configs = expand(parse_spec(GOOD))
+    parts = [shard(configs, i, 3) for i in range(3)]
+    ids = [c.config_id for part in parts for c in part]
+    assert sorted(ids) == sorted(c.config_id for c in configs) and len(ids) == len(set(ids))
+    with pytest.raises(SpecError, match="need 0 <= i < n, got 3/3"):
+        shard(configs, 3, 3)
+
+
+def test_shipped_specs_are_valid():
+    from pathlib import Path
+
+    for path in sorted(Path("bench/configs").glob("*.toml")):
+        spec = load_spec(path)
+        assert set(spec.values["solvers"]) <= set(SOLVERS)

@@ -1,0 +1,186 @@
+"""The grid runner end to end on small analytic problems: rows, NFE, pairing, errors, resume, shards."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import store
+from bench.analytic import GaussianMixture
+from bench.config import expand, parse_spec, shard
+from bench.models import MODELS
+from bench.runner import SweepCache, run_sweep
+from solvers import SOLVERS
+from solvers.schedules import VPLinear
+
+
+class _Broken(GaussianMixture):
+    """A mixture whose eps is NaN everywhere (diverges) or raises (fails), to test the runner's error paths."""
+
+    def __init__(self, mode):
+        super().__init__(torch.zeros(1, 2), 1.0)
+        self.mode = mode
+
+    def eps(self, x, schedule, t):
+        if self.mode == "raise":
+            raise RuntimeError("network exploded")
+        return torch.full_like(x, float("nan"))
+
+
+@pytest.fixture
+def extra_models(monkeypatch):
+    monkeypatch.setitem(MODELS, "gaussian", lambda: GaussianMixture(torch.tensor([[0.5, -0.5]]), 0.2))
+    monkeypatch.setitem(MODELS, "broken_nan", lambda: _Broken("nan"))
+    monkeypatch.setitem(MODELS, "broken_raise", lambda: _Broken("raise"))
+
+
+def _sweep(tmp_path, **spec):
+    parsed = parse_spec({"name": "t", "n_samples": 32, **spec}, str(tmp_path / "t.toml"))
+    run_dir = tmp_path / "run"
+    meta = store.open_run(run_dir, parsed)
+    configs = expand(parsed)
+    counts = run_sweep(configs, run_dir, meta["run_id"], progress=False)
+    return configs, counts, store.load_rows(run_dir)
+
+
+def test_rows_have_every_column_and_nfe_matches_the_registry(tmp_path):
+    solvers = ["euler", "heun", "rk4", "dpm_solver_3", "dpmpp_2m", "unipc_3", "ddpm", "pc", "lms"]
+    configs, counts, table = _sweep(tmp_path, models=["ring2d"], solvers=solvers, steps=[3, 6], etas=[0.0, 1.0],
+                                    metrics=["err_reference"])
+    assert list(table.columns) == store.COLUMNS and len(table) == len(configs)
+    ok = table[table.status == "ok"]
+    assert len(ok) == sum(1 for c in configs if c.skip_reason is None)
+    for row in ok.itertuples():
+        assert row.nfe == SOLVERS[row.solver].nfe(row.steps), (row.solver, row.steps, row.nfe)
+        assert row.wall_s > 0 and row.samples_per_s > 0
+    assert table.git_commit.notna().all() and table.torch_version.eq(torch.__version__).all()
+    skipped = table[table.status == "skipped"]
+    assert set(skipped.solver) == set(solvers) - {"euler"}  # euler runs both etas; the rest reject one
+    assert skipped.message.str.contains("eta").all()
+
+
+def test_paired_x_T_same_seed_same_start_for_every_config():
+    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun", "rk4"], "steps": [2], "n_samples": 8, "seeds": [0, 1]})
+    cache = SweepCache()
+    starts = {(c.solver, c.seed): cache.prior(c, (2,), torch.device("cpu"), torch.float32) for c in expand(spec)}
+    assert torch.equal(starts[("heun", 0)], starts[("rk4", 0)]) and not torch.equal(starts[("heun", 0)], starts[("heun", 1)])
+
+
+def test_identical_maps_give_identical_errors(tmp_path):
+    """ddim and dpm_solver_1 are the same map: paired x_T makes their error columns equal."""
+    _, _, table = _sweep(tmp_path, models=["ring2d"], solvers=["ddim", "dpm_solver_1"], steps=[5], dtype="float64",
+                         metrics=["err_reference", "sliced_wasserstein"])
+    a, b = (table[table.solver == s].iloc[0] for s in ("ddim", "dpm_solver_1"))
+    assert a.err_reference == pytest.approx(b.err_reference, rel=1e-9)
+    assert a.sliced_wasserstein == pytest.approx(b.sliced_wasserstein, rel=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_stepdoubling_column_estimates_the_refined_solves_true_error(tmp_path, extra_models, solver):
+    """Single Gaussian (smooth, closed-form flow): the n-step row's estimate vs the 2n-step row's true error."""
+    _, _, table = _sweep(tmp_path, models=["gaussian"], solvers=[solver], steps=[32, 64], dtype="float64",
+                         metrics=["err_reference", "err_stepdoubling"], n_samples=64)
+    by_steps = table.set_index("steps")
+    ratio = by_steps.loc[32, "err_stepdoubling"] / by_steps.loc[64, "err_reference"]
+    assert 0.67 < ratio < 1.5, ratio
+
+
+def test_diverged_and_failed_rows_do_not_stop_the_sweep(tmp_path, extra_models):
+    _, counts, table = _sweep(tmp_path, models=["broken_nan", "broken_raise", "ring2d"], solvers=["euler"], steps=[2],
+                              metrics=["loglik"])
+    status = dict(zip(table.model, table.status))
+    assert status == {"broken_nan": "diverged", "broken_raise": "failed", "ring2d": "ok"}
+    assert table.set_index("model").loc["broken_raise", "message"] == "RuntimeError: network exploded"
+    assert counts["ok"] == counts["diverged"] == counts["failed"] == 1
+
+
+def test_analytic_metrics_are_filled_and_sensible(tmp_path):
+    _, _, table = _sweep(tmp_path, models=["ring2d"], solvers=["heun"], steps=[2, 20], n_samples=200,
+                         metrics=["loglik", "frechet", "precision_recall", "sliced_wasserstein"])
+    coarse, fine = table.sort_values("steps").itertuples()
+    assert fine.sliced_wasserstein < coarse.sliced_wasserstein and fine.frechet < coarse.frechet
+    assert -10 < fine.loglik < 10  # the exact log-density of samples near the ring: finite, moderate
+    assert 0 <= fine.precision <= 1 and 0 <= fine.recall <= 1 and fine.precision > coarse.precision
+
+
+SPEC_FOR_KILL = """
+name = "kill"
+models = ["digits"]
+solvers = ["euler", "heun", "rk4", "dpmpp_2m", "ddim", "dpm_solver_2", "deis_3", "unipc_2"]
+steps = [5, 10, 20, 40]
+spacings = ["logsnr", "uniform"]
+n_samples = 64
+metrics = ["err_stepdoubling"]
+"""
+
+
+def test_resume_after_sigkill_runs_every_config_exactly_once(tmp_path):
+    spec = tmp_path / "kill.toml"
+    spec.write_text(SPEC_FOR_KILL)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench", "run", str(spec), "--out", str(run_dir), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(store.done_ids(run_dir) if (run_dir / "rows").exists() else ()) < 5:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = store.done_ids(run_dir)
+    assert 5 <= len(partial) < 64, "the sweep should have been killed mid-way"
+    finished = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"already_done {len(partial)}" in finished.stdout
+    table = store.load_rows(run_dir)
+    assert len(table) == 64 and table.config_id.is_unique
+    assert not list((run_dir / "rows").glob(".tmp-*"))
+    assert pd.read_parquet(run_dir / "rows").shape[0] == 64  # plain pandas reads the folder too
+
+
+def test_shards_union_is_the_whole_run(tmp_path):
+    raw = {"name": "s", "models": ["ring2d"], "solvers": ["euler", "heun", "ddpm"], "steps": [2, 4],
+           "etas": [0.0, 1.0], "n_samples": 8, "metrics": ["loglik"]}
+    spec = parse_spec(raw, str(tmp_path / "s.toml"))
+    configs = expand(spec)
+    run_dir = tmp_path / "run"
+    meta = store.open_run(run_dir, spec)
+    for i in range(3):
+        run_sweep(shard(configs, i, 3), run_dir, meta["run_id"], progress=False)
+    table = store.load_rows(run_dir)
+    assert sorted(table.config_id) == sorted(c.config_id for c in configs)
+
+
+def test_resuming_with_another_spec_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4}))
+    with pytest.raises(ValueError, match="resume it with the same spec or use a new --out"):
+        store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["rk4"], "steps": [2], "n_samples": 4}))
+
+
+def test_cli_reports_spec_errors_without_writing(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('models = ["ring2d"]\nsolvers = ["heum"]\nsteps = [2]\nn_samples = 4\n')
+    result = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown solver 'heum' (did you mean 'heun'?)" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_list_names_everything():
+    out = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True, check=True).stdout
+    for word in ("dpmpp_2m", "logsnr", "VPLinear", "digits", "sliced_wasserstein"):
+        assert word in out
+
+
+def test_run_json_records_the_spec(tmp_path):
+    _sweep(tmp_path, models=["ring2d"], solvers=["heun"], steps=[2], metrics=["loglik"])
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["spec_name"] == "t" and len(meta["spec_hash"]) == 12 and meta["run_id"] == "run"
+
+
+def test_schedules_used_are_the_registered_ones():
+    assert isinstance(SweepCache().model(expand(parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2],
+                                                            "n_samples": 4}))[0])[1].schedule, VPLinear)
