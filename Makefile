@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup test test-all bench clean
+.PHONY: setup test test-all bench report compare perf perf-compare clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,6 +30,25 @@ test-all: setup
 SPEC ?= bench/configs/default.toml
 bench: setup
 	$(PY) -m bench run $(SPEC) $(BENCH_ARGS)
+
+# Plots + report for RUN (default: the newest run folder under results/).
+RUN ?= $(shell ls -td results/scratch/*/ results/*/ 2>/dev/null | grep -v compare- | while read d; do [ -f "$$d/run.json" ] && echo "$$d" && break; done)
+report: setup
+	@test -n "$(RUN)" || { echo "make report: no run folder under results/; run make bench or pass RUN=..."; exit 2; }
+	$(PY) -m bench report $(RUN)
+
+# What changed between two runs: BASE and HEAD are run folders or commits (HEAD: the newest run).
+compare: setup
+	@test -n "$(BASE)" || { echo "make compare: pass BASE=<commit|run> [HEAD=<commit|run>]"; exit 2; }
+	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
+
+# Solver overhead benchmarks (pytest-benchmark), saved per run under .benchmarks/; not part of make test.
+perf: setup
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-autosave -o addopts=""
+
+# The same benchmarks against the last saved run; fails when a mean got 25% slower.
+perf-compare: setup
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25% -o addopts=""
 
 clean:
 	rm -rf $(VENV) .pytest_cache

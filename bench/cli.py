@@ -1,4 +1,4 @@
-"""Command line: python -m bench run | list."""
+"""Command line: python -m bench run | report | compare | list."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,41 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from bench.report import build_report
+
+    for run in args.runs:
+        if not (Path(run) / "run.json").exists():
+            print(f"{run}: not a run folder (no run.json)", file=sys.stderr)
+            return 2
+    md_path, html_path = build_report(args.runs, Path(args.out) if args.out else None, budget=args.budget)
+    print(f"report: {md_path} and {html_path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bench.compare import build_comparison, resolve_run
+
+    try:
+        base = resolve_run(args.base, Path(args.results))
+        head = resolve_run(args.head, Path(args.results)) if args.head else _latest_run(Path(args.results))
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else DEFAULT_RESULTS / f"compare-{base.name}-vs-{head.name}"
+    (md_path, html_path), result = build_comparison(base, head, out, time_ratio=args.time_ratio)
+    print(f"{result['matched']} configs compared: {len(result['regressions'])} regressions, "
+          f"{len(result['improvements'])} improvements; {md_path} and {html_path}")
+    return 1 if args.fail_on_regression and len(result["regressions"]) else 0
+
+
+def _latest_run(root: Path) -> Path:
+    runs = sorted(root.rglob("run.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ValueError(f"no run under {root}/ to compare against; give HEAD explicitly")
+    return runs[-1].parent
+
+
 def cmd_list(args) -> int:
     from bench.metrics import METRICS
     from bench.models import MODELS
@@ -74,6 +109,19 @@ def main(argv=None) -> int:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="plots + report.md + report.html for one or more run folders")
+    report.add_argument("runs", nargs="+", help="run folders")
+    report.add_argument("--out", help="where to write (default: the first run folder)")
+    report.add_argument("--budget", type=float, default=20, help="NFE budget of the heatmaps and precision/recall plot")
+    report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="what changed between two runs (folders or commits)")
+    compare.add_argument("base", help="run folder, or a commit (prefix) whose latest run under --results is used")
+    compare.add_argument("head", nargs="?", help="run folder or commit (default: the newest run under --results)")
+    compare.add_argument("--results", default="results", help="where to look for runs by commit (default: results)")
+    compare.add_argument("--out", help="output folder (default: results/scratch/compare-<base>-vs-<head>)")
+    compare.add_argument("--time-ratio", type=float, default=1.25, help="wall-time ratio counted as a change")
+    compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when anything regressed")
+    compare.set_defaults(func=cmd_compare)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,85 @@
+"""Pareto frontiers and budget tables over result rows (pandas only; plots and reports build on this).
+
+Cost and quality are both "lower is better" (NFE or seconds; FID, errors, distances). A row is on the
+frontier when no other row is at least as good on both and strictly better on one. Rows with a
+missing cost or quality are never on it. Exact ties are all kept: neither dominates the other.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# Quality columns in order of preference: the first one a table has values for is the default. Without
+# images, err_reference (deterministic, ODE configs) comes before the sample-based distances, whose
+# sampling noise floor hides differences between good configs at a few hundred samples.
+QUALITY_PREFERENCE = ("fid", "err_reference", "frechet", "sliced_wasserstein")
+LOWER_IS_BETTER = {"fid", "kid", "frechet", "sliced_wasserstein", "err_reference", "err_stepdoubling", "nfe", "wall_s"}
+
+
+def default_quality(df: pd.DataFrame) -> str:
+    """The first column of QUALITY_PREFERENCE with any value in ``df``."""
+    for column in QUALITY_PREFERENCE:
+        if column in df and df[column].notna().any():
+            return column
+    raise ValueError(f"no quality column has values; looked for {', '.join(QUALITY_PREFERENCE)}")
+
+
+def pareto_mask(cost, quality) -> np.ndarray:
+    """Boolean mask of the non-dominated points among (cost, quality), both minimised; NaN is never on it."""
+    cost, quality = np.asarray(cost, dtype=float), np.asarray(quality, dtype=float)
+    valid = np.isfinite(cost) & np.isfinite(quality)
+    on = np.zeros(len(cost), dtype=bool)
+    idx = np.flatnonzero(valid)
+    # Sort by cost, then quality; sweep keeping the best quality seen at strictly lower cost.
+    order = idx[np.lexsort((quality[idx], cost[idx]))]
+    best = np.inf
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and cost[order[j]] == cost[order[i]]:
+            j += 1
+        group = order[i:j]
+        group_best = quality[group].min()
+        if group_best < best:  # the points at this cost that reach its best quality, ties included
+            on[group[quality[group] == group_best]] = True
+            best = group_best
+        i = j
+    return on
+
+
+def frontier(df: pd.DataFrame, cost: str, quality: str, by=("model",)) -> pd.DataFrame:
+    """The rows of ``df`` with an ``on_frontier`` column, computed within each group of ``by``."""
+    out = df.copy()
+    out["on_frontier"] = False
+    for _, group in out.groupby(list(by), dropna=False):
+        out.loc[group.index, "on_frontier"] = pareto_mask(group[cost], group[quality])
+    return out
+
+
+def describe_config(row) -> str:
+    grid = f"{int(row.steps)} {row.spacing}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
+    return f"{row.solver} ({grid}, eta {row.eta:g})"
+
+
+def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe") -> pd.DataFrame:
+    """Best config per model for each NFE budget: the lowest ``quality`` among rows with cost <= budget."""
+    rows = []
+    ok = df[(df.status == "ok") & df[quality].notna() & df[cost].notna()]
+    for model, group in ok.groupby("model"):
+        for budget in budgets:
+            within = group[group[cost] <= budget]
+            if within.empty:
+                continue
+            best = within.loc[within[quality].idxmin()]
+            rows.append({"model": model, f"{cost} budget": budget, "best config": describe_config(best),
+                         cost: best[cost], quality: best[quality]})
+    return pd.DataFrame(rows)
+
+
+def fitted_order(nfe, error) -> float:
+    """Empirical order: minus the slope of log error against log NFE (NaN with fewer than 2 usable points)."""
+    nfe, error = np.asarray(nfe, dtype=float), np.asarray(error, dtype=float)
+    keep = np.isfinite(nfe) & np.isfinite(error) & (nfe > 0) & (error > 0)
+    if keep.sum() < 2 or len(np.unique(nfe[keep])) < 2:
+        return float("nan")
+    return float(-np.polyfit(np.log(nfe[keep]), np.log(error[keep]), 1)[0])

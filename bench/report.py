@@ -1,0 +1,76 @@
+"""Reports: one or more run folders -> plots, report.md (plots linked) and report.html (plots inlined)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench import plots
+from bench.document import Document
+from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality
+from bench.store import load_rows
+
+DEFAULT_BUDGET = 20
+
+
+def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    columns = ["run_id", "git_commit", "git_dirty", "device", "torch_version", "host"]
+    env = df[columns].drop_duplicates().copy()
+    env["git_commit"] = env.git_commit.str[:10]
+    return env
+
+
+def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET) -> tuple[Path, Path]:
+    """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run)."""
+    run_dirs = [Path(d) for d in run_dirs]
+    out_dir = Path(out_dir) if out_dir else run_dirs[0]
+    df = load_rows(*run_dirs)
+    if df.empty:
+        raise ValueError(f"no rows in {', '.join(map(str, run_dirs))}")
+    plot_dir = out_dir / "plots"
+    doc = Document(f"Sampler benchmark: {', '.join(d.name for d in run_dirs)}")
+
+    counts = df.status.value_counts().to_dict()
+    doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "diverged", "failed"))
+                  + f". Models: {', '.join(sorted(df.model.unique()))}.")
+    doc.heading("Environment")
+    doc.table(_environment_table(df))
+    for run_dir in run_dirs:
+        spec_path = run_dir / "spec.toml"
+        if spec_path.exists():
+            meta = json.loads((run_dir / "run.json").read_text())
+            doc.heading(f"Spec of {run_dir.name} ({meta['spec_path']}, hash {meta['spec_hash']})")
+            doc.code(spec_path.read_text())
+
+    quality = default_quality(df)
+    qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
+    doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
+    doc.table(budget_table(df, quality))
+
+    doc.heading("Plots")
+    figures = []
+    for q in qualities[:2]:
+        figures.append((f"Pareto frontier: {q} vs NFE", plots.plot_frontier(df, plot_dir, q, "nfe")))
+    figures.append((f"Pareto frontier: {quality} vs wall time", plots.plot_frontier(df, plot_dir, quality, "wall_s")))
+    if df.eta.nunique() > 1 and qualities:
+        sample_quality = next((q for q in qualities if q != "err_reference"), quality)
+        figures.append((f"Pareto frontier by eta: {sample_quality} vs NFE",
+                        plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet="eta")))
+    figures += [
+        ("Convergence: error vs NFE with fitted orders", plots.plot_convergence(df, plot_dir)),
+        ("Step-doubling estimate vs true error", plots.plot_calibration(df, plot_dir)),
+        (f"Best {quality} per solver and spacing / eta at NFE <= {budget:g}", plots.plot_heatmaps(df, plot_dir, quality, budget)),
+        (f"Precision vs recall at NFE <= {budget:g}", plots.plot_precision_recall(df, plot_dir, budget)),
+    ]
+    for caption, path in figures:
+        if path is not None:
+            doc.image(caption, path)
+
+    doc.heading("Failed and diverged configurations")
+    bad = df[df.status.isin(["failed", "diverged"])]
+    doc.table(bad[["model", "solver", "steps", "spacing", "eta", "tolerance", "status", "message"]])
+
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    doc.write(md_path, html_path)
+    return md_path, html_path

@@ -1,0 +1,46 @@
+"""Pareto dominance and budget tables on hand-made tables."""
+import numpy as np
+import pandas as pd
+
+from bench.frontier import budget_table, default_quality, fitted_order, frontier, pareto_mask
+
+
+def test_dominated_points_are_off_the_frontier():
+    cost = [1, 2, 3, 4, 2]
+    quality = [5.0, 3.0, 3.5, 1.0, 4.0]
+    # (3, 3.5) is dominated by (2, 3.0); (2, 4.0) by (2, 3.0) at equal cost.
+    assert pareto_mask(cost, quality).tolist() == [True, True, False, True, False]
+
+
+def test_exact_ties_are_all_kept_and_nan_is_never_on_it():
+    cost = [1, 1, 2, np.nan, 3, 0.5]
+    quality = [2.0, 2.0, 1.0, 0.1, np.nan, 9.0]
+    assert pareto_mask(cost, quality).tolist() == [True, True, True, False, False, True]
+
+
+def test_equal_quality_at_higher_cost_is_dominated():
+    assert pareto_mask([1, 2], [1.0, 1.0]).tolist() == [True, False]
+
+
+def test_frontier_is_computed_per_model():
+    df = pd.DataFrame({"model": ["a", "a", "b", "b"], "nfe": [1, 2, 1, 2], "q": [1.0, 2.0, 3.0, 0.5]})
+    assert frontier(df, "nfe", "q").on_frontier.tolist() == [True, False, True, True]
+
+
+def test_budget_table_takes_the_best_config_within_each_budget():
+    df = pd.DataFrame({"model": "m", "status": ["ok", "ok", "ok", "failed"], "nfe": [5, 10, 20, 8],
+                       "err_reference": [0.5, 0.1, 0.2, 0.0], "solver": ["euler", "heun", "rk4", "x"],
+                       "steps": [5, 5, 5, 8], "spacing": "logsnr", "eta": 0.0, "tolerance": np.nan})
+    table = budget_table(df, "err_reference", budgets=(5, 10, 50))
+    assert table["best config"].tolist() == ["euler (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)"]
+
+
+def test_default_quality_prefers_fid_then_err_reference():
+    assert default_quality(pd.DataFrame({"fid": [1.0], "err_reference": [0.1]})) == "fid"
+    assert default_quality(pd.DataFrame({"fid": [np.nan], "err_reference": [0.1], "frechet": [2.0]})) == "err_reference"
+
+
+def test_fitted_order_of_an_exact_power_law():
+    nfe = np.array([10, 20, 40])
+    assert abs(fitted_order(nfe, 3.0 * nfe**-2.0) - 2.0) < 1e-12
+    assert np.isnan(fitted_order([10], [1.0]))
