@@ -65,6 +65,17 @@ def _log_axes(ax, x=True, y=True):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def _model_scatter(data: pd.DataFrame, x: str, y: str, size: float, width: float, height: float):
+    """One panel per model with the rows as points coloured by solver; returns (fig, axes, models, colors)."""
+    colors = solver_colors()
+    models = sorted(data.model.unique())
+    fig, axes = _panels(1, len(models), width=width, height=height)
+    for ax, model in zip(axes[0], models):
+        group = data[data.model == model]
+        ax.scatter(group[x], group[y], c=[colors[s] for s in group.solver], s=size, alpha=0.7, linewidths=0)
+    return fig, axes, models, colors
+
+
 def _legend(fig, axes, colors, solvers, extra_handles=()):
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in solvers]
     fig.legend(handles=[*extra_handles, *handles], loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
@@ -158,13 +169,9 @@ def plot_calibration(df: pd.DataFrame, out_dir: Path):
     pairs = pairs[(pairs.err_stepdoubling > 0) & (pairs.err_reference > 0)]
     if pairs.empty:
         return None
-    colors = solver_colors()
-    models = sorted(pairs.model.unique())
-    fig, axes = _panels(1, len(models), width=4.4, height=4.2)
+    fig, axes, models, colors = _model_scatter(pairs, "err_reference", "err_stepdoubling", 16, 4.4, 4.2)
     for ax, model in zip(axes[0], models):
         group = pairs[pairs.model == model]
-        ax.scatter(group.err_reference, group.err_stepdoubling, c=[colors[s] for s in group.solver], s=16, alpha=0.7,
-                   linewidths=0)
         lo = min(group.err_reference.min(), group.err_stepdoubling.min())
         hi = max(group.err_reference.max(), group.err_stepdoubling.max())
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="estimate = true error")
@@ -219,12 +226,8 @@ def plot_precision_recall(df: pd.DataFrame, out_dir: Path, budget: float):
     data = data[data.nfe <= budget]
     if data.empty:
         return None
-    colors = solver_colors()
-    models = sorted(data.model.unique())
-    fig, axes = _panels(1, len(models), width=4.2, height=4.0)
+    fig, axes, models, colors = _model_scatter(data, "recall", "precision", 18, 4.2, 4.0)
     for ax, model in zip(axes[0], models):
-        group = data[data.model == model]
-        ax.scatter(group.recall, group.precision, c=[colors[s] for s in group.solver], s=18, alpha=0.7, linewidths=0)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{model}, NFE <= {budget:g}")
