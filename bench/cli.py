@@ -53,7 +53,8 @@ def cmd_report(args) -> int:
         if not (Path(run) / "run.json").exists():
             print(f"{run}: not a run folder (no run.json)", file=sys.stderr)
             return 2
-    md_path, html_path = build_report(args.runs, Path(args.out) if args.out else None, budget=args.budget)
+    md_path, html_path = build_report(args.runs, Path(args.out) if args.out else None, budget=args.budget,
+                                      facets=tuple(args.facet or ["eta"]))
     print(f"report: {md_path} and {html_path}")
     return 0
 
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     report.add_argument("runs", nargs="+", help="run folders")
     report.add_argument("--out", help="where to write (default: the first run folder)")
     report.add_argument("--budget", type=float, default=20, help="NFE budget of the heatmaps and precision/recall plot")
+    report.add_argument("--facet", action="append", choices=["eta", "spacing", "seed", "schedule"], default=None,
+                        help="split a frontier plot by this column (repeatable; default: eta)")
     report.set_defaults(func=cmd_report)
     compare = sub.add_parser("compare", help="what changed between two runs (folders or commits)")
     compare.add_argument("base", help="run folder, or a commit (prefix) whose latest run under --results is used")

@@ -21,8 +21,12 @@ def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
     return env
 
 
-def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET) -> tuple[Path, Path]:
-    """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run)."""
+def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
+                 facets: tuple[str, ...] = ("eta",)) -> tuple[Path, Path]:
+    """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run).
+
+    ``facets``: columns (eta, spacing, ...) to split the sample-quality frontier by, one plot each.
+    """
     run_dirs = [Path(d) for d in run_dirs]
     out_dir = Path(out_dir) if out_dir else run_dirs[0]
     df = load_rows(*run_dirs)
@@ -53,10 +57,11 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     for q in qualities[:2]:
         figures.append((f"Pareto frontier: {q} vs NFE", plots.plot_frontier(df, plot_dir, q, "nfe")))
     figures.append((f"Pareto frontier: {quality} vs wall time", plots.plot_frontier(df, plot_dir, quality, "wall_s")))
-    if df.eta.nunique() > 1 and qualities:
-        sample_quality = next((q for q in qualities if q != "err_reference"), quality)
-        figures.append((f"Pareto frontier by eta: {sample_quality} vs NFE",
-                        plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet="eta")))
+    sample_quality = next((q for q in qualities if q != "err_reference"), quality)
+    for facet in facets:
+        if df[facet].nunique() > 1:
+            figures.append((f"Pareto frontier by {facet}: {sample_quality} vs NFE",
+                            plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet=facet)))
     figures += [
         ("Convergence: error vs NFE with fitted orders", plots.plot_convergence(df, plot_dir)),
         ("Step-doubling estimate vs true error", plots.plot_calibration(df, plot_dir)),

@@ -112,3 +112,10 @@ def test_resolve_run_by_folder_and_by_commit(base_run):
         assert resolve_run(commit[:8], base_run.parent) == base_run
     with pytest.raises(ValueError, match="neither a run folder"):
         resolve_run("zzzzzzz", base_run.parent)
+
+
+def test_frontier_facets_by_spacing(base_run, tmp_path):
+    from bench.plots import plot_frontier
+
+    path = plot_frontier(store.load_rows(base_run), tmp_path, "frechet", "nfe", facet="spacing")
+    assert path.name == "frontier_frechet_vs_nfe_by_spacing.png" and path.stat().st_size > 10_000
