@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup fid-weights test test-all bench report compare perf perf-compare clean
+.PHONY: setup fid-weights test test-all bench report compare perf perf-compare train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -61,6 +61,10 @@ perf: setup
 # The same benchmarks against the last saved run; fails when a mean got 25% slower.
 perf-compare: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25% -o addopts=""
+
+# Train the built-in UNet on Fashion-MNIST (a GPU wants the defaults; TRAIN_ARGS="--steps 200" tries it on a CPU).
+train: setup
+	$(PY) -m bench train $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(FID_DIR)

@@ -1,4 +1,4 @@
-"""Command line: python -m bench run | report | compare | list."""
+"""Command line: python -m bench run | report | compare | train | list."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,21 @@ def _latest_run(root: Path) -> Path:
     return runs[-1].parent
 
 
+def cmd_train(args) -> int:
+    from bench.data import fashion_mnist
+    from bench.train import train
+
+    try:
+        data = fashion_mnist("train", data_dir=args.data_dir, size=args.size)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    train(data, Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, prediction=args.prediction,
+          checkpoint_every=args.checkpoint_every, device=args.device)
+    print(f"trained UNet in {args.out}; benchmark it with models = [\"diffusers:{args.out}\"]")
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.metrics import METRICS
     from bench.models import MODELS
@@ -95,6 +110,12 @@ def cmd_list(args) -> int:
     print("Models: " + ", ".join(MODELS))
     print("Metrics:\n" + "\n".join(f"  {name}: {text}" for name, text in METRICS.items()))
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv=None) -> int:
@@ -125,6 +146,17 @@ def main(argv=None) -> int:
     compare.add_argument("--time-ratio", type=float, default=1.25, help="wall-time ratio counted as a change")
     compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when anything regressed")
     compare.set_defaults(func=cmd_compare)
+    train = sub.add_parser("train", help="train the built-in UNet on Fashion-MNIST (resumes from OUT)")
+    train.add_argument("--out", default="results/scratch/unet-fashion", help="output folder (checkpoint, unet/, scheduler)")
+    train.add_argument("--steps", type=int, default=20000)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=2e-4)
+    train.add_argument("--prediction", choices=["eps", "v"], default="eps")
+    train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument("--size", type=int, default=32, help="pad the 28x28 images to this size")
+    train.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
+    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    train.set_defaults(func=cmd_train)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
     return args.func(args)

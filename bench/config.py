@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.metrics import METRICS
-from bench.models import MODELS
+from bench.models import MODELS, is_model_name
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import SPACINGS
@@ -78,7 +78,7 @@ class RunConfig:
 
 # key: (type check, description of what is allowed)
 _LIST_KEYS = {
-    "models": (str, "model names: " + ", ".join(MODELS)),
+    "models": (str, "model names (" + ", ".join(MODELS) + "), diffusers:PATH or python:module:function"),
     "solvers": (str, "solver names (python -m solvers lists them)"),
     "steps": (int, "integers >= 1"),
     "spacings": (str, "spacings: " + ", ".join(SPACINGS)),
@@ -141,6 +141,8 @@ def _validate(raw: dict, where: str) -> list[str]:
         return errors
     for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS)):
         for name in raw.get(key, []):
+            if key == "models" and is_model_name(name):
+                continue
             if name not in allowed:
                 errors.append(f"{where}: key {key!r}: unknown {key[:-1]} {name!r}{_suggest(name, allowed)}; "
                               f"allowed: {', '.join(allowed)}")

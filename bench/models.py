@@ -46,3 +46,20 @@ DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 
 # Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
 MODELS = dict(ANALYTIC_PRESETS)
+
+
+def build_model(name: str, data_dir=None):
+    """The model source for a spec entry: a preset name, ``diffusers:PATH`` or ``python:module:function``."""
+    from bench.networks import LOADERS
+
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in LOADERS:
+        return LOADERS[prefix](rest)
+    return MODELS[name](**({"data_dir": data_dir} if name in DATA_MODELS and data_dir else {}))
+
+
+def is_model_name(name: str) -> bool:
+    from bench.networks import LOADERS
+
+    prefix, sep, rest = name.partition(":")
+    return name in MODELS or bool(sep and prefix in LOADERS and rest)

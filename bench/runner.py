@@ -21,7 +21,7 @@ import torch
 from bench import metrics, store
 from bench.analytic import GaussianMixture
 from bench.config import RunConfig
-from bench.models import DATA_MODELS, MODELS
+from bench.models import build_model
 from solvers import SOLVERS, sample
 from solvers.noise import BrownianNoise, GaussianNoise
 from solvers.reference import reference_solve
@@ -55,7 +55,7 @@ class SweepCache:
     def model(self, cfg: RunConfig):
         key = (cfg.model, cfg.schedule)
         if key not in self.models:
-            source = MODELS[cfg.model](**({"data_dir": cfg.data_dir} if cfg.model in DATA_MODELS and cfg.data_dir else {}))
+            source = build_model(cfg.model, cfg.data_dir)
             schedule = SCHEDULES[cfg.schedule]()
             self.models[key] = (source, source.model(schedule))
         return self.models[key]
@@ -158,6 +158,7 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
     try:
         device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
         source, model = cache.model(cfg)
+        row["schedule"] = type(model.schedule).__name__  # network models bring their own schedule
         x_T = cache.prior(cfg, source.event_shape, device, dtype)
         _warm_up(cfg, cache, model, x_T, device)
         x, seconds, nfe, accepted, rejected = _solve(cfg, model, x_T, cfg.steps, device)

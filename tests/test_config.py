@@ -104,3 +104,10 @@ def test_shipped_specs_are_valid():
     for path in sorted(Path("bench/configs").glob("*.toml")):
         spec = load_spec(path)
         assert set(spec.values["solvers"]) <= set(SOLVERS)
+
+
+def test_network_model_entries_pass_validation():
+    spec = parse_spec({**GOOD, "models": ["diffusers:/some/unet", "python:pkg.mod:make", "ring2d"]})
+    assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:pkg.mod:make", "ring2d"}
+    with pytest.raises(SpecError, match="unknown model 'torch:/x'"):
+        parse_spec({**GOOD, "models": ["torch:/x"]})
