@@ -30,6 +30,7 @@ from solvers.spacing import SPACINGS
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
+FID_REFERENCES = ("exact", "fashion_mnist")
 
 
 class SpecError(ValueError):
@@ -57,6 +58,7 @@ class RunConfig:
     spec_name: str
     spec_hash: str
     reference_size: int = 500
+    fid_reference: str = "exact"
     fid_weights: str | None = None
     data_dir: str | None = None
     skip_reason: str | None = None
@@ -66,8 +68,8 @@ class RunConfig:
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("spec_name", "spec_hash", "skip_reason", "batch_size", "metrics", "fid_weights",
                                  "data_dir", "reference_size")}
-        if "fid" in self.metrics:  # the reference set size changes FID; it is part of the key only where used
-            key["reference_size"] = self.reference_size
+        if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
+            key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -96,11 +98,12 @@ _SCALAR_KEYS = {
     "dtype": (str, "one of " + ", ".join(DTYPES)),
     "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
     "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
+    "fid_reference": (str, "'exact' (an image mixture's exact samples) or 'fashion_mnist' (the training images)"),
     "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
     "data_dir": (str, "a folder with the dataset's IDX files"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
-_DEFAULTS = {"reference_size": 500, "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+_DEFAULTS = {"reference_size": 500, "fid_reference": "exact", "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
              "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
              "metrics": ["err_reference", "err_stepdoubling", "loglik", "frechet", "precision_recall",
                          "sliced_wasserstein"]}
@@ -156,7 +159,8 @@ def _validate(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
-    for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES)):
+    for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
+                         ("fid_reference", FID_REFERENCES)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
         if key in raw and raw[key] not in allowed:
@@ -172,6 +176,10 @@ def _validate(raw: dict, where: str) -> list[str]:
         errors.append(f"{where}: missing key 'steps' (needed by the fixed-step solvers listed)")
     if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
         errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
+    networks = [m for m in raw.get("models", []) if ":" in m]
+    if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
+        errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
+                      f"network; set fid_reference = \"fashion_mnist\"")
     for solver, options in raw.get("options", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
@@ -243,7 +251,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
                             n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
-                            reference_size=v["reference_size"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
+                            reference_size=v["reference_size"], fid_reference=v["fid_reference"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
                             skip_reason=reason))
     return configs
 

@@ -204,24 +204,35 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device) -
             out["precision"], out["recall"] = metrics.precision_recall(samples, exact)
         if "sliced_wasserstein" in wanted:
             out["sliced_wasserstein"] = metrics.sliced_wasserstein(samples, exact, seed=cfg.seed)
-        if "fid" in wanted and len(source.event_shape) == 3:
-            out.update(_image_metrics(cfg, cache, source, samples, device))
+    if "fid" in wanted and len(source.event_shape) == 3:
+        out.update(_image_metrics(cfg, cache, source, x, device))
     return out
 
 
-def _image_metrics(cfg: RunConfig, cache: SweepCache, source: GaussianMixture, samples, device) -> dict:
-    """FID/KID/precision/recall against exact samples of the image mixture (reference features cached on disk)."""
+def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -> dict:
+    """FID/KID/precision/recall against the spec's reference (reference features cached on disk):
+    an image mixture's exact samples (``fid_reference = "exact"``) or Fashion-MNIST training images."""
+    from bench.data import fashion_mnist
     from bench.fid import InceptionFeatures, cached_reference, image_metrics
 
     key = (cfg.fid_weights, str(device))
     if key not in cache.inception:
         cache.inception[key] = InceptionFeatures(cfg.fid_weights, str(device))
     extractor = cache.inception[key]
-    seed = 20_000 + cfg.seed
-    reference = cached_reference(
-        f"{cfg.model}-exact-n{cfg.reference_size}-seed{seed}",
-        lambda: source.sample(cfg.reference_size, torch.Generator().manual_seed(seed)).float(), extractor)
-    return image_metrics(extractor(samples.float()), reference, seed=cfg.seed)
+    seed, size = 20_000 + cfg.seed, source.event_shape[-1]
+    if cfg.fid_reference == "fashion_mnist":
+        def images():
+            data = fashion_mnist("train", data_dir=cfg.data_dir, size=size, resize="pad" if size >= 28 else "bilinear")
+            return data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:cfg.reference_size]]
+        key = f"fashion_mnist-train-{size}px-n{cfg.reference_size}-seed{seed}"
+    elif isinstance(source, GaussianMixture):
+        def images():
+            return source.sample(cfg.reference_size, torch.Generator().manual_seed(seed)).float()
+        key = f"{cfg.model}-exact-n{cfg.reference_size}-seed{seed}"
+    else:
+        raise ValueError(f"fid for {cfg.model}: set fid_reference = 'fashion_mnist' (exact samples exist for mixtures only)")
+    reference = cached_reference(key, images, extractor)
+    return image_metrics(extractor(samples.float().cpu()), reference, seed=cfg.seed)
 
 
 def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None) -> dict:

@@ -111,3 +111,12 @@ def test_network_model_entries_pass_validation():
     assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:pkg.mod:make", "ring2d"}
     with pytest.raises(SpecError, match="unknown model 'torch:/x'"):
         parse_spec({**GOOD, "models": ["torch:/x"]})
+
+
+def test_fid_on_a_network_needs_a_dataset_reference():
+    raw = {**GOOD, "models": ["diffusers:/x"], "metrics": ["fid"]}
+    with pytest.raises(SpecError, match="key 'fid_reference': 'exact' needs an image mixture"):
+        parse_spec(raw)
+    assert expand(parse_spec({**raw, "fid_reference": "fashion_mnist"}))[0].fid_reference == "fashion_mnist"
+    with pytest.raises(SpecError, match="key 'fid_reference': unknown value 'cifar'"):
+        parse_spec({**raw, "fid_reference": "cifar"})

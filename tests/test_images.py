@@ -1,9 +1,11 @@
 """Image data, the image-space mixture, uint8 conversion and FID / KID / precision-recall."""
 import gzip
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -143,3 +145,21 @@ def test_converted_weights_reproduce_the_torchscript_features():
         converted = fid_weights.extractor(fid_weights.resolve())(images)[0]
     relative = ((original - converted).abs().max() / original.abs().max()).item()
     assert relative < 1e-4, relative
+
+
+@pytest.mark.skipif(not (HAVE_FASHION and _have_weights()), reason="needs Fashion-MNIST and the FID weights")
+def test_fid_of_a_network_against_the_dataset_in_a_sweep(tmp_path):
+    from bench import store
+    from bench.config import expand, parse_spec
+    from bench.runner import run_sweep
+    from bench.train import build_unet
+
+    build_unet(8, 1, widths=(8, 16)).save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100}))
+    spec = parse_spec({"models": [f"diffusers:{tmp_path / 'ckpt'}"], "solvers": ["ddim"], "steps": [2], "n_samples": 8,
+                       "metrics": ["fid"], "fid_reference": "fashion_mnist", "reference_size": 8}, str(tmp_path / "s.toml"))
+    meta = store.open_run(tmp_path / "run", spec)
+    run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
+    row = store.load_rows(tmp_path / "run").iloc[0]
+    assert row.status == "ok", row.message
+    assert row.fid > 0 and 0 <= row.precision <= 1 and 0 <= row.recall <= 1 and pd.notna(row.kid)
