@@ -31,6 +31,7 @@ from solvers.spacing import SPACINGS
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
 FID_REFERENCES = ("exact", "fashion_mnist")
+IMAGE_RESIZES = ("pad", "bilinear")
 
 
 class SpecError(ValueError):
@@ -59,6 +60,7 @@ class RunConfig:
     spec_hash: str
     reference_size: int = 500
     fid_reference: str = "exact"
+    image_resize: str = "pad"
     fid_weights: str | None = None
     data_dir: str | None = None
     skip_reason: str | None = None
@@ -70,6 +72,8 @@ class RunConfig:
                                  "data_dir", "reference_size")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
+        if self.image_resize != "pad":  # keeps the ids of specs that never set it
+            key["image_resize"] = self.image_resize
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -101,9 +105,10 @@ _SCALAR_KEYS = {
     "fid_reference": (str, "'exact' (an image mixture's exact samples) or 'fashion_mnist' (the training images)"),
     "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
     "data_dir": (str, "a folder with the dataset's IDX files"),
+    "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
-_DEFAULTS = {"reference_size": 500, "fid_reference": "exact", "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+_DEFAULTS = {"reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
              "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
              "metrics": ["err_reference", "err_stepdoubling", "loglik", "frechet", "precision_recall",
                          "sliced_wasserstein"]}
@@ -160,7 +165,7 @@ def _validate(raw: dict, where: str) -> list[str]:
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
-                         ("fid_reference", FID_REFERENCES)):
+                         ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
         if key in raw and raw[key] not in allowed:
@@ -251,7 +256,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
                             n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
-                            reference_size=v["reference_size"], fid_reference=v["fid_reference"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
+                            reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
                             skip_reason=reason))
     return configs
 

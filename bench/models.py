@@ -31,13 +31,14 @@ def digits(std: float = 0.1) -> GaussianMixture:
     return GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
 
 
-def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_dir=None) -> GaussianMixture:
-    """An image-space mixture: the first ``n_components`` Fashion-MNIST training images (padded to
-    ``size``, in [-1, 1]) as means, isotropic std ``std``; shape (1, size, size). Its exact samples
-    make FID measure solver error alone."""
+def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_dir=None,
+                resize: str = "pad") -> GaussianMixture:
+    """An image-space mixture: the first ``n_components`` Fashion-MNIST training images (padded or
+    resized to ``size``, in [-1, 1]) as means, isotropic std ``std``; shape (1, size, size). Its exact
+    samples make FID measure solver error alone."""
     from bench.data import fashion_mnist
 
-    images = fashion_mnist("train", data_dir=data_dir, size=size)[:n_components].double()
+    images = fashion_mnist("train", data_dir=data_dir, size=size, resize=resize)[:n_components].double()
     return GaussianMixture(images.reshape(len(images), -1), std**2, event_shape=tuple(images.shape[1:]))
 
 
@@ -48,14 +49,14 @@ DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 MODELS = dict(ANALYTIC_PRESETS)
 
 
-def build_model(name: str, data_dir=None):
+def build_model(name: str, data_dir=None, image_resize: str = "pad"):
     """The model source for a spec entry: a preset name, ``diffusers:PATH`` or ``python:module:function``."""
     from bench.networks import LOADERS
 
     prefix, sep, rest = name.partition(":")
     if sep and prefix in LOADERS:
         return LOADERS[prefix](rest)
-    return MODELS[name](**({"data_dir": data_dir} if name in DATA_MODELS and data_dir else {}))
+    return MODELS[name](**({"data_dir": data_dir, "resize": image_resize} if name in DATA_MODELS else {}))
 
 
 def is_model_name(name: str) -> bool:

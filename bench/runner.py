@@ -53,9 +53,9 @@ class SweepCache:
     inception: dict = field(default_factory=dict)
 
     def model(self, cfg: RunConfig):
-        key = (cfg.model, cfg.schedule)
+        key = (cfg.model, cfg.schedule, cfg.image_resize)
         if key not in self.models:
-            source = build_model(cfg.model, cfg.data_dir)
+            source = build_model(cfg.model, cfg.data_dir, cfg.image_resize)
             schedule = SCHEDULES[cfg.schedule]()
             self.models[key] = (source, source.model(schedule))
         return self.models[key]
@@ -152,7 +152,8 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
            "spec_hash": cfg.spec_hash, "model": cfg.model, "dataset": cfg.model, "schedule": cfg.schedule,
            "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
            "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
-           "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype}
+           "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
+           "reference_size": cfg.reference_size if "fid" in cfg.metrics else None}
     if cfg.skip_reason:
         return {**row, "status": "skipped", "message": cfg.skip_reason}
     try:
@@ -221,10 +222,12 @@ def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -
     extractor = cache.inception[key]
     seed, size = 20_000 + cfg.seed, source.event_shape[-1]
     if cfg.fid_reference == "fashion_mnist":
+        resize = cfg.image_resize if size >= 28 else "bilinear"  # 28x28 cannot be padded down
+
         def images():
-            data = fashion_mnist("train", data_dir=cfg.data_dir, size=size, resize="pad" if size >= 28 else "bilinear")
+            data = fashion_mnist("train", data_dir=cfg.data_dir, size=size, resize=resize)
             return data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:cfg.reference_size]]
-        key = f"fashion_mnist-train-{size}px-n{cfg.reference_size}-seed{seed}"
+        key = f"fashion_mnist-train-{size}px-{resize}-n{cfg.reference_size}-seed{seed}"
     elif isinstance(source, GaussianMixture):
         def images():
             return source.sample(cfg.reference_size, torch.Generator().manual_seed(seed)).float()

@@ -29,7 +29,7 @@ SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("schedule", pa.string()), ("solver", pa.string()),
     ("options", pa.string()), ("steps", pa.int64()), ("spacing", pa.string()), ("eta", pa.float64()),
     ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
-    ("dtype", pa.string()),
+    ("dtype", pa.string()), ("reference_size", pa.int64()),
     ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
     ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
     ("fid", pa.float64()), ("kid", pa.float64()), ("precision", pa.float64()), ("recall", pa.float64()),
@@ -124,7 +124,14 @@ def done_ids(run_dir: Path) -> set[str]:
 
 def load_rows(*run_dirs) -> pd.DataFrame:
     """All rows of one or more run folders as one DataFrame (empty, with the columns, if none)."""
-    tables = [pq.read_table(p, schema=SCHEMA) for d in run_dirs for p in sorted((Path(d) / "rows").glob("[!.]*.parquet"))]
+    tables = [_conform(pq.read_table(p)) for d in run_dirs for p in sorted((Path(d) / "rows").glob("[!.]*.parquet"))]
     if not tables:
         return SCHEMA.empty_table().to_pandas()
     return pa.concat_tables(tables).to_pandas()
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A table written by an older version, with the columns added since then as nulls."""
+    columns = [table[name] if name in table.column_names else pa.nulls(len(table), field.type)
+               for name, field in zip(SCHEMA.names, SCHEMA)]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)

@@ -120,3 +120,9 @@ def test_fid_on_a_network_needs_a_dataset_reference():
     assert expand(parse_spec({**raw, "fid_reference": "fashion_mnist"}))[0].fid_reference == "fashion_mnist"
     with pytest.raises(SpecError, match="key 'fid_reference': unknown value 'cifar'"):
         parse_spec({**raw, "fid_reference": "cifar"})
+
+
+def test_image_resize_is_a_checked_spec_option():
+    assert expand(parse_spec({**GOOD, "image_resize": "bilinear"}))[0].image_resize == "bilinear"
+    with pytest.raises(SpecError, match="key 'image_resize': unknown value 'nearest'; allowed: pad, bilinear"):
+        parse_spec({**GOOD, "image_resize": "nearest"})

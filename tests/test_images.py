@@ -163,3 +163,4 @@ def test_fid_of_a_network_against_the_dataset_in_a_sweep(tmp_path):
     row = store.load_rows(tmp_path / "run").iloc[0]
     assert row.status == "ok", row.message
     assert row.fid > 0 and 0 <= row.precision <= 1 and 0 <= row.recall <= 1 and pd.notna(row.kid)
+    assert row.reference_size == 8

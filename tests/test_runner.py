@@ -184,3 +184,14 @@ def test_run_json_records_the_spec(tmp_path):
 def test_schedules_used_are_the_registered_ones():
     assert isinstance(SweepCache().model(expand(parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2],
                                                             "n_samples": 4}))[0])[1].schedule, VPLinear)
+
+
+def test_rows_written_before_a_column_was_added_still_load(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "rows").mkdir()
+    old = pa.table({"run_id": ["r"], "config_id": ["c"], "status": ["ok"], "nfe": [4.0]})
+    pq.write_table(old, tmp_path / "rows" / "c.parquet")
+    table = store.load_rows(tmp_path)
+    assert list(table.columns) == store.COLUMNS and table.reference_size.isna().all() and table.nfe.iloc[0] == 4.0
