@@ -60,7 +60,7 @@ def train(data: torch.Tensor, out_dir: Path, *, steps: int, batch_size: int = 64
         generator.set_state(state["generator"])
         start = state["step"]
         log(f"resuming from step {start}")
-    alphas, sigmas = schedule.alpha(schedule._grid_t[1:]).float(), schedule.sigma(schedule._grid_t[1:]).float()
+    alphas, sigmas = schedule.alphas_cumprod.sqrt().float(), (1 - schedule.alphas_cumprod).sqrt().float()
     use_bf16 = device.startswith("cuda")
     losses = []
     for step in range(start, steps):

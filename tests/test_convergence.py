@@ -14,7 +14,6 @@ Both are asserted on VE, where a uniform grid in t is uniform in lambda too.
 import functools
 
 import pytest
-import torch
 
 from bench.models import ring2d
 from solvers import SOLVERS, sample
