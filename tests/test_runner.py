@@ -195,3 +195,15 @@ def test_rows_written_before_a_column_was_added_still_load(tmp_path):
     pq.write_table(old, tmp_path / "rows" / "c.parquet")
     table = store.load_rows(tmp_path)
     assert list(table.columns) == store.COLUMNS and table.reference_size.isna().all() and table.nfe.iloc[0] == 4.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "bench/configs/default.toml", "--shard", "3/2"], "--shard i/n needs 0 <= i < n, got '3/2'"),
+    (["run", "bench/configs/default.toml", "--shard", "a/b"], "--shard takes i/n with integers"),
+    (["run", "bench/configs/default.toml", "--resume", "/nonexistent/run"], "not a run folder (no run.json)"),
+    (["report", "/nonexistent/run"], "not a run folder (no run.json)"),
+    (["compare", "/nonexistent/base", "/nonexistent/head"], "neither a run folder"),
+])
+def test_cli_rejects_bad_arguments_with_a_clear_message(args, message):
+    result = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
