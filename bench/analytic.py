@@ -128,22 +128,21 @@ class GaussianMixture:
         """Exact log p_t(x) per sample (log p_0 without a schedule)."""
         return torch.logsumexp(self.component_log_joint(x, schedule, t), 1)
 
+    def _score_rows(self, rows: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        log_joint, precision, scaled_means = self._log_resp_and_terms(rows, alpha, sigma)
+        resp = torch.softmax(log_joint, dim=1)
+        return resp @ scaled_means - rows * (resp @ precision)
+
     def score(self, x: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
         """Exact grad_x log p_t(x), shaped like x."""
-        def score_rows(rows, alpha, sigma):
-            log_joint, precision, scaled_means = self._log_resp_and_terms(rows, alpha, sigma)
-            resp = torch.softmax(log_joint, dim=1)
-            return resp @ scaled_means - rows * (resp @ precision)
-
-        return self._per_time(x, t, schedule, score_rows).reshape(x.shape)
+        return self._per_time(x, t, schedule, self._score_rows).reshape(x.shape)
 
     def eps(self, x: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
         """The optimal noise prediction eps = -sigma_t grad log p_t(x)."""
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
-            sigma = schedule.sigma(t.to(torch.float64)).to(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        else:
-            sigma = float(schedule.sigma(float(t)))
-        return -sigma * self.score(x, schedule, t)
+        def eps_rows(rows, alpha, sigma):
+            return -sigma * self._score_rows(rows, alpha, sigma)
+
+        return self._per_time(x, t, schedule, eps_rows).reshape(x.shape)
 
     def subset(self, components) -> "GaussianMixture":
         """The mixture restricted to ``components`` (weights renormalised): a class-conditional p(x | y)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.frontier import seed_std
 from bench.store import load_rows
 
 SAMPLE_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
@@ -45,11 +46,7 @@ def resolve_run(ref: str, root: Path = Path("results")) -> Path:
 
 def seed_noise(df: pd.DataFrame, metric: str) -> dict:
     """Per model, the pooled (median) standard deviation of ``metric`` across seeds of otherwise equal configs."""
-    ok = df[(df.status == "ok") & df[metric].notna()]
-    keys = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance", "n_samples", "dtype"]
-    spread = ok.groupby(keys, dropna=False)[metric].agg(["std", "count"])
-    spread = spread[spread["count"] >= 2].reset_index()
-    return spread.groupby("model")["std"].median().to_dict()
+    return seed_std(df, metric).groupby(level="model")["std"].median().to_dict()
 
 
 def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEFAULT_TIME_RATIO) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench import fid_weights
+from bench import fid_weights, metrics
 
 CACHE_DIR = Path(".cache/fid")
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
@@ -45,18 +45,14 @@ class InceptionFeatures:
 
 def image_metrics(features: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict:
     """fid, kid (mean over subsets), precision and recall of ``features`` against ``reference``."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
 
-    fid = fid_statistics_to_metric(fid_features_to_statistics(features), fid_features_to_statistics(reference),
-                                   verbose=False)["frechet_inception_distance"]
     subset = min(1000, len(features), len(reference))
     kid = kid_features_to_metric(features, reference, kid_subsets=100, kid_subset_size=subset, verbose=False,
                                  rng_seed=seed)["kernel_inception_distance_mean"]
-    prc = prc_features_to_metric(features.float(), reference.float(), prc_neighborhood=3, prc_batch_size=10000,
-                                 save_cpu_ram=False, verbose=False)
-    return {"fid": float(fid), "kid": float(kid), "precision": prc["precision"], "recall": prc["recall"]}
+    precision, recall = metrics.precision_recall(features, reference)
+    return {"fid": metrics.frechet_distance(features, reference), "kid": float(kid), "precision": precision,
+            "recall": recall}
 
 
 def cached_reference(key: str, make_images, extractor: InceptionFeatures, cache_dir: Path = CACHE_DIR) -> torch.Tensor:

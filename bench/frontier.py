@@ -83,3 +83,15 @@ def fitted_order(nfe, error) -> float:
     if keep.sum() < 2 or len(np.unique(nfe[keep])) < 2:
         return float("nan")
     return float(-np.polyfit(np.log(nfe[keep]), np.log(error[keep]), 1)[0])
+
+
+# Everything that defines a config's result except its seed: rows equal on these differ only in sampling noise.
+CONFIG_KEYS_WITHOUT_SEED = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance",
+                            "n_samples", "dtype"]
+
+
+def seed_std(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, std and count of ``metric`` across seeds for every config run with at least two seeds."""
+    ok = df[(df.status == "ok") & df[metric].notna()]
+    per_config = ok.groupby(CONFIG_KEYS_WITHOUT_SEED, dropna=False)[metric].agg(["mean", "std", "count"])
+    return per_config[per_config["count"] >= 2]

@@ -8,7 +8,7 @@ import pandas as pd
 
 from bench import plots
 from bench.document import Document
-from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality
+from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality, seed_std
 from bench.store import load_rows
 
 DEFAULT_BUDGET = 20
@@ -29,12 +29,9 @@ def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df.status == "ok"]
     if ok.seed.nunique() < 2:
         return pd.DataFrame()
-    keys = ["model", "solver", "options", "steps", "spacing", "eta", "tolerance"]
     rows = []
     for metric in (m for m in SPREAD_METRICS if ok[m].notna().any()):
-        per_config = ok.groupby(keys, dropna=False)[metric].agg(["mean", "std", "count"])
-        per_config = per_config[per_config["count"] >= 2]
-        for model, group in per_config.groupby(level="model"):
+        for model, group in seed_std(ok, metric).groupby(level="model"):
             rows.append({"model": model, "metric": metric, "seeds": int(group["count"].max()),
                          "median std over configs": group["std"].median(),
                          "median relative std": (group["std"] / group["mean"].abs()).median()})

@@ -118,16 +118,15 @@ def _solve(cfg: RunConfig, model, x_T: torch.Tensor, steps, device: torch.device
             for index, chunk in enumerate(x_T.split(batch)):
                 noise = (BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * 100_003 + index)
                          if cfg.eta > 0 else GaussianNoise())
-                stats = {} if SOLVERS[cfg.solver].adaptive else None
-                extra = {"stats": stats} if stats is not None else {}
+                extra = {"stats": {}} if SOLVERS[cfg.solver].adaptive else {}  # adaptive solvers fill it
                 model.reset_nfe()
                 with _Timer(device) as timer:
                     out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
                 outputs.append(out)
                 seconds += timer.seconds
                 nfe += model.nfe
-                if stats:
-                    accepted, rejected = accepted + stats["accepted"], rejected + stats["rejected"]
+                if extra:
+                    accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
             n_batches = len(outputs)
             return torch.cat(outputs), seconds, nfe / n_batches, accepted / n_batches, rejected / n_batches
         except torch.cuda.OutOfMemoryError:
