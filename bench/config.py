@@ -58,17 +58,19 @@ class RunConfig:
     metrics: tuple
     spec_name: str
     spec_hash: str
-    reference_size: int = 500
-    fid_reference: str = "exact"
-    image_resize: str = "pad"
-    fid_weights: str | None = None
-    data_dir: str | None = None
+    reference_size: int
+    fid_reference: str
+    image_resize: str
+    fid_weights: str | None
+    data_dir: str | None
     skip_reason: str | None = None
 
     @property
     def config_id(self) -> str:
+        """A hash of what defines the result. The batch size is part of it: each batch draws its own
+        Brownian path, and adaptive step control and pc's step size use norms over the batch."""
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("spec_name", "spec_hash", "skip_reason", "batch_size", "metrics", "fid_weights",
+               if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights",
                                  "data_dir", "reference_size")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
@@ -108,10 +110,14 @@ _SCALAR_KEYS = {
     "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
-_DEFAULTS = {"reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None, "data_dir": None, "schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
-             "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
-             "metrics": ["err_reference", "err_stepdoubling", "loglik", "frechet", "precision_recall",
-                         "sliced_wasserstein"]}
+# Every optional key's default, in one place (batch_size None means n_samples).
+DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
+            "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
+                        "sliced_wasserstein"],
+            "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
+            "data_dir": None}
+RENAMED_METRICS = {"loglik": "sample_log_density"}
 
 
 def _suggest(value, allowed) -> str:
@@ -150,6 +156,10 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS)):
         for name in raw.get(key, []):
             if key == "models" and is_model_name(name):
+                continue
+            if key == "metrics" and name in RENAMED_METRICS:
+                errors.append(f"{where}: key 'metrics': {name!r} was renamed {RENAMED_METRICS[name]!r} (the mean "
+                              f"exact log p_0 of the samples, not a likelihood of data)")
                 continue
             if name not in allowed:
                 errors.append(f"{where}: key {key!r}: unknown {key[:-1]} {name!r}{_suggest(name, allowed)}; "
@@ -224,7 +234,7 @@ def parse_spec(raw: dict, where: str = "<spec>", text: str | None = None) -> Spe
     errors = _validate(raw, where)
     if errors:
         raise SpecError("\n".join(errors))
-    values = {**_DEFAULTS, **raw}
+    values = {**DEFAULTS, **raw}
     if values["batch_size"] is None:
         values["batch_size"] = values["n_samples"]
     canonical = text if text is not None else json.dumps(raw, sort_keys=True)

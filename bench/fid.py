@@ -4,11 +4,13 @@ Samples in [-1, 1] are turned into uint8 exactly as saving a PNG would (round((x
 clamped; grey images repeated to RGB) and fed as tensors; torch-fidelity's extractor resizes them
 to 299x299 the way TensorFlow 1 did and returns pool3 (2048-d) features, which serve all three
 metrics (FID: Heusel et al. 2017; KID: Binkowski et al. 2018; precision/recall k = 3: Kynkaanniemi
-et al. 2019). Reference features are cached on disk, keyed by what they were computed from.
+et al. 2019). Reference features are cached on disk, keyed by the sha256 of the reference pixels and
+of the extractor weights, and every image row records that protocol (``protocol``).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -55,15 +57,48 @@ def image_metrics(features: torch.Tensor, reference: torch.Tensor, seed: int = 0
             "recall": recall}
 
 
-def cached_reference(key: str, make_images, extractor: InceptionFeatures, cache_dir: Path = CACHE_DIR) -> torch.Tensor:
-    """Features of ``make_images()``, computed once per ``key`` (dataset, split, size, extractor) and kept on disk."""
-    digest = hashlib.sha1(f"{key}|{EXTRACTOR_ID}|{extractor.weights_digest}".encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"ref-{key}-{digest}.pt"
+def reference_images(source, fid_reference: str, count: int, seed: int, data_dir=None, resize: str = "pad"):
+    """(images, description) of a FID reference set: ``count`` exact samples of an image mixture
+    (``"exact"``) or a seeded subset of the Fashion-MNIST training images brought to the model's size."""
+    from bench.analytic import GaussianMixture
+    from bench.data import fashion_mnist
+
+    size = source.event_shape[-1]
+    generator = torch.Generator().manual_seed(seed)
+    if fid_reference == "fashion_mnist":
+        resize = resize if size >= 28 else "bilinear"  # 28x28 cannot be padded down
+        data = fashion_mnist("train", data_dir=data_dir, size=size, resize=resize)
+        chosen = data[torch.randperm(len(data), generator=generator)[:count]]
+        return chosen, f"fashion_mnist train, {len(chosen)} images (seed {seed}), {resize} to {size}px"
+    if fid_reference == "exact" and isinstance(source, GaussianMixture):
+        return source.sample(count, generator).float(), f"{count} exact samples of the mixture (seed {seed})"
+    raise ValueError(f"fid_reference {fid_reference!r}: exact samples exist for image mixtures only; "
+                     f"use fid_reference = 'fashion_mnist' for a network")
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """sha256 of the uint8 RGB pixels the extractor sees, with their shape: what reference features depend on."""
+    pixels = to_uint8_rgb(images).contiguous()
+    return hashlib.sha256(str(tuple(pixels.shape)).encode() + pixels.numpy().tobytes()).hexdigest()
+
+
+def cached_reference(images: torch.Tensor, extractor: InceptionFeatures, cache_dir: Path = CACHE_DIR) -> tuple[torch.Tensor, str]:
+    """(features, images digest) of reference ``images``, computed once per (pixels, extractor weights)
+    and kept on disk: two reference sets share features only when their pixels are identical."""
+    digest = images_digest(images)
+    path = Path(cache_dir) / f"ref-{digest[:16]}-{extractor.weights_digest[:12]}.pt"
     if path.is_file():
-        return torch.load(path)
-    features = extractor(make_images())
+        return torch.load(path), digest
+    features = extractor(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     torch.save(features, tmp)
     tmp.replace(path)
-    return features
+    return features, digest
+
+
+def protocol(extractor: InceptionFeatures, description: str, digest: str, count: int, image_size: int) -> dict:
+    """The FID protocol columns of an image row: reference set, resize, size, extractor and weights."""
+    return {"fid_reference": description, "fid_reference_sha256": digest[:16], "reference_size": count,
+            "fid_resize": f"{image_size}px uint8 RGB, torch-fidelity TF1 bilinear to 299px",
+            "fid_extractor": EXTRACTOR_ID, "fid_weights_sha256": extractor.weights_digest[:16]}

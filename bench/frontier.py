@@ -87,7 +87,27 @@ def fitted_order(nfe, error) -> float:
 
 # Everything that defines a config's result except its seed: rows equal on these differ only in sampling noise.
 CONFIG_KEYS_WITHOUT_SEED = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance",
-                            "n_samples", "dtype"]
+                            "n_samples", "batch_size", "dtype"]
+SAMPLE_DISTANCES = ("fid", "frechet", "sliced_wasserstein")
+
+
+def calibration_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Each n-step row's step-doubling estimate next to the true error (err_reference) of its 2n-step partner."""
+    ok = df[df.status == "ok"]
+    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k != "steps"] + ["seed"]
+    estimates = ok[ok.err_stepdoubling.notna() & ok.steps.notna()][keys + ["steps", "err_stepdoubling"]]
+    truth = ok[ok.err_reference.notna() & ok.steps.notna()][keys + ["steps", "err_reference"]]
+    partner = truth.assign(steps=truth.steps.astype(float) / 2)
+    return estimates.assign(steps=estimates.steps.astype(float)).merge(partner, on=keys + ["steps"])
+
+
+def quality_across(df: pd.DataFrame, quality: str, column: str) -> str:
+    """``quality`` when it was measured at two or more values of ``column``, else the first sample-based
+    distance that was (err_reference exists for deterministic configs only, so not across eta)."""
+    def spread(metric):
+        return metric in df and df[df[metric].notna()][column].nunique() >= 2
+
+    return quality if spread(quality) else next((q for q in SAMPLE_DISTANCES if spread(q)), quality)
 
 
 def seed_std(df: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -13,7 +13,8 @@ import torch
 METRICS = {
     "err_reference": "median per-sample L2 error against a dopri5 rtol 1e-8 reference from the same x_T (ODE configs)",
     "err_stepdoubling": "median (and RMS) over samples of |x_n - x_2n| / (2^p - 1), same x_T and Brownian path",
-    "loglik": "mean exact log p_0 of the samples (analytic models)",
+    "sample_log_density": "mean exact log p_0 of the samples (analytic models); rewards under-dispersed "
+                          "samplers, so it is no likelihood of data under the model",
     "frechet": "Frechet distance between samples and exact samples of p_0, in data space (analytic models)",
     "precision_recall": "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
     "sliced_wasserstein": "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",

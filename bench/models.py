@@ -12,7 +12,7 @@ def ring2d(n_modes: int = 8, radius: float = 1.0, std: float = 0.1) -> GaussianM
     """n_modes equal-weight isotropic Gaussians evenly spaced on a circle in 2-D."""
     angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
-    return GaussianMixture(means, std**2)
+    return _named(GaussianMixture(means, std**2), f"synthetic: {n_modes} Gaussians on a circle (2-D)")
 
 
 def gmm_hd(dim: int = 64, n_modes: int = 16, scale: float = 0.5, std: float = 0.2, seed: int = 0) -> GaussianMixture:
@@ -20,7 +20,7 @@ def gmm_hd(dim: int = 64, n_modes: int = 16, scale: float = 0.5, std: float = 0.
     g = torch.Generator().manual_seed(seed)
     means = scale * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
     weights = 0.5 + torch.rand(n_modes, generator=g, dtype=torch.float64)
-    return GaussianMixture(means, std**2, weights)
+    return _named(GaussianMixture(means, std**2, weights), f"synthetic: {n_modes} random Gaussians ({dim}-D)")
 
 
 def digits(std: float = 0.1) -> GaussianMixture:
@@ -28,7 +28,8 @@ def digits(std: float = 0.1) -> GaussianMixture:
     from sklearn.datasets import load_digits
 
     images = torch.as_tensor(load_digits().images, dtype=torch.float64)  # (1797, 8, 8), values 0..16
-    return GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
+    mixture = GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
+    return _named(mixture, "scikit-learn digits 8x8 (all 1,797 as mixture means)")
 
 
 def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_dir=None,
@@ -39,7 +40,13 @@ def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_
     from bench.data import fashion_mnist
 
     images = fashion_mnist("train", data_dir=data_dir, size=size, resize=resize)[:n_components].double()
-    return GaussianMixture(images.reshape(len(images), -1), std**2, event_shape=tuple(images.shape[1:]))
+    mixture = GaussianMixture(images.reshape(len(images), -1), std**2, event_shape=tuple(images.shape[1:]))
+    return _named(mixture, f"Fashion-MNIST train[:{n_components}] as mixture means ({resize} to {size}px)")
+
+
+def _named(mixture: GaussianMixture, dataset: str) -> GaussianMixture:
+    mixture.dataset = dataset
+    return mixture
 
 
 ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits, "fashion_gmm": fashion_gmm}

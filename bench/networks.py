@@ -29,6 +29,7 @@ class NetworkSource:
 
     diffusion: DiffusionModel
     event_shape: tuple
+    dataset: str | None = None  # a checkpoint does not say what it was trained on
 
     def model(self, schedule=None) -> DiffusionModel:
         return self.diffusion

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.frontier import LOWER_IS_BETTER, fitted_order, frontier  # noqa: E402
+from bench.frontier import LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, quality_across  # noqa: E402
 from solvers import SOLVERS  # noqa: E402
 
 LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
@@ -153,16 +153,6 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     return _save(fig, out_dir, f"convergence_{error}")
 
 
-def calibration_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    """Each n-step row's step-doubling estimate next to the true error (err_reference) of its 2n-step partner."""
-    data = _ok(df, "err_stepdoubling", "steps")
-    truth = _ok(df, "err_reference", "steps")
-    keys = ["model", "schedule", "solver", "options", "spacing", "eta", "seed", "n_samples", "dtype"]
-    partner = truth[keys + ["steps", "err_reference"]].assign(steps=lambda t: t.steps.astype(float) / 2)
-    mine = data[keys + ["steps", "err_stepdoubling"]].assign(steps=lambda t: t.steps.astype(float))
-    return mine.merge(partner, on=keys + ["steps"])
-
-
 def plot_calibration(df: pd.DataFrame, out_dir: Path):
     """Step-doubling estimate against the true error it estimates; the diagonal is perfect calibration."""
     pairs = calibration_pairs(df)
@@ -195,10 +185,7 @@ def plot_heatmaps(df: pd.DataFrame, out_dir: Path, quality: str, budget: float):
     """
     data = _ok(df, "nfe")
     data = data[(data.nfe <= budget) & data.steps.notna()]
-    eta_quality = quality
-    if data[data[quality].notna()].eta.nunique() < 2:
-        eta_quality = next((q for q in ("fid", "frechet", "sliced_wasserstein") if q in data and
-                            data[data[q].notna()].eta.nunique() >= 2), quality)
+    eta_quality = quality_across(data, quality, "eta")
     if data[quality].isna().all():
         return None
     models = sorted(data.model.unique())

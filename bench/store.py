@@ -29,16 +29,19 @@ SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("schedule", pa.string()), ("solver", pa.string()),
     ("options", pa.string()), ("steps", pa.int64()), ("spacing", pa.string()), ("eta", pa.float64()),
     ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
-    ("dtype", pa.string()), ("reference_size", pa.int64()),
+    ("dtype", pa.string()), ("batch_used", pa.int64()),
     ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
     ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
     ("fid", pa.float64()), ("kid", pa.float64()), ("precision", pa.float64()), ("recall", pa.float64()),
+    ("fid_reference", pa.string()), ("fid_reference_sha256", pa.string()), ("reference_size", pa.int64()),
+    ("fid_resize", pa.string()), ("fid_extractor", pa.string()), ("fid_weights_sha256", pa.string()),
     ("err_stepdoubling", pa.float64()), ("err_stepdoubling_rms", pa.float64()), ("err_reference", pa.float64()),
-    ("loglik", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
+    ("sample_log_density", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
     ("status", pa.string()), ("message", pa.string()),
 ])
 COLUMNS = SCHEMA.names
 STATUSES = ("ok", "diverged", "skipped", "failed")
+RENAMED_COLUMNS = {"loglik": "sample_log_density"}  # old name -> new, for row files written before the rename
 
 
 def git_state(cwd=None) -> tuple[str, bool]:
@@ -131,7 +134,9 @@ def load_rows(*run_dirs) -> pd.DataFrame:
 
 
 def _conform(table: pa.Table) -> pa.Table:
-    """A table written by an older version, with the columns added since then as nulls."""
+    """A table written by an older version: renamed columns under their new names, columns added since
+    then as nulls. (Older rows' ``dataset`` held the model name.)"""
+    table = table.rename_columns([RENAMED_COLUMNS.get(name, name) for name in table.column_names])
     columns = [table[name] if name in table.column_names else pa.nulls(len(table), field.type)
                for name, field in zip(SCHEMA.names, SCHEMA)]
     return pa.Table.from_arrays(columns, schema=SCHEMA)

@@ -3,12 +3,21 @@ from solvers.registry import SOLVERS
 
 
 def registry_table() -> str:
-    rows = ["| name | order | NFE per step | ode/sde | adaptive | eta | reference |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| name | order | strong order (eta > 0) | NFE per step | ode/sde | adaptive | eta | reference | peers |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in SOLVERS.items():
         nfe = "adaptive" if s.nfe_per_step is None else f"{s.nfe_per_step} {s.nfe_note}".strip()
-        rows.append(f"| `{name}` | {s.effective_order()} | {nfe} | {s.stochastic} | {'yes' if s.adaptive else 'no'} "
-                    f"| {s.eta} | {s.reference} |")
+        rows.append(f"| `{name}` | {s.effective_order()} | {_strong_order(s)} | {nfe} | {s.stochastic} "
+                    f"| {'yes' if s.adaptive else 'no'} | {s.eta} | {s.reference} | {s.peers} |")
     return "\n".join(rows)
+
+
+def _strong_order(solver) -> str:
+    """The order on a fixed Brownian path at eta = 1 with default options ("-" for ODE solvers)."""
+    if solver.stochastic == "ode":
+        return "-"
+    order = solver.order_for(solver.fixed_eta or 1.0)
+    return "none (corrector)" if order is None else str(order)
 
 
 if __name__ == "__main__":

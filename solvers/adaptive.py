@@ -10,16 +10,10 @@ from __future__ import annotations
 import torch
 import torchdiffeq
 
-from solvers.runge_kutta import heun_step
+from solvers.runge_kutta import euler_step, heun_step
 
 STEP_DOUBLING_SAFETY, STEP_DOUBLING_CLIP = 0.9, (0.2, 5.0)
-
-
-def _euler_step(model, x, t, s):
-    return x + model.drift(x, t) * (s - t)
-
-
-STEP_DOUBLING_METHODS = {"euler": (_euler_step, 1), "heun": (heun_step, 2)}
+STEP_DOUBLING_METHODS = {"euler": (euler_step, 1), "heun": (heun_step, 2)}
 
 
 def richardson_error(step, order: int, model, x: torch.Tensor, t: float, s: float):

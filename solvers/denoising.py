@@ -23,7 +23,7 @@ def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torc
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         eps, x0 = model.eps_and_x0(x, t)
-        alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+        alpha_s, sigma_s = schedule.alpha_sigma(s)
         h = float(schedule.lambda_(s) - schedule.lambda_(t))
         c = eta * sigma_s * math.sqrt(-math.expm1(-2 * h))
         x = alpha_s * x0 + math.sqrt(sigma_s**2 - c**2) * eps
@@ -36,8 +36,7 @@ def ddpm_step(model, x: torch.Tensor, t: float, s: float, noise, variance: str =
     """One ancestral step from t to s: the posterior mean given x0_hat plus the chosen variance."""
     schedule = model.schedule
     _, x0 = model.eps_and_x0(x, t)
-    alpha_t, sigma_t = float(schedule.alpha(t)), float(schedule.sigma(t))
-    alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     alpha_ts = alpha_t / alpha_s
     sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
     mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x + (alpha_s * sigma2_ts / sigma_t**2) * x0

@@ -15,10 +15,6 @@ import torch
 from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr, phi
 
 
-def _coefficients(schedule, t: float):
-    return float(schedule.alpha(t)), float(schedule.sigma(t))
-
-
 def dpm_solver_1(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """DPM-Solver-1 (Lu et al. 2022, arXiv:2206.00927, eq. 3.7): x_s = (a_s/a_t) x - s_s (e^h - 1) eps.
 
@@ -28,7 +24,7 @@ def dpm_solver_1(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise)
     lams = log_snr(schedule, times)
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
-        (alpha_t, _), (alpha_s, sigma_s) = _coefficients(schedule, t), _coefficients(schedule, s)
+        (alpha_t, _), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         x = (alpha_s / alpha_t) * x - sigma_s * h * phi(1, h) * model.eps(x, t)
     return x
 
@@ -43,7 +39,7 @@ def dpm_solver_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
         s1 = float(schedule.t_of_lambda(lams[i] + r1 * h))
-        (alpha_t, _), (alpha_s1, sigma_s1), (alpha_s, sigma_s) = (_coefficients(schedule, u) for u in (t, s1, s))
+        (alpha_t, _), (alpha_s1, sigma_s1), (alpha_s, sigma_s) = (schedule.alpha_sigma(u) for u in (t, s1, s))
         eps_t = model.eps(x, t)
         u1 = (alpha_s1 / alpha_t) * x - sigma_s1 * r1 * h * phi(1, r1 * h) * eps_t
         d1 = model.eps(u1, s1) - eps_t
@@ -63,7 +59,7 @@ def dpm_solver_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
         h = lams[i + 1] - lams[i]
         s1, s2 = (float(schedule.t_of_lambda(lams[i] + r * h)) for r in (r1, r2))
         (alpha_t, _), (alpha_s1, sigma_s1), (alpha_s2, sigma_s2), (alpha_s, sigma_s) = (
-            _coefficients(schedule, u) for u in (t, s1, s2, s))
+            schedule.alpha_sigma(u) for u in (t, s1, s2, s))
         eps_t = model.eps(x, t)
         u1 = (alpha_s1 / alpha_t) * x - sigma_s1 * r1 * h * phi(1, r1 * h) * eps_t
         d1 = model.eps(u1, s1) - eps_t
@@ -84,7 +80,7 @@ def dpmpp_2s(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: 
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
         s1 = float(schedule.t_of_lambda(lams[i] + r * h))
-        (_, sigma_t), (alpha_s1, sigma_s1), (alpha_s, sigma_s) = (_coefficients(schedule, u) for u in (t, s1, s))
+        (_, sigma_t), (alpha_s1, sigma_s1), (alpha_s, sigma_s) = (schedule.alpha_sigma(u) for u in (t, s1, s))
         x0_t = model.x0(x, t)
         u = (sigma_s1 / sigma_t) * x + alpha_s1 * r * h * phi(1, -r * h) * x0_t
         d = (1 - 1 / (2 * r)) * x0_t + model.x0(u, s1) / (2 * r)
@@ -92,32 +88,39 @@ def dpmpp_2s(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: 
     return x
 
 
-def dpmpp_2m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+def dpmpp_2m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
+             lower_order_final: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M), multistep data prediction (Lu et al. 2022b, arXiv:2211.01095, Algorithm 2).
 
-    The first step is first order while the history builds up. Order 2, 1 NFE per step.
+    The first step is first order while the history builds up; ``lower_order_final=True`` also takes
+    the last step at first order (DPM-Solver's and diffusers' default on short grids). Order 2, 1 NFE
+    per step.
     """
-    return dpmpp_2m_sde(model, x, ts, eta=0.0, noise=noise)
+    return dpmpp_2m_sde(model, x, ts, eta=0.0, noise=noise, lower_order_final=lower_order_final)
 
 
-def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
+                 lower_order_final: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, arXiv:2211.01095, Sec. 5 / App. B; "midpoint" form).
 
     Solving the eta family exactly in its linear part: with kappa = 1 + eta^2,
     x_s = (sigma_s/sigma_t) e^(-eta^2 h) x + alpha_s (1 - e^(-kappa h)) (x0 + (x0 - x0_prev)/(2 r))
           + sigma_s sqrt(1 - e^(-2 eta^2 h)) z.
     eta = 0 is DPM-Solver++(2M); eta = 1 is the published SDE solver. k-diffusion's and diffusers'
-    eta for this sampler is eta^2 here. Order 2 for eta = 0, 1 NFE per step; feed it a
-    solvers.noise.BrownianNoise to refine one Brownian path.
+    eta for this sampler is eta^2 here. Order 2 for eta = 0 (strong order 1 for eta > 0), 1 NFE per
+    step; feed it a solvers.noise.BrownianNoise to refine one Brownian path. ``lower_order_final``:
+    the last step without the history term, as diffusers does on grids of fewer than 15 steps.
     """
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
+    n = len(times) - 1
     x0_prev = None
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
-        (_, sigma_t), (alpha_s, sigma_s) = _coefficients(schedule, t), _coefficients(schedule, s)
+        (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         x0_t = model.x0(x, t)
-        d = x0_t if x0_prev is None else x0_t + (x0_t - x0_prev) * (h / (lams[i] - lams[i - 1])) / 2
+        first_order = x0_prev is None or (lower_order_final and i == n - 1)
+        d = x0_t if first_order else x0_t + (x0_t - x0_prev) * (h / (lams[i] - lams[i - 1])) / 2
         kappa_h = (1 + eta * eta) * h
         x = (sigma_s / sigma_t) * math.exp(-eta * eta * h) * x - alpha_s * math.expm1(-kappa_h) * d
         if eta > 0:
@@ -126,35 +129,51 @@ def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise)
     return x
 
 
-def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+D2_WEIGHTS = {"2phi_3": 2.0, "phi_3": 1.0}
+SECOND_ORDER_FORMS = ("midpoint", "taylor")
+
+
+def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_weight: str = "2phi_3",
+             second_order: str = "midpoint", lower_order_final: bool = False) -> torch.Tensor:
     """DPM-Solver++(3M), multistep data prediction (Lu et al. 2022b, arXiv:2211.01095, App. B, and the
     reference implementation's third-order multistep update).
 
-    x_s = (sigma_s/sigma_t) x + alpha_s h [phi_1(-h) x0 + phi_2(-h) D1 + 2 phi_3(-h) D2], with
-    D1 ~ h x0' and D2 ~ h^2 x0''/2 the scaled divided differences of x0 in lambda, so the bracket is
-    the Taylor expansion h phi_1 x0 + h^2 phi_2 x0' + h^3 phi_3 x0''. (The reference code weights D2
-    by phi_3, not 2 phi_3; ported literally it measured order 1.90, not 3, on the ring mixture.)
-    Steps 1 and 2 run at order 1 and 2 while the history builds up. Order 3, 1 NFE per step.
+    x_s = (sigma_s/sigma_t) x + alpha_s h [phi_1(-h) x0 + phi_2(-h) D1 + w phi_3(-h) D2], with
+    D1 ~ h x0' and D2 ~ h^2 x0''/2 the scaled divided differences of x0 in lambda. With w = 2
+    (``d2_weight="2phi_3"``, registered as ``dpmpp_3m``) the bracket is the Taylor expansion
+    h phi_1 x0 + h^2 phi_2 x0' + h^3 phi_3 x0'': order 3. The peers (DPM-Solver's reference code,
+    k-diffusion's ``sample_dpmpp_3m_sde``, diffusers' ``DPMSolverMultistepScheduler``) use w = 1
+    (``"phi_3"``, registered as ``dpmpp_3m_phi3``), which leaves an O(h^3) local error: order 2.
+    Step 2 runs the 2M update, ``second_order="midpoint"`` (phi_1(-h) D1 / 2: DPM-Solver's
+    "dpmsolver" type, diffusers' default) or ``"taylor"`` (phi_2(-h) D1: k-diffusion; DPM-Solver's
+    "taylor", diffusers' "heun"); step 1 is first order. ``lower_order_final=True`` takes the last
+    two steps at orders 1 and 2 (DPM-Solver's default below 10 steps, diffusers' below 15). 1 NFE per step.
     """
+    if d2_weight not in D2_WEIGHTS:
+        raise ValueError(f"dpmpp_3m: d2_weight must be one of {tuple(D2_WEIGHTS)}, got {d2_weight!r}")
+    if second_order not in SECOND_ORDER_FORMS:
+        raise ValueError(f"dpmpp_3m: second_order must be one of {SECOND_ORDER_FORMS}, got {second_order!r}")
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
+    n = len(times) - 1
     history: list[torch.Tensor] = []  # newest first
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
-        (_, sigma_t), (alpha_s, sigma_s) = _coefficients(schedule, t), _coefficients(schedule, s)
+        (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         history = [model.x0(x, t)] + history[:2]
+        order = min(len(history), n - i) if lower_order_final else len(history)
         m0 = history[0]
         update = phi(1, -h) * m0
-        if len(history) >= 2:
+        if order >= 2:
             r0 = (lams[i] - lams[i - 1]) / h
             d1_0 = (m0 - history[1]) / r0
-            if len(history) == 2:
-                update = update + phi(1, -h) / 2 * d1_0  # the 2M step
-            else:
-                r1 = (lams[i - 1] - lams[i - 2]) / h
-                d1_1 = (history[1] - history[2]) / r1
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                update = update + phi(2, -h) * (d1_0 + r0 * d2) + 2 * phi(3, -h) * d2
+        if order == 2:
+            update = update + (phi(1, -h) / 2 if second_order == "midpoint" else phi(2, -h)) * d1_0
+        elif order == 3:
+            r1 = (lams[i - 1] - lams[i - 2]) / h
+            d1_1 = (history[1] - history[2]) / r1
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            update = update + phi(2, -h) * (d1_0 + r0 * d2) + D2_WEIGHTS[d2_weight] * phi(3, -h) * d2
         x = (sigma_s / sigma_t) * x + alpha_s * h * update
     return x
 

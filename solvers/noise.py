@@ -6,9 +6,17 @@ seeded generator. ``BrownianNoise`` returns (W(t) - W(s)) / sqrt(|t - s|) for on
 fixed by its seed, so a solve on n steps and one on 2n steps see the same Brownian motion: two half
 steps' noises combine, (z_1 + z_2)/sqrt(2), into the full step's noise. That is what makes a
 step-doubling error estimate of a stochastic solver meaningful.
+
+A solver that needs more than one standard normal per step (a Langevin corrector next to its
+predictor) asks ``noise.independent(k)`` for stream k = 1, 2, ...: a source of the same kind whose
+draws are independent of this one's and, for ``BrownianNoise``, fixed by the same seed, so such runs
+stay paired across configs. Asking one source twice for the same (t, s) returns the same
+increment: that is the path, not a fresh draw. ``NoNoise`` is what a deterministic run gets: it
+raises if called.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -25,6 +33,10 @@ class GaussianNoise:
         z = torch.randn(like.shape, generator=self.generator, device=device, dtype=like.dtype)
         return z.to(like.device)
 
+    def independent(self, stream: int) -> "GaussianNoise":
+        """Fresh draws of one generator are already independent of the earlier ones."""
+        return self
+
 
 class BrownianNoise:
     """Increments of one Brownian path on [t_min, t_max], fixed by ``seed`` (torchsde.BrownianInterval).
@@ -40,7 +52,9 @@ class BrownianNoise:
         if not t_min < t_max:
             raise ValueError(f"BrownianNoise: need t_min < t_max, got {t_min}, {t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self.shape = like.shape
+        self.shape, self.seed, self.tol = like.shape, int(seed), tol
+        self._like = torch.zeros((), dtype=like.dtype, device=like.device).expand(like.shape)
+        self._streams: dict[int, BrownianNoise] = {}
         self._path = torchsde.BrownianInterval(
             t0=self.t_min, t1=self.t_max, size=like.shape, dtype=like.dtype, device=like.device,
             entropy=int(seed), tol=tol, halfway_tree=True, pool_size=24,
@@ -56,3 +70,26 @@ class BrownianNoise:
         if like.shape != self.shape:
             raise ValueError(f"BrownianNoise was built for shape {tuple(self.shape)}, asked for {tuple(like.shape)}")
         return self.increment(t, s) / math.sqrt(abs(float(t) - float(s)))
+
+    def independent(self, stream: int) -> "BrownianNoise":
+        """The Brownian path of stream ``stream`` (>= 1): independent of this one, fixed by the same seed."""
+        if isinstance(stream, bool) or not isinstance(stream, int) or stream < 1:
+            raise ValueError(f"BrownianNoise.independent: stream must be an integer >= 1, got {stream!r}")
+        if stream not in self._streams:
+            digest = hashlib.sha256(f"{self.seed}/{stream}".encode()).digest()
+            self._streams[stream] = BrownianNoise(self._like, self.t_min, self.t_max,
+                                                  seed=int.from_bytes(digest[:7], "little"), tol=self.tol)
+        return self._streams[stream]
+
+
+class NoNoise:
+    """The noise source of a deterministic run: any draw is a bug in the caller's bookkeeping."""
+
+    def __init__(self, reason: str = "this run was declared deterministic"):
+        self.reason = reason
+
+    def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"a solver drew noise, but {self.reason}")
+
+    def independent(self, stream: int) -> "NoNoise":
+        return self

@@ -23,7 +23,10 @@ class Solver:
     ``stochastic``: "ode" takes eta = 0 only; "both" takes any eta >= 0 (default 0); "sde" needs
     eta > 0 (default 1), or exactly ``fixed_eta`` when the method has no free noise level.
     Fixed-step solvers cost ``nfe(n) = nfe_per_step * n + nfe_extra(n, options)`` evaluations
-    (``nfe_note`` says what the extra is, for the registry table).
+    (``nfe_note`` says what the extra is, for the registry table). ``order`` is the ODE order with
+    default options; ``order_for(eta, options)`` is the order a run actually converges at: the
+    strong order on a fixed Brownian path (``strong_order``, or ``strong_order_rule(eta, options)``)
+    when ``draws_noise(eta, options)``, else the ODE order under those options.
     """
 
     name: str
@@ -38,6 +41,10 @@ class Solver:
     nfe_extra: Callable[[int, dict], int] | None = None
     fixed: dict = field(default_factory=dict)
     nfe_note: str = ""
+    strong_order: int | None = 1
+    strong_order_rule: Callable[[float, dict], int | None] | None = None
+    noise_rule: Callable[[float, dict], bool] | None = None
+    peers: str = ""  # how it relates to the code users run (k-diffusion, diffusers, the papers' code)
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -62,10 +69,36 @@ class Solver:
         return self.nfe_per_step * n_steps + extra
 
     def effective_order(self, options: dict | None = None) -> int:
-        """The order under ``options`` (a solver with an ``order`` option takes it from there)."""
-        if "order" in self.fixed:
-            return self.order
-        return int((options or {}).get("order", self.options.get("order", self.order)))
+        """The ODE order under ``options``: a solver with an ``order`` option takes it from there.
+
+        lms's ``warmup="lower_order"`` starts with an Euler step whose O(h^2) local error caps the
+        global order at 2 (measured 1.87 on VE; on VP its coefficient is tiny, the error falls at
+        order 4 up to n = 256 there, and an estimate with p = 2 is conservative). ``lower_order_final``
+        lowers the last steps, where x0 hardly moves any more: their order-1 step's error coefficient
+        vanishes there, and the order-2 step before it caps the measured order at 3 (dpmpp_3m 2.95,
+        unipc_3 3.03 instead of 4, on the ring mixture under VP and VE).
+        """
+        options = {**self.options, **(options or {})}
+        order = self.order if "order" in self.fixed else int(options.get("order", self.order))
+        if options.get("warmup") == "lower_order":
+            order = min(order, 2)
+        if options.get("lower_order_final"):
+            order = min(order, 3)
+        return order
+
+    def draws_noise(self, eta: float, options: dict | None = None) -> bool:
+        """Whether a run with this eta and these options is stochastic (needs a seeded noise source)."""
+        options = {**self.options, **(options or {})}
+        return self.noise_rule(eta, options) if self.noise_rule else eta > 0
+
+    def order_for(self, eta: float, options: dict | None = None) -> int | None:
+        """The order the error of a run with this eta and options falls at as steps are refined: the
+        ODE order, or for a stochastic run the strong order on a fixed Brownian path (None: no
+        pathwise convergence, so no step-doubling estimate)."""
+        options = {**self.options, **(options or {})}
+        if not self.draws_noise(eta, options):
+            return self.effective_order(options)
+        return self.strong_order_rule(eta, options) if self.strong_order_rule else self.strong_order
 
     def check_eta(self, eta) -> float:
         """The eta to use, or a ValueError that says what this solver accepts."""
@@ -93,39 +126,59 @@ _ETA_FAMILY = "DESIGN.md's eta: 0 probability-flow ODE, 1 reverse SDE"
 _ODE_ONLY = "none (eta must be 0)"
 
 SOLVERS: dict[str, Solver] = dict([
-    _solver("euler", runge_kutta.euler, 1, "both", 1, _ETA_FAMILY, "Song et al. 2021, arXiv:2011.13456, eq. 6/13"),
+    _solver("euler", runge_kutta.euler, 1, "both", 1, _ETA_FAMILY, "Song et al. 2021, arXiv:2011.13456, eq. 6/13",
+            peers="steps in t on the drift; k-diffusion's sample_euler (Euler in sigma) is our ddim"),
     _solver("euler_maruyama", runge_kutta.euler, 1, "sde", 1, _ETA_FAMILY + " (default 1)",
             "Song et al. 2021, arXiv:2011.13456, eq. 6; Kloeden & Platen 1992"),
-    _solver("heun", runge_kutta.heun, 2, "ode", 2, _ODE_ONLY, "Karras et al. 2022, arXiv:2206.00364, Alg. 1"),
+    _solver("heun", runge_kutta.heun, 2, "ode", 2, _ODE_ONLY, "Karras et al. 2022, arXiv:2206.00364, Alg. 1",
+            peers="steps in t; k-diffusion's sample_heun (in sigma) is our edm_stochastic at eta 0 (tested)"),
     _solver("rk4", runge_kutta.rk4, 4, "ode", 4, _ODE_ONLY, "Hairer et al. 1993, Table 1.2"),
     _solver("ddim", denoising.ddim, 1, "both", 1, "DDIM's eta (eq. 16), equal to DESIGN.md's eta to first order",
-            "Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12"),
+            "Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12",
+            peers="= k-diffusion sample_euler at eta 0 (tested)"),
     _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
             "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
-            nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step"),
+            nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step",
+            peers="k-diffusion's sample_lms warms up at lower order (warmup='lower_order', order 2) and steps in sigma"),
     _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
     _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1"),
     _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2"),
-    _solver("dpmpp_2s", exponential.dpmpp_2s, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 1"),
-    _solver("dpmpp_2m", exponential.dpmpp_2m, 2, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 2"),
-    _solver("dpmpp_3m", exponential.dpmpp_3m, 3, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, App. B"),
+    _solver("dpmpp_2s", exponential.dpmpp_2s, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 1",
+            peers="= k-diffusion sample_dpmpp_2s_ancestral at eta 0 (tested)"),
+    _solver("dpmpp_2m", exponential.dpmpp_2m, 2, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 2",
+            peers="= k-diffusion sample_dpmpp_2m; = diffusers DPMSolverMultistepScheduler order 2, whose default below 15 steps is lower_order_final (both tested)"),
+    _solver("dpmpp_3m", exponential.dpmpp_3m, 3, "ode", 1, _ODE_ONLY,
+            "Lu et al. 2022b, arXiv:2211.01095, App. B; D2 weighted 2 phi_3 (Taylor-consistent)",
+            fixed={"d2_weight": "2phi_3"},
+            peers="peers weight D2 by phi_3: dpmpp_3m_phi3; step 2: second_order='midpoint' (DPM-Solver, diffusers) or 'taylor' (k-diffusion); lower_order_final"),
+    _solver("dpmpp_3m_phi3", exponential.dpmpp_3m, 2, "ode", 1, _ODE_ONLY,
+            "the peers' DPM-Solver++(3M): D2 weighted phi_3 as in DPM-Solver's code, k-diffusion, diffusers",
+            fixed={"d2_weight": "phi_3"},
+            peers="= diffusers DPMSolverMultistepScheduler order 3 (solver_type midpoint/heun = second_order midpoint/taylor, lower_order_final); taylor = k-diffusion sample_dpmpp_3m_sde at eta 0 (all tested)"),
     _solver("dpmpp_2m_sde", exponential.dpmpp_2m_sde, 2, "both", 1,
-            _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5"),
+            _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5",
+            peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
     _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
-            fixed={"order": 2}),
+            fixed={"order": 2},
+            peers="tAB in t; diffusers' DEISMultistepScheduler extrapolates in log rho (not offered)"),
     _solver("deis_3", exponential.deis, 3, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
-            fixed={"order": 3}),
+            fixed={"order": 3},
+            peers="tAB in t; diffusers' DEISMultistepScheduler extrapolates in log rho (not offered)"),
     _solver("unipc_2", unipc.unipc, 3, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-2 + UniC",
-            fixed={"order": 2}),
+            fixed={"order": 2},
+            peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
-            fixed={"order": 3}),
+            fixed={"order": 3},
+            peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
             "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
-            "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2"),
+            "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2", noise_rule=stochastic.edm_draws_noise,
+            peers="eta 0 = k-diffusion sample_heun (tested); k-diffusion's s_churn is ours"),
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
-            nfe_note="+ corrector_steps"),
+            nfe_note="+ corrector_steps", strong_order_rule=stochastic.pc_order,
+            peers="the paper's code: batch-averaged norms in the Langevin step (so results depend on the batch)"),
     _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),
     _solver("step_doubling_heun", adaptive.step_doubling, 2, "ode", None, _ODE_ONLY,

@@ -19,6 +19,11 @@ def euler_maruyama_step(model, x: torch.Tensor, t: float, s: float, eta: float, 
     return x
 
 
+def euler_step(model, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """One Euler step from t to s on the probability-flow ODE (the eta = 0 member of the family)."""
+    return euler_maruyama_step(model, x, t, s, 0.0, None)
+
+
 def euler(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """Euler (eta = 0) or Euler-Maruyama (eta > 0) on the eta family.
 

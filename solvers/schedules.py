@@ -35,6 +35,10 @@ class Schedule:
     def lambda_(self, t):
         return self.log_alpha(t) - torch.log(self.sigma(t))
 
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """(alpha_t, sigma_t) at one time as python floats: the lookup every solver step makes."""
+        return float(self.alpha(t)), float(self.sigma(t))
+
     def log_alpha(self, t):
         raise NotImplementedError
 

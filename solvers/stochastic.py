@@ -58,6 +58,10 @@ def pc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, predictor
     alpha_{t_{i+1}}^2 / alpha_{t_i}^2, the per-step 1 - beta_i, on VP schedules, 1 on VE), then one
     predictor step to t_{i+1}: Euler-Maruyama on the eta family (``"euler_maruyama"``) or DDPM's
     ancestral step (``"reverse_diffusion"``, eta must be 1). NFE per step: 1 + corrector_steps.
+    Corrector step k draws z from ``noise.independent(k + 1)``, independent of the predictor's noise.
+    The batch-averaged norms (as in the paper's code) make the result depend on the batch size.
+    The Langevin step size does not shrink with the time step, so with correctors the samples do
+    not converge pathwise as steps are refined (no strong order; see ``pc_order``).
     """
     if predictor not in PC_PREDICTORS:
         raise ValueError(f"pc: predictor must be one of {tuple(PC_PREDICTORS)}, got {predictor!r}")
@@ -70,10 +74,10 @@ def pc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, predictor
     schedule, times = model.schedule, ts.tolist()
     batch_dims = tuple(range(1, x.ndim))
     for t, s in zip(times[:-1], times[1:]):
-        alpha_i = float(schedule.alpha(s)) ** 2 / float(schedule.alpha(t)) ** 2
-        for _ in range(corrector_steps):
+        alpha_i = (schedule.alpha_sigma(s)[0] / schedule.alpha_sigma(t)[0]) ** 2
+        for k in range(corrector_steps):
             score = model.score(x, t)
-            z = noise(t, s, x)
+            z = noise.independent(k + 1)(t, s, x)  # the predictor draws from the main stream
             ratio = torch.linalg.vector_norm(z, dim=batch_dims).mean() / torch.linalg.vector_norm(score, dim=batch_dims).mean()
             step = 2 * alpha_i * (snr * ratio) ** 2
             x = x + step * score + torch.sqrt(2 * step) * z
@@ -86,6 +90,16 @@ def _reverse_diffusion_step(model, x, t, s, eta, noise):
 
 
 PC_PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": _reverse_diffusion_step}
+
+
+def pc_order(eta: float, options: dict) -> int | None:
+    """Strong order on a fixed Brownian path: the predictor's 1 without correctors, none with them."""
+    return 1 if options["corrector_steps"] == 0 else None
+
+
+def edm_draws_noise(eta: float, options: dict) -> bool:
+    """EDM's sampler is stochastic when eta > 0 or when the paper's churn is switched on."""
+    return eta > 0 or (options["s_churn"] or 0) > 0
 
 
 def corrector_nfe(n_steps: int, options: dict) -> int:

@@ -27,14 +27,16 @@ def _rho(ratios: list[float], h: float, b_h: float, corrector: bool) -> list[flo
 
 
 def unipc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, order: int = 2,
-          variant: str = "bh2") -> torch.Tensor:
+          variant: str = "bh2", lower_order_final: bool = False) -> torch.Tensor:
     """UniPC-p: the UniP-p multistep predictor followed by the UniC corrector (Zhao et al. 2023,
     arXiv:2302.04867, Algorithms 1-3, data prediction as in its reference code).
 
     The corrector reuses the evaluation at the predicted point that the next step needs anyway, so
     the cost stays 1 NFE per step; the last step is not corrected (no further evaluation). B(h) =
-    h (``variant="bh1"``) or e^h - 1 (``"bh2"``). The predictor has order p, the corrector raises it
-    to p + 1 (Theorem 3.1); the first steps use the order their history allows.
+    h (``variant="bh1"``, the reference code's default) or e^h - 1 (``"bh2"``, diffusers' default).
+    The predictor has order p, the corrector raises it to p + 1 (Theorem 3.1); the first steps use
+    the order their history allows, and with ``lower_order_final=True`` the last p - 1 steps lower it
+    again (order min(p, steps left), diffusers' default below 15 steps).
     """
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
         raise ValueError(f"unipc: order must be an integer in 1..3, got {order!r}")
@@ -42,39 +44,47 @@ def unipc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, order:
         raise ValueError(f"unipc: variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
+    n = len(times) - 1
     history: list[tuple[float, torch.Tensor]] = []  # (lambda, x0) newest first
     m_next = model.x0(x, times[0])
-    x_prev = None
+    x_prev = used = None
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         if x_prev is not None:  # UniC: correct the step that led here with the evaluation at its end
-            x = _unipc_update(x_prev, history, lams[i - 1], lams[i], schedule, times[i - 1], t, variant, m_next)
+            x = _corrector(x_prev, used, lams[i], times[i - 1], t, schedule, variant, m_next)
         history = [(lams[i], m_next)] + history[: order - 1]
+        used = history[: min(order, n - i)] if lower_order_final else history
         x_prev = x
-        x = _unipc_update(x, history, lams[i], lams[i + 1], schedule, t, s, variant, None)
-        if i + 1 < len(times) - 1:
+        x = _predictor(x, used, lams[i + 1], t, s, schedule, variant)
+        if i + 1 < n:
             m_next = model.x0(x, s)
     return x
 
 
-def _unipc_update(x, history, lam_t, lam_s, schedule, t, s, variant, m_new):
-    """One UniP step from t to s (m_new None) or UniC step (m_new = x0 evaluated at the predicted x_s).
-
-    ``history`` holds (lambda, x0) pairs with the one at t first. For the corrector, ``history`` was
-    taken at t, so its first entry is m0 = x0 at t.
-    """
+def _first_order_terms(x, history, lam_s, t, s, schedule, variant):
+    """What UniP and UniC share for a step from t to s: h, B(h), alpha_s, the ratios r_k and scaled
+    differences D_k = (x0_k - x0_t) / r_k of the older history, and the first-order (DDIM) map of x."""
+    (lam_t, m0), older = history[0], history[1:]
     h = lam_s - lam_t
-    (lam0, m0), older = history[0], history[1:]
-    alpha_s, sigma_s = float(schedule.alpha(s)), float(schedule.sigma(s))
-    sigma_t = float(schedule.sigma(t))
+    (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     b_h = -h if variant == "bh1" else math.expm1(-h)
-    ratios = [(lam_j - lam0) / h for lam_j, _ in older]
+    ratios = [(lam_j - lam_t) / h for lam_j, _ in older]
     diffs = [(m_j - m0) / r for (_, m_j), r in zip(older, ratios)]
     x_s = (sigma_s / sigma_t) * x - alpha_s * math.expm1(-h) * m0
-    if m_new is None:
-        if not diffs:
-            return x_s
-        rho = _rho(ratios, h, b_h, corrector=False)
-        return x_s - alpha_s * b_h * sum(r * d for r, d in zip(rho, diffs))
+    return h, b_h, alpha_s, ratios, diffs, x_s
+
+
+def _predictor(x, history, lam_s, t, s, schedule, variant):
+    """UniP-p (Algorithm 2): the first-order map plus the weighted differences of the history."""
+    h, b_h, alpha_s, ratios, diffs, x_s = _first_order_terms(x, history, lam_s, t, s, schedule, variant)
+    if not diffs:
+        return x_s
+    rho = _rho(ratios, h, b_h, corrector=False)
+    return x_s - alpha_s * b_h * sum(r * d for r, d in zip(rho, diffs))
+
+
+def _corrector(x, history, lam_s, t, s, schedule, variant, m_new):
+    """UniC (Algorithm 1): the step from t to s redone with m_new, x0 evaluated at the predicted x_s."""
+    h, b_h, alpha_s, ratios, diffs, x_s = _first_order_terms(x, history, lam_s, t, s, schedule, variant)
     rho = _rho(ratios, h, b_h, corrector=True)
-    correction = sum(r * d for r, d in zip(rho[:-1], diffs)) + rho[-1] * (m_new - m0)
+    correction = sum(r * d for r, d in zip(rho[:-1], diffs)) + rho[-1] * (m_new - history[0][1])
     return x_s - alpha_s * b_h * correction

@@ -117,8 +117,16 @@ def test_resolve_run_by_folder_and_by_commit(base_run):
 def test_frontier_facets_by_spacing(base_run, tmp_path):
     from bench.plots import plot_frontier
 
-    path = plot_frontier(store.load_rows(base_run), tmp_path, "frechet", "nfe", facet="spacing")
-    assert path.name == "frontier_frechet_vs_nfe_by_spacing.png" and path.stat().st_size > 10_000
+    from PIL import Image
+
+    rows = store.load_rows(base_run)
+    path = plot_frontier(rows, tmp_path, "frechet", "nfe", facet="spacing")
+    plain = plot_frontier(rows, tmp_path, "frechet", "nfe")
+    assert path.name == "frontier_frechet_vs_nfe_by_spacing.png"
+    n_spacings = rows[rows.status == "ok"].spacing.nunique()
+    (width, height), (plain_width, plain_height) = Image.open(path).size, Image.open(plain).size
+    assert n_spacings >= 2 and width == pytest.approx(plain_width, rel=0.1)  # one row of panels per spacing
+    assert height > 0.75 * n_spacings * plain_height
 
 
 def test_report_gives_the_seed_spread(base_run):

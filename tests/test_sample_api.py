@@ -131,6 +131,15 @@ def test_solvers_import_no_harness_modules():
 def test_python_m_solvers_prints_the_registry_table():
     result = subprocess.run([sys.executable, "-m", "solvers"], capture_output=True, text=True, check=True)
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("| name | order | NFE per step | ode/sde | adaptive | eta | reference |")
+    assert lines[0].startswith("| name | order | strong order (eta > 0) | NFE per step | ode/sde | adaptive | eta |")
     assert len(lines) == 2 + len(SOLVERS)
-    assert "| `lms` | 4 | 1 + 3 per RK4 warm-up step | ode | no |" in result.stdout
+    assert "| `lms` | 4 | - | 1 + 3 per RK4 warm-up step | ode | no |" in result.stdout
+    assert "| `pc` | 1 | none (corrector) |" in result.stdout and "| `ddpm` | 1 | 1 |" in result.stdout
+
+
+def test_readme_shows_the_registry_table_as_it_is():
+    from pathlib import Path
+
+    from solvers.__main__ import registry_table
+
+    assert registry_table() in Path(__file__).resolve().parents[1].joinpath("README.md").read_text()

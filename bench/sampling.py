@@ -1,0 +1,99 @@
+"""Sampling one config: its time grid, its seeded noise, batch by batch, timed, with the OOM retry.
+
+This is the path every row's samples take, and the one tests of the runner's numbers call. The
+noise of a config is decided by the solver's registry entry (``Solver.draws_noise``), not by eta
+alone: a stochastic run gets one Brownian path per batch, fixed by the config's seed and the batch
+index (so a 2n-step step-doubling partner, and every other config with that seed and batch size,
+sees the same path); a deterministic run gets ``NoNoise``, which raises if a solver draws anyway.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bench.config import RunConfig
+from solvers import SOLVERS, sample
+from solvers.noise import BrownianNoise, NoNoise
+from solvers.spacing import timesteps
+
+BATCH_SEED_STRIDE = 100_003  # batch b of seed s draws its path from seed s * stride + b
+
+
+class Timer:
+    """Wall time of a block: CUDA events around it on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.end.record()
+            torch.cuda.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int):
+    """The noise a config's batch is sampled with: its seeded Brownian path, or NoNoise."""
+    if not SOLVERS[cfg.solver].draws_noise(cfg.eta, dict(cfg.options)):
+        return NoNoise(f"{cfg.solver} at eta = {cfg.eta:g} with options {dict(cfg.options)} is deterministic "
+                       "according to its registry entry (Solver.draws_noise)")
+    return BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * BATCH_SEED_STRIDE + batch_index)
+
+
+@dataclass
+class Solve:
+    """All samples of one config and what it cost: time, NFE and adaptive steps per batch, batch used."""
+
+    samples: torch.Tensor
+    seconds: float
+    nfe: float
+    accepted: float
+    rejected: float
+    batch_used: int
+
+
+def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: torch.device) -> Solve:
+    """Sample every x_T of a config (``steps`` overrides its step count, for the step-doubling partner).
+
+    On a CUDA out-of-memory error the batch halves and the whole config starts again.
+    """
+    options = dict(cfg.options)
+    if cfg.tolerance is not None:
+        options.update(rtol=cfg.tolerance, atol=cfg.tolerance)
+    schedule = model.schedule
+    ts = timesteps(cfg.spacing, steps, schedule) if steps is not None else timesteps("uniform", 1, schedule)
+    adaptive = SOLVERS[cfg.solver].adaptive
+    batch = cfg.batch_size
+    while True:
+        try:
+            outputs, seconds, nfe, accepted, rejected = [], 0.0, 0, 0, 0
+            for index, chunk in enumerate(x_T.split(batch)):
+                noise = noise_source(cfg, chunk, schedule, index)
+                extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
+                model.reset_nfe()
+                with Timer(device) as timer:
+                    out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
+                outputs.append(out)
+                seconds += timer.seconds
+                nfe += model.nfe
+                if adaptive:
+                    accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
+            n = len(outputs)
+            return Solve(torch.cat(outputs), seconds, nfe / n, accepted / n, rejected / n, batch)
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            torch.cuda.empty_cache()

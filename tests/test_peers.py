@@ -1,0 +1,124 @@
+"""Our solvers against the code users run: k-diffusion 0.1.1.post1's samplers on the same model, time
+grid and x_T, in float64.
+
+k-diffusion works in EDM's variables: x~ = x / alpha_t and sigma~ = sigma_t / alpha_t = exp(-lambda_t),
+with a denoiser D(x~, sigma~) = x0. Every solver compared here is invariant under that change of
+variables, so the results must agree to rounding (1e-8 relative asserted, at most 2e-15 measured).
+"""
+import pytest
+import torch
+
+from bench.models import ring2d
+from solvers import sample
+from solvers.schedules import DiscreteVP, VPLinear
+from solvers.spacing import timesteps
+from support import k_diffusion_sampling, prior_sample
+
+SCHEDULE = VPLinear()
+
+
+def _k_diffusion_run(sampler, model, x_T, ts, **kwargs):
+    """k-diffusion's ``sampler`` on our model and grid, mapped back to our variables."""
+    def denoiser(x_tilde, sigma_tilde):
+        t = SCHEDULE.t_of_lambda(-torch.log(sigma_tilde[0]))
+        return model.x0(float(SCHEDULE.alpha(t)) * x_tilde, float(t))
+
+    sigmas = torch.exp(-SCHEDULE.lambda_(ts))
+    alpha_start, alpha_end = float(SCHEDULE.alpha(ts[0])), float(SCHEDULE.alpha(ts[-1]))
+    return alpha_end * sampler(denoiser, x_T / alpha_start, sigmas, disable=True, **kwargs)
+
+
+def _no_noise(sigma, sigma_next):
+    raise AssertionError("k-diffusion drew noise at eta = 0")
+
+
+PEERS = [
+    ("dpmpp_3m_phi3", {"second_order": "taylor"}, "sample_dpmpp_3m_sde", {"eta": 0.0, "noise_sampler": _no_noise}),
+    ("dpmpp_2m", {}, "sample_dpmpp_2m", {}),
+    ("dpmpp_2s", {}, "sample_dpmpp_2s_ancestral", {"eta": 0.0}),
+    ("ddim", {}, "sample_euler", {}),
+    ("edm_stochastic", {}, "sample_heun", {}),
+]
+
+
+@pytest.mark.parametrize("name, options, peer, peer_kwargs", PEERS, ids=[f"{p[0]}-vs-{p[2]}" for p in PEERS])
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_agrees_with_k_diffusion(name, options, peer, peer_kwargs, spacing):
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps(spacing, 10, SCHEDULE)
+    ours = sample(name, model, x_T, ts, **options)
+    theirs = _k_diffusion_run(getattr(k_diffusion_sampling(), peer), model, x_T, ts, **peer_kwargs)
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"{name} vs k-diffusion {peer}: relative difference {relative:.2e}"
+
+
+def test_the_two_3m_forms_differ_only_from_the_third_step_on():
+    """dpmpp_3m (2 phi_3) and dpmpp_3m_phi3 share steps 1-2, then differ by the D2 weight."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    for steps, differ in ((2, False), (3, True)):
+        ts = timesteps("logsnr", steps, SCHEDULE)
+        same = torch.equal(sample("dpmpp_3m", model, x_T, ts), sample("dpmpp_3m_phi3", model, x_T, ts))
+        assert same != differ, steps
+
+
+def test_lower_order_final_takes_the_last_2m_step_at_first_order():
+    """dpmpp_2m with lower_order_final: the first n - 1 steps as usual, then one DDIM (first-order) step."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 16, 2)
+    ts = timesteps("logsnr", 8, SCHEDULE)
+    expected = sample("ddim", model, sample("dpmpp_2m", model, x_T, ts[:-1]), ts[-2:])
+    torch.testing.assert_close(sample("dpmpp_2m", model, x_T, ts, lower_order_final=True), expected,
+                               rtol=0, atol=1e-12)
+
+
+def _diffusers_run(scheduler_class, config, name, options, n=10):
+    """(ours, diffusers') samples: the scheduler's own loop on the ring mixture under the scheduler's
+    betas (as a DiscreteVP), the same x_T and the same discrete grid ending at timestep 0."""
+    scheduler = scheduler_class(num_train_timesteps=1000, beta_schedule="linear", final_sigmas_type="sigma_min", **config)
+    cumulative = scheduler.alphas_cumprod.double()  # the scheduler's own float32 products, exactly
+    schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+    model = ring2d().model(schedule)
+    scheduler.set_timesteps(n)
+    steps = [int(v) for v in scheduler.timesteps]
+    x_T = prior_sample(schedule, 64, 2)
+    x = x_T
+    for step in scheduler.timesteps:
+        x = scheduler.step(model.eps(x, (int(step) + 1) / 1000), step, x).prev_sample
+    ts = torch.tensor([(s + 1) / 1000 for s in steps] + [1 / 1000], dtype=torch.float64)
+    return sample(name, model, x_T, ts, **options), x
+
+
+DIFFUSERS_CASES = [
+    *[("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver++", "solver_type": form,
+                                       "lower_order_final": final},
+       "dpmpp_3m_phi3", {"second_order": "midpoint" if form == "midpoint" else "taylor", "lower_order_final": final})
+      for form in ("midpoint", "heun") for final in (False, True)],
+    *[("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": final},
+       "dpmpp_2m", {"lower_order_final": final}) for final in (False, True)],
+    *[("UniPCMultistepScheduler", {"solver_order": order, "solver_type": variant, "lower_order_final": final},
+       f"unipc_{order}", {"variant": variant, "lower_order_final": final})
+      for order in (2, 3) for variant in ("bh1", "bh2") for final in (False, True)],
+]
+
+
+@pytest.mark.parametrize("scheduler, config, name, options", DIFFUSERS_CASES,
+                         ids=[f"{c[2]}-" + "-".join(f"{v}" for v in c[3].values()) for c in DIFFUSERS_CASES])
+def test_agrees_with_diffusers_schedulers(scheduler, config, name, options):
+    """diffusers keeps sigmas in float32, so agreement is to float32 rounding (measured <= 3.6e-7)."""
+    import diffusers
+
+    ours, theirs = _diffusers_run(getattr(diffusers, scheduler), config, name, options)
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 2e-6, f"{name} {options} vs diffusers {scheduler} {config}: {relative:.2e}"
+
+
+def test_diffusers_3m_is_the_phi3_form_not_ours():
+    """Negative control for the tolerance above: our Taylor-consistent dpmpp_3m is 0.3 away (10 steps)."""
+    import diffusers
+
+    ours, theirs = _diffusers_run(diffusers.DPMSolverMultistepScheduler,
+                                  {"solver_order": 3, "algorithm_type": "dpmsolver++", "lower_order_final": False},
+                                  "dpmpp_3m", {})
+    assert ((ours - theirs).abs().max() / theirs.abs().max()).item() > 0.1
