@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup fid-weights test test-all bench report compare perf perf-compare train clean
+.PHONY: setup fid-weights test test-all bench report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -66,6 +66,10 @@ perf: setup
 # The same benchmarks against the last saved run; fails when a mean got 25% slower.
 perf-compare: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25% -o addopts=""
+
+# Kill the default sweep with SIGKILL at 10 random moments, resume after each, check every row (several minutes).
+chaos: setup
+	$(PY) benchmarks/chaos.py --spec $(SPEC) $(CHAOS_ARGS)
 
 # Train the built-in UNet on Fashion-MNIST (a GPU wants the defaults; TRAIN_ARGS="--steps 200" tries it on a CPU).
 train: setup

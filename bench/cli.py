@@ -38,7 +38,12 @@ def cmd_run(args) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=None if args.progress is None else args.progress)
+    commit, _ = store.git_state()
+    if meta.get("git_commit") not in (None, commit):
+        print(f"warning: {run_dir} was started at commit {meta['git_commit'][:10]}, this checkout is at {commit[:10]}: "
+              "its rows will mix commits (the report says so)", file=sys.stderr)
+    retry = store.RETRYABLE if args.retry_failed else ()
+    counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry)
     table = store.load_rows(run_dir)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
@@ -60,7 +65,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import build_comparison, resolve_run
+    from bench.compare import build_comparison, regressed, resolve_run, terminal_summary
 
     try:
         base = resolve_run(args.base, Path(args.results))
@@ -70,9 +75,14 @@ def cmd_compare(args) -> int:
         return 2
     out = Path(args.out) if args.out else DEFAULT_RESULTS / f"compare-{base.name}-vs-{head.name}"
     (md_path, html_path), result = build_comparison(base, head, out, time_ratio=args.time_ratio)
-    print(f"{result['matched']} configs compared: {len(result['regressions'])} regressions, "
-          f"{len(result['improvements'])} improvements; {md_path} and {html_path}")
-    return 1 if args.fail_on_regression and len(result["regressions"]) else 0
+    shifted = int((result["shifts"].verdict == "regression").sum())
+    print(f"{result['matched']} configs compared ({'paired' if result['paired'] else 'unpaired'} seeds): "
+          f"{len(result['regressions'])} regressions, {len(result['improvements'])} improvements, {shifted} systematic "
+          f"regressions per model; {md_path} and {html_path}")
+    summary = terminal_summary(result)
+    if summary:
+        print(summary)
+    return 1 if args.fail_on_regression and regressed(result) else 0
 
 
 def _latest_run(root: Path) -> Path:
@@ -128,6 +138,8 @@ def main(argv=None) -> int:
     where.add_argument("--resume", metavar="RUN", help="an existing run folder to complete")
     run.add_argument("--shard", type=_parse_shard, metavar="i/n", help="run only shard i of n (0-based)")
     run.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:1, auto)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also run again the configs whose rows are failed, diverged, timeout or oom")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     run.set_defaults(func=cmd_run)
@@ -143,7 +155,8 @@ def main(argv=None) -> int:
     compare.add_argument("head", nargs="?", help="run folder or commit (default: the newest run under --results)")
     compare.add_argument("--results", default="results", help="where to look for runs by commit (default: results)")
     compare.add_argument("--out", help="output folder (default: results/scratch/compare-<base>-vs-<head>)")
-    compare.add_argument("--time-ratio", type=float, default=1.25, help="wall-time ratio counted as a change")
+    compare.add_argument("--time-ratio", type=float, default=1.5, help="wall-time ratio counted as a change "
+                         "(between rows of the same device, host and batch)")
     compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when anything regressed")
     compare.set_defaults(func=cmd_compare)
     train = sub.add_parser("train", help="train the built-in UNet on Fashion-MNIST (resumes from OUT)")

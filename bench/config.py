@@ -63,6 +63,7 @@ class RunConfig:
     image_resize: str
     fid_weights: str | None
     data_dir: str | None
+    time_limit_s: float
     skip_reason: str | None = None
 
     @property
@@ -71,7 +72,7 @@ class RunConfig:
         Brownian path, and adaptive step control and pc's step size use norms over the batch."""
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights",
-                                 "data_dir", "reference_size")}
+                                 "data_dir", "reference_size", "time_limit_s")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         if self.image_resize != "pad":  # keeps the ids of specs that never set it
@@ -108,6 +109,7 @@ _SCALAR_KEYS = {
     "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
     "data_dir": (str, "a folder with the dataset's IDX files"),
     "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
+    "time_limit_s": ((int, float), "seconds >= 0 a config may take before it is stopped (0: no limit, run in-process)"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
@@ -116,7 +118,7 @@ DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas":
             "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
                         "sliced_wasserstein"],
             "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
-            "data_dir": None}
+            "data_dir": None, "time_limit_s": 900}
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
 
@@ -172,6 +174,8 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key in ("n_samples", "batch_size"):
         if key in raw and raw[key] < 1:
             errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
+    if "time_limit_s" in raw and not raw["time_limit_s"] >= 0:
+        errors.append(f"{where}: key 'time_limit_s' must be a number of seconds >= 0, got {raw['time_limit_s']!r}")
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
@@ -267,6 +271,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
                             reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
+                            time_limit_s=float(v["time_limit_s"]),
                             skip_reason=reason))
     return configs
 

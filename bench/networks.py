@@ -80,14 +80,19 @@ def load_diffusers(path: str | Path) -> NetworkSource:
     return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size))
 
 
-def load_python(spec: str) -> NetworkSource:
-    """``module:function`` -> the (DiffusionModel, event_shape) the function returns."""
+def load_python(spec: str):
+    """``module:function`` -> a model source: the function returns (DiffusionModel, event_shape), or a
+    source of its own with ``.model(schedule)`` and ``.event_shape`` (e.g. a bench.analytic
+    GaussianMixture, which then brings exact ground truth and takes the spec's schedule)."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise ValueError(f"python:{spec}: expected python:module:function")
     result = getattr(importlib.import_module(module_name), function_name)()
+    if callable(getattr(result, "model", None)) and hasattr(result, "event_shape"):
+        return result
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], DiffusionModel)):
-        raise TypeError(f"python:{spec} must return (DiffusionModel, event_shape), got {type(result).__name__}")
+        raise TypeError(f"python:{spec} must return (DiffusionModel, event_shape) or a model source with "
+                        f".model(schedule) and .event_shape, got {type(result).__name__}")
     return NetworkSource(result[0], tuple(result[1]))
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from bench import plots
 from bench.document import Document
 from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality, seed_std
-from bench.store import load_rows
+from bench.store import STATUSES, load_rows
 
 DEFAULT_BUDGET = 20
 
@@ -53,8 +53,13 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     doc = Document(f"Sampler benchmark: {', '.join(d.name for d in run_dirs)}")
 
     counts = df.status.value_counts().to_dict()
-    doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "diverged", "failed"))
+    doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
                   + f". Models: {', '.join(sorted(df.model.unique()))}.")
+    commits = df.git_commit.dropna().value_counts()
+    if len(commits) > 1:
+        doc.paragraph("**Warning: these rows come from more than one commit** ("
+                      + ", ".join(f"{commit[:10]}: {n} rows" for commit, n in commits.items())
+                      + "); a difference between configs may be a difference between commits.")
     doc.heading("Environment")
     doc.table(_environment_table(df))
     for run_dir in run_dirs:
@@ -94,8 +99,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         if path is not None:
             doc.image(caption, path)
 
-    doc.heading("Failed and diverged configurations")
-    bad = df[df.status.isin(["failed", "diverged"])]
+    doc.heading("Configurations that did not finish (failed, diverged, timeout, oom)")
+    bad = df[df.status.isin(["failed", "diverged", "timeout", "oom"])]
     doc.table(bad[["model", "solver", "steps", "spacing", "eta", "tolerance", "status", "message"]])
 
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"

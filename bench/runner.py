@@ -2,8 +2,10 @@
 
 For each config: the model (built once per sweep), x_T from the seed (the same x_T for every config
 with that seed, so comparisons are paired), the samples (bench.sampling: seeded noise, batches,
-timing, OOM retry), then the metrics the spec asks for. NaN/inf samples make the row ``diverged``,
-an exception ``failed``; neither stops the sweep.
+timing, OOM retry), then the metrics the spec asks for. NaN/inf samples or an adaptive solver that
+cannot go on make the row ``diverged``, an out-of-memory error at batch 1 ``oom``, any other
+exception ``failed``; a config past the spec's ``time_limit_s`` is stopped (bench.worker) and gets a
+``timeout`` row. None of them stops the sweep.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bench import metrics, sampling, store
 from bench.analytic import GaussianMixture
 from bench.config import RunConfig
 from bench.models import build_model
-from solvers import SOLVERS
+from solvers import SOLVERS, SolverDiverged
 from solvers.reference import reference_solve
 from solvers.schedules import SCHEDULES
 
@@ -39,8 +41,11 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class SweepCache:
-    """What configs of one sweep share: models, x_T, exact samples, reference solves, final samples."""
+    """What configs of one sweep share: models, x_T, exact samples, reference solves (or the error that
+    ended one), and the final samples of the configs that are a later config's step-doubling partner
+    (``needed_partners``; kept on the host and dropped once used)."""
 
+    needed_partners: frozenset = frozenset()
     models: dict = field(default_factory=dict)
     priors: dict = field(default_factory=dict)
     exact: dict = field(default_factory=dict)
@@ -74,6 +79,21 @@ def _sampling_key(cfg: RunConfig, steps) -> tuple:
             cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype)
 
 
+def partner_keys(configs: list[RunConfig]) -> frozenset:
+    """The sampling keys of the 2n-step solves that step-doubling estimates of ``configs`` will use."""
+    return frozenset(_sampling_key(c, 2 * c.steps) for c in configs
+                     if c.steps is not None and "err_stepdoubling" in c.metrics and c.skip_reason is None)
+
+
+def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
+    """The columns of a row that the config alone defines (every status has them)."""
+    return {**env, "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(), "spec_name": cfg.spec_name,
+            "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
+            "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
+            "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
+            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype}
+
+
 def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
     """One untimed solve on a couple of samples, once per (model, solver, device) in a sweep, so
     first-call costs (imports, allocations, kernel selection) stay out of wall_s."""
@@ -85,11 +105,7 @@ def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
 
 def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dict:
     """Run one configuration and return its row (never raises for a config's own failure)."""
-    row = {**env, "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(), "spec_name": cfg.spec_name,
-           "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
-           "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
-           "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
-           "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype}
+    row = config_row(cfg, env, run_id)
     if cfg.skip_reason:
         return {**row, "status": "skipped", "message": cfg.skip_reason}
     try:
@@ -107,16 +123,23 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             row.update(accepted_steps=result.accepted, rejected_steps=result.rejected)
         if not bool(torch.isfinite(x).all()):
             return {**row, "status": "diverged", "message": "non-finite values in the samples"}
-        cache.finals[_sampling_key(cfg, cfg.steps)] = x
-        row.update(_metrics(cfg, cache, source, model, x_T, x, device, result.batch_used))
-        message = None if result.batch_used == cfg.batch_size else (
-            f"out of memory at batch {cfg.batch_size}: ran at batch {result.batch_used}")
-        return {**row, "status": "ok", "message": message}
+        if _sampling_key(cfg, cfg.steps) in cache.needed_partners:
+            cache.finals[_sampling_key(cfg, cfg.steps)] = x.cpu()
+        notes = []
+        row.update(_metrics(cfg, cache, source, model, x_T, x, device, result.batch_used, notes))
+        if result.batch_used != cfg.batch_size:
+            notes.insert(0, f"out of memory at batch {cfg.batch_size}: ran at batch {result.batch_used}")
+        return {**row, "status": "ok", "message": "; ".join(notes) or None}
+    except SolverDiverged as err:
+        return {**row, "status": "diverged", "message": str(err)}
+    except torch.cuda.OutOfMemoryError as err:
+        return {**row, "status": "oom", "message": f"out of memory at batch 1: {err}"}
     except Exception as err:  # a failing config is a result, not the end of the sweep
         return {**row, "status": "failed", "message": f"{type(err).__name__}: {err}"}
 
 
-def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, batch: int) -> dict:
+def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, batch: int, notes: list) -> dict:
+    """The metric columns the spec asks for; ``notes`` collects what the row's message should say."""
     out = {}
     wanted = set(cfg.metrics)
     solver, options = SOLVERS[cfg.solver], dict(cfg.options)
@@ -124,18 +147,20 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
     order = solver.order_for(cfg.eta, options)
     if "err_stepdoubling" in wanted and cfg.steps is not None and order is not None:
         key = _sampling_key(cfg, 2 * cfg.steps)
-        if key not in cache.finals:
-            cache.finals[key] = sampling.solve(cfg, model, x_T, 2 * cfg.steps, device).samples
-        median, rms = metrics.stepdoubling_error(x, cache.finals[key], order)
+        partner = cache.finals.pop(key, None)
+        if partner is None:
+            partner = sampling.solve(cfg, model, x_T, 2 * cfg.steps, device).samples
+        median, rms = metrics.stepdoubling_error(x.cpu(), partner.cpu(), order)
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
     if "err_reference" in wanted and not stochastic:
         key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device))
         if key not in cache.references:
-            s = model.schedule  # in batches of the size that fitted the solve itself
-            cache.references[key] = torch.cat([
-                reference_solve(model, chunk, s.t_max, s.t_min, rtol=REFERENCE_TOLERANCE, atol=REFERENCE_TOLERANCE)
-                for chunk in x_T.double().split(batch)])
-        out["err_reference"] = metrics.per_sample_norms(x.double() - cache.references[key]).median().item()
+            cache.references[key] = _reference(model, x_T, batch)
+        reference = cache.references[key]
+        if isinstance(reference, Exception):
+            notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
+        else:
+            out["err_reference"] = metrics.per_sample_norms(x.double() - reference).median().item()
     if isinstance(source, GaussianMixture):
         exact_key = (cfg.model, cfg.image_resize, cfg.seed, cfg.n_samples)
         if exact_key not in cache.exact:
@@ -152,6 +177,17 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
     if "fid" in wanted and len(source.event_shape) == 3:
         out.update(_image_metrics(cfg, cache, source, x, device))
     return out
+
+
+def _reference(model, x_T: torch.Tensor, batch: int):
+    """The high-accuracy solve from x_T in batches of the size that fitted the config's own solve, or the
+    exception that ended it (kept, so later configs do not retry it)."""
+    s = model.schedule
+    try:
+        return torch.cat([reference_solve(model, chunk, s.t_max, s.t_min, rtol=REFERENCE_TOLERANCE,
+                                          atol=REFERENCE_TOLERANCE) for chunk in x_T.double().split(batch)])
+    except Exception as err:  # noqa: BLE001 - any failure: recorded in the rows, not raised again
+        return err
 
 
 def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -> dict:
@@ -174,22 +210,46 @@ def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -
     return {**fid.image_metrics(extractor(samples.float().cpu()), reference, seed=cfg.seed), **protocol}
 
 
-def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None) -> dict:
-    """Run every config not yet in ``run_dir``; returns counts by status for this call."""
-    done = store.done_ids(run_dir)
+def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None,
+              retry: tuple[str, ...] = ()) -> dict:
+    """Run every config not yet in ``run_dir`` (and those whose status is in ``retry``); returns counts by
+    status for this call. Each config runs in a worker process within its ``time_limit_s`` (0: in this
+    process, without a limit)."""
+    from bench.worker import ConfigWorker
+
+    done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
     counts = {"already_done": len(configs) - len(todo)}
-    cache = SweepCache()
+    partners = partner_keys(todo)
+    in_process, worker = SweepCache(needed_partners=partners), ConfigWorker(partners)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
     bar = _progress(len(configs), len(configs) - len(todo), progress)
-    for cfg in todo:
-        bar.set_postfix_str(cfg.label)
-        row = run_config(cfg, cache, envs[cfg.device], run_id)
-        store.write_row(run_dir, row)
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        bar.update(1)
-    bar.close()
+    try:
+        for cfg in todo:
+            bar.set_postfix_str(cfg.label)
+            if cfg.skip_reason or not cfg.time_limit_s:
+                row = run_config(cfg, in_process, envs[cfg.device], run_id)
+            else:
+                row = _run_in_worker(worker, cfg, envs[cfg.device], run_id)
+            store.write_row(run_dir, row)
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            bar.update(1)
+    finally:
+        worker.stop()
+        bar.close()
     return counts
+
+
+def _run_in_worker(worker, cfg: RunConfig, env: dict, run_id: str) -> dict:
+    outcome, value = worker.run(cfg, env, run_id, cfg.time_limit_s)
+    if outcome == "row":
+        return value
+    row = config_row(cfg, env, run_id)
+    if outcome == "timeout":
+        return {**row, "status": "timeout",
+                "message": f"stopped after {value:.1f} s: time_limit_s = {cfg.time_limit_s:g}"}
+    return {**row, "status": "failed", "message": f"the worker process died (exit code {value}): a crash or the "
+                                                  "system's out-of-memory killer"}
 
 
 def _environment(device: str) -> dict:

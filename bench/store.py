@@ -40,7 +40,8 @@ SCHEMA = pa.schema([
     ("status", pa.string()), ("message", pa.string()),
 ])
 COLUMNS = SCHEMA.names
-STATUSES = ("ok", "diverged", "skipped", "failed")
+STATUSES = ("ok", "diverged", "skipped", "failed", "timeout", "oom")
+RETRYABLE = ("failed", "diverged", "timeout", "oom")  # what --retry-failed runs again
 RENAMED_COLUMNS = {"loglik": "sample_log_density"}  # old name -> new, for row files written before the rename
 
 
@@ -87,8 +88,7 @@ def open_run(run_dir: Path, spec) -> dict:
         if meta["spec_hash"] != spec.hash:
             raise ValueError(f"{run_dir} was made from spec {meta['spec_path']} (hash {meta['spec_hash']}); "
                              f"{spec.path} has hash {spec.hash}: resume it with the same spec or use a new --out")
-        for stale in (run_dir / "rows").glob(".tmp-*"):
-            stale.unlink()
+        remove_stale_temp_files(run_dir)
         return meta
     (run_dir / "rows").mkdir(parents=True, exist_ok=True)
     commit, _ = git_state()
@@ -100,10 +100,52 @@ def open_run(run_dir: Path, spec) -> dict:
     return meta
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_bytes(data)
+def _temp_path(path: Path) -> Path:
+    """A hidden sibling named after its writer (host and pid), so others can tell whether it is live."""
+    return path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
+
+
+def _writer_is_gone(temp: Path) -> bool:
+    """True for a temp file written by a process of this host that no longer runs. Another host's
+    (shards on a shared file system) cannot be checked and is kept; readers skip hidden files anyway."""
+    prefix = f".tmp-{socket.gethostname()}-"
+    pid = temp.name[len(prefix):].split("-")[0] if temp.name.startswith(prefix) else ""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files that killed writers left behind; live writers' files (other shards) stay."""
+    stale = [p for p in Path(run_dir).glob("**/.tmp-*") if _writer_is_gone(p)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temp file, fsync it, rename it over ``path`` and fsync the folder."""
+    tmp = _temp_path(path)
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_row(run_dir: Path, row: dict) -> Path:
@@ -113,16 +155,18 @@ def write_row(run_dir: Path, row: dict) -> Path:
         raise ValueError(f"write_row: unknown columns {sorted(unknown)}")
     if row.get("status") not in STATUSES:
         raise ValueError(f"write_row: status must be one of {STATUSES}, got {row.get('status')!r}")
-    rows_dir = Path(run_dir) / "rows"
-    path = rows_dir / f"{row['config_id']}.parquet"
-    tmp = rows_dir / f".tmp-{row['config_id']}-{os.getpid()}.parquet"
-    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA), tmp)
-    os.replace(tmp, path)
+    path = Path(run_dir) / "rows" / f"{row['config_id']}.parquet"
+    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
+    _atomic_write(path, lambda handle: pq.write_table(table, handle))
     return path
 
 
-def done_ids(run_dir: Path) -> set[str]:
-    return {p.stem for p in (Path(run_dir) / "rows").glob("*.parquet") if not p.name.startswith(".")}
+def done_ids(run_dir: Path, retry: tuple[str, ...] = ()) -> set[str]:
+    """Config ids with a row in ``run_dir``, less those whose status is in ``retry``."""
+    paths = [p for p in (Path(run_dir) / "rows").glob("*.parquet") if not p.name.startswith(".")]
+    if not retry:
+        return {p.stem for p in paths}
+    return {p.stem for p in paths if pq.read_table(p, columns=["status"])["status"][0].as_py() not in retry}
 
 
 def load_rows(*run_dirs) -> pd.DataFrame:

@@ -3,7 +3,8 @@
     from solvers import SOLVERS, sample, DiffusionModel
     x0 = sample("heun", DiffusionModel(net, schedule, "eps"), x_T, timesteps("logsnr", 20, schedule))
 """
+from solvers.adaptive import SolverDiverged
 from solvers.model import DiffusionModel
 from solvers.registry import SOLVERS, Solver, get_solver, sample
 
-__all__ = ["SOLVERS", "Solver", "DiffusionModel", "get_solver", "sample"]
+__all__ = ["SOLVERS", "Solver", "DiffusionModel", "SolverDiverged", "get_solver", "sample"]

@@ -7,12 +7,20 @@ the device once per step.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torchdiffeq
 
 from solvers.runge_kutta import euler_step, heun_step
 
 STEP_DOUBLING_SAFETY, STEP_DOUBLING_CLIP = 0.9, (0.2, 5.0)
+MAX_NFE, MIN_STEP = 100_000, 1e-10  # per solve; MIN_STEP is relative to the time span
+
+
+class SolverDiverged(RuntimeError):
+    """An adaptive solve that cannot go on: the model returned NaN or inf, the step size fell below
+    its minimum, or the evaluation budget ran out. The message says where (t) and after how much."""
 STEP_DOUBLING_METHODS = {"euler": (euler_step, 1), "heun": (heun_step, 2)}
 
 
@@ -24,16 +32,23 @@ def richardson_error(step, order: int, model, x: torch.Tensor, t: float, s: floa
     return halves, (full - halves).abs() / (2**order - 1)
 
 
+def _check_budget(name: str, model, nfe_start: int, max_nfe: int, t: float) -> None:
+    if model.nfe - nfe_start > max_nfe:
+        raise SolverDiverged(f"{name}: more than max_nfe = {max_nfe} evaluations without reaching the end (at t = {t:.6g})")
+
+
 def step_doubling(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, method: str = "euler",
-                  rtol: float = 1e-3, atol: float = 1e-3, initial_steps: int = 16,
-                  stats: dict | None = None) -> torch.Tensor:
+                  rtol: float = 1e-3, atol: float = 1e-3, initial_steps: int = 16, max_nfe: int = MAX_NFE,
+                  min_step: float = MIN_STEP, stats: dict | None = None) -> torch.Tensor:
     """Adaptive Euler or Heun by Richardson step doubling (Hairer, Norsett & Wanner 1993, II.4).
 
     Each step compares one full step with two half steps; the estimate err = |x_full - x_half| /
     (2^p - 1) is accepted when its RMS over all elements, scaled by rtol |x| + atol, is <= 1; the next
     step is h * clip(0.9 (1/ratio)^(1/(p+1)), 0.2, 5). The two half steps are kept. Costs 3 steps'
     evaluations per attempt (the half steps and the full one). ``stats``, when given, receives
-    ``accepted`` and ``rejected`` counts. The first step is span / ``initial_steps``.
+    ``accepted`` and ``rejected`` counts. The first step is span / ``initial_steps``. A non-finite
+    error estimate, a step below ``min_step`` x span or more than ``max_nfe`` evaluations raise
+    SolverDiverged instead of looping.
     """
     if method not in STEP_DOUBLING_METHODS:
         raise ValueError(f"step_doubling: method must be one of {tuple(STEP_DOUBLING_METHODS)}, got {method!r}")
@@ -43,12 +58,20 @@ def step_doubling(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise
     t, t_end = float(ts[0]), float(ts[-1])
     h = (t_end - t) / initial_steps
     accepted = rejected = 0
+    nfe_start, name = model.nfe, f"step_doubling_{method}"
     while t > t_end:
-        h = max(h, t_end - t)  # h < 0: never step past the end
-        halves, error = richardson_error(step, order, model, x, t, t + h)
+        if -h < min_step * (float(ts[0]) - t_end):
+            raise SolverDiverged(f"{name}: step size {-h:.3g} below min_step x span at t = {t:.6g} "
+                                 f"({accepted} steps accepted, {rejected} rejected)")
+        _check_budget(name, model, nfe_start, max_nfe, t)
+        h_step = max(h, t_end - t)  # h < 0: never step past the end
+        halves, error = richardson_error(step, order, model, x, t, t + h_step)
         ratio = float(torch.sqrt(torch.mean((error / (rtol * x.abs() + atol)) ** 2)))
+        if not math.isfinite(ratio):
+            raise SolverDiverged(f"{name}: non-finite error estimate at t = {t:.6g} (step {accepted + rejected + 1}): "
+                                 "the model returned NaN or inf")
         if ratio <= 1.0:
-            x, t = halves, t + h
+            x, t = halves, t + h_step
             accepted += 1
         else:
             rejected += 1
@@ -60,13 +83,21 @@ def step_doubling(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise
 
 
 class _ProbabilityFlow:
-    """The ODE right-hand side for torchdiffeq, counting the steps it accepts and rejects (its callbacks)."""
+    """The ODE right-hand side for torchdiffeq, counting the steps it accepts and rejects (its callbacks)
+    and ending the solve (SolverDiverged) on a non-finite drift or past ``max_nfe`` evaluations."""
 
-    def __init__(self, model):
-        self.model, self.accepted, self.rejected = model, 0, 0
+    def __init__(self, model, name: str, max_nfe: int):
+        self.model, self.name, self.max_nfe, self.accepted, self.rejected = model, name, max_nfe, 0, 0
+        self.nfe_start = model.nfe
 
     def __call__(self, t, y):
-        return self.model.drift(y, float(t))
+        t = float(t)
+        _check_budget(self.name, self.model, self.nfe_start, self.max_nfe, t)
+        drift = self.model.drift(y, t)
+        if not bool(torch.isfinite(drift).all()):  # adaptive control syncs with the host every step anyway
+            raise SolverDiverged(f"{self.name}: non-finite drift at t = {t:.6g} after {self.accepted} accepted steps: "
+                                 "the model returned NaN or inf")
+        return drift
 
     def callback_accept_step(self, t0, y0, dt):
         self.accepted += 1
@@ -76,19 +107,24 @@ class _ProbabilityFlow:
 
 
 def torchdiffeq_adaptive(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, method: str,
-                         rtol: float = 1e-5, atol: float = 1e-5, stats: dict | None = None) -> torch.Tensor:
+                         rtol: float = 1e-5, atol: float = 1e-5, max_nfe: int = MAX_NFE,
+                         stats: dict | None = None) -> torch.Tensor:
     """torchdiffeq's embedded Runge-Kutta pairs (Chen et al. 2018, arXiv:1806.07366) on the
     probability-flow ODE from ts[0] to ts[-1]: dopri5 (Dormand-Prince 5(4)), bosh3 (Bogacki-Shampine
     3(2)), adaptive_heun (2(1)), dopri8 (8(7)), with torchdiffeq's error norm and step control.
 
     The first step is span/64 and ``step_t`` pins the end point: torchdiffeq's own initial-step probe
     and its stages past the end would otherwise evaluate the model outside the schedule's range.
-    ``stats``, when given, receives ``accepted`` and ``rejected`` step counts.
+    ``stats``, when given, receives ``accepted`` and ``rejected`` step counts. A non-finite drift,
+    torchdiffeq's step-size underflow or more than ``max_nfe`` evaluations raise SolverDiverged.
     """
     span = torch.stack([ts[0], ts[-1]]).to(device=x.device, dtype=x.dtype)
     options = {"first_step": float(ts[0] - ts[-1]) / 64, "step_t": span}
-    flow = _ProbabilityFlow(model)
-    x = torchdiffeq.odeint(flow, x, span, method=method, rtol=rtol, atol=atol, options=options)[-1]
+    flow = _ProbabilityFlow(model, method, max_nfe)
+    try:
+        x = torchdiffeq.odeint(flow, x, span, method=method, rtol=rtol, atol=atol, options=options)[-1]
+    except AssertionError as err:  # torchdiffeq's "underflow in dt" and its other step-control asserts
+        raise SolverDiverged(f"{method}: {err} ({flow.accepted} steps accepted, {flow.rejected} rejected)") from err
     if stats is not None:
         stats.update(accepted=flow.accepted, rejected=flow.rejected)
     return x

@@ -41,3 +41,79 @@ def k_diffusion_sampling():
             module_spec.loader.exec_module(module)
             setattr(package, name, module)
     return sys.modules["k_diffusion"].sampling
+
+
+# Models for runner tests, named in specs as python:support:<name> so that the sweep's worker
+# processes build them too.
+def smooth_ring():
+    """The ring with component std 0.25: smooth enough that strong errors are asymptotic at 64+ steps."""
+    from bench.models import ring2d
+
+    return ring2d(std=0.25)
+
+
+def single_gaussian():
+    from bench.analytic import GaussianMixture
+
+    return GaussianMixture(torch.tensor([[0.5, -0.5]]), 0.2)
+
+
+def _mixture_with_eps(eps):
+    """A 2-D single-Gaussian mixture whose eps is replaced by ``eps(x, schedule, t)``."""
+    from bench.analytic import GaussianMixture
+
+    class Replaced(GaussianMixture):
+        def eps(self, x, schedule, t):
+            return eps(lambda: GaussianMixture.eps(self, x, schedule, t), x)
+
+    return Replaced(torch.tensor([[0.5, -0.5]]), 0.2)
+
+
+def broken_nan():
+    """eps is NaN everywhere: fixed-step solves diverge, adaptive ones must stop."""
+    return _mixture_with_eps(lambda exact, x: torch.full_like(x, float("nan")))
+
+
+def broken_raise():
+    def eps(exact, x):
+        raise RuntimeError("network exploded")
+
+    return _mixture_with_eps(eps)
+
+
+def oom_above_8():
+    """Raises CUDA's out-of-memory error on batches larger than 8 (a GPU's limit, simulated on the CPU)."""
+    def eps(exact, x):
+        if x.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError(f"batch {x.shape[0]} does not fit")
+        return exact()
+
+    return _mixture_with_eps(eps)
+
+
+def oom_always():
+    def eps(exact, x):
+        raise torch.cuda.OutOfMemoryError(f"batch {x.shape[0]} does not fit")
+
+    return _mixture_with_eps(eps)
+
+
+def sleeps_forever():
+    """A model that hangs: the sweep's time limit has to stop it."""
+    import time
+
+    def eps(exact, x):
+        time.sleep(3600)
+        return exact()
+
+    return _mixture_with_eps(eps)
+
+
+def fails_in_float64():
+    """Works in float32 and raises in float64, as the reference solve runs: its failure must not end the rows."""
+    def eps(exact, x):
+        if x.dtype == torch.float64:
+            raise RuntimeError("float64 is not supported by this model")
+        return exact()
+
+    return _mixture_with_eps(eps)

@@ -6,7 +6,7 @@ import torch
 
 from bench import sampling, store
 from bench.config import expand, parse_spec
-from bench.models import MODELS, ring2d
+from bench.models import ring2d
 from bench.runner import SweepCache, run_sweep
 from solvers import SOLVERS, sample
 from solvers.noise import BrownianNoise, NoNoise
@@ -74,16 +74,13 @@ def test_draws_noise_says_exactly_when_a_solver_draws(name):
             sample(name, model, x_T, timesteps("logsnr", 4, SCHEDULE), eta=eta, noise=NoNoise(), **options)
 
 
-def _config(name, options, eta, steps, model="ring_smooth", n_samples=200):
+SMOOTH_RING = "python:support:smooth_ring"  # the ring with std 0.25: strong errors asymptotic from 64 steps
+
+
+def _config(name, options, eta, steps, model=SMOOTH_RING, n_samples=200):
     spec = parse_spec({"models": [model], "solvers": [name], "steps": steps, "etas": [eta], "n_samples": n_samples,
                        "dtype": "float64", "options": {name: options} if options else {}})
     return expand(spec)
-
-
-@pytest.fixture
-def smooth_ring(monkeypatch):
-    """The ring with component std 0.25: smooth enough that strong errors are asymptotic at 64+ steps."""
-    monkeypatch.setitem(MODELS, "ring_smooth", lambda: ring2d(std=0.25))
 
 
 def _runner_samples(cfg, steps, cache=None):
@@ -98,7 +95,7 @@ FAST_STRONG_ORDER = {"euler_maruyama-eta1", "dpmpp_2m_sde-eta1", "edm_stochastic
 
 @pytest.mark.parametrize("run", [pytest.param(r, id=_run_id(r), marks=() if _run_id(r) in FAST_STRONG_ORDER
                                               else pytest.mark.slow) for r in STOCHASTIC_RUNS])
-def test_strong_order_on_the_runners_brownian_path_matches_the_registry(smooth_ring, run):
+def test_strong_order_on_the_runners_brownian_path_matches_the_registry(run):
     """Mean error against a 4096-step solve on the same path (the runner's noise, seed and batch), n = 64..256.
 
     Measured (ring std 0.25, logsnr, 400 samples): euler_maruyama 1.08, euler eta 0.5 1.07, ddim/ddpm
@@ -123,7 +120,7 @@ def test_strong_order_on_the_runners_brownian_path_matches_the_registry(smooth_r
     ("euler_maruyama", {}, 1.0, {}), ("dpmpp_2m_sde", {}, 1.0, {}), ("edm_stochastic", {}, 1.0, {}),
     ("lms", {"order": 4, "warmup": "lower_order"}, 0.0, {"schedule": "VE", "spacings": ["uniform"]}),
 ], ids=["euler_maruyama", "dpmpp_2m_sde", "edm_stochastic", "lms-lower_order"])
-def test_stepdoubling_column_is_within_3x_of_the_true_error(tmp_path, smooth_ring, name, options, eta, grid):
+def test_stepdoubling_column_is_within_3x_of_the_true_error(tmp_path, name, options, eta, grid):
     """The n-step row's err_stepdoubling (the runner's own path) against the 2n-step solve's true error:
     its distance to the same solver on 4096 steps, same x_T and Brownian path.
 
@@ -132,7 +129,7 @@ def test_stepdoubling_column_is_within_3x_of_the_true_error(tmp_path, smooth_rin
     the flow is nearly linear: its error coefficient is tiny, the error falls at order 4 up to n = 256,
     and the order-2 estimate is 4-5x above the truth there (conservative; the old p = 4 was not).
     """
-    raw = {"name": "t", "models": ["ring_smooth"], "solvers": [name], "steps": [64, 128], "etas": [eta],
+    raw = {"name": "t", "models": [SMOOTH_RING], "solvers": [name], "steps": [64, 128], "etas": [eta],
            "n_samples": 200, "dtype": "float64", "metrics": ["err_stepdoubling"],
            "options": {name: options} if options else {}, **grid}
     spec = parse_spec(raw, str(tmp_path / "t.toml"))

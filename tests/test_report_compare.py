@@ -1,4 +1,5 @@
 """Reports embed every plot they list; compare flags a known regression and not a known improvement."""
+import math
 import re
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_report_embeds_every_plot_it_lists(base_run):
     for link in links:
         assert (md_path.parent / link).is_file() and (md_path.parent / link).with_suffix(".svg").is_file()
     assert page.count("data:image/png;base64,") == len(links)
-    assert "Best configuration per NFE budget" in markdown and "Failed and diverged" in markdown
+    assert "Best configuration per NFE budget" in markdown and "Configurations that did not finish" in markdown
 
 
 def _with_changes(rows, edits):
@@ -82,7 +83,7 @@ def test_compare_reports_status_regressions_and_added_configs(base_run):
     head = base.copy()
     first_ok = head.index[head.status == "ok"][0]
     head.loc[first_ok, "status"] = "failed"
-    extra = head.iloc[[0]].assign(config_id="new")
+    extra = head.iloc[[0]].assign(config_id="new", steps=999)  # a config the base does not have
     result = compare_runs(base, pd.concat([head, extra], ignore_index=True))
     assert (result["regressions"].metric == "status").sum() == 1
     assert len(result["added"]) == 1
@@ -136,3 +137,62 @@ def test_report_gives_the_seed_spread(base_run):
     assert set(spread.metric) == {"frechet", "sliced_wasserstein"} and (spread.seeds == 2).all()
     assert (spread["median std over configs"] > 0).all()
     assert "Seed-to-seed spread" in build_report([base_run])[0].read_text()
+
+
+AA_SPEC = {"models": ["ring2d", "gmm_hd"], "solvers": ["euler", "heun", "ddim", "dpmpp_2m", "unipc_2", "ddpm"],
+           "steps": [4, 8, 16], "spacings": ["logsnr", "karras"], "etas": [0.0, 1.0], "n_samples": 128,
+           "metrics": ["err_reference", "err_stepdoubling", "frechet", "sliced_wasserstein"]}
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """The same grid run with seeds 1 and 2: an A/A pair, differing only in sampling noise."""
+    runs = []
+    for seed in (1, 2):
+        root = tmp_path_factory.mktemp(f"seed{seed}")
+        spec = parse_spec({**AA_SPEC, "seeds": [seed]}, str(root / "aa.toml"))
+        meta = store.open_run(root / "run", spec)
+        run_sweep(expand(spec), root / "run", meta["run_id"], progress=False)
+        runs.append(store.load_rows(root / "run"))
+    return runs
+
+
+@pytest.mark.slow
+def test_an_aa_pair_raises_few_false_alarms_and_a_10_percent_shift_is_caught(two_seeds):
+    """Quality thresholds only: wall time in a test run depends on what else the machine does (its
+    false-alarm rate is measured on full default runs, see the README)."""
+    base, head = two_seeds
+    result = compare_runs(base, head, time_ratio=math.inf)
+    ok = int((base.status == "ok").sum())
+    flagged = result["regressions"].groupby(["model", "solver", "steps", "spacing", "eta"]).ngroups
+    assert not result["paired"] and ok == 96 and flagged <= 0.05 * ok, result["regressions"]
+    assert result["shifts"].verdict.isna().all(), result["shifts"]
+    shifted = head.copy()
+    pick = (shifted.model == "gmm_hd") & (shifted.status == "ok")
+    shifted.loc[pick, "err_reference"] *= 1.10
+    shifts = compare_runs(base, shifted)["shifts"].set_index(["model", "metric"])
+    assert shifts.loc[("gmm_hd", "err_reference"), "verdict"] == "regression"
+    assert pd.isna(shifts.loc[("ring2d", "err_reference"), "verdict"])
+
+
+def test_wall_time_across_devices_is_not_comparable_never_a_regression(base_run):
+    base = store.load_rows(base_run)
+    head = base.assign(wall_s=base.wall_s * 10, device="NVIDIA H100")
+    result = compare_runs(base, head)
+    assert result["regressions"].query("metric == 'wall_s'").empty
+    assert result["not_comparable"] == int((base.status == "ok").sum())
+
+
+def test_cli_prints_the_regressed_configs_themselves(base_run, tmp_path):
+    worse = tmp_path / "worse"
+    store.open_run(worse, parse_spec(SPEC, str(tmp_path / "r.toml")))
+    rows = store.load_rows(base_run)
+    rows.loc[rows.solver == "heun", "err_reference"] *= 2
+    for row in rows.to_dict("records"):
+        store.write_row(worse, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    out = subprocess.run([sys.executable, "-m", "bench", "compare", str(base_run), str(worse), "--out",
+                          str(tmp_path / "c"), "--fail-on-regression"], capture_output=True, text=True)
+    heun_rows = rows[(rows.solver == "heun") & rows.err_reference.notna()]
+    assert out.returncode == 1
+    lines = [line for line in out.stdout.splitlines() if " heun " in line and "err_reference" in line]
+    assert len(lines) == min(20, len(heun_rows)) and "threshold 5%" in lines[0]

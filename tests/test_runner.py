@@ -11,32 +11,11 @@ import pytest
 import torch
 
 from bench import store
-from bench.analytic import GaussianMixture
 from bench.config import expand, parse_spec, shard
 from bench.models import MODELS
 from bench.runner import SweepCache, run_sweep
 from solvers import SOLVERS
 from solvers.schedules import VPLinear
-
-
-class _Broken(GaussianMixture):
-    """A mixture whose eps is NaN everywhere (diverges) or raises (fails), to test the runner's error paths."""
-
-    def __init__(self, mode):
-        super().__init__(torch.zeros(1, 2), 1.0)
-        self.mode = mode
-
-    def eps(self, x, schedule, t):
-        if self.mode == "raise":
-            raise RuntimeError("network exploded")
-        return torch.full_like(x, float("nan"))
-
-
-@pytest.fixture
-def extra_models(monkeypatch):
-    monkeypatch.setitem(MODELS, "gaussian", lambda: GaussianMixture(torch.tensor([[0.5, -0.5]]), 0.2))
-    monkeypatch.setitem(MODELS, "broken_nan", lambda: _Broken("nan"))
-    monkeypatch.setitem(MODELS, "broken_raise", lambda: _Broken("raise"))
 
 
 def _sweep(tmp_path, **spec):
@@ -85,21 +64,21 @@ def test_identical_maps_give_identical_errors(tmp_path):
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_stepdoubling_column_estimates_the_refined_solves_true_error(tmp_path, extra_models, solver):
+def test_stepdoubling_column_estimates_the_refined_solves_true_error(tmp_path, solver):
     """Single Gaussian (smooth, closed-form flow): the n-step row's estimate vs the 2n-step row's true error."""
-    _, _, table = _sweep(tmp_path, models=["gaussian"], solvers=[solver], steps=[32, 64], dtype="float64",
+    _, _, table = _sweep(tmp_path, models=["python:support:single_gaussian"], solvers=[solver], steps=[32, 64], dtype="float64",
                          metrics=["err_reference", "err_stepdoubling"], n_samples=64)
     by_steps = table.set_index("steps")
     ratio = by_steps.loc[32, "err_stepdoubling"] / by_steps.loc[64, "err_reference"]
     assert 0.67 < ratio < 1.5, ratio
 
 
-def test_diverged_and_failed_rows_do_not_stop_the_sweep(tmp_path, extra_models):
-    _, counts, table = _sweep(tmp_path, models=["broken_nan", "broken_raise", "ring2d"], solvers=["euler"], steps=[2],
-                              metrics=["sample_log_density"])
+def test_diverged_and_failed_rows_do_not_stop_the_sweep(tmp_path):
+    models = ["python:support:broken_nan", "python:support:broken_raise", "ring2d"]
+    _, counts, table = _sweep(tmp_path, models=models, solvers=["euler"], steps=[2], metrics=["sample_log_density"])
     status = dict(zip(table.model, table.status))
-    assert status == {"broken_nan": "diverged", "broken_raise": "failed", "ring2d": "ok"}
-    assert table.set_index("model").loc["broken_raise", "message"] == "RuntimeError: network exploded"
+    assert status == dict(zip(models, ["diverged", "failed", "ok"]))
+    assert table.set_index("model").loc[models[1], "message"] == "RuntimeError: network exploded"
     assert counts["ok"] == counts["diverged"] == counts["failed"] == 1
 
 
@@ -227,26 +206,14 @@ def test_batch_size_is_part_of_a_configs_identity():
     assert ids[8] != ids[32]
 
 
-class _OutOfMemoryAbove(GaussianMixture):
-    """A mixture whose eps raises CUDA's out-of-memory error on batches larger than ``limit``."""
-
-    def __init__(self, limit):
-        super().__init__(torch.tensor([[0.5, -0.5]]), 0.2)
-        self.limit = limit
-
-    def eps(self, x, schedule, t):
-        if x.shape[0] > self.limit:
-            raise torch.cuda.OutOfMemoryError(f"batch {x.shape[0]} does not fit")
-        return super().eps(x, schedule, t)
-
-
-def test_out_of_memory_halves_the_batch_and_the_row_says_so(tmp_path, monkeypatch):
-    monkeypatch.setitem(MODELS, "oom_above_8", lambda: _OutOfMemoryAbove(8))
-    _, _, table = _sweep(tmp_path, models=["oom_above_8"], solvers=["heun"], steps=[4], metrics=["err_reference"],
-                         batch_size=32)
-    row = table.iloc[0]
-    assert row.status == "ok" and row.batch_size == 32 and row.batch_used == 8
+def test_out_of_memory_halves_the_batch_and_the_row_says_so(tmp_path):
+    """A model that raises CUDA's OOM error above batch 8 (simulated on the CPU); at batch 1: status oom."""
+    _, _, table = _sweep(tmp_path, models=["python:support:oom_above_8", "python:support:oom_always"],
+                         solvers=["heun"], steps=[4], metrics=["err_reference"], batch_size=32)
+    row, hopeless = table.set_index("model").loc[["python:support:oom_above_8", "python:support:oom_always"]].itertuples()
+    assert row.status == "ok" and row.batch_size == 32 and row.batch_used == 8 and row.err_reference >= 0
     assert row.message == "out of memory at batch 32: ran at batch 8"
+    assert hopeless.status == "oom" and hopeless.message.startswith("out of memory at batch 1")
 
 
 def test_spec_naming_the_old_loglik_metric_is_told_its_new_name():

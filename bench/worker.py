@@ -1,0 +1,106 @@
+"""Configs run in a worker process that the sweep can kill: the per-config time limit.
+
+A thread cannot stop a config stuck in Python or in a long native call (a CUDA kernel, a BLAS call);
+only its process can be killed. The worker keeps the sweep's cache (models, x_T, reference solves)
+across configs, returns each row to the parent, and is replaced by a fresh one after a kill. The
+parent writes the rows, so a killed worker never leaves a half-written file.
+
+Workers come from a fork server that has imported the harness (and torch) once: starting a worker is
+a fork of that clean process, not a fresh interpreter, and no CUDA context is ever forked (the fork
+server never touches CUDA; each worker initialises its own).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["bench.runner"])
+    return _CONTEXT
+
+
+def _exit_with(parent_pid: int) -> None:
+    """End this worker soon after the sweep's process is gone (killed, say): no orphan computes on."""
+    while True:
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        time.sleep(1.0)
+
+
+def _serve(connection, needed_partners, parent_pid: int) -> None:
+    """The worker's loop: (config, env, run_id) in, row out, until told to stop (None) or the parent goes."""
+    from bench.runner import SweepCache, run_config
+
+    threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
+    cache = SweepCache(needed_partners=needed_partners)
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:  # the parent closed its end
+            return
+        if job is None:
+            return
+        cfg, env, run_id = job
+        connection.send(run_config(cfg, cache, env, run_id))
+
+
+class ConfigWorker:
+    """Runs one config at a time in a child process, within ``time_limit_s`` each."""
+
+    def __init__(self, needed_partners: frozenset = frozenset()):
+        self.needed_partners = needed_partners
+        self.process = self.connection = None
+
+    def _start(self) -> None:
+        context = _context()
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, self.needed_partners, os.getpid()), daemon=True)
+        self.process.start()
+        child.close()
+
+    def run(self, cfg, env: dict, run_id: str, time_limit_s: float) -> tuple[str, dict | float]:
+        """("row", row) when the config finished in time; ("timeout", seconds) when it was stopped;
+        ("died", exit code) when the worker died on its own (a crash, the kernel's OOM killer)."""
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        started = time.monotonic()
+        self.connection.send((cfg, env, run_id))
+        try:
+            if self.connection.poll(time_limit_s):
+                return "row", self.connection.recv()
+        except (EOFError, ConnectionResetError):
+            pass
+        if self.process.is_alive():
+            self.stop(kill=True)
+            return "timeout", time.monotonic() - started
+        self.process.join()
+        code = self.process.exitcode
+        self.process = None
+        return "died", code
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.connection.send(None)
+            except (BrokenPipeError, OSError):
+                self.process.kill()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+        self.process = None

@@ -1,0 +1,163 @@
+"""A sweep that never hangs, never loses or hides a row: time limits, adaptive solvers that end,
+out of memory, retries, resumes across commits, concurrent shards, and what the cache keeps."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench import store
+from bench.config import expand, parse_spec
+from bench.report import build_report
+from bench.runner import SweepCache, partner_keys, run_config, run_sweep
+from solvers import SolverDiverged, sample
+from solvers.schedules import VPLinear
+from solvers.spacing import timesteps
+from support import prior_sample, single_gaussian
+
+
+def _sweep(tmp_path, retry=(), **spec):
+    parsed = parse_spec({"name": "t", "n_samples": 16, **spec}, str(tmp_path / "t.toml"))
+    run_dir = tmp_path / "run"
+    meta = store.open_run(run_dir, parsed)
+    counts = run_sweep(expand(parsed), run_dir, meta["run_id"], progress=False, retry=retry)
+    return counts, store.load_rows(run_dir)
+
+
+def test_a_config_that_hangs_is_stopped_and_the_sweep_goes_on(tmp_path):
+    limit = 3.0
+    started = time.monotonic()
+    counts, table = _sweep(tmp_path, models=["python:support:sleeps_forever", "ring2d"], solvers=["euler", "heun"],
+                           steps=[2], metrics=["err_reference"], time_limit_s=limit)
+    elapsed = time.monotonic() - started
+    by_model = table.groupby("model").status.agg(set).to_dict()
+    assert by_model == {"python:support:sleeps_forever": {"timeout"}, "ring2d": {"ok"}}
+    hung = table[table.status == "timeout"]
+    assert hung.message.str.fullmatch(r"stopped after \d+\.\d s: time_limit_s = 3").all()
+    assert elapsed < 2 * (limit + 10), elapsed  # two hung configs, each stopped within limit + 10 s
+
+
+def test_time_limit_is_checked_before_compute():
+    from bench.config import SpecError
+
+    with pytest.raises(SpecError, match="key 'time_limit_s' must be a number of seconds >= 0, got -1"):
+        parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4, "time_limit_s": -1})
+
+
+@pytest.mark.parametrize("name", ["step_doubling_euler", "step_doubling_heun", "dopri5", "bosh3", "adaptive_heun",
+                                  "dopri8"])
+def test_adaptive_solvers_end_on_a_model_that_returns_nan(name):
+    model = single_gaussian()
+    diffusion = model.model(VPLinear())
+    diffusion.net = lambda x, t: torch.full_like(x, float("nan"))
+    with pytest.raises(SolverDiverged, match="at t = 1 .*NaN or inf|non-finite .* at t = 1"):
+        sample(name, diffusion, prior_sample(VPLinear(), 4, 2), timesteps("uniform", 1, VPLinear()), rtol=1e-3,
+               atol=1e-3)
+    assert diffusion.nfe <= 6
+
+
+@pytest.mark.parametrize("name", ["step_doubling_heun", "dopri5"])
+def test_adaptive_solvers_stop_at_their_evaluation_budget(name):
+    diffusion = single_gaussian().model(VPLinear())
+    with pytest.raises(SolverDiverged, match="more than max_nfe = 50 evaluations"):
+        sample(name, diffusion, prior_sample(VPLinear(), 4, 2), timesteps("uniform", 1, VPLinear()), rtol=1e-12,
+               atol=1e-12, max_nfe=50)
+    assert diffusion.nfe <= 50 + 14  # at most one more step's evaluations
+
+
+def test_step_doubling_stops_below_its_minimum_step():
+    diffusion = single_gaussian().model(VPLinear())
+    with pytest.raises(SolverDiverged, match="step size .* below min_step"):
+        sample("step_doubling_euler", diffusion, prior_sample(VPLinear(), 4, 2), timesteps("uniform", 1, VPLinear()),
+               rtol=1e-14, atol=1e-14, min_step=1e-3)
+
+
+def test_nan_model_rows_are_diverged_with_where_it_happened(tmp_path):
+    _, table = _sweep(tmp_path, models=["python:support:broken_nan"], solvers=["step_doubling_heun", "dopri5"],
+                      tolerances=[1e-3], metrics=["err_reference"])
+    assert set(table.status) == {"diverged"} and table.message.str.contains("at t = 1").all()
+
+
+def test_retry_failed_runs_only_the_unfinished_configs_again(tmp_path):
+    spec = {"models": ["python:support:broken_raise", "ring2d"], "solvers": ["heun"], "steps": [2],
+            "metrics": ["err_reference"]}
+    _sweep(tmp_path, **spec)
+    counts, table = _sweep(tmp_path, **spec)
+    assert counts == {"already_done": 2}
+    counts, table = _sweep(tmp_path, retry=store.RETRYABLE, **spec)
+    assert counts == {"already_done": 1, "failed": 1} and len(table) == 2
+
+
+def test_resume_on_another_commit_warns_and_the_report_says_rows_mix_commits(tmp_path):
+    spec_path = tmp_path / "t.toml"
+    spec_path.write_text('models = ["ring2d"]\nsolvers = ["heun", "euler"]\nsteps = [2]\nn_samples = 8\n'
+                         'metrics = ["err_reference"]\n')
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "bench", "run", str(spec_path), "--out", str(run_dir), "--no-progress"]
+    subprocess.run(command, check=True, capture_output=True)
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**meta, "git_commit": "0123456789abcdef"}))
+    first = next((run_dir / "rows").glob("*.parquet"))
+    first.unlink()
+    resumed = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "was started at commit 0123456789, this checkout is at" in resumed.stderr
+    older = store.load_rows(run_dir).iloc[:1].assign(git_commit="0123456789abcdef")
+    store.write_row(run_dir, {k: (None if v != v else v) for k, v in older.iloc[0].to_dict().items()})
+    markdown = build_report([run_dir])[0].read_text()
+    assert "these rows come from more than one commit" in markdown and "0123456789: 1 rows" in markdown
+
+
+def test_two_shards_started_together_finish_and_equal_the_serial_run(tmp_path):
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text('name = "s"\nmodels = ["ring2d", "gmm_hd"]\nsolvers = ["heun", "euler", "ddim", "dpmpp_2m"]\n'
+                         'steps = [2, 4, 8]\nn_samples = 16\nmetrics = ["err_reference"]\n')
+    shared, serial = tmp_path / "shared", tmp_path / "serial"
+    base = [sys.executable, "-m", "bench", "run", str(spec_path), "--no-progress"]
+    shards = [subprocess.Popen([*base, "--out", str(shared), "--shard", f"{i}/2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in shards]
+    assert [p.returncode for p in shards] == [0, 0], outputs
+    subprocess.run([*base, "--out", str(serial)], check=True, capture_output=True)
+    together, alone = (store.load_rows(d).set_index("config_id").sort_index() for d in (shared, serial))
+    assert list(together.index) == list(alone.index) and len(together) == 24
+    assert (together.err_reference == alone.err_reference).all()  # deterministic solvers: same numbers
+    assert not list(shared.glob("**/.tmp-*"))
+
+
+def test_opening_a_run_keeps_live_writers_temp_files_and_removes_dead_ones(tmp_path):
+    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4})
+    store.open_run(tmp_path, spec)
+    live = store._temp_path(tmp_path / "rows" / "a.parquet")  # this process: alive
+    dead_process = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_process.wait()
+    dead = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{dead_process.pid}-"))
+    for path in (live, dead):
+        path.write_bytes(b"partial")
+    store.open_run(tmp_path, spec)
+    assert live.exists() and not dead.exists()
+
+
+def test_the_cache_keeps_only_step_doubling_partners_and_drops_them_once_used():
+    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun", "euler"], "steps": [2, 4, 8], "n_samples": 8,
+                       "metrics": ["err_stepdoubling"], "time_limit_s": 0})
+    configs = expand(spec)
+    cache = SweepCache(needed_partners=partner_keys(configs))
+    assert len(cache.needed_partners) == 6  # every config's 2n solve; 8 -> 16 is never run as a config
+    for cfg in configs:  # larger step counts first, as expand orders them
+        assert run_config(cfg, cache, {}, "r")["status"] == "ok"
+        assert all(key in cache.needed_partners for key in cache.finals)
+        assert all(value.device.type == "cpu" for value in cache.finals.values())
+    assert cache.finals == {}  # 4 and 2 took the 8 and 4 solves; nothing is left behind
+
+
+def test_a_failed_reference_solve_is_remembered_and_the_rows_keep_their_other_numbers(tmp_path):
+    spec = parse_spec({"models": ["python:support:fails_in_float64"], "solvers": ["heun", "euler"], "steps": [4],
+                       "n_samples": 8, "metrics": ["err_reference", "sliced_wasserstein"], "time_limit_s": 0})
+    cache = SweepCache()
+    rows = [run_config(cfg, cache, {}, "r") for cfg in expand(spec)]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["sliced_wasserstein"] >= 0 for r in rows)
+    assert all("no err_reference: the reference solve failed (RuntimeError: float64" in r["message"] for r in rows)
+    assert all(isinstance(v, RuntimeError) for v in cache.references.values()) and len(cache.references) == 1
