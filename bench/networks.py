@@ -30,9 +30,16 @@ class NetworkSource:
     diffusion: DiffusionModel
     event_shape: tuple
     dataset: str | None = None  # a checkpoint does not say what it was trained on
+    module: torch.nn.Module | None = None  # the network's weights, moved by ``to``
 
     def model(self, schedule=None) -> DiffusionModel:
         return self.diffusion
+
+    def to(self, device) -> "NetworkSource":
+        """Move the network's weights (a diffusers UNet) to ``device``; a python: function's model is its own."""
+        if self.module is not None:
+            self.module.to(device)
+        return self
 
 
 def betas_from_config(config: dict) -> torch.Tensor:
@@ -77,7 +84,8 @@ def load_diffusers(path: str | Path) -> NetworkSource:
 
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size))
+    return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
+                         module=unet)
 
 
 def load_python(spec: str):

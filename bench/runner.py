@@ -9,7 +9,6 @@ exception ``failed``; a config past the spec's ``time_limit_s`` is stopped (benc
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -27,7 +26,6 @@ from solvers.reference import reference_solve
 from solvers.schedules import SCHEDULES
 
 REFERENCE_TOLERANCE = 1e-8
-WARMUP_SAMPLES = 2
 EXACT_SAMPLES_SEED, FID_REFERENCE_SEED = 10_000, 20_000  # offsets from the config's seed
 
 
@@ -56,9 +54,12 @@ class SweepCache:
     fid_references: dict = field(default_factory=dict)
 
     def model(self, cfg: RunConfig):
-        key = (cfg.model, cfg.schedule, cfg.image_resize)
+        """(source, DiffusionModel) of a config; a network's weights are moved to the config's device."""
+        key = (cfg.model, cfg.schedule, cfg.image_resize, cfg.device)
         if key not in self.models:
             source = build_model(cfg.model, cfg.data_dir, cfg.image_resize)
+            if callable(getattr(source, "to", None)):
+                source.to(resolve_device(cfg.device))
             schedule = SCHEDULES[cfg.schedule]()
             self.models[key] = (source, source.model(schedule))
         return self.models[key]
@@ -95,11 +96,11 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
 
 
 def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
-    """One untimed solve on a couple of samples, once per (model, solver, device) in a sweep, so
-    first-call costs (imports, allocations, kernel selection) stay out of wall_s."""
-    key = (cfg.model, cfg.solver, cfg.device)
+    """One untimed solve of one batch at the timed batch shape, once per (model, solver, device, batch) in
+    a sweep, so first-call costs (imports, allocations, kernel selection) stay out of wall_s."""
+    key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size)
     if key not in cache.warmed_up:
-        sampling.solve(dataclasses.replace(cfg, batch_size=WARMUP_SAMPLES), model, x_T[:WARMUP_SAMPLES], cfg.steps, device)
+        sampling.solve(cfg, model, x_T[:cfg.batch_size], cfg.steps, device)
         cache.warmed_up.add(key)
 
 

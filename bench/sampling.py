@@ -83,7 +83,8 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
                 noise = noise_source(cfg, chunk, schedule, index)
                 extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
                 model.reset_nfe()
-                with Timer(device) as timer:
+                # no_grad, not inference_mode: classifier guidance takes gradients inside (enable_grad)
+                with Timer(device) as timer, torch.no_grad():
                     out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
                 outputs.append(out)
                 seconds += timer.seconds

@@ -100,3 +100,25 @@ def test_a_diffusers_checkpoint_runs_in_a_sweep(tmp_path):
     assert (table.status == "ok").all() and (table.nfe == 2).all() and table.err_stepdoubling.notna().all()
     assert (table.schedule == "DiscreteVP").all()
     assert table.sample_log_density.isna().all()  # exact densities exist for analytic models only
+
+
+@pytest.mark.gpu
+def test_a_diffusers_checkpoint_samples_on_cuda_as_on_the_cpu(tmp_path):
+    """The UNet goes to the config's device; samples there match the CPU's to float32 tolerance."""
+    from bench import sampling
+    from bench.config import expand, parse_spec
+    from bench.runner import SweepCache
+
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu mark needs a CUDA device")
+    _save_random_unet(tmp_path / "ckpt")
+    samples = {}
+    for device in ("cpu", "cuda"):
+        spec = parse_spec({"models": [f"diffusers:{tmp_path / 'ckpt'}"], "solvers": ["dpmpp_2m"], "steps": [10],
+                           "n_samples": 16, "device": device, "metrics": []})
+        cfg = expand(spec)[0]
+        cache = SweepCache()
+        source, model = cache.model(cfg)
+        x_T = cache.prior(cfg, source.event_shape, torch.device(device), torch.float32)
+        samples[device] = sampling.solve(cfg, model, x_T, cfg.steps, torch.device(device)).samples.cpu()
+    torch.testing.assert_close(samples["cuda"], samples["cpu"], rtol=1e-3, atol=1e-3)
