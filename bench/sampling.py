@@ -4,7 +4,8 @@ This is the path every row's samples take, and the one tests of the runner's num
 noise of a config is decided by the solver's registry entry (``Solver.draws_noise``), not by eta
 alone: a stochastic run gets one Brownian path per batch, fixed by the config's seed and the batch
 index (so a 2n-step step-doubling partner, and every other config with that seed and batch size,
-sees the same path); a deterministic run gets ``NoNoise``, which raises if a solver draws anyway.
+sees the same path), queried for the whole time grid before the clock starts; a deterministic run
+gets ``NoNoise``, which raises if a solver draws anyway.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from bench.config import RunConfig
 from solvers import SOLVERS, sample
-from solvers.noise import BrownianNoise, NoNoise
+from solvers.noise import BrownianNoise, NoNoise, PrecomputedNoise
 from solvers.spacing import timesteps
 
 BATCH_SEED_STRIDE = 100_003  # batch b of seed s draws its path from seed s * stride + b
@@ -44,12 +45,18 @@ class Timer:
             self.seconds = time.perf_counter() - self.t0
 
 
-def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int):
-    """The noise a config's batch is sampled with: its seeded Brownian path, or NoNoise."""
-    if not SOLVERS[cfg.solver].draws_noise(cfg.eta, dict(cfg.options)):
-        return NoNoise(f"{cfg.solver} at eta = {cfg.eta:g} with options {dict(cfg.options)} is deterministic "
+def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int, ts: torch.Tensor | None = None):
+    """The noise a config's batch is sampled with: its seeded Brownian path, or NoNoise. Given the fixed
+    time grid ``ts``, the path's draws on it are made now (PrecomputedNoise), so the solve's clock does
+    not time the Brownian tree."""
+    solver, options = SOLVERS[cfg.solver], dict(cfg.options)
+    if not solver.draws_noise(cfg.eta, options):
+        return NoNoise(f"{cfg.solver} at eta = {cfg.eta:g} with options {options} is deterministic "
                        "according to its registry entry (Solver.draws_noise)")
-    return BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * BATCH_SEED_STRIDE + batch_index)
+    path = BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * BATCH_SEED_STRIDE + batch_index)
+    if ts is None or solver.adaptive:
+        return path
+    return PrecomputedNoise(path, ts, chunk, streams=solver.extra_noise_streams(options))
 
 
 @dataclass
@@ -80,7 +87,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
         try:
             outputs, seconds, nfe, accepted, rejected = [], 0.0, 0, 0, 0
             for index, chunk in enumerate(x_T.split(batch)):
-                noise = noise_source(cfg, chunk, schedule, index)
+                noise = noise_source(cfg, chunk, schedule, index, ts)
                 extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
                 model.reset_nfe()
                 # no_grad, not inference_mode: classifier guidance takes gradients inside (enable_grad)

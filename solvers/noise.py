@@ -82,6 +82,39 @@ class BrownianNoise:
         return self._streams[stream]
 
 
+class PrecomputedNoise:
+    """A noise source's draws for one known time grid, made before the solve starts.
+
+    Solvers ask for (t_i, t_i+1) of their grid, on stream 0 and, for a corrector, on streams 1..
+    ``streams``: all of those are drawn here, on the source's device, so that timing a solve times
+    the solver and not the Brownian tree (whose queries cost far more than the arithmetic that uses
+    them). The values are the source's own, so results do not change. A request off the grid goes
+    to the source and is counted in ``misses``.
+    """
+
+    def __init__(self, source, ts: torch.Tensor, like: torch.Tensor, streams: int = 0):
+        times = ts.tolist()
+        self.source, self.misses = source, 0
+        self._draws = {}
+        for stream in range(streams + 1):
+            draw = source if stream == 0 else source.independent(stream)
+            for t, s in zip(times[:-1], times[1:]):
+                self._draws[stream, t, s] = draw(t, s, like)
+
+    def draw(self, stream: int, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        found = self._draws.get((stream, t, s))
+        if found is None or found.shape != like.shape:
+            self.misses += 1
+            return (self.source if stream == 0 else self.source.independent(stream))(t, s, like)
+        return found
+
+    def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        return self.draw(0, t, s, like)
+
+    def independent(self, stream: int):
+        return lambda t, s, like: self.draw(stream, t, s, like)
+
+
 class NoNoise:
     """The noise source of a deterministic run: any draw is a bug in the caller's bookkeeping."""
 

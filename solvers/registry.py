@@ -45,6 +45,7 @@ class Solver:
     strong_order_rule: Callable[[float, dict], int | None] | None = None
     noise_rule: Callable[[float, dict], bool] | None = None
     peers: str = ""  # how it relates to the code users run (k-diffusion, diffusers, the papers' code)
+    noise_streams: Callable[[dict], int] | None = None  # independent streams beyond the first (pc's corrector)
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -85,6 +86,10 @@ class Solver:
         if options.get("lower_order_final"):
             order = min(order, 3)
         return order
+
+    def extra_noise_streams(self, options: dict | None = None) -> int:
+        """How many independent noise streams a step draws from beyond the main one."""
+        return self.noise_streams({**self.options, **(options or {})}) if self.noise_streams else 0
 
     def draws_noise(self, eta: float, options: dict | None = None) -> bool:
         """Whether a run with this eta and these options is stochastic (needs a seeded noise source)."""
@@ -178,6 +183,7 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
             nfe_note="+ corrector_steps", strong_order_rule=stochastic.pc_order,
+            noise_streams=lambda options: options["corrector_steps"],
             peers="the paper's code: batch-averaged norms in the Langevin step (so results depend on the batch)"),
     _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),

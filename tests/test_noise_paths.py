@@ -9,7 +9,7 @@ from bench.config import expand, parse_spec
 from bench.models import ring2d
 from bench.runner import SweepCache, run_sweep
 from solvers import SOLVERS, sample
-from solvers.noise import BrownianNoise, NoNoise
+from solvers.noise import BrownianNoise, NoNoise, PrecomputedNoise
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
 from support import fitted_slope, prior_sample
@@ -164,3 +164,20 @@ def test_brownian_streams_are_independent_and_reproducible():
     assert abs(torch.corrcoef(torch.stack([z0, z1]))[0, 1].item()) < 5 / 20_000**0.5
     assert torch.equal(z1, BrownianNoise(like, 0.0, 1.0, seed=5).independent(1)(0.8, 0.3, like))
     assert not torch.equal(z1, main.independent(2)(0.8, 0.3, like))
+
+
+@pytest.mark.parametrize("run", STOCHASTIC_RUNS, ids=_run_id)
+def test_noise_drawn_before_the_solve_is_the_paths_own_and_covers_every_draw(run):
+    """The runner draws a fixed grid's noise before the clock starts: same samples, no draw left to the tree."""
+    name, options, eta = run
+    model, x_T = ring2d().model(SCHEDULE), prior_sample(SCHEDULE, 8, 2)
+    ts = timesteps("karras", 7, SCHEDULE)
+
+    def path():
+        return BrownianNoise(x_T, SCHEDULE.t_min, SCHEDULE.t_max, seed=5)
+
+    streams = SOLVERS[name].extra_noise_streams(options)
+    drawn = PrecomputedNoise(path(), ts, x_T, streams=streams)
+    direct = sample(name, model, x_T, ts, eta=eta, noise=path(), **options)
+    assert torch.equal(sample(name, model, x_T, ts, eta=eta, noise=drawn, **options), direct)
+    assert drawn.misses == 0
