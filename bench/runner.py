@@ -51,6 +51,7 @@ class SweepCache:
     finals: dict = field(default_factory=dict)
     warmed_up: set = field(default_factory=set)
     inception: dict = field(default_factory=dict)
+    lpips: dict = field(default_factory=dict)
     fid_references: dict = field(default_factory=dict)
 
     def model(self, cfg: RunConfig):
@@ -153,14 +154,16 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
             partner = sampling.solve(cfg, model, x_T, 2 * cfg.steps, device).samples
         median, rms = metrics.stepdoubling_error(x.cpu(), partner.cpu(), order)
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
-    if "err_reference" in wanted and not stochastic:
+    reference = None
+    if wanted & {"err_reference", "lpips_reference"} and not stochastic:
         key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device))
         if key not in cache.references:
             cache.references[key] = _reference(model, x_T, batch)
         reference = cache.references[key]
         if isinstance(reference, Exception):
             notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
-        else:
+            reference = None
+        elif "err_reference" in wanted:
             out["err_reference"] = metrics.per_sample_norms(x.double() - reference).median().item()
     if isinstance(source, GaussianMixture):
         exact_key = (cfg.model, cfg.image_resize, cfg.seed, cfg.n_samples)
@@ -177,6 +180,30 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
             out["sliced_wasserstein"] = metrics.sliced_wasserstein(samples, exact, seed=cfg.seed)
     if "fid" in wanted and len(source.event_shape) == 3:
         out.update(_image_metrics(cfg, cache, source, x, device))
+    if wanted & {"lpips_reference", "lpips_diversity"} and len(source.event_shape) == 3:
+        out.update(_lpips_metrics(cfg, cache, x, reference, device, notes))
+    return out
+
+
+LPIPS_MIN_SIZE = 32  # AlexNet's strides and pools need at least this many pixels a side
+
+
+@torch.no_grad()
+def _lpips_metrics(cfg: RunConfig, cache: SweepCache, x, reference, device, notes: list) -> dict:
+    from bench import lpips
+
+    if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
+        notes.append(f"no LPIPS: images of {x.shape[-1]} px, AlexNet LPIPS needs {LPIPS_MIN_SIZE} px and up")
+        return {}
+    if str(device) not in cache.lpips:
+        cache.lpips[str(device)] = lpips.load("alexnet", device=str(device))
+    model, out = cache.lpips[str(device)], {}
+    images = x.float().clamp(-1, 1)
+    if "lpips_reference" in cfg.metrics and reference is not None:
+        target = reference.to(device=images.device, dtype=torch.float32).clamp(-1, 1)
+        out["lpips_reference"] = torch.cat([model(a, b) for a, b in zip(images.split(256), target.split(256))]).median().item()
+    if "lpips_diversity" in cfg.metrics:
+        out["lpips_diversity"] = model.pairwise_mean(images)
     return out
 
 

@@ -37,6 +37,7 @@ SCHEMA = pa.schema([
     ("fid_resize", pa.string()), ("fid_extractor", pa.string()), ("fid_weights_sha256", pa.string()),
     ("err_stepdoubling", pa.float64()), ("err_stepdoubling_rms", pa.float64()), ("err_reference", pa.float64()),
     ("sample_log_density", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
+    ("lpips_reference", pa.float64()), ("lpips_diversity", pa.float64()),
     ("status", pa.string()), ("message", pa.string()),
 ])
 COLUMNS = SCHEMA.names

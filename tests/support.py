@@ -117,3 +117,13 @@ def fails_in_float64():
         return exact()
 
     return _mixture_with_eps(eps)
+
+
+def image_mixture_32():
+    """A 32x32 grey image mixture (8 random smooth means, std 0.1): LPIPS and FID paths without a dataset."""
+    from bench.analytic import GaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    means = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    return GaussianMixture(means.reshape(8, -1), 0.01, event_shape=(1, 32, 32))
