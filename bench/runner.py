@@ -119,8 +119,10 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         _warm_up(cfg, cache, model, x_T, device)
         result = sampling.solve(cfg, model, x_T, cfg.steps, device)
         x, seconds = result.samples, result.seconds
+        forward_s = sampling.forward_seconds(model, x_T[:result.batch_used], float(model.schedule.t_max), device)
         row.update(nfe=result.nfe, wall_s=seconds, samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
-                   batch_used=result.batch_used)
+                   batch_used=result.batch_used, forward_s=forward_s,
+                   overhead_ratio=seconds / (result.nfe * forward_s * result.batches) if forward_s > 0 else math.nan)
         if SOLVERS[cfg.solver].adaptive:
             row.update(accepted_steps=result.accepted, rejected_steps=result.rejected)
         if not bool(torch.isfinite(x).all()):

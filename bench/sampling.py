@@ -61,7 +61,8 @@ def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int
 
 @dataclass
 class Solve:
-    """All samples of one config and what it cost: time, NFE and adaptive steps per batch, batch used."""
+    """All samples of one config and what it cost: time, NFE and adaptive steps per batch, batch used,
+    and the number of batches (for the overhead against the bare network forward)."""
 
     samples: torch.Tensor
     seconds: float
@@ -69,6 +70,24 @@ class Solve:
     accepted: float
     rejected: float
     batch_used: int
+    batches: int
+
+
+FORWARD_REPEATS = 5
+
+
+def forward_seconds(model, like: torch.Tensor, t: float, device: torch.device) -> float:
+    """The bare network forward at ``like``'s batch shape, device and dtype: the median of
+    FORWARD_REPEATS timed calls after one untimed call, under no_grad, as the solve runs it."""
+    times = torch.full((like.shape[0],), t, device=like.device, dtype=like.dtype)
+    seconds = []
+    with torch.no_grad():
+        model.net(like, times)
+        for _ in range(FORWARD_REPEATS):
+            with Timer(device) as timer:
+                model.net(like, times)
+            seconds.append(timer.seconds)
+    return sorted(seconds)[len(seconds) // 2]
 
 
 def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: torch.device) -> Solve:
@@ -99,7 +118,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
                 if adaptive:
                     accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
             n = len(outputs)
-            return Solve(torch.cat(outputs), seconds, nfe / n, accepted / n, rejected / n, batch)
+            return Solve(torch.cat(outputs), seconds, nfe / n, accepted / n, rejected / n, batch, n)
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise

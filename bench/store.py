@@ -31,6 +31,7 @@ SCHEMA = pa.schema([
     ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
     ("dtype", pa.string()), ("batch_used", pa.int64()),
     ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
+    ("forward_s", pa.float64()), ("overhead_ratio", pa.float64()),
     ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
     ("fid", pa.float64()), ("kid", pa.float64()), ("precision", pa.float64()), ("recall", pa.float64()),
     ("fid_reference", pa.string()), ("fid_reference_sha256", pa.string()), ("reference_size", pa.int64()),

@@ -11,8 +11,10 @@ server never touches CUDA; each worker initialises its own).
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -54,6 +56,24 @@ def _serve(connection, needed_partners, parent_pid: int) -> None:
         connection.send(run_config(cfg, cache, env, run_id))
 
 
+@contextlib.contextmanager
+def _main_script_hidden():
+    """multiprocessing re-runs the parent's main script in each new worker (as __mp_main__) unless it
+    is guarded by ``if __name__ == "__main__"``; a user's script that calls run_sweep would then run its
+    sweep again in every worker. Workers build everything from names, so they do not need the script:
+    its path is hidden while a worker starts."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is not None and getattr(main, "__spec__", None) is None:
+        main.__file__ = None
+        try:
+            yield
+        finally:
+            main.__file__ = path
+    else:
+        yield
+
+
 class ConfigWorker:
     """Runs one config at a time in a child process, within ``time_limit_s`` each."""
 
@@ -64,8 +84,10 @@ class ConfigWorker:
     def _start(self) -> None:
         context = _context()
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, self.needed_partners, os.getpid()), daemon=True)
-        self.process.start()
+        process = context.Process(target=_serve, args=(child, self.needed_partners, os.getpid()), daemon=True)
+        with _main_script_hidden():
+            process.start()
+        self.process = process
         child.close()
 
     def run(self, cfg, env: dict, run_id: str, time_limit_s: float) -> tuple[str, dict | float]:

@@ -161,3 +161,20 @@ def test_a_failed_reference_solve_is_remembered_and_the_rows_keep_their_other_nu
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["sliced_wasserstein"] >= 0 for r in rows)
     assert all("no err_reference: the reference solve failed (RuntimeError: float64" in r["message"] for r in rows)
     assert all(isinstance(v, RuntimeError) for v in cache.references.values()) and len(cache.references) == 1
+
+
+def test_a_script_without_a_main_guard_can_run_a_sweep(tmp_path):
+    """Worker processes must not re-run the user's script (multiprocessing would, as __mp_main__)."""
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "from bench import store\n"
+        "from bench.config import expand, parse_spec\n"
+        "from bench.runner import run_sweep\n"
+        f"spec = parse_spec({{'models': ['ring2d'], 'solvers': ['heun', 'ddim'], 'steps': [2], 'n_samples': 4, "
+        f"'metrics': ['err_reference']}}, {str(tmp_path / 's.toml')!r})\n"
+        f"run_dir = {str(tmp_path / 'run')!r}\n"
+        "print(run_sweep(expand(spec), run_dir, store.open_run(run_dir, spec)['run_id'], progress=False))\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'already_done': 0, 'ok': 2}"

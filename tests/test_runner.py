@@ -39,6 +39,7 @@ def test_rows_have_every_column_and_nfe_matches_the_registry(tmp_path):
     for row in ok.itertuples():
         assert row.nfe == SOLVERS[row.solver].nfe(row.steps), (row.solver, row.steps, row.nfe)
         assert row.samples_per_s * row.wall_s == pytest.approx(row.n_samples, rel=1e-9)
+        assert row.forward_s > 0 and row.overhead_ratio * row.nfe * row.forward_s == pytest.approx(row.wall_s, rel=1e-9)
         assert row.batch_used == row.batch_size == 32 and row.dataset.startswith("synthetic: 8 Gaussians")
     assert 0 < ok.wall_s.sum() < elapsed  # sampling time only: warm-up, metrics and writing are outside it
     assert table.git_commit.notna().all() and table.torch_version.eq(torch.__version__).all()
