@@ -99,3 +99,24 @@ def test_langevin_corrector_brings_pc_closer_to_the_exact_distribution():
     mmds = [_mmd(sample("pc", model, x_T, ts, corrector_steps=k, generator=torch.Generator().manual_seed(1)), exact)
             for k in (0, 1, 2)]
     assert mmds[1] < mmds[0] and mmds[2] < 0.6 * mmds[0], f"MMD with 0/1/2 corrector steps: {mmds}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [("euler_maruyama", {}), ("dpmpp_2m_sde", {}), ("edm_stochastic", {}),
+                                           ("pc", {})], ids=["euler_maruyama", "dpmpp_2m_sde", "edm_stochastic", "pc"])
+def test_exact_moments_on_the_runners_own_noise(name, options):
+    """The moment check on the path a sweep takes: bench.sampling with its seeded Brownian path, drawn
+    for the whole grid before the solve (the fast tests above use GaussianNoise)."""
+    from bench import sampling
+    from bench.config import expand, parse_spec
+    from bench.runner import SweepCache
+
+    spec = parse_spec({"models": ["ring2d"], "solvers": [name], "steps": [N_STEPS], "etas": [1.0], "dtype": "float64",
+                       "n_samples": N_SAMPLES, "options": {name: options} if options else {}})
+    cfg = expand(spec)[0]
+    cache = SweepCache()
+    source, model = cache.model(cfg)
+    x_T = cache.prior(cfg, source.event_shape, torch.device("cpu"), torch.float64)
+    x = sampling.solve(cfg, model, x_T, cfg.steps, torch.device("cpu")).samples
+    z_mean, z_cov = _z_scores(x, *source.moments(SCHEDULE, SCHEDULE.t_min))
+    assert z_mean < 5 and z_cov < 5, f"{name}: mean off by {z_mean:.1f} SE, covariance by {z_cov:.1f} SE"
