@@ -1,6 +1,6 @@
 """Compare two runs config by config, and model by model: what moved beyond noise, what was added or removed.
 
-Rows are matched on what defines a config's result except the seed (``MATCH_KEYS``). When the runs
+Rows are matched on what defines a config's result except the seed (``CONFIG_KEYS_WITHOUT_SEED``). When the runs
 share seeds, rows are matched seed to seed ("paired": the same x_T, noise paths and exact reference
 samples, so a deterministic metric only moves when the code does). When they do not (an A/A test,
 or a rerun with new seeds), each side's seeds are averaged and matched ("unpaired": every metric
@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.frontier import seed_std
+from bench.frontier import CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, seed_std
 from bench.store import load_rows
 
 SAMPLE_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
 DETERMINISTIC_METRICS = ("err_reference", "err_stepdoubling")
 JUDGED = (*SAMPLE_METRICS, *DETERMINISTIC_METRICS, "nfe", "wall_s")
-MATCH_KEYS = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance", "n_samples",
-              "batch_size", "dtype", "reference_size", "fid_reference"]
 DEFAULT_RELATIVE_NOISE = 0.10
 DETERMINISTIC_RELATIVE = 0.05
 DEFAULT_TIME_RATIO = 1.5

@@ -10,12 +10,11 @@ of the extractor weights, and every image row records that protocol (``protocol`
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
-from bench import fid_weights, metrics
+from bench import fid_weights, metrics, store
 
 CACHE_DIR = Path(".cache/fid")
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
@@ -100,9 +99,7 @@ def cached_reference(images: torch.Tensor, extractor: InceptionFeatures, cache_d
         return torch.load(path), digest
     features = extractor(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    torch.save(features, tmp)
-    tmp.replace(path)
+    store.atomic_write(path, lambda handle: torch.save(features, handle))
     return features, digest
 
 

@@ -85,9 +85,10 @@ def fitted_order(nfe, error) -> float:
     return float(-np.polyfit(np.log(nfe[keep]), np.log(error[keep]), 1)[0])
 
 
-# Everything that defines a config's result except its seed: rows equal on these differ only in sampling noise.
+# Everything that defines a config's result except its seed (the FID reference set included): rows equal on
+# these differ only in sampling noise. Compare matches runs on them; the seed spread groups by them.
 CONFIG_KEYS_WITHOUT_SEED = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance",
-                            "n_samples", "batch_size", "dtype"]
+                            "n_samples", "batch_size", "dtype", "reference_size", "fid_reference"]
 SAMPLE_DISTANCES = ("fid", "frechet", "sliced_wasserstein")
 
 

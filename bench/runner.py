@@ -127,8 +127,9 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             row.update(accepted_steps=result.accepted, rejected_steps=result.rejected)
         if not bool(torch.isfinite(x).all()):
             return {**row, "status": "diverged", "message": "non-finite values in the samples"}
-        if _sampling_key(cfg, cfg.steps) in cache.needed_partners:
-            cache.finals[_sampling_key(cfg, cfg.steps)] = x.cpu()
+        key = _sampling_key(cfg, cfg.steps)
+        if key in cache.needed_partners:
+            cache.finals[key] = x.cpu()
         notes = []
         row.update(_metrics(cfg, cache, source, model, x_T, x, device, result.batch_used, notes))
         if result.batch_used != cfg.batch_size:

@@ -45,17 +45,15 @@ class Timer:
             self.seconds = time.perf_counter() - self.t0
 
 
-def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int, ts: torch.Tensor | None = None):
-    """The noise a config's batch is sampled with: its seeded Brownian path, or NoNoise. Given the fixed
-    time grid ``ts``, the path's draws on it are made now (PrecomputedNoise), so the solve's clock does
-    not time the Brownian tree."""
+def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int, ts: torch.Tensor):
+    """The noise a config's batch is sampled with: its seeded Brownian path, its draws on the time grid
+    ``ts`` made now (PrecomputedNoise) so the solve's clock does not time the Brownian tree; or NoNoise.
+    (Adaptive solvers are ODE solvers: they never draw.)"""
     solver, options = SOLVERS[cfg.solver], dict(cfg.options)
     if not solver.draws_noise(cfg.eta, options):
         return NoNoise(f"{cfg.solver} at eta = {cfg.eta:g} with options {options} is deterministic "
                        "according to its registry entry (Solver.draws_noise)")
     path = BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * BATCH_SEED_STRIDE + batch_index)
-    if ts is None or solver.adaptive:
-        return path
     return PrecomputedNoise(path, ts, chunk, streams=solver.extra_noise_streams(options))
 
 

@@ -131,7 +131,7 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(file)`` into a temp file, fsync it, rename it over ``path`` and fsync the folder."""
     tmp = _temp_path(path)
     with open(tmp, "wb") as handle:
@@ -147,7 +147,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_row(run_dir: Path, row: dict) -> Path:
@@ -159,7 +159,7 @@ def write_row(run_dir: Path, row: dict) -> Path:
         raise ValueError(f"write_row: status must be one of {STATUSES}, got {row.get('status')!r}")
     path = Path(run_dir) / "rows" / f"{row['config_id']}.parquet"
     table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
-    _atomic_write(path, lambda handle: pq.write_table(table, handle))
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
     return path
 
 
