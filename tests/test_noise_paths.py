@@ -164,6 +164,8 @@ def test_brownian_streams_are_independent_and_reproducible():
     assert abs(torch.corrcoef(torch.stack([z0, z1]))[0, 1].item()) < 5 / 20_000**0.5
     assert torch.equal(z1, BrownianNoise(like, 0.0, 1.0, seed=5).independent(1)(0.8, 0.3, like))
     assert not torch.equal(z1, main.independent(2)(0.8, 0.3, like))
+    with pytest.raises(ValueError, match="stream must be an integer >= 1, got 0"):
+        main.independent(0)
 
 
 @pytest.mark.parametrize("run", STOCHASTIC_RUNS, ids=_run_id)
