@@ -102,7 +102,8 @@ def cmd_train(args) -> int:
         print(err, file=sys.stderr)
         return 2
     train(data, Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, prediction=args.prediction,
-          checkpoint_every=args.checkpoint_every, device=args.device)
+          checkpoint_every=args.checkpoint_every, device=args.device, widths=tuple(args.widths),
+          ema_decay=args.ema_decay, seed=args.seed)
     print(f"trained UNet in {args.out}; benchmark it with models = [\"diffusers:{args.out}\"]")
     return 0
 
@@ -166,6 +167,9 @@ def main(argv=None) -> int:
     train.add_argument("--lr", type=float, default=2e-4)
     train.add_argument("--prediction", choices=["eps", "v"], default="eps")
     train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument("--widths", type=int, nargs="+", default=[32, 64, 64], help="channels per UNet level")
+    train.add_argument("--ema-decay", type=float, default=0.999)
+    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--size", type=int, default=32, help="pad the 28x28 images to this size")
     train.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     train.add_argument("--device", default="cuda" if _cuda() else "cpu")

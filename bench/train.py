@@ -4,7 +4,8 @@ DDPM training (Ho et al. 2020, Algorithm 1) on ``DiscreteVP.linear(1000)``: pick
 t = (n + 1)/N, x_t = alpha_t x0 + sigma_t eps, regress eps (or v, Salimans & Ho 2022) with the
 network seeing the step index n. EMA of the weights, bf16 autocast on a GPU, a checkpoint every
 ``checkpoint_every`` steps that a rerun resumes from. The result is the EMA UNet saved with
-``save_pretrained`` plus ``scheduler_config.json``, which ``diffusers:OUT`` loads in a grid spec.
+``save_pretrained`` plus ``scheduler_config.json``, which ``diffusers:OUT`` loads in a grid spec, and
+``losses.csv``, the training loss of every step (kept across resumes).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def train(data: torch.Tensor, out_dir: Path, *, steps: int, batch_size: int = 64
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    start = 0
+    start, history = 0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -59,6 +60,7 @@ def train(data: torch.Tensor, out_dir: Path, *, steps: int, batch_size: int = 64
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start = state["step"]
+        history = state.get("losses", [])
         log(f"resuming from step {start}")
     alphas, sigmas = schedule.alphas_cumprod.sqrt().float(), (1 - schedule.alphas_cumprod).sqrt().float()
     use_bf16 = device.startswith("cuda")
@@ -83,9 +85,11 @@ def train(data: torch.Tensor, out_dir: Path, *, steps: int, batch_size: int = 64
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             tmp = checkpoint_path.with_name(".tmp-checkpoint.pt")
             torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(), "step": step + 1}, tmp)
+                        "generator": generator.get_state(), "step": step + 1, "losses": history + losses}, tmp)
             tmp.replace(checkpoint_path)
             log(f"step {step + 1}/{steps}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
     ema.save_pretrained(out_dir / "unet")
     (out_dir / "scheduler_config.json").write_text(json.dumps(_scheduler_config(prediction), indent=2))
+    (out_dir / "losses.csv").write_text("step,loss\n" + "".join(
+        f"{i + 1},{loss:.6g}\n" for i, loss in enumerate(history + losses)))
     return losses
