@@ -108,6 +108,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_fid_reference(args) -> int:
+    """Compute a shipped FID reference (mean, covariance, subset features) once; see bench.fid."""
+    import torch
+
+    from bench import fid, store
+    from bench.data import fashion_mnist
+
+    torch.set_num_threads(args.threads)
+    try:
+        images = fashion_mnist("test", data_dir=args.data_dir, size=fid.NATIVE_SIZE)
+        extractor = fid.InceptionFeatures(args.fid_weights)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    commit, dirty = store.git_state()
+    command = "python -m bench fid-reference " + args.name + (f" --threads {args.threads}" if args.threads != 2 else "")
+    manifest = fid.write_shipped_reference(args.name, images, extractor, command, commit + ("-dirty" if dirty else ""),
+                                           Path(args.out) if args.out else fid.REFERENCES_DIR)
+    print(f"{args.name}: {manifest['count']} images, sha256 {manifest['sha256']}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.metrics import METRICS
     from bench.models import MODELS
@@ -174,6 +196,13 @@ def main(argv=None) -> int:
     train.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     train.add_argument("--device", default="cuda" if _cuda() else "cpu")
     train.set_defaults(func=cmd_train)
+    reference = sub.add_parser("fid-reference", help="compute a shipped FID reference's statistics (once; they are committed)")
+    reference.add_argument("name", choices=["fashion_mnist_test"])
+    reference.add_argument("--out", help="folder (default: bench/references)")
+    reference.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
+    reference.add_argument("--fid-weights", help="converted Inception weights (default: those of make fid-weights)")
+    reference.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    reference.set_defaults(func=cmd_fid_reference)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -23,14 +23,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.metrics import METRICS
-from bench.models import MODELS, is_model_name
+from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import SPACINGS
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
-FID_REFERENCES = ("exact", "fashion_mnist")
+FID_REFERENCES = ("exact", "fashion_mnist_test", "fashion_mnist")
 IMAGE_RESIZES = ("pad", "bilinear")
 
 
@@ -105,7 +105,8 @@ _SCALAR_KEYS = {
     "dtype": (str, "one of " + ", ".join(DTYPES)),
     "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
     "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
-    "fid_reference": (str, "'exact' (an image mixture's exact samples) or 'fashion_mnist' (the training images)"),
+    "fid_reference": (str, "'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
+                           "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
     "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
     "data_dir": (str, "a folder with the dataset's IDX files"),
     "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
@@ -195,10 +196,14 @@ def _validate(raw: dict, where: str) -> list[str]:
         errors.append(f"{where}: missing key 'steps' (needed by the fixed-step solvers listed)")
     if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
         errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
-    networks = [m for m in raw.get("models", []) if ":" in m]
+    networks = [m for m in raw.get("models", []) if m not in ANALYTIC_PRESETS]
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
-                      f"network; set fid_reference = \"fashion_mnist\"")
+                      f"network; set fid_reference = \"fashion_mnist_test\"")
+    if ("fid" in raw.get("metrics", []) and raw.get("fid_reference") == "fashion_mnist_test"
+            and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
+        errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
+                      f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
     for solver, options in raw.get("options", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")

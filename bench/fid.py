@@ -6,18 +6,42 @@ to 299x299 the way TensorFlow 1 did and returns pool3 (2048-d) features, which s
 metrics (FID: Heusel et al. 2017; KID: Binkowski et al. 2018; precision/recall k = 3: Kynkaanniemi
 et al. 2019). Reference features are cached on disk, keyed by the sha256 of the reference pixels and
 of the extractor weights, and every image row records that protocol (``protocol``).
+
+The standard reference (``fid_reference = "fashion_mnist_test"``) is the one the field reports: the
+whole Fashion-MNIST test split (10,000 images) at its native 28x28, samples of 32x32 models cropped of
+their 2-pixel padding. Its statistics ship with the project (``bench/references/``, made once by
+``python -m bench fid-reference``): mean and covariance of all 10,000 feature vectors for FID, the
+features of a seeded 2,000-image subset for KID and precision/recall, sha256-checked on load.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench import fid_weights, metrics, store
 
 CACHE_DIR = Path(".cache/fid")
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
+REFERENCES_DIR = Path(__file__).parent / "references"
+SHIPPED = {"fashion_mnist_test": "the Fashion-MNIST test split"}  # fid_reference -> what it is
+NATIVE_SIZE = 28  # Fashion-MNIST's own resolution, where the standard FID compares images
+SUBSET_SIZE, SUBSET_SEED = 2000, 0  # shipped features for KID and precision/recall
+
+
+def crop_to_native(images: torch.Tensor) -> torch.Tensor:
+    """Samples of a Fashion-MNIST model at 28x28: 32x32 ones lose the 2-pixel padding the data was given."""
+    size = images.shape[-1]
+    if size == NATIVE_SIZE:
+        return images
+    if size != 32:
+        raise ValueError(f"fid_reference 'fashion_mnist_test' compares 28x28 images; samples of {size}px are neither "
+                         f"28px nor 28px padded to 32px (use fid_reference = 'fashion_mnist' for other sizes)")
+    start = (size - NATIVE_SIZE) // 2
+    return images[..., start:start + NATIVE_SIZE, start:start + NATIVE_SIZE]
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -55,14 +79,95 @@ class InceptionFeatures:
 
 def image_metrics(features: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict:
     """fid, kid (mean over subsets), precision and recall of ``features`` against ``reference``."""
+    precision, recall = metrics.precision_recall(features, reference)
+    return {"fid": metrics.frechet_distance(features, reference), "kid": _kid(features, reference, seed),
+            "precision": precision, "recall": recall}
+
+
+def _kid(features: torch.Tensor, reference: torch.Tensor, seed: int) -> float:
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     subset = min(1000, len(features), len(reference))
-    kid = kid_features_to_metric(features, reference, kid_subsets=100, kid_subset_size=subset, verbose=False,
-                                 rng_seed=seed)["kernel_inception_distance_mean"]
-    precision, recall = metrics.precision_recall(features, reference)
-    return {"fid": metrics.frechet_distance(features, reference), "kid": float(kid), "precision": precision,
-            "recall": recall}
+    return float(kid_features_to_metric(features, reference, kid_subsets=100, kid_subset_size=subset, verbose=False,
+                                        rng_seed=seed)["kernel_inception_distance_mean"])
+
+
+class ShippedReference:
+    """A reference set's statistics as shipped in ``bench/references/NAME.npz`` with ``NAME.json``: FID from
+    the full set's mean and covariance, KID and precision/recall from a fixed subset's features.
+
+    Loading checks the file's sha256 against the manifest and that the features came from the same
+    Inception weights as the extractor in use, so a row can never mix two protocols unnoticed.
+    """
+
+    def __init__(self, name: str, weights_digest: str, directory: Path = REFERENCES_DIR):
+        if name not in SHIPPED:
+            raise ValueError(f"no shipped FID reference {name!r}; shipped: {', '.join(SHIPPED)}")
+        path, manifest_path = Path(directory) / f"{name}.npz", Path(directory) / f"{name}.json"
+        if not path.is_file() or not manifest_path.is_file():
+            raise FileNotFoundError(f"FID reference {name!r}: {path} or {manifest_path} is missing; they ship with "
+                                    f"the project (remade by `python -m bench fid-reference {name}`)")
+        self.manifest = json.loads(manifest_path.read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != self.manifest["sha256"]:
+            raise ValueError(f"FID reference {path}: sha256 {digest[:16]}... does not match its manifest's "
+                             f"{self.manifest['sha256'][:16]}...; the file is damaged or was changed by hand")
+        if self.manifest["fid_weights_sha256"] != weights_digest:
+            raise ValueError(f"FID reference {name!r} was computed with Inception weights "
+                             f"{self.manifest['fid_weights_sha256'][:16]}..., the extractor in use has "
+                             f"{weights_digest[:16]}...; use the weights of `make fid-weights`")
+        with np.load(path) as data:
+            self.mu = data["mu"]
+            self.sigma = _symmetric_from_upper(data["sigma_upper"], len(self.mu))
+            self.features = torch.from_numpy(data["subset_features"]).double()
+        self.name, self.count = name, self.manifest["count"]
+
+    def metrics(self, features: torch.Tensor, seed: int = 0) -> dict:
+        """fid against the full set; kid and precision/recall against the first min(n, subset) subset features
+        (equal set sizes, as Kynkaanniemi et al. compute precision and recall)."""
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        ours = fid_features_to_statistics(features.double())
+        fid = fid_statistics_to_metric(ours, {"mu": self.mu, "sigma": self.sigma}, verbose=False)
+        reference = self.features[:len(features)]
+        precision, recall = metrics.precision_recall(features, reference)
+        return {"fid": float(fid["frechet_inception_distance"]), "kid": _kid(features, self.features, seed),
+                "precision": precision, "recall": recall}
+
+    def protocol(self) -> dict:
+        m = self.manifest
+        return {"fid_reference": f"{SHIPPED[self.name]}, all {m['count']} images at 28px (statistics shipped)",
+                "fid_reference_sha256": m["pixels_sha256"][:16], "reference_size": m["count"],
+                "fid_resize": "28px uint8 RGB (32px samples cropped of their padding), torch-fidelity TF1 bilinear "
+                              "to 299px", "fid_extractor": EXTRACTOR_ID, "fid_weights_sha256": m["fid_weights_sha256"][:16]}
+
+
+def _symmetric_from_upper(upper: np.ndarray, dim: int) -> np.ndarray:
+    matrix = np.zeros((dim, dim), dtype=upper.dtype)
+    rows, cols = np.triu_indices(dim)
+    matrix[rows, cols] = upper
+    matrix[cols, rows] = upper
+    return matrix
+
+
+def write_shipped_reference(name: str, images: torch.Tensor, extractor: "InceptionFeatures", command: str,
+                            commit: str, directory: Path = REFERENCES_DIR) -> dict:
+    """Compute and write ``NAME.npz`` (mu, upper triangle of sigma, subset features) and ``NAME.json``."""
+    features = extractor(images)
+    mu, sigma = features.mean(0).numpy(), np.cov(features.numpy(), rowvar=False)
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))[:SUBSET_SIZE]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.npz"
+    store.atomic_write(path, lambda handle: np.savez_compressed(
+        handle, mu=mu, sigma_upper=sigma[np.triu_indices(len(mu))], subset_features=features[chosen].float().numpy(),
+        subset_indices=chosen.numpy()))
+    manifest = {"name": name, "count": len(images), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "pixels_sha256": images_digest(images), "subset_size": len(chosen), "subset_seed": SUBSET_SEED,
+                "fid_extractor": EXTRACTOR_ID, "fid_weights_sha256": extractor.weights_digest,
+                "command": command, "commit": commit}
+    (directory / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def reference_images(source, fid_reference: str, count: int, seed: int, data_dir=None, resize: str = "pad"):
@@ -81,7 +186,7 @@ def reference_images(source, fid_reference: str, count: int, seed: int, data_dir
     if fid_reference == "exact" and isinstance(source, GaussianMixture):
         return source.sample(count, generator).float(), f"{count} exact samples of the mixture (seed {seed})"
     raise ValueError(f"fid_reference {fid_reference!r}: exact samples exist for image mixtures only; "
-                     f"use fid_reference = 'fashion_mnist' for a network")
+                     f"use fid_reference = 'fashion_mnist_test' for a network")
 
 
 def images_digest(images: torch.Tensor) -> str:

@@ -1,7 +1,11 @@
-"""Model presets by name. For now the analytic Gaussian mixtures, which carry exact ground truth."""
+"""Model presets by name: the analytic Gaussian mixtures, which carry exact ground truth, and the
+project's trained Fashion-MNIST UNet (``fmnist_unet``, shipped in bench/checkpoints/)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -49,11 +53,32 @@ def _named(mixture: GaussianMixture, dataset: str) -> GaussianMixture:
     return mixture
 
 
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+
+
+def fmnist_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_unet"):
+    """The project's UNet trained on Fashion-MNIST (32x32, eps prediction, DDPM linear betas), loaded like
+    ``diffusers:PATH`` after checking the weights' sha256 against ``training.json`` (which also holds the
+    command and commit that trained it; the folder's README tells the rest)."""
+    from bench.networks import load_diffusers
+
+    record = json.loads((directory / "training.json").read_text())
+    weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != record["weights_sha256"]:
+        raise ValueError(f"fmnist_unet: {weights} has sha256 {digest[:16]}..., training.json says "
+                         f"{record['weights_sha256'][:16]}... (a Git LFS pointer or a changed file?)")
+    source = load_diffusers(directory)
+    source.dataset = "Fashion-MNIST train (the project's UNet, bench/checkpoints/fmnist_unet)"
+    return source
+
+
 ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits, "fashion_gmm": fashion_gmm}
+NETWORK_PRESETS = {"fmnist_unet": fmnist_unet}
 DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 
 # Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
-MODELS = dict(ANALYTIC_PRESETS)
+MODELS = {**ANALYTIC_PRESETS, **NETWORK_PRESETS}
 
 
 def build_model(name: str, data_dir=None, image_resize: str = "pad"):

@@ -229,6 +229,13 @@ def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -
     if key not in cache.inception:
         cache.inception[key] = fid.InceptionFeatures(cfg.fid_weights, str(device))
     extractor = cache.inception[key]
+    if cfg.fid_reference in fid.SHIPPED:
+        ref_key = (cfg.fid_reference, extractor.weights_digest)
+        if ref_key not in cache.fid_references:
+            cache.fid_references[ref_key] = fid.ShippedReference(cfg.fid_reference, extractor.weights_digest)
+        shipped = cache.fid_references[ref_key]
+        features = extractor(fid.crop_to_native(samples.float().cpu()))
+        return {**shipped.metrics(features, seed=cfg.seed), **shipped.protocol()}
     seed = FID_REFERENCE_SEED + cfg.seed
     ref_key = (cfg.model, cfg.image_resize, cfg.fid_reference, cfg.reference_size, seed, cfg.fid_weights)
     if ref_key not in cache.fid_references:
