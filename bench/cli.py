@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_RESULTS = Path("results/scratch")
@@ -101,9 +103,18 @@ def cmd_train(args) -> int:
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 2
+    started = time.perf_counter()
     train(data, Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, prediction=args.prediction,
           checkpoint_every=args.checkpoint_every, device=args.device, widths=tuple(args.widths),
           ema_decay=args.ema_decay, seed=args.seed)
+    from bench import store
+    from bench.plots import plot_training_loss
+    from bench.train import write_record
+
+    plot_training_loss(Path(args.out) / "losses.csv", Path(args.out) / "loss.png")
+    commit, dirty = store.git_state()
+    write_record(Path(args.out), "python -m bench " + shlex.join(args.argv),
+                 commit + ("-dirty" if dirty else ""), time.perf_counter() - started)
     print(f"trained UNet in {args.out}; benchmark it with models = [\"diffusers:{args.out}\"]")
     return 0
 
@@ -127,6 +138,20 @@ def cmd_fid_reference(args) -> int:
     manifest = fid.write_shipped_reference(args.name, images, extractor, command, commit + ("-dirty" if dirty else ""),
                                            Path(args.out) if args.out else fid.REFERENCES_DIR)
     print(f"{args.name}: {manifest['count']} images, sha256 {manifest['sha256']}")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from bench import store
+
+    for run in args.runs:
+        run_dir = Path(run)
+        if not (run_dir / "run.json").is_file():
+            print(f"{run_dir}: not a run folder (no run.json)", file=sys.stderr)
+            return 2
+        before = len([p for p in (run_dir / "rows").glob("*.parquet") if not p.name.startswith(".")])
+        part = store.compact(run_dir)
+        print(f"{run_dir}: {before} row files" + (f", loose ones merged into {part.name}" if part else ", none loose"))
     return 0
 
 
@@ -196,6 +221,9 @@ def main(argv=None) -> int:
     train.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     train.add_argument("--device", default="cuda" if _cuda() else "cpu")
     train.set_defaults(func=cmd_train)
+    compact = sub.add_parser("compact", help="merge a finished run's per-config row files into one part file")
+    compact.add_argument("runs", nargs="+", help="run folders no sweep is writing to")
+    compact.set_defaults(func=cmd_compact)
     reference = sub.add_parser("fid-reference", help="compute a shipped FID reference's statistics (once; they are committed)")
     reference.add_argument("name", choices=["fashion_mnist_test"])
     reference.add_argument("--out", help="folder (default: bench/references)")
@@ -205,4 +233,5 @@ def main(argv=None) -> int:
     reference.set_defaults(func=cmd_fid_reference)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)

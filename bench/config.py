@@ -64,6 +64,7 @@ class RunConfig:
     fid_weights: str | None
     data_dir: str | None
     time_limit_s: float
+    reference_tolerance: float
     skip_reason: str | None = None
 
     @property
@@ -72,11 +73,13 @@ class RunConfig:
         Brownian path, and adaptive step control and pc's step size use norms over the batch."""
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights",
-                                 "data_dir", "reference_size", "time_limit_s")}
+                                 "data_dir", "reference_size", "time_limit_s", "reference_tolerance")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         if self.image_resize != "pad":  # keeps the ids of specs that never set it
             key["image_resize"] = self.image_resize
+        if self.reference_tolerance != DEFAULTS["reference_tolerance"] and set(self.metrics) & REFERENCE_METRICS:
+            key["reference_tolerance"] = self.reference_tolerance
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -104,6 +107,7 @@ _SCALAR_KEYS = {
     "device": (str, "one of " + ", ".join(DEVICES) + " or cuda:N"),
     "dtype": (str, "one of " + ", ".join(DTYPES)),
     "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
+    "steps_by_solver": (dict, "a table of per-solver step lists replacing 'steps', e.g. [steps_by_solver] heun = [3, 5]"),
     "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
     "fid_reference": (str, "'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
                            "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
@@ -111,15 +115,17 @@ _SCALAR_KEYS = {
     "data_dir": (str, "a folder with the dataset's IDX files"),
     "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
     "time_limit_s": ((int, float), "seconds >= 0 a config may take before it is stopped (0: no limit, run in-process)"),
+    "reference_tolerance": (float, "a number in (0, 1): rtol = atol of the dopri5 reference solve behind err_reference"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
 DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
-            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {},
+            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {}, "steps_by_solver": {},
             "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
                         "sliced_wasserstein"],
             "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
-            "data_dir": None, "time_limit_s": 900}
+            "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8}
+REFERENCE_METRICS = {"err_reference", "lpips_reference"}  # the metrics measured against the reference solve
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
 
@@ -177,6 +183,8 @@ def _validate(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
     if "time_limit_s" in raw and not raw["time_limit_s"] >= 0:
         errors.append(f"{where}: key 'time_limit_s' must be a number of seconds >= 0, got {raw['time_limit_s']!r}")
+    if "reference_tolerance" in raw and not 0 < raw["reference_tolerance"] < 1:
+        errors.append(f"{where}: key 'reference_tolerance' must be a number in (0, 1), got {raw['reference_tolerance']!r}")
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
@@ -204,6 +212,15 @@ def _validate(raw: dict, where: str) -> list[str]:
             and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
         errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
                       f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
+    for solver, steps in raw.get("steps_by_solver", {}).items():
+        if solver not in solvers:
+            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        elif SOLVERS[solver].adaptive:
+            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is adaptive and takes tolerances")
+        elif (not isinstance(steps, list) or not steps or not all(_is_type(n, int) and n >= 1 for n in steps)
+              or len(set(steps)) != len(steps)):
+            errors.append(f"{where}: key 'steps_by_solver.{solver}' must be a non-empty list of distinct integers "
+                          f">= 1, got {steps!r}")
     for solver, options in raw.get("options", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
@@ -261,7 +278,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
             if solver.adaptive:
                 grid = [(None, None, tol) for tol in v["tolerances"]]
             else:  # larger step counts first, so a step-doubling partner (2n) is run before n
-                grid = [(n, sp, None) for sp in v["spacings"] for n in sorted(v["steps"], reverse=True)]
+                steps = v["steps_by_solver"].get(solver_name, v["steps"])
+                grid = [(n, sp, None) for sp in v["spacings"] for n in sorted(steps, reverse=True)]
             for seed in v["seeds"]:
                 for steps, spacing, tolerance in grid:
                     for eta in v["etas"]:
@@ -276,7 +294,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
                             reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
-                            time_limit_s=float(v["time_limit_s"]),
+                            time_limit_s=float(v["time_limit_s"]), reference_tolerance=v["reference_tolerance"],
                             skip_reason=reason))
     return configs
 

@@ -25,6 +25,9 @@ class Document:
     def code(self, text: str):
         self.blocks.append(("code", text))
 
+    def bullets(self, items: list[str]):
+        self.blocks.append(("ul", list(items)))
+
     def table(self, df: pd.DataFrame):
         self.blocks.append(("table", df))
 
@@ -44,6 +47,8 @@ class Document:
                 lines += [payload, ""]
             elif kind == "code":
                 lines += ["```", payload.rstrip(), "```", ""]
+            elif kind == "ul":
+                lines += [f"- {item}" for item in payload] + [""]
             elif kind == "table":
                 lines += [_markdown_table(payload), ""]
             elif kind == "img":
@@ -64,6 +69,8 @@ class Document:
                 parts.append(f"<p>{html.escape(payload)}</p>")
             elif kind == "code":
                 parts.append(f"<pre>{html.escape(payload)}</pre>")
+            elif kind == "ul":
+                parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in payload) + "</ul>")
             elif kind == "table":
                 parts.append(payload.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
             elif kind == "img":

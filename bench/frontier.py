@@ -116,3 +116,37 @@ def seed_std(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     ok = df[(df.status == "ok") & df[metric].notna()]
     per_config = ok.groupby(CONFIG_KEYS_WITHOUT_SEED, dropna=False)[metric].agg(["mean", "std", "count"])
     return per_config[per_config["count"] >= 2]
+
+
+def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0) -> pd.DataFrame:
+    """``quality`` at eta ``low`` and ``high`` side by side, per model, solver, spacing and NFE, for the solvers
+    run at both (the comparison of DDIM's Table 1, Song et al. 2021): columns low, high and gap = high - low,
+    averaged over seeds."""
+    ok = df[(df.status == "ok") & df[quality].notna() & df.eta.isin([low, high])]
+    keys = ["model", "solver", "options", "spacing", "nfe"]
+    table = ok.pivot_table(index=keys, columns="eta", values=quality, aggfunc="mean")
+    if low not in table or high not in table:
+        return pd.DataFrame()
+    table = table[[low, high]].dropna().rename(columns={low: f"eta {low:g}", high: f"eta {high:g}"})
+    table.columns.name = None
+    table["gap"] = table[f"eta {high:g}"] - table[f"eta {low:g}"]
+    return table.reset_index()
+
+
+def table1_shape(gaps: pd.DataFrame) -> list[str]:
+    """One sentence per (model, solver, spacing) with at least two NFE values: does DDIM's Table 1 shape hold,
+    i.e. is eta 0 better than eta 1 at the lowest NFE, and is the gap at the highest NFE smaller?"""
+    sentences = []
+    for (model, solver, options, spacing), group in gaps.groupby(["model", "solver", "options", "spacing"]):
+        if group.nfe.nunique() < 2:
+            continue
+        first, last = group.loc[group.nfe.idxmin()], group.loc[group.nfe.idxmax()]
+        better_low = first.gap > 0
+        closing = abs(last.gap) < abs(first.gap)
+        verdict = "holds" if better_low and closing else "does not hold"
+        name = solver + ("" if options in ("{}", None) else f" {options}")
+        sentences.append(
+            f"{model}, {name} ({spacing}): the shape of DDIM's Table 1 {verdict}: at NFE {int(first.nfe)} eta 0 is "
+            f"{'better' if better_low else 'not better'} (gap eta 1 - eta 0 = {first.gap:.3g}), at NFE "
+            f"{int(last.nfe)} the gap is {last.gap:.3g} ({'closing' if closing else 'not closing'}).")
+    return sentences

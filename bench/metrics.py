@@ -11,7 +11,8 @@ import torch
 
 # name -> what the column(s) hold; the runner computes the ones a spec asks for.
 METRICS = {
-    "err_reference": "median per-sample L2 error against a dopri5 rtol 1e-8 reference from the same x_T (ODE configs)",
+    "err_reference": "median per-sample L2 error against a dopri5 reference solve from the same x_T (rtol = atol = the "
+                     "spec's reference_tolerance, default 1e-8; deterministic configs)",
     "err_stepdoubling": "median (and RMS) over samples of |x_n - x_2n| / (2^p - 1), same x_T and Brownian path",
     "sample_log_density": "mean exact log p_0 of the samples (analytic models); rewards under-dispersed "
                           "samplers, so it is no likelihood of data under the model",

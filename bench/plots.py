@@ -245,3 +245,18 @@ def plot_frontier_overlay(base: pd.DataFrame, head: pd.DataFrame, out_dir: Path,
         ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, out_dir, f"frontier_overlay_{quality}_vs_{cost}")
+
+
+def plot_training_loss(losses_csv: Path, png: Path, window: int = 100) -> Path:
+    """The training loss of every step (faint) and its exponential moving average, log scale (PNG only:
+    an SVG of every step would outweigh the weights it documents)."""
+    losses = pd.read_csv(losses_csv)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(losses.step, losses.loss, color="0.8", linewidth=0.5, label="per step")
+    ax.plot(losses.step, losses.loss.ewm(span=window).mean(), color="C0",
+            label=f"exponential moving average (span {window} steps)")
+    ax.set(xlabel="training step", ylabel="loss (MSE of the noise prediction)", yscale="log")
+    ax.legend()
+    fig.savefig(png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(png)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from bench import plots
 from bench.document import Document
-from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality, seed_std
+from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality, eta_gap, quality_across, seed_std, table1_shape
 from bench.store import STATUSES, load_rows
 
 DEFAULT_BUDGET = 20
@@ -73,6 +73,15 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
     doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
     doc.table(budget_table(df, quality))
+
+    across_eta = quality_across(df, quality, "eta")
+    gaps = eta_gap(df, across_eta)
+    if not gaps.empty:
+        doc.heading(f"Does noise pay? {across_eta} at eta 0 and eta 1, equal NFE")
+        doc.paragraph("DDIM's Table 1 (Song et al. 2021): with few steps the deterministic sampler (eta 0) is far "
+                      "better, and the gap closes as the number of steps grows. Per solver on this run:")
+        doc.bullets(table1_shape(gaps))
+        doc.table(gaps)
 
     spread = seed_spread(df)
     if not spread.empty:

@@ -25,7 +25,6 @@ from solvers import SOLVERS, SolverDiverged
 from solvers.reference import reference_solve
 from solvers.schedules import SCHEDULES
 
-REFERENCE_TOLERANCE = 1e-8
 EXACT_SAMPLES_SEED, FID_REFERENCE_SEED = 10_000, 20_000  # offsets from the config's seed
 
 
@@ -96,12 +95,17 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype}
 
 
+WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
+
+
 def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
-    """One untimed solve of one batch at the timed batch shape, once per (model, solver, device, batch) in
-    a sweep, so first-call costs (imports, allocations, kernel selection) stay out of wall_s."""
+    """One untimed short solve of one batch at the timed batch shape, once per (model, solver, device, batch)
+    in a sweep, so first-call costs (imports, allocations, kernel selection) stay out of wall_s. A few steps
+    run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost."""
     key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size)
     if key not in cache.warmed_up:
-        sampling.solve(cfg, model, x_T[:cfg.batch_size], cfg.steps, device)
+        steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
+        sampling.solve(cfg, model, x_T[:cfg.batch_size], steps, device)
         cache.warmed_up.add(key)
 
 
@@ -159,15 +163,17 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
     reference = None
     if wanted & {"err_reference", "lpips_reference"} and not stochastic:
-        key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device))
+        key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device), cfg.reference_tolerance)
         if key not in cache.references:
-            cache.references[key] = _reference(model, x_T, batch)
+            cache.references[key] = _reference(model, x_T, batch, cfg.reference_tolerance)
         reference = cache.references[key]
         if isinstance(reference, Exception):
             notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
             reference = None
-        elif "err_reference" in wanted:
-            out["err_reference"] = metrics.per_sample_norms(x.double() - reference).median().item()
+        else:
+            out["reference_tolerance"] = cfg.reference_tolerance
+            if "err_reference" in wanted:
+                out["err_reference"] = metrics.per_sample_norms(x.double() - reference).median().item()
     if isinstance(source, GaussianMixture):
         exact_key = (cfg.model, cfg.image_resize, cfg.seed, cfg.n_samples)
         if exact_key not in cache.exact:
@@ -210,13 +216,13 @@ def _lpips_metrics(cfg: RunConfig, cache: SweepCache, x, reference, device, note
     return out
 
 
-def _reference(model, x_T: torch.Tensor, batch: int):
-    """The high-accuracy solve from x_T in batches of the size that fitted the config's own solve, or the
-    exception that ended it (kept, so later configs do not retry it)."""
+def _reference(model, x_T: torch.Tensor, batch: int, tolerance: float):
+    """The high-accuracy solve from x_T (dopri5, rtol = atol = ``tolerance``, float64) in batches of the size
+    that fitted the config's own solve, or the exception that ended it (kept, so later configs do not retry it)."""
     s = model.schedule
     try:
-        return torch.cat([reference_solve(model, chunk, s.t_max, s.t_min, rtol=REFERENCE_TOLERANCE,
-                                          atol=REFERENCE_TOLERANCE) for chunk in x_T.double().split(batch)])
+        return torch.cat([reference_solve(model, chunk, s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
+                          for chunk in x_T.double().split(batch)])
     except Exception as err:  # noqa: BLE001 - any failure: recorded in the rows, not raised again
         return err
 
@@ -252,7 +258,8 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
               retry: tuple[str, ...] = ()) -> dict:
     """Run every config not yet in ``run_dir`` (and those whose status is in ``retry``); returns counts by
     status for this call. Each config runs in a worker process within its ``time_limit_s`` (0: in this
-    process, without a limit)."""
+    process, without a limit). Each row is written as soon as its config ends; the rows this call wrote
+    are compacted every ``store.COMPACT_EVERY`` rows and at the end."""
     from bench.worker import ConfigWorker
 
     done = store.done_ids(run_dir, retry)
@@ -262,6 +269,7 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
     in_process, worker = SweepCache(needed_partners=partners), ConfigWorker(partners)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
     bar = _progress(len(configs), len(configs) - len(todo), progress)
+    written = []
     try:
         for cfg in todo:
             bar.set_postfix_str(cfg.label)
@@ -269,12 +277,16 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
                 row = run_config(cfg, in_process, envs[cfg.device], run_id)
             else:
                 row = _run_in_worker(worker, cfg, envs[cfg.device], run_id)
-            store.write_row(run_dir, row)
+            written.append(store.write_row(run_dir, row))
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             bar.update(1)
+            if len(written) >= store.COMPACT_EVERY:
+                store.compact(run_dir, written)
+                written = []
     finally:
         worker.stop()
         bar.close()
+    store.compact(run_dir, written)
     return counts
 
 

@@ -4,9 +4,15 @@
     <run>/spec.toml          the spec text
     <run>/rows/<id>.parquet  one row per config, written to a hidden temp file and renamed into place,
                              so a killed sweep leaves only whole files; readers skip hidden files
+    <run>/rows/part-*.parquet  compacted rows: every ``COMPACT_EVERY`` rows and at its end a sweep merges
+                             the per-config files it wrote into one part file (written the same atomic
+                             way, then the merged files are deleted)
 
-``load_rows(run)`` (or ``pandas.read_parquet(run / "rows")``) gives the table; shards of one sweep
-write into the same folder and load as one table.
+``load_rows(run)`` gives the table; shards of one sweep write into the same folder and load as one
+table. A config may have more than one row on disk (a retried config; a part written just before a
+kill, whose merged files were not yet deleted): the row written last counts, in ``load_rows`` and
+``done_ids`` alike. Any parquet reader (pandas, DuckDB: ``SELECT ... FROM 'RUN/rows/*.parquet'``) reads
+the folder as it is.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -37,6 +44,7 @@ SCHEMA = pa.schema([
     ("fid_reference", pa.string()), ("fid_reference_sha256", pa.string()), ("reference_size", pa.int64()),
     ("fid_resize", pa.string()), ("fid_extractor", pa.string()), ("fid_weights_sha256", pa.string()),
     ("err_stepdoubling", pa.float64()), ("err_stepdoubling_rms", pa.float64()), ("err_reference", pa.float64()),
+    ("reference_tolerance", pa.float64()),
     ("sample_log_density", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
     ("lpips_reference", pa.float64()), ("lpips_diversity", pa.float64()),
     ("status", pa.string()), ("message", pa.string()),
@@ -163,26 +171,70 @@ def write_row(run_dir: Path, row: dict) -> Path:
     return path
 
 
+COMPACT_EVERY = 1000  # rows a sweep writes before it merges its per-config files into a part file
+_CONFIG_FILE = re.compile(r"[0-9a-f]{16}\.parquet")
+
+
+def _row_files(run_dir: Path) -> list[Path]:
+    """The row files of a run in the order in which a later row replaces an earlier one of the same config:
+    multi-row files by name (part names sort by time), then the per-config files."""
+    files = [p for p in (Path(run_dir) / "rows").glob("*.parquet") if not p.name.startswith(".")]
+    loose = sorted(p for p in files if _CONFIG_FILE.fullmatch(p.name))
+    return sorted(p for p in files if not _CONFIG_FILE.fullmatch(p.name)) + loose
+
+
+def _read(files: list[Path], columns=None) -> pd.DataFrame:
+    """The rows of ``files``, the last written row of each config only, in file order."""
+    tables = [_conform(pq.read_table(p), columns) for p in files]
+    if not tables:
+        return _conform(SCHEMA.empty_table(), columns).to_pandas()
+    df = pa.concat_tables(tables).to_pandas()
+    latest = df.sort_values("created_at", kind="stable").drop_duplicates("config_id", keep="last")
+    return df.loc[sorted(latest.index)].reset_index(drop=True)
+
+
 def done_ids(run_dir: Path, retry: tuple[str, ...] = ()) -> set[str]:
-    """Config ids with a row in ``run_dir``, less those whose status is in ``retry``."""
-    paths = [p for p in (Path(run_dir) / "rows").glob("*.parquet") if not p.name.startswith(".")]
-    if not retry:
-        return {p.stem for p in paths}
-    return {p.stem for p in paths if pq.read_table(p, columns=["status"])["status"][0].as_py() not in retry}
+    """Config ids with a row in ``run_dir``, less those whose latest status is in ``retry``."""
+    rows = _read(_row_files(run_dir), ["config_id", "status", "created_at"])
+    return set(rows.config_id[~rows.status.isin(retry)])
 
 
 def load_rows(*run_dirs) -> pd.DataFrame:
     """All rows of one or more run folders as one DataFrame (empty, with the columns, if none)."""
-    tables = [_conform(pq.read_table(p)) for d in run_dirs for p in sorted((Path(d) / "rows").glob("[!.]*.parquet"))]
+    return pd.concat([_read(_row_files(d)) for d in run_dirs], ignore_index=True) if run_dirs else _read([])
+
+
+def compact(run_dir: Path, files: list[Path] | None = None) -> Path | None:
+    """Merge per-config row files (``files``, default: all of the run's) into one part file; returns it.
+
+    The part is written atomically before any merged file is deleted, so a kill at any moment loses no
+    row (at worst a row is on disk twice, identical; readers keep one). A sweep compacts only the files it
+    wrote itself; compacting a whole run (``python -m bench compact RUN``) is for a run no sweep writes to.
+    """
+    run_dir = Path(run_dir)
+    loose = [p for p in (files if files is not None else _row_files(run_dir)) if _CONFIG_FILE.fullmatch(p.name)]
+    tables = []
+    for path in loose:
+        try:
+            tables.append(_conform(pq.read_table(path)))
+        except FileNotFoundError:  # merged by another compaction meanwhile
+            continue
     if not tables:
-        return SCHEMA.empty_table().to_pandas()
-    return pa.concat_tables(tables).to_pandas()
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    part = run_dir / "rows" / f"part-{stamp}-{socket.gethostname()}-{os.getpid()}.parquet"
+    merged = pa.concat_tables(tables)
+    atomic_write(part, lambda handle: pq.write_table(merged, handle))
+    for path in loose:
+        path.unlink(missing_ok=True)
+    return part
 
 
-def _conform(table: pa.Table) -> pa.Table:
+def _conform(table: pa.Table, columns=None) -> pa.Table:
     """A table written by an older version: renamed columns under their new names, columns added since
-    then as nulls. (Older rows' ``dataset`` held the model name.)"""
+    then as nulls (``columns``: only these). (Older rows' ``dataset`` held the model name.)"""
     table = table.rename_columns([RENAMED_COLUMNS.get(name, name) for name in table.column_names])
-    columns = [table[name] if name in table.column_names else pa.nulls(len(table), field.type)
-               for name, field in zip(SCHEMA.names, SCHEMA)]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(name) for name in columns])
+    arrays = [table[name] if name in table.column_names else pa.nulls(len(table), field.type)
+              for name, field in zip(schema.names, schema)]
+    return pa.Table.from_arrays(arrays, schema=schema)

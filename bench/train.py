@@ -10,7 +10,9 @@ network seeing the step index n. EMA of the weights, bf16 autocast on a GPU, a c
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import platform
 from pathlib import Path
 
 import torch
@@ -93,3 +95,17 @@ def train(data: torch.Tensor, out_dir: Path, *, steps: int, batch_size: int = 64
     (out_dir / "losses.csv").write_text("step,loss\n" + "".join(
         f"{i + 1},{loss:.6g}\n" for i, loss in enumerate(history + losses)))
     return losses
+
+
+def write_record(out_dir: Path, command: str, commit: str, seconds: float, machine: str | None = None) -> dict:
+    """``training.json``: what reproduces the weights (command, commit), what they are (sha256 of the
+    safetensors file) and what training cost (seconds, machine)."""
+    out_dir = Path(out_dir)
+    weights = out_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    losses = (out_dir / "losses.csv").read_text().splitlines()[1:]
+    record = {"command": command, "commit": commit, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+              "weights_bytes": weights.stat().st_size, "steps": len(losses), "seconds": round(seconds),
+              "machine": machine or f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+              "torch": torch.__version__}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

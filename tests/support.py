@@ -3,7 +3,11 @@ so test modules import this as `support`, never as `tests.something`)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+
+from bench import fid_weights
+from bench.data import DEBIAN_DIR
 
 
 def fitted_slope(ns, errors) -> float:
@@ -127,3 +131,18 @@ def image_mixture_32():
     coarse = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     means = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
     return GaussianMixture(means.reshape(8, -1), 0.01, event_shape=(1, 32, 32))
+
+
+HAVE_FASHION = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+
+
+def have_fid_weights() -> bool:
+    try:
+        fid_weights.resolve()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+needs_weights = pytest.mark.skipif(not have_fid_weights(), reason="make fid-weights (make setup does)")

@@ -43,6 +43,12 @@ MALFORMED = [
     (_with(options={"heun": {"order": 3}}), "key 'options.heun.order': unknown option; allowed: none"),
     (_with(options={"ddpm": {"varience": "beta"}}), "key 'options.ddpm.varience': unknown option (did you mean 'variance'?)"),
     (_with(name=3), "key 'name' must be a string, got 3"),
+    (_with(reference_tolerance=0.0), "key 'reference_tolerance' must be a number in (0, 1), got 0.0"),
+    (_with(steps_by_solver={"lms": [2]}), "key 'steps_by_solver.lms': 'lms' is not in 'solvers'"),
+    (_with(steps_by_solver={"dopri5": [2]}), "key 'steps_by_solver.dopri5': 'dopri5' is adaptive and takes tolerances"),
+    (_with(steps_by_solver={"heun": [0, 2]}), "key 'steps_by_solver.heun' must be a non-empty list of distinct "
+                                              "integers >= 1, got [0, 2]"),
+    (_with(steps_by_solver={"heun": 3}), "key 'steps_by_solver.heun' must be a non-empty list"),
 ]
 
 
@@ -81,6 +87,23 @@ def test_expansion_counts_and_skip_reasons():
     assert by[("ddpm", 1.0, 8, "uniform")].skip_reason is None
     assert by[("dopri5", 0.0, None, None)].tolerance == 1e-3 and by[("dopri5", 0.0, None, None)].skip_reason is None
     assert len({c.config_id for c in configs}) == len(configs)
+
+
+def test_steps_by_solver_replaces_the_steps_of_one_solver():
+    """Equal NFE for solvers of different cost per step: heun (2 NFE per step) at half the steps."""
+    configs = expand(parse_spec({**GOOD, "steps_by_solver": {"heun": [2, 4]}, "etas": [0.0]}))
+    steps = {solver: sorted({c.steps for c in configs if c.solver == solver}) for solver in ("heun", "ddpm")}
+    assert steps == {"heun": [2, 4], "ddpm": [4, 8]}
+
+
+def test_the_reference_tolerance_is_part_of_the_id_only_where_a_metric_uses_it():
+    default, explicit = (expand(parse_spec({**GOOD, **extra})) for extra in ({}, {"reference_tolerance": 1e-8}))
+    assert [c.config_id for c in default] == [c.config_id for c in explicit]
+    looser = expand(parse_spec({**GOOD, "reference_tolerance": 1e-6}))
+    assert not {c.config_id for c in looser} & {c.config_id for c in default}  # err_reference is a default metric
+    no_reference = {**GOOD, "metrics": ["frechet"]}
+    assert ([c.config_id for c in expand(parse_spec(no_reference))]
+            == [c.config_id for c in expand(parse_spec({**no_reference, "reference_tolerance": 1e-6}))])
 
 
 def test_config_ids_are_stable_and_ignore_the_spec_name():

@@ -1,8 +1,9 @@
 """Pareto dominance and budget tables on hand-made tables."""
 import numpy as np
+import pytest
 import pandas as pd
 
-from bench.frontier import budget_table, default_quality, fitted_order, frontier, pareto_mask
+from bench.frontier import budget_table, default_quality, eta_gap, fitted_order, frontier, pareto_mask, table1_shape
 
 
 def test_dominated_points_are_off_the_frontier():
@@ -44,3 +45,22 @@ def test_fitted_order_of_an_exact_power_law():
     nfe = np.array([10, 20, 40])
     assert abs(fitted_order(nfe, 3.0 * nfe**-2.0) - 2.0) < 1e-12
     assert np.isnan(fitted_order([10], [1.0]))
+
+
+def _eta_rows(values):
+    """Rows of one solver: {(nfe, eta): fid}."""
+    return pd.DataFrame([{"model": "m", "solver": "ddim", "options": "{}", "spacing": "uniform", "nfe": nfe, "eta": eta,
+                          "fid": fid, "status": "ok"} for (nfe, eta), fid in values.items()])
+
+
+def test_the_ddim_table1_shape_is_judged_from_the_gaps():
+    holds = _eta_rows({(10, 0.0): 13.0, (10, 1.0): 41.0, (100, 0.0): 4.2, (100, 1.0): 6.0, (50, 0.0): 6.0})
+    gaps = eta_gap(holds, "fid")
+    assert list(gaps.nfe) == [10, 100] and list(gaps.gap) == [28.0, pytest.approx(1.8)]
+    [sentence] = table1_shape(gaps)
+    assert "ddim (uniform): the shape of DDIM's Table 1 holds: at NFE 10 eta 0 is better" in sentence
+    widening = _eta_rows({(10, 0.0): 13.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 30.0})
+    assert "does not hold" in table1_shape(eta_gap(widening, "fid"))[0]
+    noise_wins = _eta_rows({(10, 0.0): 30.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 4.5})
+    assert "does not hold: at NFE 10 eta 0 is not better" in table1_shape(eta_gap(noise_wins, "fid"))[0]
+    assert eta_gap(_eta_rows({(10, 0.0): 1.0}), "fid").empty

@@ -11,22 +11,8 @@ import torch
 from PIL import Image
 
 from bench import fid_weights
-from bench.data import DEBIAN_DIR, fashion_mnist, read_idx
-
-HAVE_FASHION = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
-needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist (.ci/run does)")
-
-
-def _have_weights():
-    try:
-        fid_weights.resolve()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-needs_weights = pytest.mark.skipif(not _have_weights(), reason="make fid-weights (make setup does)")
-
+from bench.data import fashion_mnist, read_idx
+from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
@@ -102,7 +88,7 @@ def test_image_mixture_exact_score_matches_autograd():
 def features():
     from bench.fid import InceptionFeatures
 
-    if not (HAVE_FASHION and _have_weights()):
+    if not (HAVE_FASHION and have_fid_weights()):
         pytest.skip("needs Fashion-MNIST and the FID weights (.ci/run and make setup provide both)")
     extractor = InceptionFeatures()
     images = fashion_mnist("test")[:40]
@@ -135,7 +121,7 @@ def test_kid_and_precision_recall_on_shifted_sets(features):
     assert noisy["recall"] < clean["recall"]
 
 
-@pytest.mark.skipif(not _have_weights(), reason="needs the FID weights (make setup provides them)")
+@pytest.mark.skipif(not have_fid_weights(), reason="needs the FID weights (make setup provides them)")
 def test_the_fast_feature_pass_gives_the_plain_extractors_features():
     """Channels-last + inference mode (the harness's) against torch-fidelity's extractor as it ships."""
     from bench.fid import InceptionFeatures
@@ -171,7 +157,7 @@ def test_converted_weights_reproduce_the_torchscript_features():
     assert relative < 1e-4, relative
 
 
-@pytest.mark.skipif(not (HAVE_FASHION and _have_weights()), reason="needs Fashion-MNIST and the FID weights")
+@pytest.mark.skipif(not (HAVE_FASHION and have_fid_weights()), reason="needs Fashion-MNIST and the FID weights")
 def test_fid_of_a_network_against_the_dataset_in_a_sweep(tmp_path):
     from bench import store
     from bench.config import expand, parse_spec

@@ -222,3 +222,13 @@ def test_spec_naming_the_old_loglik_metric_is_told_its_new_name():
 
     with pytest.raises(SpecError, match="'loglik' was renamed 'sample_log_density'"):
         parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4, "metrics": ["loglik"]})
+
+
+def test_the_reference_tolerance_reaches_the_reference_solve(tmp_path):
+    """A loose reference is a worse reference: the rows say which one they were measured against."""
+    tables = {tol: _sweep(tmp_path / str(tol), models=["ring2d"], solvers=["dpmpp_3m"], steps=[64], n_samples=32,
+                          metrics=["err_reference"], reference_tolerance=tol, time_limit_s=0)[2]
+              for tol in (1e-8, 1e-3)}
+    tight, loose = (tables[tol].iloc[0] for tol in (1e-8, 1e-3))
+    assert tight.reference_tolerance == 1e-8 and loose.reference_tolerance == 1e-3
+    assert loose.err_reference > 10 * tight.err_reference  # measured 4.3e-3 against 1.2e-4

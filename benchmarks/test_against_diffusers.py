@@ -1,0 +1,71 @@
+"""The harness next to diffusers' own scheduler loop: the same UNet, x_T, NFE and time grid, in one run.
+
+The shipped Fashion-MNIST UNet (bench/checkpoints/fmnist_unet) samples 10 steps through diffusers'
+``scheduler.step`` loop and through ``solvers.sample`` on the same discrete timesteps:
+DPMSolverMultistepScheduler (order 2, lower_order_final, its default below 15 steps) against
+``dpmpp_2m`` with ``lower_order_final``, and EulerDiscreteScheduler (Euler in sigma) against ``ddim``
+(the same update, tested in tests/test_peers.py). pytest-benchmark prints each pair in one group; the
+ratio is the speed of the harness's solver loop relative to the peer's. Both run under inference mode
+at the batch sizes of the parametrisation; the samples are checked to agree before anything is timed.
+"""
+import pytest
+import torch
+
+from bench.models import build_model
+from solvers import DiffusionModel, sample
+from solvers.schedules import DiscreteVP
+
+STEPS = 10
+PAIRS = {"DPMSolverMultistepScheduler": ("dpmpp_2m", {"lower_order_final": True},
+                                         {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True}),
+         "EulerDiscreteScheduler": ("ddim", {}, {"timestep_spacing": "trailing"})}  # 10 steps to timestep 0
+
+
+def _setup(scheduler_name: str, batch: int):
+    import diffusers
+
+    source = build_model("fmnist_unet")
+    unet = source.module
+    config = {**unet_scheduler_config(), **PAIRS[scheduler_name][2], "final_sigmas_type": "sigma_min"}
+    scheduler = getattr(diffusers, scheduler_name).from_config(config)
+    scheduler.set_timesteps(STEPS)
+    cumulative = scheduler.alphas_cumprod.double()  # the grid diffusers steps on, in our schedule
+    schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+    model = DiffusionModel(source.model().net, schedule, "eps")
+    ts = torch.tensor([(int(s) + 1) / 1000 for s in scheduler.timesteps] + [1 / 1000], dtype=torch.float64)
+    x_T = torch.randn(batch, *source.event_shape, generator=torch.Generator().manual_seed(0))
+    return unet, scheduler, model, ts, x_T
+
+
+def unet_scheduler_config() -> dict:
+    import json
+
+    from bench.models import CHECKPOINTS_DIR
+
+    return json.loads((CHECKPOINTS_DIR / "fmnist_unet" / "scheduler_config.json").read_text())
+
+
+def _diffusers_loop(unet, scheduler, x_T):
+    """diffusers' documented sampling loop (x_T in the VP variable; Euler's is scaled by init_noise_sigma)."""
+    scheduler.set_timesteps(STEPS)
+    x = x_T * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = unet(scheduler.scale_model_input(x, t), t).sample
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("batch", [16, 128])
+@pytest.mark.parametrize("scheduler_name", list(PAIRS))
+@pytest.mark.parametrize("loop", ["diffusers", "harness"])
+def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch):
+    unet, scheduler, model, ts, x_T = _setup(scheduler_name, batch)
+    name, options, _ = PAIRS[scheduler_name]
+    with torch.inference_mode():
+        theirs = _diffusers_loop(unet, scheduler, x_T)
+        ours = sample(name, model, x_T, ts, **options)
+        assert (ours - theirs).abs().max() < 2e-3 * theirs.abs().max()  # the same computation, float32
+        run = (lambda: _diffusers_loop(unet, scheduler, x_T)) if loop == "diffusers" else (
+            lambda: sample(name, model, x_T, ts, **options))
+        benchmark.group = f"{scheduler_name} vs {name}: {STEPS} NFE, batch {batch}, {torch.get_num_threads()} threads"
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
