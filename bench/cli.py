@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     report.add_argument("runs", nargs="+", help="run folders")
     report.add_argument("--out", help="where to write (default: the first run folder)")
     report.add_argument("--budget", type=float, default=20, help="NFE budget of the heatmaps and precision/recall plot")
-    report.add_argument("--facet", action="append", choices=["eta", "spacing", "seed", "schedule"], default=None,
+    report.add_argument("--facet", action="append", choices=["eta", "spacing", "seed", "schedule", "exec_mode"], default=None,
                         help="split a frontier plot by this column (repeatable; default: eta)")
     report.set_defaults(func=cmd_report)
     compare = sub.add_parser("compare", help="what changed between two runs (folders or commits)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -22,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from bench.execution import EXEC_MODES
 from bench.metrics import METRICS
 from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
 from solvers import SOLVERS
@@ -65,6 +67,7 @@ class RunConfig:
     data_dir: str | None
     time_limit_s: float
     reference_tolerance: float
+    exec_mode: str = "eager"
     skip_reason: str | None = None
 
     @property
@@ -78,6 +81,8 @@ class RunConfig:
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         if self.image_resize != "pad":  # keeps the ids of specs that never set it
             key["image_resize"] = self.image_resize
+        if self.exec_mode == "eager":  # keeps the ids of specs from before the exec_modes axis
+            del key["exec_mode"]
         if self.reference_tolerance != DEFAULTS["reference_tolerance"] and set(self.metrics) & REFERENCE_METRICS:
             key["reference_tolerance"] = self.reference_tolerance
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -85,7 +90,8 @@ class RunConfig:
     @property
     def label(self) -> str:
         grid = f"{self.steps} steps {self.spacing}" if self.tolerance is None else f"tol {self.tolerance:g}"
-        return f"{self.model} {self.solver} {grid} eta={self.eta:g} seed={self.seed}"
+        mode = "" if self.exec_mode == "eager" else f" {self.exec_mode}"
+        return f"{self.model} {self.solver} {grid} eta={self.eta:g} seed={self.seed}{mode}"
 
 
 # key: (type check, description of what is allowed)
@@ -98,6 +104,7 @@ _LIST_KEYS = {
     "tolerances": ((int, float), "numbers > 0"),
     "seeds": (int, "integers >= 0"),
     "metrics": (str, "metrics: " + ", ".join(METRICS)),
+    "exec_modes": (str, "how the network runs: " + ", ".join(EXEC_MODES)),
 }
 _SCALAR_KEYS = {
     "name": (str, "a string"),
@@ -121,6 +128,7 @@ _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
 DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
             "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {}, "steps_by_solver": {},
+            "exec_modes": ["eager"],
             "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
                         "sliced_wasserstein"],
             "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
@@ -162,7 +170,8 @@ def _validate(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key {key!r} lists a value twice: {value!r}")
     if errors:  # the checks below assume the types are right
         return errors
-    for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS)):
+    for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS),
+                         ("exec_modes", EXEC_MODES)):
         for name in raw.get(key, []):
             if key == "models" and is_model_name(name):
                 continue
@@ -282,7 +291,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                 grid = [(n, sp, None) for sp in v["spacings"] for n in sorted(steps, reverse=True)]
             for seed in v["seeds"]:
                 for steps, spacing, tolerance in grid:
-                    for eta in v["etas"]:
+                    for eta, exec_mode in itertools.product(v["etas"], v["exec_modes"]):
                         try:
                             solver.check_eta(float(eta))
                             reason = None
@@ -295,6 +304,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
                             reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
                             time_limit_s=float(v["time_limit_s"]), reference_tolerance=v["reference_tolerance"],
+                            exec_mode=exec_mode,
                             skip_reason=reason))
     return configs
 

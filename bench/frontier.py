@@ -58,7 +58,8 @@ def frontier(df: pd.DataFrame, cost: str, quality: str, by=("model",)) -> pd.Dat
 
 def describe_config(row) -> str:
     grid = f"{int(row.steps)} {row.spacing}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
-    return f"{row.solver} ({grid}, eta {row.eta:g})"
+    mode = getattr(row, "exec_mode", "eager")
+    return f"{row.solver} ({grid}, eta {row.eta:g}{'' if mode in ('eager', None) else ', ' + mode})"
 
 
 def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe") -> pd.DataFrame:
@@ -88,7 +89,7 @@ def fitted_order(nfe, error) -> float:
 # Everything that defines a config's result except its seed (the FID reference set included): rows equal on
 # these differ only in sampling noise. Compare matches runs on them; the seed spread groups by them.
 CONFIG_KEYS_WITHOUT_SEED = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance",
-                            "n_samples", "batch_size", "dtype", "reference_size", "fid_reference"]
+                            "n_samples", "batch_size", "dtype", "exec_mode", "reference_size", "fid_reference"]
 SAMPLE_DISTANCES = ("fid", "frechet", "sliced_wasserstein")
 
 
@@ -123,7 +124,7 @@ def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0)
     run at both (the comparison of DDIM's Table 1, Song et al. 2021): columns low, high and gap = high - low,
     averaged over seeds."""
     ok = df[(df.status == "ok") & df[quality].notna() & df.eta.isin([low, high])]
-    keys = ["model", "solver", "options", "spacing", "nfe"]
+    keys = ["model", "solver", "options", "spacing", "exec_mode", "nfe"]
     table = ok.pivot_table(index=keys, columns="eta", values=quality, aggfunc="mean")
     if low not in table or high not in table:
         return pd.DataFrame()
@@ -137,14 +138,15 @@ def table1_shape(gaps: pd.DataFrame) -> list[str]:
     """One sentence per (model, solver, spacing) with at least two NFE values: does DDIM's Table 1 shape hold,
     i.e. is eta 0 better than eta 1 at the lowest NFE, and is the gap at the highest NFE smaller?"""
     sentences = []
-    for (model, solver, options, spacing), group in gaps.groupby(["model", "solver", "options", "spacing"]):
+    for (model, solver, options, spacing, mode), group in gaps.groupby(["model", "solver", "options", "spacing",
+                                                                       "exec_mode"]):
         if group.nfe.nunique() < 2:
             continue
         first, last = group.loc[group.nfe.idxmin()], group.loc[group.nfe.idxmax()]
         better_low = first.gap > 0
         closing = abs(last.gap) < abs(first.gap)
         verdict = "holds" if better_low and closing else "does not hold"
-        name = solver + ("" if options in ("{}", None) else f" {options}")
+        name = solver + ("" if options in ("{}", None) else f" {options}") + ("" if mode == "eager" else f", {mode}")
         sentences.append(
             f"{model}, {name} ({spacing}): the shape of DDIM's Table 1 {verdict}: at NFE {int(first.nfe)} eta 0 is "
             f"{'better' if better_low else 'not better'} (gap eta 1 - eta 0 = {first.gap:.3g}), at NFE "

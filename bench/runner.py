@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench import metrics, sampling, store
+from bench import execution, metrics, sampling, store
 from bench.analytic import GaussianMixture
 from bench.config import RunConfig
 from bench.models import build_model
@@ -38,31 +38,39 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class SweepCache:
-    """What configs of one sweep share: models, x_T, exact samples, reference solves (or the error that
-    ended one), and the final samples of the configs that are a later config's step-doubling partner
-    (``needed_partners``; kept on the host and dropped once used)."""
+    """What configs of one sweep share: models (per exec mode), x_T, exact samples, reference solves (or the
+    error that ended one), the final samples of the configs that are a later config's step-doubling partner
+    (``needed_partners``; kept on the host and dropped once used) or another exec mode's eager twin
+    (``eager``: samples and FID, kept for the sweep)."""
 
     needed_partners: frozenset = frozenset()
+    needed_eager: frozenset = frozenset()
     models: dict = field(default_factory=dict)
     priors: dict = field(default_factory=dict)
     exact: dict = field(default_factory=dict)
     references: dict = field(default_factory=dict)
     finals: dict = field(default_factory=dict)
+    eager: dict = field(default_factory=dict)
     warmed_up: set = field(default_factory=set)
     inception: dict = field(default_factory=dict)
     lpips: dict = field(default_factory=dict)
     fid_references: dict = field(default_factory=dict)
 
-    def model(self, cfg: RunConfig):
-        """(source, DiffusionModel) of a config; a network's weights are moved to the config's device."""
+    def model(self, cfg: RunConfig, exec_mode: str | None = None):
+        """(source, DiffusionModel) of a config, its network executed in the config's exec mode (or
+        ``exec_mode``); a network's weights are moved to the config's device."""
         key = (cfg.model, cfg.schedule, cfg.image_resize, cfg.device)
         if key not in self.models:
             source = build_model(cfg.model, cfg.data_dir, cfg.image_resize)
             if callable(getattr(source, "to", None)):
                 source.to(resolve_device(cfg.device))
             schedule = SCHEDULES[cfg.schedule]()
-            self.models[key] = (source, source.model(schedule))
-        return self.models[key]
+            self.models[key] = {"eager": (source, source.model(schedule))}
+        modes, mode = self.models[key], exec_mode or cfg.exec_mode
+        if mode not in modes:
+            source, eager = modes["eager"]
+            modes[mode] = (source, execution.in_mode(eager, mode, resolve_device(cfg.device)))
+        return modes[mode]
 
     def prior(self, cfg: RunConfig, shape, device, dtype) -> torch.Tensor:
         """x_T ~ N(0, sigma_T^2 I) from the seed alone: paired across every config with that seed."""
@@ -75,15 +83,22 @@ class SweepCache:
         return self.priors[key]
 
 
-def _sampling_key(cfg: RunConfig, steps) -> tuple:
+def _sampling_key(cfg: RunConfig, steps, exec_mode: str | None = None) -> tuple:
     return (cfg.model, cfg.schedule, cfg.solver, cfg.options, steps, cfg.spacing, cfg.eta, cfg.tolerance, cfg.seed,
-            cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype)
+            cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype, exec_mode or cfg.exec_mode)
 
 
 def partner_keys(configs: list[RunConfig]) -> frozenset:
-    """The sampling keys of the 2n-step solves that step-doubling estimates of ``configs`` will use."""
+    """The sampling keys of the 2n-step solves that step-doubling estimates of ``configs`` will use (in the
+    config's own exec mode)."""
     return frozenset(_sampling_key(c, 2 * c.steps) for c in configs
                      if c.steps is not None and "err_stepdoubling" in c.metrics and c.skip_reason is None)
+
+
+def eager_keys(configs: list[RunConfig]) -> frozenset:
+    """The sampling keys of the eager twins that the drift of ``configs`` in other exec modes is measured against."""
+    return frozenset(_sampling_key(c, c.steps, "eager") for c in configs
+                     if c.exec_mode != "eager" and c.skip_reason is None)
 
 
 def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
@@ -92,7 +107,7 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
             "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
             "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
             "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
-            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype}
+            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode}
 
 
 WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
@@ -102,10 +117,12 @@ def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
     """One untimed short solve of one batch at the timed batch shape, once per (model, solver, device, batch)
     in a sweep, so first-call costs (imports, allocations, kernel selection) stay out of wall_s. A few steps
     run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost."""
-    key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size)
+    key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
     if key not in cache.warmed_up:
         steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
-        sampling.solve(cfg, model, x_T[:cfg.batch_size], steps, device)
+        last = len(x_T) % cfg.batch_size  # a smaller last batch is another shape (compile: another graph)
+        for shape in {cfg.batch_size, last} - {0}:
+            sampling.solve(cfg, model, x_T[:shape], steps, device)
         cache.warmed_up.add(key)
 
 
@@ -134,6 +151,8 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         key = _sampling_key(cfg, cfg.steps)
         if key in cache.needed_partners:
             cache.finals[key] = x.cpu()
+        if key in cache.needed_eager:
+            cache.eager[key] = {"samples": x.cpu()}
         notes = []
         row.update(_metrics(cfg, cache, source, model, x_T, x, device, result.batch_used, notes))
         if result.batch_used != cfg.batch_size:
@@ -164,8 +183,8 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
     reference = None
     if wanted & {"err_reference", "lpips_reference"} and not stochastic:
         key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device), cfg.reference_tolerance)
-        if key not in cache.references:
-            cache.references[key] = _reference(model, x_T, batch, cfg.reference_tolerance)
+        if key not in cache.references:  # the eager network's: the reference of every exec mode
+            cache.references[key] = _reference(cache.model(cfg, "eager")[1], x_T, batch, cfg.reference_tolerance)
         reference = cache.references[key]
         if isinstance(reference, Exception):
             notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
@@ -191,6 +210,28 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
         out.update(_image_metrics(cfg, cache, source, x, device))
     if wanted & {"lpips_reference", "lpips_diversity"} and len(source.event_shape) == 3:
         out.update(_lpips_metrics(cfg, cache, x, reference, device, notes))
+    key = _sampling_key(cfg, cfg.steps)
+    if cfg.exec_mode != "eager":
+        out.update(_drift_vs_eager(cfg, cache, x_T, x, device, out.get("fid")))
+    elif key in cache.eager and "fid" in out:
+        cache.eager[key]["fid"] = out["fid"]
+    return out
+
+
+def _drift_vs_eager(cfg: RunConfig, cache: SweepCache, x_T, x, device, fid_value) -> dict:
+    """Median per-sample L2 distance to the eager samples of the same config and x_T (noise path included),
+    and the FID difference where FID is measured; the eager twin is solved here if no row of this sweep
+    left it in the cache (untimed)."""
+    key = _sampling_key(cfg, cfg.steps, "eager")
+    source, eager = cache.model(cfg, "eager")
+    if key not in cache.eager:
+        cache.eager[key] = {"samples": sampling.solve(cfg, eager, x_T, cfg.steps, device).samples.cpu()}
+    twin = cache.eager[key]
+    out = {"drift_vs_eager": metrics.per_sample_norms(x.cpu().double() - twin["samples"].double()).median().item()}
+    if fid_value is not None:
+        if "fid" not in twin:
+            twin["fid"] = _image_metrics(cfg, cache, source, twin["samples"], device)["fid"]
+        out["fid_vs_eager"] = fid_value - twin["fid"]
     return out
 
 
@@ -265,8 +306,8 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
     done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
     counts = {"already_done": len(configs) - len(todo)}
-    partners = partner_keys(todo)
-    in_process, worker = SweepCache(needed_partners=partners), ConfigWorker(partners)
+    needed = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo)}
+    in_process, worker = SweepCache(**needed), ConfigWorker(**needed)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
     bar = _progress(len(configs), len(configs) - len(todo), progress)
     written = []

@@ -36,7 +36,7 @@ SCHEMA = pa.schema([
     ("model", pa.string()), ("dataset", pa.string()), ("schedule", pa.string()), ("solver", pa.string()),
     ("options", pa.string()), ("steps", pa.int64()), ("spacing", pa.string()), ("eta", pa.float64()),
     ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
-    ("dtype", pa.string()), ("batch_used", pa.int64()),
+    ("dtype", pa.string()), ("exec_mode", pa.string()), ("batch_used", pa.int64()),
     ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
     ("forward_s", pa.float64()), ("overhead_ratio", pa.float64()),
     ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
@@ -47,6 +47,7 @@ SCHEMA = pa.schema([
     ("reference_tolerance", pa.float64()),
     ("sample_log_density", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
     ("lpips_reference", pa.float64()), ("lpips_diversity", pa.float64()),
+    ("drift_vs_eager", pa.float64()), ("fid_vs_eager", pa.float64()),
     ("status", pa.string()), ("message", pa.string()),
 ])
 COLUMNS = SCHEMA.names
@@ -235,6 +236,14 @@ def _conform(table: pa.Table, columns=None) -> pa.Table:
     then as nulls (``columns``: only these). (Older rows' ``dataset`` held the model name.)"""
     table = table.rename_columns([RENAMED_COLUMNS.get(name, name) for name in table.column_names])
     schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(name) for name in columns])
-    arrays = [table[name] if name in table.column_names else pa.nulls(len(table), field.type)
+    arrays = [table[name] if name in table.column_names else _missing(name, len(table), field.type)
               for name, field in zip(schema.names, schema)]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _missing(name: str, length: int, kind: pa.DataType) -> pa.Array:
+    """A column older rows lack: what it meant before it existed (rows before the exec_modes axis ran
+    eager), else nulls."""
+    if name == "exec_mode":
+        return pa.array(["eager"] * length, kind)
+    return pa.nulls(length, kind)

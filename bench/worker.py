@@ -39,12 +39,12 @@ def _exit_with(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def _serve(connection, needed_partners, parent_pid: int) -> None:
+def _serve(connection, needed: dict, parent_pid: int) -> None:
     """The worker's loop: (config, env, run_id) in, row out, until told to stop (None) or the parent goes."""
     from bench.runner import SweepCache, run_config
 
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
-    cache = SweepCache(needed_partners=needed_partners)
+    cache = SweepCache(**needed)
     while True:
         try:
             job = connection.recv()
@@ -77,14 +77,15 @@ def _main_script_hidden():
 class ConfigWorker:
     """Runs one config at a time in a child process, within ``time_limit_s`` each."""
 
-    def __init__(self, needed_partners: frozenset = frozenset()):
-        self.needed_partners = needed_partners
+    def __init__(self, **needed: frozenset):
+        """``needed``: the SweepCache's needed_partners and needed_eager (what later configs will use)."""
+        self.needed = needed
         self.process = self.connection = None
 
     def _start(self) -> None:
         context = _context()
         self.connection, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.needed_partners, os.getpid()), daemon=True)
+        process = context.Process(target=_serve, args=(child, self.needed, os.getpid()), daemon=True)
         with _main_script_hidden():
             process.start()
         self.process = process

@@ -49,7 +49,8 @@ def test_fitted_order_of_an_exact_power_law():
 
 def _eta_rows(values):
     """Rows of one solver: {(nfe, eta): fid}."""
-    return pd.DataFrame([{"model": "m", "solver": "ddim", "options": "{}", "spacing": "uniform", "nfe": nfe, "eta": eta,
+    return pd.DataFrame([{"model": "m", "solver": "ddim", "options": "{}", "spacing": "uniform", "exec_mode": "eager",
+                          "nfe": nfe, "eta": eta,
                           "fid": fid, "status": "ok"} for (nfe, eta), fid in values.items()])
 
 
