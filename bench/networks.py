@@ -2,7 +2,8 @@
 
 A spec's model entry ``diffusers:PATH`` loads a local ``UNet2DModel`` (a folder with config.json,
 or a pipeline folder with unet/ and scheduler/) and its scheduler config: the betas become a
-``DiscreteVP``, ``prediction_type`` the prediction (epsilon -> eps, v_prediction -> v, sample -> x0),
+``DiscreteVP``, ``prediction_type`` the prediction (epsilon -> eps, v_prediction -> v, sample -> x0); a
+FlowMatchEulerDiscreteScheduler config gives a ``FlowMatching`` schedule with its shift and the flow prediction;
 ``sample_size`` and ``in_channels`` the sample shape. ``python:module:function`` calls a function
 that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: the spec's
 ``schedule`` key does not apply to them.
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 
 from solvers.model import DiffusionModel
-from solvers.schedules import DiscreteVP
+from solvers.schedules import DiscreteVP, FlowMatching
 
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow": "flow"}
 
 
 @dataclass
@@ -59,6 +60,17 @@ def betas_from_config(config: dict) -> torch.Tensor:
     raise ValueError(f"unsupported beta_schedule {kind!r}; supported: linear, scaled_linear, squaredcos_cap_v2")
 
 
+def _schedule_from_config(config: dict, path) -> DiscreteVP | FlowMatching:
+    """DDPM-family configs: their betas as a DiscreteVP. Flow-matching configs (FlowMatchEulerDiscreteScheduler):
+    a FlowMatching schedule with their static shift, the network seeing timesteps sigma x num_train_timesteps."""
+    if not config.get("_class_name", "").startswith("FlowMatch"):
+        return DiscreteVP(betas_from_config(config))
+    if config.get("use_dynamic_shifting"):
+        raise ValueError(f"diffusers:{path}: use_dynamic_shifting sets the shift from the image's token count at "
+                         f"sampling time; give a static 'shift' (FlowMatching.for_resolution computes Flux's)")
+    return FlowMatching(shift=config.get("shift", 1.0), n_train=config.get("num_train_timesteps", 1000))
+
+
 def load_diffusers(path: str | Path) -> NetworkSource:
     """A local diffusers UNet2DModel and its scheduler config as a NetworkSource."""
     from diffusers import UNet2DModel
@@ -71,12 +83,13 @@ def load_diffusers(path: str | Path) -> NetworkSource:
         raise FileNotFoundError(f"diffusers:{path}: need a UNet2DModel folder (config.json + weights) and a scheduler "
                                 f"config; looked for {unet_dir / 'config.json'} and {', '.join(map(str, candidates))}")
     config = json.loads(scheduler_config.read_text())
-    prediction = config.get("prediction_type", "epsilon")
+    flow = config.get("_class_name", "").startswith("FlowMatch")
+    prediction = "flow" if flow else config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise ValueError(f"diffusers:{path}: prediction_type {prediction!r} not supported; supported: "
                          f"{', '.join(PREDICTION_TYPES)}")
     unet = UNet2DModel.from_pretrained(str(unet_dir)).eval()
-    schedule = DiscreteVP(betas_from_config(config))
+    schedule = _schedule_from_config(config, path)
 
     @torch.no_grad()
     def net(x, t):

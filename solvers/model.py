@@ -2,7 +2,8 @@
 
 Solvers never call a raw network: they ask this wrapper for eps, x0, score or v at (x, t), and it
 converts whatever the network predicts (x_t = alpha x0 + sigma eps; score = -eps / sigma;
-v = alpha eps - sigma x0, Salimans & Ho 2022, arXiv:2202.00512) and counts network evaluations.
+v = alpha eps - sigma x0, Salimans & Ho 2022, arXiv:2202.00512; flow u = eps - x0 for flow-matching
+models, whose schedule has alpha = 1 - sigma) and counts network evaluations.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from solvers.schedules import Schedule
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 
 
 class DiffusionModel:
@@ -25,6 +26,9 @@ class DiffusionModel:
             raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a solvers.schedules.Schedule, got {type(schedule).__name__}")
+        if prediction == "flow" and not hasattr(schedule, "shift"):
+            raise ValueError(f"prediction 'flow' (u = eps - x0) needs a FlowMatching schedule (alpha = 1 - sigma), "
+                             f"got {type(schedule).__name__}")
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
@@ -69,6 +73,8 @@ class DiffusionModel:
         if self.prediction == "score":
             eps = -sigma * out
             return eps, (x - sigma * eps) / alpha
+        if self.prediction == "flow":  # u = eps - x0 with x = (1 - sigma) x0 + sigma eps (alpha = 1 - sigma)
+            return x + (1 - sigma) * out, x - sigma * out
         norm = alpha * alpha + sigma * sigma  # v-prediction: invert v = alpha eps - sigma x0
         return (sigma * x + alpha * out) / norm, (alpha * x - sigma * out) / norm
 

@@ -278,4 +278,76 @@ class EDM(VarianceExploding):
         return _as_tensor(sigma).clone()
 
 
-SCHEDULES = {"VPLinear": VPLinear, "VPCosine": VPCosine, "VE": VE, "EDM": EDM, "DiscreteVP": DiscreteVP.linear}
+class FlowMatching(Schedule):
+    """Rectified flow / flow matching (Liu et al. 2022, arXiv:2209.03003; Lipman et al. 2022, arXiv:2210.02747):
+    x_t = (1 - sigma) x_0 + sigma eps, i.e. alpha = 1 - sigma, with the timestep shift of SD3 (Esser et al.
+    2024, arXiv:2403.03206, eq. 23) as a reparametrisation of time,
+
+        sigma_t = shift t / (1 + (shift - 1) t),   t in [t_min, t_max] within [0, 1],
+
+    so that a spacing uniform in t is the shifted grid SD3, Flux and diffusers' FlowMatchEulerDiscreteScheduler
+    sample on (shift = 1: sigma_t = t). ``for_resolution`` gives Flux's resolution-dependent shift. A network
+    trained with timesteps sigma x n_train sees ``network_time(t) = n_train sigma_t``. At t = 1 alpha vanishes
+    and lambda is -inf: only Euler-type updates (ddim, which is flow-matching Euler here) are defined there,
+    so t_max defaults to 0.999, where every solver, the exponential integrators included, can start.
+    """
+
+    def __init__(self, shift: float = 1.0, t_min: float = 1e-3, t_max: float = 0.999, n_train: int = 1000):
+        if not shift > 0:
+            raise ValueError(f"FlowMatching: shift must be > 0, got {shift}")
+        self.shift, self.n_train = float(shift), int(n_train)
+        self._check_range(t_min, t_max, 0.0, 1.0)
+        if self.t_min == 0.0:
+            raise ValueError("FlowMatching: t_min must be > 0 (sigma vanishes at t = 0)")
+
+    @classmethod
+    def for_resolution(cls, image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15,
+                       base_seq_len: int = 256, max_seq_len: int = 4096, **kwargs) -> "FlowMatching":
+        """Flux's resolution-dependent shift (diffusers' use_dynamic_shifting with exponential time shift):
+        mu linear in the number of image tokens between (base_seq_len, base_shift) and (max_seq_len,
+        max_shift), shift = exp(mu)."""
+        slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+        return cls(shift=math.exp(base_shift + slope * (image_seq_len - base_seq_len)), **kwargs)
+
+    def __repr__(self):
+        return f"FlowMatching(shift={self.shift}, t_min={self.t_min}, t_max={self.t_max})"
+
+    def sigma(self, t):
+        t = _as_tensor(t)
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def dsigma(self, t):
+        t = _as_tensor(t)
+        return self.shift / (1 + (self.shift - 1) * t) ** 2
+
+    def log_alpha(self, t):
+        return torch.log1p(-self.sigma(t))
+
+    def alpha(self, t):
+        return 1 - self.sigma(t)
+
+    def lambda_(self, t):
+        sigma = self.sigma(t)
+        return torch.log1p(-sigma) - torch.log(sigma)
+
+    def t_of_sigma(self, sigma):
+        sigma = _as_tensor(sigma)
+        return sigma / (self.shift - (self.shift - 1) * sigma)
+
+    def t_of_lambda(self, lam):
+        return self.t_of_sigma(torch.sigmoid(-_as_tensor(lam)))
+
+    def f(self, t):
+        return -self.dsigma(t) / (1 - self.sigma(t))
+
+    def g2(self, t):
+        # d sigma^2/dt - 2 f sigma^2 = 2 sigma sigma' + 2 sigma' sigma^2 / (1 - sigma) = 2 sigma sigma' / (1 - sigma)
+        sigma = self.sigma(t)
+        return 2 * sigma * self.dsigma(t) / (1 - sigma)
+
+    def network_time(self, t):
+        return self.sigma(t) * self.n_train
+
+
+SCHEDULES = {"VPLinear": VPLinear, "VPCosine": VPCosine, "VE": VE, "EDM": EDM, "DiscreteVP": DiscreteVP.linear,
+             "FlowMatching": FlowMatching}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bench.models import ring2d
-from solvers.schedules import EDM, VE, DiscreteVP, VPCosine, VPLinear
+from solvers.schedules import EDM, VE, DiscreteVP, FlowMatching, VPCosine, VPLinear
 
 ALL_SCHEDULES = {
     "VPLinear": VPLinear(),
@@ -12,6 +12,7 @@ ALL_SCHEDULES = {
     "VE": VE(),
     "EDM": EDM(),
     "DiscreteVP": DiscreteVP.linear(),
+    "FlowMatching": FlowMatching(shift=3.0, t_max=0.999),
 }
 
 

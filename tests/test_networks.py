@@ -122,3 +122,20 @@ def test_a_diffusers_checkpoint_samples_on_cuda_as_on_the_cpu(tmp_path):
         x_T = cache.prior(cfg, source.event_shape, torch.device(device), torch.float32)
         samples[device] = sampling.solve(cfg, model, x_T, cfg.steps, torch.device(device)).samples.cpu()
     torch.testing.assert_close(samples["cuda"], samples["cpu"], rtol=1e-3, atol=1e-3)
+
+
+def test_a_flow_matching_checkpoint_loads_with_its_shift(tmp_path):
+    from solvers.schedules import FlowMatching
+
+    build_unet(8, 1, widths=(8, 16)).save_pretrained(tmp_path)
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}))
+    model = build_model(f"diffusers:{tmp_path}").model()
+    assert isinstance(model.schedule, FlowMatching) and model.schedule.shift == 3.0 and model.prediction == "flow"
+    assert float(model.schedule.network_time(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(750.0)
+    x = torch.randn(2, 1, 8, 8)
+    assert sample("ddim", model, x, timesteps("uniform", 3, model.schedule)).shape == x.shape
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}))
+    with pytest.raises(ValueError, match="use_dynamic_shifting sets the shift from the image's token count"):
+        build_model(f"diffusers:{tmp_path}")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -84,3 +86,25 @@ def test_vp_linear_matches_its_closed_form():
 def test_invalid_schedules_raise(build, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build()
+
+
+def test_flow_matching_shift_and_resolution_shift():
+    """SD3's shift maps t to sigma = s t / (1 + (s - 1) t): ends fixed, the middle pushed up; Flux's shift is
+    exp(mu) with mu linear in the token count (0.5 at 256 tokens, 1.15 at 4096)."""
+    from solvers.schedules import FlowMatching
+
+    plain, shifted = FlowMatching(), FlowMatching(shift=3.0)
+    t = torch.tensor([1e-3, 0.25, 0.5, 0.999], dtype=torch.float64)
+    torch.testing.assert_close(plain.sigma(t), t)
+    torch.testing.assert_close(shifted.sigma(torch.tensor(0.5, dtype=torch.float64)), torch.tensor(0.75, dtype=torch.float64))
+    torch.testing.assert_close(shifted.t_of_sigma(shifted.sigma(t)), t, rtol=1e-14, atol=0)
+    torch.testing.assert_close(shifted.alpha(t) + shifted.sigma(t), torch.ones_like(t))
+    assert FlowMatching.for_resolution(256).shift == pytest.approx(math.exp(0.5))
+    assert FlowMatching.for_resolution(4096).shift == pytest.approx(math.exp(1.15))
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        FlowMatching(shift=0.0)
+    with pytest.raises(ValueError, match="prediction 'flow' .* needs a FlowMatching schedule"):
+        from solvers import DiffusionModel
+        from solvers.schedules import VPLinear
+
+        DiffusionModel(lambda x, t: x, VPLinear(), "flow")
