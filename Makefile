@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup data fid-weights lpips-weights fid-reference test test-all bench bench-images report compare perf perf-compare chaos train clean
+.PHONY: setup data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -82,6 +82,11 @@ bench: setup
 # The first real frontier: the shipped Fashion-MNIST UNet, standard FID, then its report (about 20 min on 2 cores).
 bench-images: setup
 	$(PY) -m bench run bench/configs/images.toml $(BENCH_ARGS)
+	$(MAKE) --no-print-directory report
+
+# The GPU grid (bench/configs/gpu.toml, one CUDA device): sweep, then report. Not yet run on this project.
+bench-gpu: setup
+	$(PY) -m bench run bench/configs/gpu.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
 
 # Plots + report for RUN (default: the newest run folder under results/).
