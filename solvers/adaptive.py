@@ -129,12 +129,3 @@ def torchdiffeq_adaptive(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float
         stats.update(accepted=flow.accepted, rejected=flow.rejected)
     return x
 
-
-def torchdiffeq_fixed_grid(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, method: str) -> torch.Tensor:
-    """torchdiffeq's fixed-grid solvers stepping through ts: midpoint (explicit midpoint, order 2).
-
-    torchdiffeq's explicit_adams is not registered: on the non-uniform grids used here it measured
-    order 2 (VP, logsnr) and diverged on VE; ``lms`` is the variable-step Adams-Bashforth instead.
-    """
-    grid = ts.to(device=x.device, dtype=x.dtype)
-    return torchdiffeq.odeint(lambda t, y: model.drift(y, float(t)), x, grid, method=method)[-1]
