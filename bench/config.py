@@ -28,7 +28,7 @@ from bench.metrics import METRICS
 from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
-from solvers.spacing import SPACINGS
+from solvers.spacing import DISCRETE as DISCRETE_SPACINGS, SPACINGS
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
@@ -214,6 +214,12 @@ def _validate(raw: dict, where: str) -> list[str]:
     if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
         errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
     networks = [m for m in raw.get("models", []) if m not in ANALYTIC_PRESETS]
+    discrete = [sp for sp in raw.get("spacings", []) if sp in DISCRETE_SPACINGS]
+    analytic = [m for m in raw.get("models", []) if m in ANALYTIC_PRESETS]
+    if discrete and analytic and raw.get("schedule", DEFAULTS["schedule"]) != "DiscreteVP":
+        errors.append(f"{where}: key 'spacings': {discrete[0]!r} steps on a model's discrete training timesteps; "
+                      f"{analytic[0]!r} runs on the schedule {raw.get('schedule', DEFAULTS['schedule'])!r} (set "
+                      f"schedule = \"DiscreteVP\", or use a continuous spacing)")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
                       f"network; set fid_reference = \"fashion_mnist_test\"")

@@ -7,6 +7,25 @@ With s = i/n in [0, 1]:
 - ``logsnr``: lambda uniform (DPM-Solver's default, Lu et al. 2022, arXiv:2206.00927)
 - ``karras``: sigma^(1/rho) uniform in sigma = exp(-lambda), rho = 7 (Karras et al. 2022, arXiv:2206.00364, eq. 5)
 - ``time_quadratic``: sqrt(t) uniform (DDIM's / DPM-Solver's "quadratic": dense at low noise)
+
+The names users pick in ComfyUI and diffusers (sigma~ = sigma_t / alpha_t = exp(-lambda_t), EDM's sigma):
+- ``exponential``: log sigma~ uniform (k-diffusion's get_sigmas_exponential): the same grid as ``logsnr``
+- ``kl_optimal``: sigma~ = tan((1 - s) atan sigma~_max + s atan sigma~_min) (Sabour et al. 2024,
+  arXiv:2404.14507, the KL-optimal schedule of their Theorem 3.1 as ComfyUI offers it)
+- ``beta``: t = t_min + (t_max - t_min) B^-1(1 - s; 0.6, 0.6), B^-1 the inverse Beta CDF (Lee et al. 2024,
+  arXiv:2407.12173, alpha = beta = 0.6): dense at both ends
+- ``linear_quadratic``: Mochi's / ComfyUI's sigma schedule as a fraction f of the time range, t = t_min +
+  (t_max - t_min) f: f falls linearly from 1 to 1 - 0.025 over the first n // 2 steps, then quadratically
+  to 0, the two pieces meeting with equal slope (on FlowMatching, f is sigma itself)
+- ``sgm_uniform``: uniform in the training timestep (ComfyUI), i.e. ``uniform`` in t
+
+diffusers' discrete timestep spacings, for a model trained on N steps (DiscreteVP; step k sits at
+t = (k + 1)/N), each ending with a step to timestep 0 (t_min; diffusers' final_sigmas_type="sigma_min"):
+- ``linspace``: timesteps round(linspace(0, N - 1, n + 1)) from N - 1 down (DPMSolverMultistepScheduler)
+- ``leading``: timesteps (n - 1 - i) floor(N / n) + 1 for i < n (Stable Diffusion's steps_offset = 1), then
+  0: the grid starts below t_max, as in diffusers
+- ``trailing``: timesteps round(N - i N / n) - 1 for i < n, then 0 (Lin et al. 2024, arXiv:2305.08891)
+- ``simple``: ComfyUI's, timesteps N - 1 - floor(i N / n) for i < n, then 0
 """
 from __future__ import annotations
 
@@ -49,6 +68,85 @@ def _time_quadratic(s, t_min, t_max, schedule, **_):
     return (math.sqrt(t_max) + s * (math.sqrt(t_min) - math.sqrt(t_max))) ** 2
 
 
+def _edm_sigma_range(schedule, t_min, t_max):
+    return torch.exp(-schedule.lambda_(t_max)), torch.exp(-schedule.lambda_(t_min))
+
+
+def _kl_optimal(s, t_min, t_max, schedule, **_):
+    sig_max, sig_min = _edm_sigma_range(schedule, t_min, t_max)
+    sigmas = torch.tan((1 - s) * torch.atan(sig_max) + s * torch.atan(sig_min))
+    return schedule.t_of_lambda(-torch.log(sigmas))
+
+
+BETA_ALPHA = BETA_BETA = 0.6
+
+
+def _beta(s, t_min, t_max, schedule, **_):
+    from scipy.stats import beta  # a dependency of torch-fidelity; only this spacing needs it
+
+    fraction = torch.as_tensor(beta.ppf((1 - s).numpy(), BETA_ALPHA, BETA_BETA), dtype=torch.float64)
+    return t_min + (t_max - t_min) * fraction
+
+
+LINEAR_QUADRATIC_THRESHOLD = 0.025
+
+
+def _linear_quadratic(s, t_min, t_max, schedule, **_):
+    n = len(s) - 1
+    i = torch.arange(n + 1, dtype=torch.float64)
+    linear_steps = max(n // 2, 1)
+    if n == 1:
+        fraction = 1 - i
+    else:
+        threshold = LINEAR_QUADRATIC_THRESHOLD
+        # rising "noise removed" curve r(i): linear threshold i / L up to L, then a quadratic a i^2 + b i + c with
+        # r(L) = threshold, slope continuous at L and r(n) = 1
+        quadratic_steps = n - linear_steps
+        gap = linear_steps - threshold * n
+        a = gap / (linear_steps * quadratic_steps**2)
+        b = threshold / linear_steps - 2 * gap / quadratic_steps**2
+        c = a * linear_steps**2
+        removed = torch.where(i < linear_steps, i * threshold / linear_steps, a * i**2 + b * i + c)
+        removed[-1] = 1.0
+        fraction = 1 - removed
+    return t_min + (t_max - t_min) * fraction
+
+
+def _discrete_steps(schedule, kind):
+    n_train = getattr(schedule, "n_train", None)
+    if not hasattr(schedule, "alphas_cumprod"):
+        raise ValueError(f"spacing {kind!r} is one of diffusers' discrete timestep spacings: it needs a model trained "
+                         f"on discrete steps (DiscreteVP), got {schedule!r}")
+    return n_train
+
+
+def _from_timesteps(steps, n_train):
+    return (torch.as_tensor(steps, dtype=torch.float64) + 1) / n_train
+
+
+def _linspace(s, t_min, t_max, schedule, **_):
+    n_train = _discrete_steps(schedule, "linspace")
+    return _from_timesteps(torch.round((n_train - 1) * (1 - s)), n_train)
+
+
+def _leading(s, t_min, t_max, schedule, **_):
+    n_train, n = _discrete_steps(schedule, "leading"), len(s) - 1
+    steps = (n - 1 - torch.arange(n, dtype=torch.float64)) * (n_train // n) + 1
+    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+
+
+def _trailing(s, t_min, t_max, schedule, **_):
+    n_train, n = _discrete_steps(schedule, "trailing"), len(s) - 1
+    steps = torch.round(n_train - torch.arange(n, dtype=torch.float64) * n_train / n) - 1
+    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+
+
+def _simple(s, t_min, t_max, schedule, **_):
+    n_train, n = _discrete_steps(schedule, "simple"), len(s) - 1
+    steps = n_train - 1 - torch.floor(torch.arange(n, dtype=torch.float64) * n_train / n)
+    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+
+
 SPACINGS = {
     "uniform": _uniform,
     "quadratic": _quadratic,
@@ -56,7 +154,17 @@ SPACINGS = {
     "logsnr": _logsnr,
     "karras": _karras,
     "time_quadratic": _time_quadratic,
+    "exponential": _logsnr,
+    "kl_optimal": _kl_optimal,
+    "beta": _beta,
+    "linear_quadratic": _linear_quadratic,
+    "sgm_uniform": _uniform,
+    "linspace": _linspace,
+    "leading": _leading,
+    "trailing": _trailing,
+    "simple": _simple,
 }
+DISCRETE = {"linspace", "leading", "trailing", "simple"}  # on the training steps of a DiscreteVP model
 
 
 def timesteps(kind: str, n: int, schedule: Schedule, *, rho: float = 7.0, t_min: float | None = None,
@@ -75,5 +183,10 @@ def timesteps(kind: str, n: int, schedule: Schedule, *, rho: float = 7.0, t_min:
         )
     s = torch.arange(n + 1, dtype=torch.float64) / n
     ts = torch.as_tensor(SPACINGS[kind](s, t_min, t_max, schedule, rho=rho), dtype=torch.float64)
+    if kind in DISCRETE:  # the training steps themselves, t_min and t_max do not apply
+        if not bool((torch.diff(ts) < 0).all()):
+            raise ValueError(f"spacing {kind!r}: {n} steps do not fit {schedule.n_train} training steps "
+                             f"(two would share a timestep)")
+        return ts
     ts[0], ts[-1] = t_max, t_min  # exact ends, whatever the rounding of an inverse
     return ts

@@ -43,6 +43,8 @@ MALFORMED = [
     (_with(options={"heun": {"order": 3}}), "key 'options.heun.order': unknown option; allowed: none"),
     (_with(options={"ddpm": {"varience": "beta"}}), "key 'options.ddpm.varience': unknown option (did you mean 'variance'?)"),
     (_with(name=3), "key 'name' must be a string, got 3"),
+    (_with(spacings=["trailing"]), "key 'spacings': 'trailing' steps on a model's discrete training timesteps; "
+                                   "'ring2d' runs on the schedule 'VPLinear'"),
     (_with(reference_tolerance=0.0), "key 'reference_tolerance' must be a number in (0, 1), got 0.0"),
     (_with(steps_by_solver={"lms": [2]}), "key 'steps_by_solver.lms': 'lms' is not in 'solvers'"),
     (_with(steps_by_solver={"dopri5": [2]}), "key 'steps_by_solver.dopri5': 'dopri5' is adaptive and takes tolerances"),

@@ -175,3 +175,16 @@ def test_midpoint_is_torchdiffeqs_fixed_grid_midpoint():
     x_T = prior_sample(SCHEDULE, 64, 2)
     theirs = torchdiffeq.odeint(lambda t, y: model.drift(y, float(t)), x_T, ts, method="midpoint")[-1]
     torch.testing.assert_close(sample("midpoint", model, x_T, ts), theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_exponential_spacing_is_k_diffusions():
+    k_sampling = k_diffusion_sampling()
+    ts = timesteps("exponential", 12, SCHEDULE)
+    sigmas = torch.exp(-SCHEDULE.lambda_(ts))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # k-diffusion builds its grid in the default dtype
+    try:
+        theirs = k_sampling.get_sigmas_exponential(13, float(sigmas[-1]), float(sigmas[0]))[:-1]
+    finally:
+        torch.set_default_dtype(previous)
+    torch.testing.assert_close(sigmas, theirs, rtol=1e-12, atol=0)

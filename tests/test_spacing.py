@@ -1,16 +1,66 @@
 import pytest
 import torch
 
-from solvers.spacing import SPACINGS, timesteps
+from solvers.schedules import VE, DiscreteVP, VPLinear
+from solvers.spacing import DISCRETE, SPACINGS, timesteps
 
 
-@pytest.mark.parametrize("kind", list(SPACINGS))
+@pytest.mark.parametrize("kind", [k for k in SPACINGS if k not in DISCRETE])
 @pytest.mark.parametrize("n", [1, 2, 7, 50, 256])
 def test_grid_shape_ends_and_order(schedule, kind, n):
     ts = timesteps(kind, n, schedule)
     assert ts.shape == (n + 1,) and ts.dtype == torch.float64
     assert ts[0].item() == schedule.t_max and ts[-1].item() == schedule.t_min
     assert bool((torch.diff(ts) < 0).all())
+
+
+@pytest.mark.parametrize("kind", sorted(DISCRETE))
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 256])
+def test_discrete_spacings_step_on_training_timesteps(kind, n):
+    schedule = DiscreteVP.linear()
+    ts = timesteps(kind, n, schedule)
+    steps = ts * schedule.n_train - 1
+    assert ts.shape == (n + 1,) and torch.equal(steps, steps.round()) and bool((torch.diff(ts) < 0).all())
+    assert ts[-1].item() == schedule.t_min and ts[0].item() <= schedule.t_max
+    with pytest.raises(ValueError, match=f"spacing '{kind}' is one of diffusers' discrete timestep spacings"):
+        timesteps(kind, n, VE())
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("n", [5, 10, 50])
+def test_discrete_spacings_are_diffusers_timesteps(spacing, n):
+    """The same timesteps as diffusers' DDIMScheduler and DPMSolverMultistepScheduler for the same config
+    (Stable Diffusion's steps_offset = 1 for leading), then the final step to timestep 0."""
+    import diffusers
+
+    schedule = DiscreteVP.linear()
+    ours = (timesteps(spacing, n, schedule) * schedule.n_train - 1).round().long().tolist()
+    scheduler_class = diffusers.DPMSolverMultistepScheduler if spacing == "linspace" else diffusers.DDIMScheduler
+    scheduler = scheduler_class(num_train_timesteps=1000, timestep_spacing=spacing,
+                                steps_offset=1 if spacing == "leading" else 0)
+    scheduler.set_timesteps(n)
+    assert ours[:-1] == [int(t) for t in scheduler.timesteps] and ours[-1] == 0
+
+
+def test_the_names_users_pick():
+    schedule = VPLinear()
+    n = 8
+    torch.testing.assert_close(timesteps("exponential", n, schedule), timesteps("logsnr", n, schedule))
+    torch.testing.assert_close(timesteps("sgm_uniform", n, schedule), timesteps("uniform", n, schedule))
+    sig = torch.exp(-schedule.lambda_(timesteps("kl_optimal", n, schedule)))
+    angles = torch.atan(sig)
+    torch.testing.assert_close(torch.diff(angles), torch.full((n,), (angles[-1] - angles[0]).item() / n,
+                                                              dtype=torch.float64))
+    from scipy.stats import beta
+
+    fraction = (timesteps("beta", n, schedule) - schedule.t_min) / (schedule.t_max - schedule.t_min)
+    torch.testing.assert_close(torch.as_tensor(beta.cdf(fraction.numpy(), 0.6, 0.6)),
+                               1 - torch.arange(n + 1, dtype=torch.float64) / n, rtol=0, atol=1e-9)
+    # linear_quadratic: the first n // 2 steps remove 2.5% of the range in equal parts, the rest the remainder
+    fraction = (timesteps("linear_quadratic", 10, schedule) - schedule.t_min) / (schedule.t_max - schedule.t_min)
+    torch.testing.assert_close(fraction[:6], 1 - 0.005 * torch.arange(6, dtype=torch.float64))
+    slopes = torch.diff(fraction)
+    assert bool((torch.diff(slopes[4:]) < 0).all())  # accelerating after the linear part
 
 
 def test_formulas_at_interior_points(ring):
