@@ -28,7 +28,7 @@ from bench.metrics import METRICS
 from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
-from solvers.spacing import DISCRETE as DISCRETE_SPACINGS, SPACINGS
+from solvers.spacing import DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
@@ -99,7 +99,8 @@ _LIST_KEYS = {
     "models": (str, "model names (" + ", ".join(MODELS) + "), diffusers:PATH or python:module:function"),
     "solvers": (str, "solver names (python -m solvers lists them)"),
     "steps": (int, "integers >= 1"),
-    "spacings": (str, "spacings: " + ", ".join(SPACINGS)),
+    "spacings": ((str, dict), "spacings (" + ", ".join(SPACINGS) + ") or explicit grids {times = [...]} / "
+                              "{sigmas = [...]}"),
     "etas": ((int, float), "numbers >= 0"),
     "tolerances": ((int, float), "numbers > 0"),
     "seeds": (int, "integers >= 0"),
@@ -146,6 +147,23 @@ def _is_type(value, types) -> bool:
     return isinstance(value, types) and not isinstance(value, bool)
 
 
+def _explicit_grid_errors(grid: dict, raw: dict, where: str) -> list[str]:
+    """An explicit grid {times = [...]} or {sigmas = [...]}: its form, and for analytic models (whose schedule the
+    spec names) the range of the spec's schedule. Networks' schedules are known once loaded."""
+    if len(grid) != 1 or next(iter(grid)) not in EXPLICIT_GRIDS:
+        return [f"{where}: key 'spacings': an explicit grid is {{times = [...]}} or {{sigmas = [...]}}, got {grid!r}"]
+    unit, values = next(iter(grid.items()))
+    if not isinstance(values, list) or not all(_is_type(v, (int, float)) for v in values):
+        return [f"{where}: key 'spacings': {unit} must be a list of numbers, got {values!r}"]
+    name = explicit_name(values, unit)
+    if any(m in ANALYTIC_PRESETS for m in raw.get("models", [])) and raw.get("schedule", DEFAULTS["schedule"]) in SCHEDULES:
+        try:
+            explicit_grid(name, SCHEDULES[raw.get("schedule", DEFAULTS["schedule"])]())
+        except ValueError as err:
+            return [f"{where}: key 'spacings': {err}"]
+    return []
+
+
 def _validate(raw: dict, where: str) -> list[str]:
     errors = []
     for key in raw:
@@ -170,9 +188,11 @@ def _validate(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key {key!r} lists a value twice: {value!r}")
     if errors:  # the checks below assume the types are right
         return errors
+    for grid in (g for g in raw.get("spacings", []) if isinstance(g, dict)):
+        errors += _explicit_grid_errors(grid, raw, where)
     for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS),
                          ("exec_modes", EXEC_MODES)):
-        for name in raw.get(key, []):
+        for name in (n for n in raw.get(key, []) if not isinstance(n, dict)):
             if key == "models" and is_model_name(name):
                 continue
             if key == "metrics" and name in RENAMED_METRICS:
@@ -214,7 +234,7 @@ def _validate(raw: dict, where: str) -> list[str]:
     if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
         errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
     networks = [m for m in raw.get("models", []) if m not in ANALYTIC_PRESETS]
-    discrete = [sp for sp in raw.get("spacings", []) if sp in DISCRETE_SPACINGS]
+    discrete = [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in DISCRETE_SPACINGS]
     analytic = [m for m in raw.get("models", []) if m in ANALYTIC_PRESETS]
     if discrete and analytic and raw.get("schedule", DEFAULTS["schedule"]) != "DiscreteVP":
         errors.append(f"{where}: key 'spacings': {discrete[0]!r} steps on a model's discrete training timesteps; "
@@ -294,7 +314,9 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                 grid = [(None, None, tol) for tol in v["tolerances"]]
             else:  # larger step counts first, so a step-doubling partner (2n) is run before n
                 steps = v["steps_by_solver"].get(solver_name, v["steps"])
-                grid = [(n, sp, None) for sp in v["spacings"] for n in sorted(steps, reverse=True)]
+                grid = [(n, sp, None) for sp in v["spacings"] if isinstance(sp, str) for n in sorted(steps, reverse=True)]
+                grid += [(len(values) - 1, explicit_name(values, unit), None)  # an explicit grid sets its own steps
+                         for sp in v["spacings"] if isinstance(sp, dict) for unit, values in sp.items()]
             for seed in v["seeds"]:
                 for steps, spacing, tolerance in grid:
                     for eta, exec_mode in itertools.product(v["etas"], v["exec_modes"]):

@@ -92,7 +92,8 @@ def partner_keys(configs: list[RunConfig]) -> frozenset:
     """The sampling keys of the 2n-step solves that step-doubling estimates of ``configs`` will use (in the
     config's own exec mode)."""
     return frozenset(_sampling_key(c, 2 * c.steps) for c in configs
-                     if c.steps is not None and "err_stepdoubling" in c.metrics and c.skip_reason is None)
+                     if c.steps is not None and ":" not in c.spacing and "err_stepdoubling" in c.metrics
+                     and c.skip_reason is None)
 
 
 def eager_keys(configs: list[RunConfig]) -> frozenset:
@@ -173,7 +174,10 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
     solver, options = SOLVERS[cfg.solver], dict(cfg.options)
     stochastic = solver.draws_noise(cfg.eta, options)
     order = solver.order_for(cfg.eta, options)
-    if "err_stepdoubling" in wanted and cfg.steps is not None and order is not None:
+    explicit = cfg.spacing is not None and ":" in cfg.spacing  # an explicit grid has no 2n-step refinement
+    if "err_stepdoubling" in wanted and explicit:
+        notes.append("no err_stepdoubling: an explicit grid has no 2n-step refinement")
+    if "err_stepdoubling" in wanted and cfg.steps is not None and order is not None and not explicit:
         key = _sampling_key(cfg, 2 * cfg.steps)
         partner = cache.finals.pop(key, None)
         if partner is None:

@@ -167,9 +167,47 @@ SPACINGS = {
 DISCRETE = {"linspace", "leading", "trailing", "simple"}  # on the training steps of a DiscreteVP model
 
 
+EXPLICIT = ("times", "sigmas")
+
+
+def explicit_name(values: list, unit: str = "times") -> str:
+    """The spacing name of an explicit grid: ``times:...`` or ``sigmas:...`` with the values as written."""
+    if unit not in EXPLICIT:
+        raise ValueError(f"an explicit grid is given in {' or '.join(EXPLICIT)}, got {unit!r}")
+    return f"{unit}:" + ",".join(repr(float(v)) for v in values)
+
+
+def explicit_grid(kind: str, schedule: Schedule) -> torch.Tensor:
+    """The times of an explicit grid (``times:...`` or ``sigmas:...``), checked to lie in the schedule's range
+    and to decrease strictly."""
+    unit, _, text = kind.partition(":")
+    try:
+        values = torch.tensor([float(v) for v in text.split(",")], dtype=torch.float64)
+    except ValueError:
+        raise ValueError(f"spacing {kind!r}: expected {unit}:v0,v1,... with numbers") from None
+    if len(values) < 2 or not bool((torch.diff(values) < 0).all()):
+        raise ValueError(f"spacing {kind!r}: an explicit grid needs at least 2 strictly decreasing values")
+    if unit == "sigmas":
+        if not bool((values > 0).all()):
+            raise ValueError(f"spacing {kind!r}: sigmas must be > 0 (the last step ends at the schedule's t_min)")
+        values = schedule.t_of_lambda(-torch.log(values))
+        if not bool((torch.diff(values) < 0).all()):  # two sigmas the schedule cannot tell apart
+            raise ValueError(f"spacing {kind!r}: the sigmas do not map to strictly decreasing times on {schedule!r}")
+    span = schedule.t_min - 1e-12, schedule.t_max + 1e-12
+    if not (span[0] <= float(values[-1]) and float(values[0]) <= span[1]):
+        raise ValueError(f"spacing {kind!r}: times {float(values[0]):.6g}..{float(values[-1]):.6g} leave the range "
+                         f"[{schedule.t_min}, {schedule.t_max}] of {schedule!r}")
+    return values.clamp(schedule.t_min, schedule.t_max)
+
+
 def timesteps(kind: str, n: int, schedule: Schedule, *, rho: float = 7.0, t_min: float | None = None,
               t_max: float | None = None) -> torch.Tensor:
     """n + 1 decreasing times from ``t_max`` (default: the schedule's) to ``t_min``, as float64 on the CPU."""
+    if kind.partition(":")[0] in EXPLICIT and ":" in kind:
+        ts = explicit_grid(kind, schedule)
+        if n != len(ts) - 1:
+            raise ValueError(f"spacing {kind!r} has {len(ts) - 1} steps, asked for {n}")
+        return ts
     if kind not in SPACINGS:
         raise ValueError(f"unknown spacing {kind!r}; valid kinds: {', '.join(SPACINGS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -45,6 +45,10 @@ MALFORMED = [
     (_with(name=3), "key 'name' must be a string, got 3"),
     (_with(spacings=["trailing"]), "key 'spacings': 'trailing' steps on a model's discrete training timesteps; "
                                    "'ring2d' runs on the schedule 'VPLinear'"),
+    (_with(spacings=[{"times": [0.5, 0.9]}]), "key 'spacings': spacing 'times:0.5,0.9': an explicit grid needs at "
+                                              "least 2 strictly decreasing values"),
+    (_with(spacings=[{"times": [1.5, 0.1]}]), "leave the range [0.001, 1.0] of VPLinear"),
+    (_with(spacings=[{"steps": [0.5, 0.1]}]), "an explicit grid is {times = [...]} or {sigmas = [...]}"),
     (_with(reference_tolerance=0.0), "key 'reference_tolerance' must be a number in (0, 1), got 0.0"),
     (_with(steps_by_solver={"lms": [2]}), "key 'steps_by_solver.lms': 'lms' is not in 'solvers'"),
     (_with(steps_by_solver={"dopri5": [2]}), "key 'steps_by_solver.dopri5': 'dopri5' is adaptive and takes tolerances"),
@@ -89,6 +93,13 @@ def test_expansion_counts_and_skip_reasons():
     assert by[("ddpm", 1.0, 8, "uniform")].skip_reason is None
     assert by[("dopri5", 0.0, None, None)].tolerance == 1e-3 and by[("dopri5", 0.0, None, None)].skip_reason is None
     assert len({c.config_id for c in configs}) == len(configs)
+
+
+def test_an_explicit_grid_is_a_spacing_with_its_own_steps():
+    configs = expand(parse_spec({**GOOD, "spacings": ["logsnr", {"times": [1.0, 0.5, 0.1, 0.001]},
+                                                      {"sigmas": [80.0, 5.0, 0.5, 0.02]}], "etas": [0.0]}))
+    heun = {(c.spacing, c.steps) for c in configs if c.solver == "heun"}
+    assert heun == {("logsnr", 4), ("logsnr", 8), ("times:1.0,0.5,0.1,0.001", 3), ("sigmas:80.0,5.0,0.5,0.02", 3)}
 
 
 def test_steps_by_solver_replaces_the_steps_of_one_solver():

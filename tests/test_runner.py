@@ -232,3 +232,11 @@ def test_the_reference_tolerance_reaches_the_reference_solve(tmp_path):
     tight, loose = (tables[tol].iloc[0] for tol in (1e-8, 1e-3))
     assert tight.reference_tolerance == 1e-8 and loose.reference_tolerance == 1e-3
     assert loose.err_reference > 10 * tight.err_reference  # measured 4.3e-3 against 1.2e-4
+
+
+def test_an_explicit_grid_runs_and_says_why_it_has_no_step_doubling_estimate(tmp_path):
+    _, _, table = _sweep(tmp_path, models=["ring2d"], solvers=["heun"], steps=[4], time_limit_s=0,
+                         spacings=[{"sigmas": [80.0, 5.0, 0.5, 0.02]}], metrics=["err_reference", "err_stepdoubling"])
+    row = table.iloc[0]
+    assert row.status == "ok" and row.steps == 3 and row.nfe == 6 and row.err_reference > 0
+    assert pd.isna(row.err_stepdoubling) and "an explicit grid has no 2n-step refinement" in row.message

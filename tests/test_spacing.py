@@ -93,3 +93,18 @@ def test_unknown_kind_lists_valid_kinds(schedule):
 def test_bad_step_count(schedule, n):
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         timesteps("uniform", n, schedule)
+
+
+def test_explicit_grids_in_times_and_sigmas():
+    from solvers.spacing import explicit_name
+
+    schedule = VPLinear()
+    ts = timesteps(explicit_name([1.0, 0.5, 0.1, 0.001]), 3, schedule)
+    torch.testing.assert_close(ts, torch.tensor([1.0, 0.5, 0.1, 0.001], dtype=torch.float64))
+    sigmas = [80.0, 5.0, 0.5, 0.02]
+    ts = timesteps(explicit_name(sigmas, "sigmas"), 3, schedule)
+    torch.testing.assert_close(torch.exp(-schedule.lambda_(ts)), torch.tensor(sigmas, dtype=torch.float64))
+    with pytest.raises(ValueError, match="has 3 steps, asked for 5"):
+        timesteps(explicit_name([1.0, 0.5, 0.1, 0.001]), 5, schedule)
+    with pytest.raises(ValueError, match="expected times:v0,v1,... with numbers"):
+        timesteps("times:1.0,x", 1, schedule)
