@@ -55,6 +55,11 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     counts = df.status.value_counts().to_dict()
     doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
                   + f". Models: {', '.join(sorted(df.model.unique()))}.")
+    measured = df[df.fid.notna()]
+    for (n, reference, size), _ in measured.groupby(["n_samples", "fid_reference", "reference_size"]):
+        doc.paragraph(f"FID, KID and precision/recall on {int(n)} samples per configuration against {reference} "
+                      f"({int(size)} images). FID is biased upwards at few samples: compare configurations at "
+                      f"equal sample counts, as here.")
     commits = df.git_commit.dropna().value_counts()
     if len(commits) > 1:
         doc.paragraph("**Warning: these rows come from more than one commit** ("
