@@ -193,6 +193,7 @@ def test_rows_written_before_a_column_was_added_still_load(tmp_path):
     (["run", "bench/configs/default.toml", "--shard", "a/b"], "--shard takes i/n with integers"),
     (["run", "bench/configs/default.toml", "--resume", "/nonexistent/run"], "not a run folder (no run.json)"),
     (["report", "/nonexistent/run"], "not a run folder (no run.json)"),
+    (["compact", "/nonexistent/run"], "/nonexistent/run: not a run folder (no run.json)"),
     (["compare", "/nonexistent/base", "/nonexistent/head"], "neither a run folder"),
 ])
 def test_cli_rejects_bad_arguments_with_a_clear_message(args, message):
