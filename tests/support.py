@@ -146,3 +146,21 @@ def have_fid_weights() -> bool:
 
 
 needs_weights = pytest.mark.skipif(not have_fid_weights(), reason="make fid-weights (make setup does)")
+
+
+def sweep_and_resample(spec, run_dir):
+    """Run ``spec`` into ``run_dir``; return its first row, that config, its model source and the samples the
+    runner's own path (SweepCache, prior, sampling.solve on the CPU) gives that config again: what a test
+    rebuilds a row's numbers from."""
+    from bench import sampling, store
+    from bench.config import expand
+    from bench.runner import SweepCache, run_sweep
+
+    meta = store.open_run(run_dir, spec)
+    run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
+    row = store.load_rows(run_dir).iloc[0]
+    cfg = expand(spec)[0]
+    cache = SweepCache()
+    source, model = cache.model(cfg)
+    x_T = cache.prior(cfg, source.event_shape, torch.device("cpu"), torch.float32)
+    return row, cfg, source, sampling.solve(cfg, model, x_T, cfg.steps, torch.device("cpu")).samples

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench import fid_weights
 from bench.data import fashion_mnist, read_idx
-from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights
+from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights, sweep_and_resample
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
@@ -159,29 +159,20 @@ def test_converted_weights_reproduce_the_torchscript_features():
 
 @pytest.mark.skipif(not (HAVE_FASHION and have_fid_weights()), reason="needs Fashion-MNIST and the FID weights")
 def test_fid_of_a_network_against_the_dataset_in_a_sweep(tmp_path):
-    from bench import store
-    from bench.config import expand, parse_spec
-    from bench.runner import run_sweep
+    from bench.config import parse_spec
     from bench.train import build_unet
 
     build_unet(8, 1, widths=(8, 16)).save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100}))
     spec = parse_spec({"models": [f"diffusers:{tmp_path / 'ckpt'}"], "solvers": ["ddim"], "steps": [2], "n_samples": 8,
                        "metrics": ["fid"], "fid_reference": "fashion_mnist", "reference_size": 8}, str(tmp_path / "s.toml"))
-    meta = store.open_run(tmp_path / "run", spec)
-    run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
-    row = store.load_rows(tmp_path / "run").iloc[0]
+    row, cfg, source, samples = sweep_and_resample(spec, tmp_path / "run")
     assert row.status == "ok", row.message
     # The row's numbers are those of the pipeline assembled by hand: the runner's samples, the reference
     # set the protocol columns name, one Inception pass each.
-    from bench import fid, sampling
-    from bench.runner import FID_REFERENCE_SEED, SweepCache
+    from bench import fid
+    from bench.runner import FID_REFERENCE_SEED
 
-    cfg = expand(spec)[0]
-    cache = SweepCache()
-    source, model = cache.model(cfg)
-    x_T = cache.prior(cfg, source.event_shape, torch.device("cpu"), torch.float32)
-    samples = sampling.solve(cfg, model, x_T, cfg.steps, torch.device("cpu")).samples
     images, _ = fid.reference_images(source, "fashion_mnist", 8, FID_REFERENCE_SEED + cfg.seed)
     extractor = fid.InceptionFeatures()
     expected = fid.image_metrics(extractor(samples), extractor(images), seed=cfg.seed)

@@ -12,7 +12,7 @@ import torch
 
 from bench import fid, metrics
 from bench.data import fashion_mnist
-from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights
+from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights, sweep_and_resample
 
 SHIPPED_NPZ = fid.REFERENCES_DIR / "fashion_mnist_test.npz"
 
@@ -107,22 +107,13 @@ def test_the_shipped_statistics_come_from_the_test_split_and_these_weights():
 @needs_weights
 def test_a_sweep_measures_the_standard_fid_on_cropped_samples(tmp_path):
     """fashion_gmm samples (32px, padded data) are cropped to 28px; the row equals the pipeline by hand."""
-    from bench import sampling, store
-    from bench.config import expand, parse_spec
-    from bench.runner import SweepCache, run_sweep
+    from bench.config import parse_spec
 
     spec = parse_spec({"models": ["fashion_gmm"], "schedule": "VPLinear", "solvers": ["ddim"], "steps": [3],
                        "n_samples": 6, "metrics": ["fid"], "fid_reference": "fashion_mnist_test"},
                       str(tmp_path / "s.toml"))
-    meta = store.open_run(tmp_path / "run", spec)
-    run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
-    row = store.load_rows(tmp_path / "run").iloc[0]
+    row, cfg, _, samples = sweep_and_resample(spec, tmp_path / "run")
     assert row.status == "ok", row.message
-    cfg = expand(spec)[0]
-    cache = SweepCache()
-    source, model = cache.model(cfg)
-    x_T = cache.prior(cfg, source.event_shape, torch.device("cpu"), torch.float32)
-    samples = sampling.solve(cfg, model, x_T, cfg.steps, torch.device("cpu")).samples
     extractor = fid.InceptionFeatures()
     shipped = fid.ShippedReference("fashion_mnist_test", extractor.weights_digest)
     expected = shipped.metrics(extractor(samples[..., 2:30, 2:30]), seed=cfg.seed)
