@@ -194,15 +194,32 @@ def _read(files: list[Path], columns=None) -> pd.DataFrame:
     return df.loc[sorted(latest.index)].reset_index(drop=True)
 
 
+_READ_ATTEMPTS = 20  # listings of a run folder a reader tries before giving up on it
+
+
+def _read_run(run_dir: Path, columns=None) -> pd.DataFrame:
+    """The rows of one run folder while other processes may be writing and compacting it.
+
+    A shard's compaction deletes per-config files another shard may have just listed; it writes their
+    part file first, so listing the folder again finds every row. Only a folder that keeps changing
+    under the reader for every attempt raises."""
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return _read(_row_files(run_dir), columns)
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+
+
 def done_ids(run_dir: Path, retry: tuple[str, ...] = ()) -> set[str]:
     """Config ids with a row in ``run_dir``, less those whose latest status is in ``retry``."""
-    rows = _read(_row_files(run_dir), ["config_id", "status", "created_at"])
+    rows = _read_run(run_dir, ["config_id", "status", "created_at"])
     return set(rows.config_id[~rows.status.isin(retry)])
 
 
 def load_rows(*run_dirs) -> pd.DataFrame:
     """All rows of one or more run folders as one DataFrame (empty, with the columns, if none)."""
-    return pd.concat([_read(_row_files(d)) for d in run_dirs], ignore_index=True) if run_dirs else _read([])
+    return pd.concat([_read_run(d) for d in run_dirs], ignore_index=True) if run_dirs else _read([])
 
 
 def compact(run_dir: Path, files: list[Path] | None = None) -> Path | None:

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import pyarrow.parquet as pq
 
 from bench import store
@@ -77,3 +78,30 @@ def test_a_sweep_compacts_what_it_wrote(tmp_path, monkeypatch):
     result = subprocess.run([sys.executable, "-m", "bench", "compact", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0 and "loose ones merged into part-" in result.stdout
     assert len(list((tmp_path / "rows").iterdir())) == 4 and len(store.load_rows(tmp_path)) == 10
+
+
+def test_a_reader_whose_listing_another_shard_compacts_away_still_reads_every_row(tmp_path, monkeypatch):
+    """The race CI caught: shard B lists the folder, shard A merges B's listed files into a part and
+    deletes them, B opens a deleted file. B must list again and find the rows in the part."""
+    _rows_folder(tmp_path)
+    for config_id in _ids(4):
+        store.write_row(tmp_path, _row(config_id))
+    list_files = store._row_files
+    compacted_once = []
+
+    def listing_then_compaction(run_dir):
+        files = list_files(run_dir)
+        if not compacted_once:
+            compacted_once.append(store.compact(run_dir, files))  # what the other shard does right after the listing
+        return files
+
+    monkeypatch.setattr(store, "_row_files", listing_then_compaction)
+    assert store.done_ids(tmp_path) == set(_ids(4)) and compacted_once[0] is not None
+    assert sorted(store.load_rows(tmp_path).config_id) == _ids(4)
+
+
+def test_a_folder_that_never_stops_changing_under_the_reader_raises(tmp_path, monkeypatch):
+    _rows_folder(tmp_path)
+    monkeypatch.setattr(store, "_row_files", lambda run_dir: [tmp_path / "rows" / f"{'0' * 16}.parquet"])
+    with pytest.raises(FileNotFoundError):
+        store.load_rows(tmp_path)
