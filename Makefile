@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare perf perf-compare chaos train clean
+.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,6 +30,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(PEER_PINS)
 	@touch $@
+
+# The optional Ray backend (--backend ray) and its tests; CI installs it, make setup does not.
+setup-ray: setup
+	$(PY) -m pip install -q -e '.[dev,ray]'
 
 # Fashion-MNIST for the image grids and tests: Debian's dataset-fashion-mnist where apt-get can install it
 # (as root), else the command to run. The harness also reads BENCH_FASHION_MNIST or ./data/FashionMNIST/raw.

@@ -28,6 +28,10 @@ def cmd_run(args) -> int:
     except config.SpecError as err:
         print(err, file=sys.stderr)
         return 2
+    problem = _run_options_problem(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     configs = config.expand(spec, device=args.device)
     if args.shard:
         configs = config.shard(configs, *args.shard)
@@ -45,12 +49,42 @@ def cmd_run(args) -> int:
         print(f"warning: {run_dir} was started at commit {meta['git_commit'][:10]}, this checkout is at {commit[:10]}: "
               "its rows will mix commits (the report says so)", file=sys.stderr)
     retry = store.RETRYABLE if args.retry_failed else ()
-    counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.backend == "ray":
+        from bench.distributed import run_sweep_on_ray
+
+        counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
+                                  progress=args.progress, retry=retry)
+    else:
+        counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry)
     table = store.load_rows(run_dir)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
-    print(f"load it with: pandas.read_parquet('{run_dir / 'rows'}')")
-    return 0
+    print(f"load it with: bench.store.load_rows('{run_dir}')  (one row per config, the latest)")
+    return 1 if counts.get("lost") else 0
+
+
+def _run_options_problem(args) -> str | None:
+    """What is wrong with --threads, --backend, --address and --workers together, before anything is computed."""
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be at least 1, got {args.threads}"
+    if args.threads is not None and args.backend == "ray":
+        return "--threads sets a serial run's torch threads; each Ray task runs on one"
+    if args.backend != "ray":
+        given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers)) if value is not None]
+        return f"{' and '.join(given)} only apply to --backend ray" if given else None
+    if args.address is not None and args.workers is not None:
+        return "--workers sizes a local Ray; a cluster joined with --address has its own workers"
+    if args.workers is not None and args.workers < 1:
+        return f"--workers must be at least 1, got {args.workers}"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "--backend ray needs Ray: make setup-ray (or pip install -e '.[ray]')"
+    return None
 
 
 def cmd_report(args) -> int:
@@ -188,6 +222,12 @@ def main(argv=None) -> int:
     run.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:1, auto)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also run again the configs whose rows are failed, diverged, timeout or oom")
+    run.add_argument("--backend", choices=["serial", "ray"], default="serial",
+                     help="serial (this process) or ray: one Ray task per config group (model, seed, device, solver)")
+    run.add_argument("--address", help="--backend ray: a running Ray cluster to join (default: start a local Ray)")
+    run.add_argument("--workers", type=int, help="--backend ray without --address: CPUs of the local Ray (default: all)")
+    run.add_argument("--threads", type=int, help="torch threads of a serial run (default: torch's, one per core); "
+                     "each Ray task runs on one")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     run.set_defaults(func=cmd_run)

@@ -188,10 +188,7 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
     reference = None
     if wanted & {"err_reference", "lpips_reference"} and not stochastic:
-        key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device), cfg.reference_tolerance)
-        if key not in cache.references:  # the eager network's: the reference of every exec mode
-            cache.references[key] = _reference(cache.model(cfg, "eager")[1], x_T, batch, cfg.reference_tolerance)
-        reference = cache.references[key]
+        reference = reference_solution(cfg, cache, batch)
         if isinstance(reference, Exception):
             notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
             reference = None
@@ -263,6 +260,31 @@ def _lpips_metrics(cfg: RunConfig, cache: SweepCache, x, reference, device, note
     return out
 
 
+def reference_key(cfg: RunConfig) -> tuple:
+    """What a config's reference solve depends on: the eager network, x_T (model, seed, sample count, dtype), the
+    batch it is solved in (adaptive step control takes norms over a batch; the spec has one) and the tolerance."""
+    return (cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype,
+            cfg.reference_tolerance)
+
+
+def needs_reference(cfg: RunConfig) -> bool:
+    """Whether a config's metrics compare its samples with the reference solve (deterministic runs only)."""
+    solver = SOLVERS[cfg.solver]
+    return (cfg.skip_reason is None and bool(set(cfg.metrics) & {"err_reference", "lpips_reference"})
+            and not solver.draws_noise(cfg.eta, dict(cfg.options)))
+
+
+def reference_solution(cfg: RunConfig, cache: SweepCache, batch: int):
+    """The config's reference solve (or the error that ended it), solved once per ``reference_key`` in batches
+    of ``batch``: the batch that fitted the first config's own solve. The eager network's, for every exec mode."""
+    key = reference_key(cfg)
+    if key not in cache.references:
+        source, model = cache.model(cfg, "eager")
+        x_T = cache.prior(cfg, source.event_shape, resolve_device(cfg.device), getattr(torch, cfg.dtype))
+        cache.references[key] = _reference(model, x_T, batch, cfg.reference_tolerance)
+    return cache.references[key]
+
+
 def _reference(model, x_T: torch.Tensor, batch: int, tolerance: float):
     """The high-accuracy solve from x_T (dopri5, rtol = atol = ``tolerance``, float64) in batches of the size
     that fitted the config's own solve, or the exception that ended it (kept, so later configs do not retry it)."""
@@ -302,20 +324,21 @@ def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -
 
 
 def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None,
-              retry: tuple[str, ...] = ()) -> dict:
+              retry: tuple[str, ...] = (), on_row=None, references: dict | None = None) -> dict:
     """Run every config not yet in ``run_dir`` (and those whose status is in ``retry``); returns counts by
     status for this call. Each config runs in a worker process within its ``time_limit_s`` (0: in this
     process, without a limit). Each row is written as soon as its config ends; the rows this call wrote
-    are compacted every ``store.COMPACT_EVERY`` rows and at the end."""
+    are compacted every ``store.COMPACT_EVERY`` rows and at the end. ``on_row(row)`` is called after each write;
+    ``references``: reference solves already made (by ``reference_key``), as the Ray backend shares them."""
     from bench.worker import ConfigWorker
 
     done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
     counts = {"already_done": len(configs) - len(todo)}
-    needed = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo)}
-    in_process, worker = SweepCache(**needed), ConfigWorker(**needed)
+    shared = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo), "references": dict(references or {})}
+    in_process, worker = SweepCache(**shared), ConfigWorker(**shared)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
-    bar = _progress(len(configs), len(configs) - len(todo), progress)
+    bar = progress_bar(len(configs), len(configs) - len(todo), progress)
     written = []
     try:
         for cfg in todo:
@@ -327,6 +350,8 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
             written.append(store.write_row(run_dir, row))
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             bar.update(1)
+            if on_row is not None:
+                on_row(row)
             if len(written) >= store.COMPACT_EVERY:
                 store.compact(run_dir, written)
                 written = []
@@ -356,7 +381,7 @@ def _environment(device: str) -> dict:
         return {**store.environment("cpu"), "device": device}
 
 
-def _progress(total: int, initial: int, enabled: bool | None):
+def progress_bar(total: int, initial: int, enabled: bool | None):
     from tqdm import tqdm
 
     if enabled is None:

@@ -19,13 +19,16 @@ import threading
 import time
 
 _CONTEXT = None
+# Imported once by the fork server, not by each worker: the harness, and what its metrics import on first use
+# (torch-fidelity's statistics: 1.3 s, which every Ray task's fresh worker would otherwise pay again).
+PRELOAD = ["bench.runner", "torch_fidelity.metric_fid", "torch_fidelity.metric_prc", "torch_fidelity.metric_kid"]
 
 
 def _context():
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["bench.runner"])
+        _CONTEXT.set_forkserver_preload(PRELOAD)
     return _CONTEXT
 
 
@@ -39,12 +42,12 @@ def _exit_with(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def _serve(connection, needed: dict, parent_pid: int) -> None:
+def _serve(connection, shared: dict, parent_pid: int) -> None:
     """The worker's loop: (config, env, run_id) in, row out, until told to stop (None) or the parent goes."""
     from bench.runner import SweepCache, run_config
 
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
-    cache = SweepCache(**needed)
+    cache = SweepCache(**shared)
     while True:
         try:
             job = connection.recv()
@@ -77,15 +80,16 @@ def _main_script_hidden():
 class ConfigWorker:
     """Runs one config at a time in a child process, within ``time_limit_s`` each."""
 
-    def __init__(self, **needed: frozenset):
-        """``needed``: the SweepCache's needed_partners and needed_eager (what later configs will use)."""
-        self.needed = needed
+    def __init__(self, **shared):
+        """``shared``: the SweepCache fields the worker starts with (what later configs will use, reference
+        solves already made)."""
+        self.shared = shared
         self.process = self.connection = None
 
     def _start(self) -> None:
         context = _context()
         self.connection, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.needed, os.getpid()), daemon=True)
+        process = context.Process(target=_serve, args=(child, self.shared, os.getpid()), daemon=True)
         with _main_script_hidden():
             process.start()
         self.process = process

@@ -192,6 +192,12 @@ def test_rows_written_before_a_column_was_added_still_load(tmp_path):
     (["run", "bench/configs/default.toml", "--shard", "3/2"], "--shard i/n needs 0 <= i < n, got '3/2'"),
     (["run", "bench/configs/default.toml", "--shard", "a/b"], "--shard takes i/n with integers"),
     (["run", "bench/configs/default.toml", "--resume", "/nonexistent/run"], "not a run folder (no run.json)"),
+    (["run", "bench/configs/default.toml", "--workers", "2"], "--workers only apply to --backend ray"),
+    (["run", "bench/configs/default.toml", "--backend", "ray", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["run", "bench/configs/default.toml", "--backend", "ray", "--address", "auto", "--workers", "2"],
+     "--workers sizes a local Ray; a cluster joined with --address has its own workers"),
+    (["run", "bench/configs/default.toml", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["run", "bench/configs/default.toml", "--backend", "ray", "--threads", "1"], "each Ray task runs on one"),
     (["report", "/nonexistent/run"], "not a run folder (no run.json)"),
     (["compact", "/nonexistent/run"], "/nonexistent/run: not a run folder (no run.json)"),
     (["compare", "/nonexistent/base", "/nonexistent/head"], "neither a run folder"),
@@ -241,3 +247,10 @@ def test_an_explicit_grid_runs_and_says_why_it_has_no_step_doubling_estimate(tmp
     row = table.iloc[0]
     assert row.status == "ok" and row.steps == 3 and row.nfe == 6 and row.err_reference > 0
     assert pd.isna(row.err_stepdoubling) and "an explicit grid has no 2n-step refinement" in row.message
+
+
+def test_ray_backend_without_ray_says_how_to_install_it():
+    hide_ray = ("import sys; sys.modules['ray'] = None; from bench.cli import main; "
+                "sys.exit(main(['run', 'bench/configs/default.toml', '--backend', 'ray']))")
+    result = subprocess.run([sys.executable, "-c", hide_ray], capture_output=True, text=True)
+    assert result.returncode == 2 and "--backend ray needs Ray: make setup-ray" in result.stderr, result.stderr
