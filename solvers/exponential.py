@@ -47,6 +47,36 @@ def dpm_solver_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
     return x
 
 
+def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+    """DPM-2 ancestral, k-diffusion's sample_dpm_2_ancestral (Crowson, k-diffusion 0.1.1; from DPM-Solver-2,
+    Lu et al. 2022, arXiv:2206.00927, Algorithm 1 with r1 = 1/2).
+
+    Each step from t to s splits the noise the step owes as DDIM does (eq. 16 variance, so c = ddim's c and
+    eta is DESIGN.md's eta to first order): a deterministic DPM-Solver-2 step from t to the log-SNR where
+    sigma/alpha = sigma_down~ = sqrt(sigma_s^2 - c^2) / alpha_s, its midpoint at the geometric mean of
+    sigma/alpha (k-diffusion's sigma_mid), then fresh noise c z. Written in x~ = x / alpha, where DPM-Solver-2
+    is x~_mid = x~ + (sigma_mid~ - sigma_t~) eps_t, x~_down = x~ + (sigma_down~ - sigma_t~) eps_mid; the
+    model is only called at t and at the midpoint (inside [s, t] for eta <= 1). eta = 0: dpm_solver_2.
+    2 NFE per step.
+    """
+    schedule = model.schedule
+    times = ts.tolist()
+    for t, s in zip(times[:-1], times[1:]):
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
+        h = float(schedule.lambda_(s) - schedule.lambda_(t))
+        c = eta * sigma_s * math.sqrt(-math.expm1(-2 * h))
+        scaled_t, scaled_down = sigma_t / alpha_t, math.sqrt(sigma_s**2 - c**2) / alpha_s
+        scaled_mid = math.sqrt(scaled_t * scaled_down)
+        t_mid = float(schedule.t_of_lambda(-math.log(scaled_mid)))
+        x_scaled = x / alpha_t
+        x_mid = x_scaled + (scaled_mid - scaled_t) * model.eps(x, t)
+        eps_mid = model.eps(float(schedule.alpha(t_mid)) * x_mid, t_mid)
+        x = alpha_s * (x_scaled + (scaled_down - scaled_t) * eps_mid)
+        if eta > 0:
+            x = x + c * noise(t, s, x)
+    return x
+
+
 def dpm_solver_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: float = 1 / 3,
                  r2: float = 2 / 3) -> torch.Tensor:
     """DPM-Solver-3, singlestep (Lu et al. 2022, arXiv:2206.00927, Algorithm 2), points at r1 h and r2 h.

@@ -129,6 +129,7 @@ def _solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs)
 
 _ETA_FAMILY = "DESIGN.md's eta: 0 probability-flow ODE, 1 reverse SDE"
 _ODE_ONLY = "none (eta must be 0)"
+_ANCESTRAL_ETA = "k-diffusion's eta = DDIM's = DESIGN.md's to first order (default 1, > 0)"
 
 SOLVERS: dict[str, Solver] = dict([
     _solver("euler", runge_kutta.euler, 1, "both", 1, _ETA_FAMILY, "Song et al. 2021, arXiv:2011.13456, eq. 6/13",
@@ -141,6 +142,13 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("ddim", denoising.ddim, 1, "both", 1, "DDIM's eta (eq. 16), equal to DESIGN.md's eta to first order",
             "Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12",
             peers="= k-diffusion sample_euler at eta 0 (tested)"),
+    _solver("euler_ancestral", denoising.ddim, 1, "sde", 1, _ANCESTRAL_ETA,
+            "k-diffusion 0.1.1 sample_euler_ancestral (Crowson); the map of DDIM, arXiv:2010.02502, eq. 12",
+            peers="= k-diffusion sample_euler_ancestral (tested): Euler in sigma~ to sigma_down, then sigma_up noise, "
+                  "which is DDIM's step at eta > 0"),
+    _solver("dpm_2_ancestral", exponential.dpm_2_ancestral, 2, "sde", 2, _ANCESTRAL_ETA,
+            "k-diffusion 0.1.1 sample_dpm_2_ancestral (Crowson); DPM-Solver-2, arXiv:2206.00927, Alg. 1",
+            peers="= k-diffusion sample_dpm_2_ancestral (tested); its eta 0 is dpm_solver_2"),
     _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
             "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",

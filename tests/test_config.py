@@ -142,6 +142,10 @@ def test_shipped_specs_are_valid():
         assert set(spec.values["solvers"]) <= set(SOLVERS)
 
 
+def test_the_zoo_spec_runs_every_registered_solver():
+    assert load_spec("bench/configs/zoo.toml").values["solvers"] == list(SOLVERS)
+
+
 def test_network_model_entries_pass_validation():
     spec = parse_spec({**GOOD, "models": ["diffusers:/some/unet", "python:pkg.mod:make", "ring2d"]})
     assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:pkg.mod:make", "ring2d"}

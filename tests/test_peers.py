@@ -53,6 +53,53 @@ def test_agrees_with_k_diffusion(name, options, peer, peer_kwargs, spacing):
     assert relative < 1e-8, f"{name} vs k-diffusion {peer}: relative difference {relative:.2e}"
 
 
+class _ReplayedNoise:
+    """The same standard normal draws, in order, for our solver (noise(t, s, like)) and k-diffusion's
+    noise_sampler(sigma, sigma_next): both draw one per step and scale it themselves."""
+
+    def __init__(self, shape, steps, seed=5):
+        g = torch.Generator().manual_seed(seed)
+        self.draws = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(steps)]
+        self.ours, self.theirs = iter(self.draws), iter(self.draws)
+
+    def __call__(self, t, s, like):
+        return next(self.ours)
+
+    def sampler(self, sigma, sigma_next):
+        return next(self.theirs)
+
+
+ANCESTRAL_PEERS = [("euler_ancestral", "sample_euler_ancestral"), ("dpm_2_ancestral", "sample_dpm_2_ancestral"),
+                   ("ddim", "sample_euler_ancestral")]
+
+
+@pytest.mark.parametrize("name, peer", ANCESTRAL_PEERS, ids=[f"{n}-vs-{p}" for n, p in ANCESTRAL_PEERS])
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_ancestral_samplers_agree_with_k_diffusion_on_the_same_noise(name, peer, eta, spacing):
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps(spacing, 10, SCHEDULE)
+    noise = _ReplayedNoise(x_T.shape, 10)
+    ours = sample(name, model, x_T, ts, eta=eta, noise=noise)
+    theirs = _k_diffusion_run(getattr(k_diffusion_sampling(), peer), model, x_T, ts, eta=eta,
+                              noise_sampler=noise.sampler)
+    assert next(noise.ours, None) is None and next(noise.theirs, None) is None  # one draw per step each, all used
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"{name} vs k-diffusion {peer} at eta {eta}: relative difference {relative:.2e}"
+
+
+def test_dpm_2_ancestral_without_noise_is_dpm_solver_2():
+    from solvers.exponential import dpm_2_ancestral
+
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("logsnr", 10, SCHEDULE)
+    ancestral = dpm_2_ancestral(model, x_T, ts, eta=0.0, noise=None)
+    relative = ((ancestral - sample("dpm_solver_2", model, x_T, ts)).abs().max() / ancestral.abs().max()).item()
+    assert relative < 1e-12, relative
+
+
 def test_the_two_3m_forms_differ_only_from_the_third_step_on():
     """dpmpp_3m (2 phi_3) and dpmpp_3m_phi3 share steps 1-2, then differ by the D2 weight."""
     model = ring2d().model(SCHEDULE)
