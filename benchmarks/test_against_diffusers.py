@@ -45,6 +45,14 @@ def unet_scheduler_config() -> dict:
     return json.loads((CHECKPOINTS_DIR / "fmnist_unet" / "scheduler_config.json").read_text())
 
 
+def _peer_start(scheduler, x_T):
+    """The VP state diffusers' first network call sees. Not always x_T: with linspace or trailing spacing
+    EulerDiscreteScheduler's init_noise_sigma is sigma_max, not sqrt(sigma_max^2 + 1), so its start is x_T
+    scaled by sigma_max / sqrt(sigma_max^2 + 1) (1 - 2e-5 here; 10 steps later up to 1.1e-3 relative)."""
+    scheduler.set_timesteps(STEPS)
+    return scheduler.scale_model_input(x_T * scheduler.init_noise_sigma, scheduler.timesteps[0])
+
+
 def _diffusers_loop(unet, scheduler, x_T):
     """diffusers' documented sampling loop (x_T in the VP variable; Euler's is scaled by init_noise_sigma)."""
     scheduler.set_timesteps(STEPS)
@@ -63,9 +71,10 @@ def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch)
     name, options, _ = PAIRS[scheduler_name]
     with torch.inference_mode():
         theirs = _diffusers_loop(unet, scheduler, x_T)
-        ours = sample(name, model, x_T, ts, **options)
-        assert (ours - theirs).abs().max() < 2e-3 * theirs.abs().max()  # the same computation, float32
+        start = _peer_start(scheduler, x_T)
+        ours = sample(name, model, start, ts, **options)
+        assert (ours - theirs).abs().max() < 2e-4 * theirs.abs().max()  # the same computation, float32
         run = (lambda: _diffusers_loop(unet, scheduler, x_T)) if loop == "diffusers" else (
-            lambda: sample(name, model, x_T, ts, **options))
+            lambda: sample(name, model, start, ts, **options))
         benchmark.group = f"{scheduler_name} vs {name}: {STEPS} NFE, batch {batch}, {torch.get_num_threads()} threads"
         benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
