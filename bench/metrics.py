@@ -24,6 +24,10 @@ METRICS = {
     "lpips_reference": "median LPIPS (AlexNet, v0.1) between each sample and the reference solve from the same "
                        "x_T: the solver's error as a person sees it (deterministic image configs, 32 px and up)",
     "lpips_diversity": "mean LPIPS (AlexNet, v0.1) over all pairs of samples: what eta buys (image models, 32 px and up)",
+    "nll": "negative log-likelihood per dimension (nats) of n_samples held-out points (exact samples of p_0; for a "
+           "network, Fashion-MNIST test images, dequantised) through the PF-ODE integrated by the config's solver, "
+           "exact divergence up to 64 dimensions, else Hutchinson; nll_se its standard error; nll_bpd bits/dim of "
+           "the images (eta = 0 rows of euler, heun, midpoint, rk4 and the adaptive solvers)",
 }
 
 

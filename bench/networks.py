@@ -88,10 +88,10 @@ def load_diffusers(path: str | Path) -> NetworkSource:
     if prediction not in PREDICTION_TYPES:
         raise ValueError(f"diffusers:{path}: prediction_type {prediction!r} not supported; supported: "
                          f"{', '.join(PREDICTION_TYPES)}")
-    unet = UNet2DModel.from_pretrained(str(unet_dir)).eval()
+    # weights frozen, so a forward builds no graph unless x asks for one (the nll metric's divergence does)
+    unet = UNet2DModel.from_pretrained(str(unet_dir)).eval().requires_grad_(False)
     schedule = _schedule_from_config(config, path)
 
-    @torch.no_grad()
     def net(x, t):
         return unet(x.to(unet.dtype), schedule.network_time(t).to(x.device, unet.dtype)).sample.to(x.dtype)
 

@@ -24,8 +24,9 @@ from bench.models import build_model
 from solvers import SOLVERS, SolverDiverged
 from solvers.reference import reference_solve
 from solvers.schedules import SCHEDULES
+from solvers.spacing import timesteps
 
-EXACT_SAMPLES_SEED, FID_REFERENCE_SEED = 10_000, 20_000  # offsets from the config's seed
+EXACT_SAMPLES_SEED, FID_REFERENCE_SEED, NLL_SEED = 10_000, 20_000, 30_000  # offsets from the config's seed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -209,6 +210,8 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
             out["precision"], out["recall"] = metrics.precision_recall(samples, exact)
         if "sliced_wasserstein" in wanted:
             out["sliced_wasserstein"] = metrics.sliced_wasserstein(samples, exact, seed=cfg.seed)
+    if "nll" in wanted:
+        out.update(_nll(cfg, cache, source, model, stochastic, device, notes))
     if "fid" in wanted and len(source.event_shape) == 3:
         out.update(_image_metrics(cfg, cache, source, x, device))
     if wanted & {"lpips_reference", "lpips_diversity"} and len(source.event_shape) == 3:
@@ -235,6 +238,36 @@ def _drift_vs_eager(cfg: RunConfig, cache: SweepCache, x_T, x, device, fid_value
         if "fid" not in twin:
             twin["fid"] = _image_metrics(cfg, cache, source, twin["samples"], device)["fid"]
         out["fid_vs_eager"] = fid_value - twin["fid"]
+    return out
+
+
+def _nll(cfg: RunConfig, cache: SweepCache, source, model, stochastic: bool, device, notes: list) -> dict:
+    """NLL of held-out data under the model through the PF-ODE integrated by the config's solver (bench.likelihood):
+    exact samples of p_0 for the analytic models, dequantised Fashion-MNIST test images for a network."""
+    from bench import likelihood
+    from bench.data import fashion_mnist
+
+    if cfg.solver not in likelihood.INTEGRATORS:
+        notes.append(f"no nll: {cfg.solver} does not integrate the augmented PF-ODE ({', '.join(likelihood.INTEGRATORS)} do)")
+        return {}
+    if stochastic:
+        notes.append("no nll: it is the probability-flow ODE's, measured on the eta = 0 rows")
+        return {}
+    generator = torch.Generator().manual_seed(NLL_SEED + cfg.seed)
+    if isinstance(source, GaussianMixture):
+        data, real_images = source.sample(cfg.n_samples, generator), False
+    else:
+        test = fashion_mnist("test", data_dir=cfg.data_dir, size=source.event_shape[-1], resize=cfg.image_resize)
+        chosen = test[torch.randperm(len(test), generator=generator)[:cfg.n_samples]]
+        data, real_images = likelihood.dequantize(chosen, generator), True
+    data = data.to(device=device, dtype=getattr(torch, cfg.dtype))
+    ts = timesteps(cfg.spacing, cfg.steps, model.schedule) if cfg.steps is not None else None
+    per_sample = torch.cat([likelihood.pf_ode_nll(model, chunk, cfg.solver, ts, cfg.tolerance, generator).cpu()
+                            for chunk in data.split(cfg.batch_size)])
+    dim = data[0].numel()
+    out = {"nll": per_sample.mean().item() / dim, "nll_se": per_sample.std().item() / dim / math.sqrt(len(per_sample))}
+    if real_images:
+        out["nll_bpd"] = likelihood.bits_per_dim(per_sample, dim).mean().item()
     return out
 
 

@@ -48,6 +48,7 @@ SCHEMA = pa.schema([
     ("sample_log_density", pa.float64()), ("frechet", pa.float64()), ("sliced_wasserstein", pa.float64()),
     ("lpips_reference", pa.float64()), ("lpips_diversity", pa.float64()),
     ("drift_vs_eager", pa.float64()), ("fid_vs_eager", pa.float64()),
+    ("nll", pa.float64()), ("nll_se", pa.float64()), ("nll_bpd", pa.float64()),
     ("status", pa.string()), ("message", pa.string()),
 ])
 COLUMNS = SCHEMA.names
