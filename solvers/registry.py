@@ -149,6 +149,10 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("dpm_2_ancestral", exponential.dpm_2_ancestral, 2, "sde", 2, _ANCESTRAL_ETA,
             "k-diffusion 0.1.1 sample_dpm_2_ancestral (Crowson); DPM-Solver-2, arXiv:2206.00927, Alg. 1",
             peers="= k-diffusion sample_dpm_2_ancestral (tested); its eta 0 is dpm_solver_2"),
+    _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
+            "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
+            peers="ComfyUI's sample_gradient_estimation (Euler in sigma with the same extrapolated direction, "
+                  "ge_gamma = gamma); not installable here, so not compared"),
     _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
             "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",

@@ -235,3 +235,12 @@ def test_exponential_spacing_is_k_diffusions():
     finally:
         torch.set_default_dtype(previous)
     torch.testing.assert_close(sigmas, theirs, rtol=1e-12, atol=0)
+
+
+def test_gradient_estimation_with_gamma_one_is_ddim():
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("logsnr", 10, SCHEDULE)
+    one, ddim = sample("gradient_estimation", model, x_T, ts, gamma=1.0), sample("ddim", model, x_T, ts)
+    assert ((one - ddim).abs().max() / ddim.abs().max()).item() < 1e-12
+    assert (sample("gradient_estimation", model, x_T, ts) - ddim).abs().max() > 1e-3  # gamma = 2 moves the samples
