@@ -28,7 +28,7 @@ from bench.metrics import METRICS
 from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
-from solvers.spacing import DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name
+from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
 
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
@@ -240,6 +240,13 @@ def _validate(raw: dict, where: str) -> list[str]:
         errors.append(f"{where}: key 'spacings': {discrete[0]!r} steps on a model's discrete training timesteps; "
                       f"{analytic[0]!r} runs on the schedule {raw.get('schedule', DEFAULTS['schedule'])!r} (set "
                       f"schedule = \"DiscreteVP\", or use a continuous spacing)")
+    schedule_name = raw.get("schedule", DEFAULTS["schedule"])
+    for spacing in [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in AYS_LEVELS]:
+        if analytic and schedule_name in SCHEDULES:
+            try:
+                timesteps(spacing, 1, SCHEDULES[schedule_name]())
+            except ValueError as err:
+                errors.append(f"{where}: key 'spacings': {err} (the analytic models run on it)")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
                       f"network; set fid_reference = \"fashion_mnist_test\"")

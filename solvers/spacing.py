@@ -26,6 +26,14 @@ t = (k + 1)/N), each ending with a step to timestep 0 (t_min; diffusers' final_s
   0: the grid starts below t_max, as in diffusers
 - ``trailing``: timesteps round(N - i N / n) - 1 for i < n, then 0 (Lin et al. 2024, arXiv:2305.08891)
 - ``simple``: ComfyUI's, timesteps N - 1 - floor(i N / n) for i < n, then 0
+
+Align Your Steps (Sabour et al. 2024, arXiv:2404.14507), the schedules published for three model families
+(NVIDIA's AYS how-to page; ComfyUI's AlignYourStepsScheduler holds the same numbers): 10-step sigma~ levels,
+log sigma~ interpolated linearly over the step index to n steps:
+- ``ays_sd1``, ``ays_sdxl``: Stable Diffusion 1.x / XL (DiscreteVP, scaled_linear betas 0.00085..0.012, 1000 steps)
+- ``ays_svd``: Stable Video Diffusion (EDM, sigma 0.002..700)
+They are defined for a schedule whose sigma~ range is the family's (ends within 1%), else refused: the levels
+were optimised for that model's noise range and mean nothing on another.
 """
 from __future__ import annotations
 
@@ -147,6 +155,35 @@ def _simple(s, t_min, t_max, schedule, **_):
     return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
 
 
+AYS_LEVELS = {  # sigma~ at 11 points, t_max first
+    "ays_sd1": [14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
+                0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582],
+    "ays_sdxl": [14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141, 0.5550693289,
+                 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582],
+    "ays_svd": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002],
+}
+AYS_END_TOLERANCE = 0.01
+
+
+def _align_your_steps(kind):
+    levels = torch.tensor(AYS_LEVELS[kind], dtype=torch.float64)
+
+    def spacing(s, t_min, t_max, schedule, **_):
+        ends = torch.exp(-torch.as_tensor([float(schedule.lambda_(t_max)), float(schedule.lambda_(t_min))],
+                                          dtype=torch.float64))
+        published = levels[[0, -1]]
+        if not bool(((ends / published - 1).abs() <= AYS_END_TOLERANCE).all()):
+            raise ValueError(f"spacing {kind!r} was published for sigma~ from {published[0]:g} to {published[1]:g}; "
+                             f"{schedule!r} spans {ends[0]:.4g} to {ends[1]:.4g} between t_max and t_min")
+        position = s * (len(levels) - 1)  # the step index on the published 10-step grid
+        left = position.floor().clamp(max=len(levels) - 2).long()
+        weight = position - left
+        log_levels = (1 - weight) * levels.log()[left] + weight * levels.log()[left + 1]
+        return schedule.t_of_lambda(-log_levels)
+
+    return spacing
+
+
 SPACINGS = {
     "uniform": _uniform,
     "quadratic": _quadratic,
@@ -163,6 +200,7 @@ SPACINGS = {
     "leading": _leading,
     "trailing": _trailing,
     "simple": _simple,
+    **{name: _align_your_steps(name) for name in AYS_LEVELS},
 }
 DISCRETE = {"linspace", "leading", "trailing", "simple"}  # on the training steps of a DiscreteVP model
 

@@ -166,3 +166,9 @@ def test_image_resize_is_a_checked_spec_option():
     assert expand(parse_spec({**GOOD, "image_resize": "bilinear"}))[0].image_resize == "bilinear"
     with pytest.raises(SpecError, match="key 'image_resize': unknown value 'nearest'; allowed: pad, bilinear"):
         parse_spec({**GOOD, "image_resize": "nearest"})
+
+
+def test_align_your_steps_on_a_schedule_it_was_not_published_for_is_refused_before_compute():
+    with pytest.raises(SpecError, match="key 'spacings': spacing 'ays_sd1' was published for sigma~ from 14.6146 to "
+                                        "0.0291672; VPLinear.* spans 152.2 to 0.01049 .*the analytic models run on it"):
+        parse_spec({**GOOD, "spacings": ["ays_sd1"]})

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from solvers.schedules import VE, DiscreteVP, VPLinear
-from solvers.spacing import DISCRETE, SPACINGS, timesteps
+from solvers.schedules import EDM, VE, DiscreteVP, VPLinear
+from solvers.spacing import AYS_LEVELS, DISCRETE, SPACINGS, timesteps
 
 
-@pytest.mark.parametrize("kind", [k for k in SPACINGS if k not in DISCRETE])
+@pytest.mark.parametrize("kind", [k for k in SPACINGS if k not in DISCRETE and k not in AYS_LEVELS])
 @pytest.mark.parametrize("n", [1, 2, 7, 50, 256])
 def test_grid_shape_ends_and_order(schedule, kind, n):
     ts = timesteps(kind, n, schedule)
@@ -108,3 +108,32 @@ def test_explicit_grids_in_times_and_sigmas():
         timesteps(explicit_name([1.0, 0.5, 0.1, 0.001]), 5, schedule)
     with pytest.raises(ValueError, match="expected times:v0,v1,... with numbers"):
         timesteps("times:1.0,x", 1, schedule)
+
+
+def _stable_diffusion_schedule():
+    """SD 1.x/XL's: scaled_linear betas from 0.00085 to 0.012 over 1000 training steps."""
+    return DiscreteVP(torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2)
+
+
+AYS_FAMILIES = [("ays_sd1", _stable_diffusion_schedule), ("ays_sdxl", _stable_diffusion_schedule),
+                ("ays_svd", lambda: EDM(0.002, 700.0))]
+
+
+@pytest.mark.parametrize("kind, family", AYS_FAMILIES, ids=[k for k, _ in AYS_FAMILIES])
+@pytest.mark.parametrize("n", [1, 7, 10, 20, 50])
+def test_align_your_steps_is_the_published_schedule_interpolated(kind, family, n):
+    schedule = family()
+    ts = timesteps(kind, n, schedule)
+    assert ts[0].item() == schedule.t_max and ts[-1].item() == schedule.t_min and bool((torch.diff(ts) < 0).all())
+    sigmas = torch.exp(-schedule.lambda_(ts))
+    published = torch.tensor(AYS_LEVELS[kind], dtype=torch.float64)
+    if n % 10 == 0:  # every (n/10)-th point of the interpolated grid is a published level
+        assert torch.allclose(sigmas[:: n // 10], published, rtol=1e-9)
+    else:  # log-linear between the published levels: inside their range (the ends are the schedule's own)
+        assert published[-1] * (1 - 1e-6) <= sigmas.min() and sigmas.max() <= published[0] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("schedule", [VPLinear(), VE(), DiscreteVP.linear()], ids=repr)
+def test_align_your_steps_is_refused_outside_its_family(schedule):
+    with pytest.raises(ValueError, match="spacing 'ays_sd1' was published for sigma~ from 14.6146 to 0.0291672; "):
+        timesteps("ays_sd1", 10, schedule)
