@@ -10,6 +10,13 @@ import math
 import torch
 
 
+def ancestral_noise_std(schedule, t: float, s: float, eta: float) -> float:
+    """The std c of the fresh noise a step from t to s adds at ``eta``: DDIM's eq. 16 variance in log-SNR form,
+    c^2 = eta^2 sigma_s^2 (1 - exp(-2h)), h = lambda_s - lambda_t (k-diffusion's sigma_up, times alpha_s)."""
+    h = float(schedule.lambda_(s) - schedule.lambda_(t))
+    return eta * schedule.alpha_sigma(s)[1] * math.sqrt(-math.expm1(-2 * h))
+
+
 def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12).
 
@@ -24,8 +31,7 @@ def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torc
     for t, s in zip(times[:-1], times[1:]):
         eps, x0 = model.eps_and_x0(x, t)
         alpha_s, sigma_s = schedule.alpha_sigma(s)
-        h = float(schedule.lambda_(s) - schedule.lambda_(t))
-        c = eta * sigma_s * math.sqrt(-math.expm1(-2 * h))
+        c = ancestral_noise_std(schedule, t, s, eta)
         x = alpha_s * x0 + math.sqrt(sigma_s**2 - c**2) * eps
         if eta > 0:
             x = x + c * noise(t, s, x)

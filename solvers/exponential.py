@@ -13,6 +13,7 @@ import math
 import torch
 
 from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr, phi
+from solvers.denoising import ancestral_noise_std
 
 
 def dpm_solver_1(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
@@ -63,8 +64,7 @@ def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noi
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        h = float(schedule.lambda_(s) - schedule.lambda_(t))
-        c = eta * sigma_s * math.sqrt(-math.expm1(-2 * h))
+        c = ancestral_noise_std(schedule, t, s, eta)
         scaled_t, scaled_down = sigma_t / alpha_t, math.sqrt(sigma_s**2 - c**2) / alpha_s
         scaled_mid = math.sqrt(scaled_t * scaled_down)
         t_mid = float(schedule.t_of_lambda(-math.log(scaled_mid)))
