@@ -19,7 +19,7 @@ import torch
 
 from bench import execution, metrics, sampling, store
 from bench.analytic import GaussianMixture
-from bench.config import RunConfig
+from bench.config import REFERENCE_METRICS, RunConfig
 from bench.models import build_model
 from solvers import SOLVERS, SolverDiverged
 from solvers.reference import reference_solve
@@ -188,7 +188,7 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
         median, rms = metrics.stepdoubling_error(x.cpu(), partner.cpu(), order)
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
     reference = None
-    if wanted & {"err_reference", "lpips_reference"} and not stochastic:
+    if needs_reference(cfg):
         reference = reference_solution(cfg, cache, batch)
         if isinstance(reference, Exception):
             notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
@@ -303,7 +303,7 @@ def reference_key(cfg: RunConfig) -> tuple:
 def needs_reference(cfg: RunConfig) -> bool:
     """Whether a config's metrics compare its samples with the reference solve (deterministic runs only)."""
     solver = SOLVERS[cfg.solver]
-    return (cfg.skip_reason is None and bool(set(cfg.metrics) & {"err_reference", "lpips_reference"})
+    return (cfg.skip_reason is None and bool(set(cfg.metrics) & REFERENCE_METRICS)
             and not solver.draws_noise(cfg.eta, dict(cfg.options)))
 
 
