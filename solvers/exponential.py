@@ -183,6 +183,24 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
         raise ValueError(f"dpmpp_3m: d2_weight must be one of {tuple(D2_WEIGHTS)}, got {d2_weight!r}")
     if second_order not in SECOND_ORDER_FORMS:
         raise ValueError(f"dpmpp_3m: second_order must be one of {SECOND_ORDER_FORMS}, got {second_order!r}")
+    return _x0_multistep(model, x, ts, 3, D2_WEIGHTS[d2_weight], second_order, lower_order_final)
+
+
+def res_multistep(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
+    """RES multistep (Zhang et al. 2023, arXiv:2308.02157, Sec. 4; ComfyUI's sample_res_multistep).
+
+    The exponential Adams step of order 2 on the data prediction whose weights satisfy the
+    exponential integrator's order conditions exactly (the paper's point against DPM-Solver++(2M)'s
+    phi_1/2 weight): x_s = (sigma_s/sigma_t) x + alpha_s h [phi_1(-h) x0 + phi_2(-h) (x0 - x0_prev)/r],
+    r the ratio of the previous step to this one in lambda. ComfyUI writes it as
+    h (b1 x0 + b2 x0_prev) with c2 = -r; it is dpmpp_3m's second-order "taylor" step, kept at order 2.
+    The first step is DDIM's. Order 2, 1 NFE per step.
+    """
+    return _x0_multistep(model, x, ts, 2, 0.0, "taylor", False)
+
+
+def _x0_multistep(model, x, ts, max_order: int, d2_weight: float, second_order: str, lower_order_final: bool):
+    """The data-prediction exponential multistep update of dpmpp_3m (see there) up to ``max_order``."""
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     n = len(times) - 1
@@ -190,7 +208,7 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
         (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        history = [model.x0(x, t)] + history[:2]
+        history = [model.x0(x, t)] + history[: max_order - 1]
         order = min(len(history), n - i) if lower_order_final else len(history)
         m0 = history[0]
         update = phi(1, -h) * m0
@@ -203,7 +221,7 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
             r1 = (lams[i - 1] - lams[i - 2]) / h
             d1_1 = (history[1] - history[2]) / r1
             d2 = (d1_0 - d1_1) / (r0 + r1)
-            update = update + phi(2, -h) * (d1_0 + r0 * d2) + D2_WEIGHTS[d2_weight] * phi(3, -h) * d2
+            update = update + phi(2, -h) * (d1_0 + r0 * d2) + d2_weight * phi(3, -h) * d2
         x = (sigma_s / sigma_t) * x + alpha_s * h * update
     return x
 

@@ -158,6 +158,10 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
             nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step",
             peers="k-diffusion's sample_lms warms up at lower order (warmup='lower_order', order 2) and steps in sigma"),
+    _solver("ipndm", multistep.ipndm, 2, "ode", 1, _ODE_ONLY,
+            "Zhang & Chen 2022, arXiv:2204.13902, iPNDM; Hairer et al. 1993, III.1",
+            peers="ComfyUI's sample_ipndm (AB weights for equal steps in sigma~; not installable here: compared with "
+                  "its published update restated in k-diffusion's variables); order 2 on non-uniform grids"),
     _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
     _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1"),
     _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2"),
@@ -173,6 +177,10 @@ SOLVERS: dict[str, Solver] = dict([
             "the peers' DPM-Solver++(3M): D2 weighted phi_3 as in DPM-Solver's code, k-diffusion, diffusers",
             fixed={"d2_weight": "phi_3"},
             peers="= diffusers DPMSolverMultistepScheduler order 3 (solver_type midpoint/heun = second_order midpoint/taylor, lower_order_final); taylor = k-diffusion sample_dpmpp_3m_sde at eta 0 (all tested)"),
+    _solver("res_multistep", exponential.res_multistep, 2, "ode", 1, _ODE_ONLY,
+            "Zhang et al. 2023, arXiv:2308.02157 (RES), exponential AB2 with phi_2 weight",
+            peers="ComfyUI's sample_res_multistep (not installable here: compared with its published update restated "
+                  "in k-diffusion's variables); = dpmpp_3m's taylor second-order step"),
     _solver("dpmpp_2m_sde", exponential.dpmpp_2m_sde, 2, "both", 1,
             _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5",
             peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),

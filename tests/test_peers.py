@@ -89,6 +89,56 @@ def test_ancestral_samplers_agree_with_k_diffusion_on_the_same_noise(name, peer,
     assert relative < 1e-8, f"{name} vs k-diffusion {peer} at eta {eta}: relative difference {relative:.2e}"
 
 
+def _restated_ipndm(denoiser, x, sigmas, disable=True):
+    """ComfyUI's sample_ipndm as published (equal-step Adams-Bashforth on d = (x - D)/sigma), restated here."""
+    weights = {1: [1], 2: [3, -1], 3: [23, -16, 5], 4: [55, -59, 37, -9]}
+    divisors = {1: 1, 2: 2, 3: 12, 4: 24}
+    ds = []
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        ds = [(x - denoiser(x, sigma.expand(len(x)))) / sigma] + ds[:3]
+        k = len(ds)
+        x = x + (sigma_next - sigma) * sum(w * d for w, d in zip(weights[k], ds)) / divisors[k]
+    return x
+
+
+def _restated_res_multistep(denoiser, x, sigmas, disable=True):
+    """ComfyUI's sample_res_multistep as published (b1, b2 with c2 = -(previous step)/h in -log sigma), restated."""
+    previous = None
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        denoised = denoiser(x, sigma.expand(len(x)))
+        if previous is None:
+            x = x + (sigma_next - sigma) * (x - denoised) / sigma
+        else:
+            h = torch.log(sigma) - torch.log(sigma_next)
+            c2 = (torch.log(sigma) - torch.log(sigmas[i - 1])) / h
+            phi1 = torch.expm1(-h) / -h
+            phi2 = (phi1 - 1) / -h
+            x = torch.exp(-h) * x + h * ((phi1 - phi2 / c2) * denoised + (phi2 / c2) * previous)
+        previous = denoised
+    return x
+
+
+@pytest.mark.parametrize("name, restated", [("ipndm", _restated_ipndm), ("res_multistep", _restated_res_multistep)])
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_agrees_with_comfyuis_published_update(name, restated, spacing):
+    """ComfyUI cannot be installed here: its published update, restated in k-diffusion's variables, is the peer."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps(spacing, 10, SCHEDULE)
+    ours = sample(name, model, x_T, ts)
+    theirs = _k_diffusion_run(restated, model, x_T, ts)
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"{name} vs ComfyUI's update: relative difference {relative:.2e}"
+
+
+def test_res_multistep_is_dpmpp_3ms_taylor_second_order_step():
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 16, 2)
+    ts = timesteps("logsnr", 2, SCHEDULE)  # dpmpp_3m's steps 1-2: first order, then the 2M update
+    torch.testing.assert_close(sample("res_multistep", model, x_T, ts),
+                               sample("dpmpp_3m", model, x_T, ts, second_order="taylor"), rtol=0, atol=1e-12)
+
+
 def test_dpm_2_ancestral_without_noise_is_dpm_solver_2():
     from solvers.exponential import dpm_2_ancestral
 
