@@ -54,7 +54,8 @@ def noise_source(cfg: RunConfig, chunk: torch.Tensor, schedule, batch_index: int
         return NoNoise(f"{cfg.solver} at eta = {cfg.eta:g} with options {options} is deterministic "
                        "according to its registry entry (Solver.draws_noise)")
     path = BrownianNoise(chunk, schedule.t_min, schedule.t_max, seed=cfg.seed * BATCH_SEED_STRIDE + batch_index)
-    return PrecomputedNoise(path, ts, chunk, streams=solver.extra_noise_streams(options))
+    return PrecomputedNoise(path, ts, chunk, streams=solver.extra_noise_streams(options),
+                            extra_intervals=solver.extra_noise_intervals(schedule, ts.tolist(), options))
 
 
 @dataclass

@@ -46,6 +46,7 @@ class Solver:
     noise_rule: Callable[[float, dict], bool] | None = None
     peers: str = ""  # how it relates to the code users run (k-diffusion, diffusers, the papers' code)
     noise_streams: Callable[[dict], int] | None = None  # independent streams beyond the first (pc's corrector)
+    noise_intervals: Callable[[object, list, dict], list] | None = None  # main-stream draws off the grid's steps
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -90,6 +91,11 @@ class Solver:
     def extra_noise_streams(self, options: dict | None = None) -> int:
         """How many independent noise streams a step draws from beyond the main one."""
         return self.noise_streams({**self.options, **(options or {})}) if self.noise_streams else 0
+
+    def extra_noise_intervals(self, schedule, times: list[float], options: dict | None = None) -> list[tuple]:
+        """The (t, s) a solve on ``times`` draws from its main stream besides the grid's own steps (t_i, t_i+1):
+        dpmpp_sde's [t, t_mid]. The runner draws them before the clock starts with the same floats."""
+        return self.noise_intervals(schedule, times, {**self.options, **(options or {})}) if self.noise_intervals else []
 
     def draws_noise(self, eta: float, options: dict | None = None) -> bool:
         """Whether a run with this eta and these options is stochastic (needs a seeded noise source)."""
@@ -149,6 +155,11 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("dpm_2_ancestral", exponential.dpm_2_ancestral, 2, "sde", 2, _ANCESTRAL_ETA,
             "k-diffusion 0.1.1 sample_dpm_2_ancestral (Crowson); DPM-Solver-2, arXiv:2206.00927, Alg. 1",
             peers="= k-diffusion sample_dpm_2_ancestral (tested); its eta 0 is dpm_solver_2"),
+    _solver("dpmpp_sde", exponential.dpmpp_sde, 2, "sde", 2, _ANCESTRAL_ETA,
+            "k-diffusion 0.1.1 sample_dpmpp_sde (Crowson); DPM-Solver++(2S), arXiv:2211.01095, Alg. 1",
+            noise_intervals=lambda schedule, times, options: [
+                (t, t_mid) for t, t_mid in zip(times, exponential.dpmpp_sde_midpoints(schedule, times, options["r"]))],
+            peers="= k-diffusion sample_dpmpp_sde (tested on the same draws); its eta 0 is dpmpp_2s"),
     _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
             "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
             peers="ComfyUI's sample_gradient_estimation (Euler in sigma with the same extrapolated direction, "
@@ -209,6 +220,10 @@ SOLVERS: dict[str, Solver] = dict([
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),
     _solver("step_doubling_heun", adaptive.step_doubling, 2, "ode", None, _ODE_ONLY,
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "heun"}),
+    _solver("dpm_adaptive", adaptive.dpm_adaptive, 3, "ode", None, _ODE_ONLY,
+            "Lu et al. 2022, arXiv:2206.00927, DPM-Solver-23 with adaptive step size", adaptive=True,
+            peers="= k-diffusion sample_dpm_adaptive at eta 0 (tested; its defaults rtol 0.05, atol 0.0078); "
+                  "k-diffusion's eta > 0 variant is not offered"),
     *[_solver(name, adaptive.torchdiffeq_adaptive, order, "ode", None, _ODE_ONLY, f"torchdiffeq {name}; {ref}",
               adaptive=True, fixed={"method": name})
       for name, order, ref in [("dopri5", 5, "Dormand & Prince 1980"), ("bosh3", 3, "Bogacki & Shampine 1989"),

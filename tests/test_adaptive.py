@@ -26,8 +26,10 @@ def problem():
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_tighter_tolerance_lowers_error_and_costs_more(problem, name):
     model, x_T, reference = problem
-    # Where the error responds to tolerance: dopri8 is far inside 1e-4 and 1e-5 alike (1.1e-6, 1.0e-6).
-    loose_tol = {"step_doubling_euler": 1e-3, "step_doubling_heun": 1e-3, "dopri8": 1e-6}.get(name, 1e-4)
+    # Where the error responds to tolerance: dopri8 is far inside 1e-4 and 1e-5 alike (1.1e-6, 1.0e-6);
+    # dpm_adaptive's error falls unevenly per decade (x12.5, 3.2, 56, 9.5 from 1e-3 to 1e-6; x178 over 1e-3..1e-5).
+    loose_tol = {"step_doubling_euler": 1e-3, "step_doubling_heun": 1e-3, "dopri8": 1e-6,
+                 "dpm_adaptive": 1e-5}.get(name, 1e-4)
     results = []
     for tol in (loose_tol, loose_tol / 10):
         model.reset_nfe()

@@ -24,6 +24,7 @@ STOCHASTIC_RUNS = [
     ("edm_stochastic", {}, 1.0), ("edm_stochastic", {"s_churn": 10.0}, 0.0), ("pc", {}, 1.0),
     ("pc", {"corrector_steps": 0}, 1.0), ("pc", {"corrector_steps": 0, "predictor": "reverse_diffusion"}, 1.0),
     ("euler_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 0.5),
+    ("dpmpp_sde", {}, 1.0), ("dpmpp_sde", {}, 0.5),
 ]
 
 
@@ -101,7 +102,7 @@ def test_strong_order_on_the_runners_brownian_path_matches_the_registry(run):
 
     Measured (ring std 0.25, logsnr, 400 samples): euler_maruyama 1.08, euler eta 0.5 1.07, ddim/ddpm
     1.02, ddpm beta 0.97, dpmpp_2m_sde eta 1 / 0.5 1.04 / 1.10, edm_stochastic eta 1 0.94, s_churn 10 0.93,
-    euler_ancestral 1.03, dpm_2_ancestral eta 1 / 0.5 1.09 / 1.02;
+    euler_ancestral 1.03, dpm_2_ancestral eta 1 / 0.5 1.09 / 1.02, dpmpp_sde eta 1 / 0.5 0.84 / 1.02;
     pc with a corrector does not converge pathwise (its Langevin step does not shrink with the step).
     """
     name, options, eta = run
@@ -181,7 +182,8 @@ def test_noise_drawn_before_the_solve_is_the_paths_own_and_covers_every_draw(run
         return BrownianNoise(x_T, SCHEDULE.t_min, SCHEDULE.t_max, seed=5)
 
     streams = SOLVERS[name].extra_noise_streams(options)
-    drawn = PrecomputedNoise(path(), ts, x_T, streams=streams)
+    drawn = PrecomputedNoise(path(), ts, x_T, streams=streams,
+                             extra_intervals=SOLVERS[name].extra_noise_intervals(SCHEDULE, ts.tolist(), options))
     direct = sample(name, model, x_T, ts, eta=eta, noise=path(), **options)
     assert torch.equal(sample(name, model, x_T, ts, eta=eta, noise=drawn, **options), direct)
     assert drawn.misses == 0

@@ -55,11 +55,12 @@ def test_agrees_with_k_diffusion(name, options, peer, peer_kwargs, spacing):
 
 class _ReplayedNoise:
     """The same standard normal draws, in order, for our solver (noise(t, s, like)) and k-diffusion's
-    noise_sampler(sigma, sigma_next): both draw one per step and scale it themselves."""
+    noise_sampler(sigma, sigma_next): both draw the same number per step, in the same order, and scale them
+    themselves."""
 
-    def __init__(self, shape, steps, seed=5):
+    def __init__(self, shape, draws, seed=5):
         g = torch.Generator().manual_seed(seed)
-        self.draws = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(steps)]
+        self.draws = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(draws)]
         self.ours, self.theirs = iter(self.draws), iter(self.draws)
 
     def __call__(self, t, s, like):
@@ -70,7 +71,8 @@ class _ReplayedNoise:
 
 
 ANCESTRAL_PEERS = [("euler_ancestral", "sample_euler_ancestral"), ("dpm_2_ancestral", "sample_dpm_2_ancestral"),
-                   ("ddim", "sample_euler_ancestral")]
+                   ("ddim", "sample_euler_ancestral"), ("dpmpp_sde", "sample_dpmpp_sde")]
+DRAWS_PER_STEP = {"dpmpp_sde": 2}  # [t, t_mid] then [t, s]
 
 
 @pytest.mark.parametrize("name, peer", ANCESTRAL_PEERS, ids=[f"{n}-vs-{p}" for n, p in ANCESTRAL_PEERS])
@@ -80,11 +82,11 @@ def test_ancestral_samplers_agree_with_k_diffusion_on_the_same_noise(name, peer,
     model = ring2d().model(SCHEDULE)
     x_T = prior_sample(SCHEDULE, 64, 2)
     ts = timesteps(spacing, 10, SCHEDULE)
-    noise = _ReplayedNoise(x_T.shape, 10)
+    noise = _ReplayedNoise(x_T.shape, 10 * DRAWS_PER_STEP.get(name, 1))
     ours = sample(name, model, x_T, ts, eta=eta, noise=noise)
     theirs = _k_diffusion_run(getattr(k_diffusion_sampling(), peer), model, x_T, ts, eta=eta,
                               noise_sampler=noise.sampler)
-    assert next(noise.ours, None) is None and next(noise.theirs, None) is None  # one draw per step each, all used
+    assert next(noise.ours, None) is None and next(noise.theirs, None) is None  # the same draws, all used
     relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
     assert relative < 1e-8, f"{name} vs k-diffusion {peer} at eta {eta}: relative difference {relative:.2e}"
 
@@ -148,6 +150,39 @@ def test_dpm_2_ancestral_without_noise_is_dpm_solver_2():
     ancestral = dpm_2_ancestral(model, x_T, ts, eta=0.0, noise=None)
     relative = ((ancestral - sample("dpm_solver_2", model, x_T, ts)).abs().max() / ancestral.abs().max()).item()
     assert relative < 1e-12, relative
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("rtol, atol", [(0.05, 0.0078), (1e-3, 1e-3)])
+def test_dpm_adaptive_agrees_with_k_diffusion_step_for_step(order, rtol, atol):
+    """Same samples (1e-8; k-diffusion keeps atol and rtol in float32, which moves them by ~1e-10) and the same
+    accepted and rejected steps."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("uniform", 1, SCHEDULE)
+    stats, info = {}, {}
+    ours = sample("dpm_adaptive", model, x_T, ts, order=order, rtol=rtol, atol=atol, stats=stats)
+
+    def peer(denoiser, x, sigmas, disable):
+        x, found = k_diffusion_sampling().sample_dpm_adaptive(denoiser, x, sigmas[-1], sigmas[0], disable=disable,
+                                                              order=order, rtol=rtol, atol=atol, return_info=True)
+        info.update(found)
+        return x
+
+    theirs = _k_diffusion_run(peer, model, x_T, ts)
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"dpm_adaptive order {order} vs k-diffusion: relative difference {relative:.2e}"
+    assert (stats["accepted"], stats["rejected"]) == (info["n_accept"], info["n_reject"])
+
+
+def test_dpmpp_sde_without_noise_is_dpmpp_2s():
+    from solvers.exponential import dpmpp_sde
+
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("logsnr", 10, SCHEDULE)
+    torch.testing.assert_close(dpmpp_sde(model, x_T, ts, eta=0.0, noise=None), sample("dpmpp_2s", model, x_T, ts),
+                               rtol=0, atol=1e-12)
 
 
 def test_the_two_3m_forms_differ_only_from_the_third_step_on():
