@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare perf perf-compare chaos train clean
+.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare conformance perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 # Test-only peers, installed without their dependencies: k-diffusion's package __init__ pulls in heavy
-# extras (clean-fid, wandb, ...); the tests load its sampling.py alone (tests/support.py).
+# extras (clean-fid, wandb, ...); bench/peers.py loads its sampling.py alone (the tests, make conformance).
 PEER_PINS ?= k-diffusion==0.1.1.post1
 
 FID_DIR := .cache/fid
@@ -103,6 +103,10 @@ report: setup
 compare: setup
 	@test -n "$(BASE)" || { echo "make compare: pass BASE=<commit|run> [HEAD=<commit|run>]"; exit 2; }
 	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
+
+# Our solvers and spacings against k-diffusion's and diffusers' on one model, grid and x_T: results/conformance/.
+conformance: setup
+	$(PY) -m bench conformance $(CONFORMANCE_ARGS)
 
 # Solver overhead benchmarks (pytest-benchmark), saved per run under .benchmarks/; not part of make test.
 perf: setup

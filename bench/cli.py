@@ -189,6 +189,21 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_conformance(args) -> int:
+    from bench import conformance
+
+    table = conformance.run_comparisons()
+    path = conformance.write_report(Path(args.out), table)
+    failed = table[~table.ok]
+    print(f"{len(table)} comparisons: {int((table.verdict == 'agrees').sum())} agree, "
+          f"{int((table.verdict == 'differs by design').sum())} differ by design, "
+          f"{int(table.verdict.str.startswith('not run').sum())} not run (peer missing), {len(failed)} failed; {path}")
+    for row in failed.itertuples():
+        print(f"FAILED {row.ours} vs {row.library} {row.peer}: {row.verdict} "
+              f"(max relative difference {row.max_relative_difference:.2e}, tolerance {row.tolerance:g})", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 def cmd_list(args) -> int:
     from bench.metrics import METRICS
     from bench.models import MODELS
@@ -271,6 +286,10 @@ def main(argv=None) -> int:
     reference.add_argument("--fid-weights", help="converted Inception weights (default: those of make fid-weights)")
     reference.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     reference.set_defaults(func=cmd_fid_reference)
+    conformance = sub.add_parser("conformance", help="our solvers and spacings against k-diffusion's and diffusers' "
+                                 "on the same model, grid and x_T (float64): the table and why they differ")
+    conformance.add_argument("--out", default="results/conformance", help="folder for conformance.md and .csv")
+    conformance.set_defaults(func=cmd_conformance)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -22,31 +22,6 @@ def prior_sample(schedule, n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return scale * torch.randn(n, dim, generator=g, dtype=torch.float64)
 
 
-def k_diffusion_sampling():
-    """k-diffusion 0.1.1.post1's ``sampling`` module, loaded without its package ``__init__`` (which
-    imports clean-fid, wandb and other extras that `make setup` does not install)."""
-    import importlib.util
-    import sys
-    import types
-
-    if "k_diffusion.sampling" not in sys.modules:
-        spec = importlib.util.find_spec("k_diffusion")
-        if spec is None:
-            raise ImportError("k-diffusion is a test-only peer: `make setup` installs it (pip install --no-deps "
-                              "k-diffusion==0.1.1.post1)")
-        folder = spec.submodule_search_locations[0]
-        package = types.ModuleType("k_diffusion")
-        package.__path__ = [folder]
-        sys.modules["k_diffusion"] = package
-        for name in ("utils", "sampling"):
-            module_spec = importlib.util.spec_from_file_location(f"k_diffusion.{name}", f"{folder}/{name}.py")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[f"k_diffusion.{name}"] = module
-            module_spec.loader.exec_module(module)
-            setattr(package, name, module)
-    return sys.modules["k_diffusion"].sampling
-
-
 # Models for runner tests, named in specs as python:support:<name> so that the sweep's worker
 # processes build them too.
 def smooth_ring():
