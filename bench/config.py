@@ -247,6 +247,13 @@ def _validate(raw: dict, where: str) -> list[str]:
                 timesteps(spacing, 1, SCHEDULES[schedule_name]())
             except ValueError as err:
                 errors.append(f"{where}: key 'spacings': {err} (the analytic models run on it)")
+    for solver in [s for s in solvers if s in SOLVERS and SOLVERS[s].check_schedule]:
+        if analytic and schedule_name in SCHEDULES:
+            options = {**SOLVERS[solver].options, **raw.get("options", {}).get(solver, {})}
+            try:
+                SOLVERS[solver].check_schedule(SCHEDULES[schedule_name](), options)
+            except (ValueError, TypeError) as err:
+                errors.append(f"{where}: key 'options.{solver}': {err} (the analytic models run on {schedule_name})")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
                       f"network; set fid_reference = \"fashion_mnist_test\"")
@@ -332,6 +339,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             reason = None
                         except ValueError as err:
                             reason = str(err)
+                        if reason is None and steps is not None and steps < solver.min_steps:
+                            reason = f"{solver_name} needs at least {solver.min_steps} steps, got {steps}"
                         configs.append(RunConfig(
                             model=model, schedule=v["schedule"], solver=solver_name, options=options, steps=steps,
                             spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,

@@ -86,7 +86,7 @@ class PrecomputedNoise:
     """A noise source's draws for one known time grid, made before the solve starts.
 
     Solvers ask for (t_i, t_i+1) of their grid, on stream 0 and, for a corrector, on streams 1..
-    ``streams``, and a few for other intervals of stream 0 (``extra_intervals``): all of those are drawn here, on the source's device, so that timing a solve times
+    ``streams``, and a few others as (stream, t, s) (``extra_intervals``): all of those are drawn here, on the source's device, so that timing a solve times
     the solver and not the Brownian tree (whose queries cost far more than the arithmetic that uses
     them). The values are the source's own, so results do not change. A request off the grid goes
     to the source and is counted in ``misses``.
@@ -100,8 +100,8 @@ class PrecomputedNoise:
             draw = source if stream == 0 else source.independent(stream)
             for t, s in zip(times[:-1], times[1:]):
                 self._draws[stream, t, s] = draw(t, s, like)
-        for t, s in extra_intervals:  # main-stream draws off the grid's steps (Solver.extra_noise_intervals)
-            self._draws[0, t, s] = source(t, s, like)
+        for stream, t, s in extra_intervals:  # draws off the grid's steps (Solver.extra_noise_intervals)
+            self._draws[stream, t, s] = (source if stream == 0 else source.independent(stream))(t, s, like)
 
     def draw(self, stream: int, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
         found = self._draws.get((stream, t, s))

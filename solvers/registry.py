@@ -46,7 +46,9 @@ class Solver:
     noise_rule: Callable[[float, dict], bool] | None = None
     peers: str = ""  # how it relates to the code users run (k-diffusion, diffusers, the papers' code)
     noise_streams: Callable[[dict], int] | None = None  # independent streams beyond the first (pc's corrector)
-    noise_intervals: Callable[[object, list, dict], list] | None = None  # main-stream draws off the grid's steps
+    noise_intervals: Callable[[object, list, dict], list] | None = None  # (stream, t, s) drawn off the grid's steps
+    min_steps: int = 1  # fewer steps give a skipped row with the reason
+    check_schedule: Callable[[object, dict], object] | None = None  # raises ValueError if options do not fit it
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -93,8 +95,8 @@ class Solver:
         return self.noise_streams({**self.options, **(options or {})}) if self.noise_streams else 0
 
     def extra_noise_intervals(self, schedule, times: list[float], options: dict | None = None) -> list[tuple]:
-        """The (t, s) a solve on ``times`` draws from its main stream besides the grid's own steps (t_i, t_i+1):
-        dpmpp_sde's [t, t_mid]. The runner draws them before the clock starts with the same floats."""
+        """The (stream, t, s) a solve on ``times`` draws besides the grid's own steps (t_i, t_i+1): dpmpp_sde's
+        [t, t_mid], restart's jumps. The runner draws them before the clock starts with the same floats."""
         return self.noise_intervals(schedule, times, {**self.options, **(options or {})}) if self.noise_intervals else []
 
     def draws_noise(self, eta: float, options: dict | None = None) -> bool:
@@ -158,7 +160,7 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("dpmpp_sde", exponential.dpmpp_sde, 2, "sde", 2, _ANCESTRAL_ETA,
             "k-diffusion 0.1.1 sample_dpmpp_sde (Crowson); DPM-Solver++(2S), arXiv:2211.01095, Alg. 1",
             noise_intervals=lambda schedule, times, options: [
-                (t, t_mid) for t, t_mid in zip(times, exponential.dpmpp_sde_midpoints(schedule, times, options["r"]))],
+                (0, t, t_mid) for t, t_mid in zip(times, exponential.dpmpp_sde_midpoints(schedule, times, options["r"]))],
             peers="= k-diffusion sample_dpmpp_sde (tested on the same draws); its eta 0 is dpmpp_2s"),
     _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
             "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
@@ -211,6 +213,16 @@ SOLVERS: dict[str, Solver] = dict([
             "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
             "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2", noise_rule=stochastic.edm_draws_noise,
             peers="eta 0 = k-diffusion sample_heun (tested); k-diffusion's s_churn is ours"),
+    _solver("restart", stochastic.restart, 2, "sde", 2,
+            "fixed at 1: the noise is restart's forward jumps, not the eta family",
+            "Xu et al. 2023, arXiv:2306.14878, Alg. 1", fixed_eta=1.0, strong_order=2,
+            nfe_extra=lambda n, options: 2 * options["restarts"] * options["restart_steps"],
+            nfe_note="+ 2 x restarts x restart_steps",
+            noise_streams=lambda options: options["restarts"] - 1, noise_intervals=stochastic.restart_noise,
+            min_steps=2, check_schedule=lambda schedule, options: stochastic.restart_interval(
+                schedule, schedule.t_max, schedule.t_min, options),
+            peers="ComfyUI's sample_restart restarts at the nearest grid sigma with its own interval table "
+                  "(not installable here; not compared)"),
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
             nfe_note="+ corrector_steps", strong_order_rule=stochastic.pc_order,

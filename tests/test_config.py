@@ -172,3 +172,13 @@ def test_align_your_steps_on_a_schedule_it_was_not_published_for_is_refused_befo
     with pytest.raises(SpecError, match="key 'spacings': spacing 'ays_sd1' was published for sigma~ from 14.6146 to "
                                         "0.0291672; VPLinear.* spans 152.2 to 0.01049 .*the analytic models run on it"):
         parse_spec({**GOOD, "spacings": ["ays_sd1"]})
+
+
+def test_restart_needs_two_steps_and_an_interval_inside_the_schedule():
+    restart = {**GOOD, "models": ["ring2d"], "solvers": ["restart"], "steps": [1, 4], "etas": [1.0]}
+    reasons = {c.steps: c.skip_reason for c in expand(parse_spec(restart))}
+    assert reasons == {4: None, 1: "restart needs at least 2 steps, got 1"}
+    with pytest.raises(SpecError, match=r"key 'options.restart': restart: options sigma_restart_min, "
+                                        r"sigma_restart_max = 0.001, 0.3 \(in sigma/alpha\) must lie in the solve's "
+                                        r"\(0.01049, 152.2\] \(the analytic models run on VPLinear\)"):
+        parse_spec({**restart, "options": {"restart": {"sigma_restart_min": 0.001}}})
