@@ -118,6 +118,116 @@ def dpmpp_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r:
     return x
 
 
+def stage_times(schedule, times: list[float], fractions: tuple[float, ...]) -> list[list[float]]:
+    """For each step of ``times``, the times at lambda_t + r h for r in ``fractions``: the intermediate stages of a
+    singlestep exponential solver (SEEDS). The runner draws their noise before the solve with these same floats."""
+    lams = log_snr(schedule, times)
+    return [[float(schedule.t_of_lambda(lam + r * (lam_next - lam))) for r in fractions]
+            for lam, lam_next in zip(lams[:-1], lams[1:])]
+
+
+class _StageNoise:
+    """The eta family's noise within one step, built segment by segment (SEEDS, Gonzalez et al. 2023, Sec. 4):
+    after a segment of length dh in lambda, w <- e^(-eta^2 dh) w + sqrt(1 - e^(-2 eta^2 dh)) z, z the noise of
+    that segment, so that sigma_u w at each stage u has the exact variance of the linear SDE's noise since t."""
+
+    def __init__(self, noise, eta: float):
+        self.noise, self.eta2, self.w = noise, eta * eta, 0.0
+
+    def advance(self, start: float, end: float, dh: float, like: torch.Tensor):
+        if self.eta2 == 0:
+            return 0.0
+        decay = math.exp(-self.eta2 * dh)
+        self.w = decay * self.w + math.sqrt(-math.expm1(-2 * self.eta2 * dh)) * self.noise(start, end, like)
+        return self.w
+
+
+SEEDS_SOLVER_TYPES = ("phi_1", "phi_2")
+
+
+def seeds_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: float = 0.5,
+            solver_type: str = "phi_1") -> torch.Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv:2305.14267, Sec. 4, data prediction; ComfyUI's sample_seeds_2):
+    DPM-Solver++(2S) on the eta family's SDE, its linear part and noise integrated exactly stage by stage.
+
+    With kappa = 1 + eta^2 and the stage u at lambda_t + r h:
+    x_u = (sigma_u/sigma_t) e^(-eta^2 r h) x + alpha_u (1 - e^(-kappa r h)) x0_t + sigma_u w_u, then
+    x_s = (sigma_s/sigma_t) e^(-eta^2 h) x + alpha_s [the 2S update of x0_t, x0_u] + sigma_s w_s, where w chains
+    the noise of [t, u] and [u, s] (_StageNoise). ``solver_type="phi_1"``: (1 - e^(-kappa h))
+    ((1 - 1/(2r)) x0_t + x0_u/(2r)); ``"phi_2"``: kappa h [phi_1 x0_t + phi_2 (x0_u - x0_t)/r] at -kappa h.
+    ComfyUI's eta is our eta^2 (as for dpmpp_2m_sde); eta 0 with phi_1 is dpmpp_2s. 2 NFE per step.
+    """
+    if solver_type not in SEEDS_SOLVER_TYPES:
+        raise ValueError(f"seeds_2: solver_type must be one of {SEEDS_SOLVER_TYPES}, got {solver_type!r}")
+    if not 0 < r <= 1:
+        raise ValueError(f"seeds_2: r must be in (0, 1], got {r}")
+    schedule, times = model.schedule, ts.tolist()
+    lams = log_snr(schedule, times)
+    kappa, eta2 = 1 + eta * eta, eta * eta
+    for i, ((t, s), (u,)) in enumerate(zip(zip(times[:-1], times[1:]), stage_times(schedule, times, (r,)))):
+        h = lams[i + 1] - lams[i]
+        (_, sigma_t), (alpha_u, sigma_u), (alpha_s, sigma_s) = (schedule.alpha_sigma(v) for v in (t, u, s))
+        stage_noise = _StageNoise(noise, eta)
+        x0_t = model.x0(x, t)
+        x_u = ((sigma_u / sigma_t) * math.exp(-eta2 * r * h) * x - alpha_u * math.expm1(-kappa * r * h) * x0_t
+               + sigma_u * stage_noise.advance(t, u, r * h, x))
+        x0_u = model.x0(x_u, u)
+        if solver_type == "phi_1":
+            update = -math.expm1(-kappa * h) * (x0_t + (x0_u - x0_t) / (2 * r))
+        else:
+            update = kappa * h * (phi(1, -kappa * h) * x0_t + phi(2, -kappa * h) * (x0_u - x0_t) / r)
+        x = ((sigma_s / sigma_t) * math.exp(-eta2 * h) * x + alpha_s * update
+             + sigma_s * stage_noise.advance(u, s, (1 - r) * h, x))
+    return x
+
+
+def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: float = 1 / 3,
+            r2: float = 2 / 3) -> torch.Tensor:
+    """SEEDS-3 (Gonzalez et al. 2023, arXiv:2305.14267, Sec. 4, data prediction; ComfyUI's sample_seeds_3):
+    the three-stage exponential Runge-Kutta of DPM-Solver++ (stages at lambda_t + r1 h and + r2 h) on the eta
+    family's SDE, linear part and noise exact stage by stage as in seeds_2. With kappa = 1 + eta^2 and phi_k at
+    -kappa r h: x_1 = first-order stage to r1; x_2 = (sigma_2/sigma_t) e^(-eta^2 r2 h) x + alpha_2 kappa r2 h
+    [phi_1 x0_t + (r2/r1) phi_2 (x0_1 - x0_t)]; x_s the same over h with phi_2 (x0_2 - x0_t)/r2. Order 3 at
+    eta = 0; ComfyUI's eta is our eta^2. 3 NFE per step.
+    """
+    if not 0 < r1 < r2 <= 1:
+        raise ValueError(f"seeds_3: need 0 < r1 < r2 <= 1, got r1={r1}, r2={r2}")
+    schedule, times = model.schedule, ts.tolist()
+    lams = log_snr(schedule, times)
+    kappa, eta2 = 1 + eta * eta, eta * eta
+    for i, ((t, s), (u1, u2)) in enumerate(zip(zip(times[:-1], times[1:]), stage_times(schedule, times, (r1, r2)))):
+        h = lams[i + 1] - lams[i]
+        (_, sigma_t), (alpha_1, sigma_1), (alpha_2, sigma_2), (alpha_s, sigma_s) = (
+            schedule.alpha_sigma(v) for v in (t, u1, u2, s))
+        stage_noise = _StageNoise(noise, eta)
+        x0_t = model.x0(x, t)
+        x_1 = ((sigma_1 / sigma_t) * math.exp(-eta2 * r1 * h) * x - alpha_1 * math.expm1(-kappa * r1 * h) * x0_t
+               + sigma_1 * stage_noise.advance(t, u1, r1 * h, x))
+        x0_1 = model.x0(x_1, u1)
+        k2 = kappa * r2 * h
+        x_2 = ((sigma_2 / sigma_t) * math.exp(-eta2 * r2 * h) * x
+               + alpha_2 * k2 * (phi(1, -k2) * x0_t + (r2 / r1) * phi(2, -k2) * (x0_1 - x0_t))
+               + sigma_2 * stage_noise.advance(u1, u2, (r2 - r1) * h, x))
+        x0_2 = model.x0(x_2, u2)
+        k = kappa * h
+        x = ((sigma_s / sigma_t) * math.exp(-eta2 * h) * x
+             + alpha_s * k * (phi(1, -k) * x0_t + phi(2, -k) * (x0_2 - x0_t) / r2)
+             + sigma_s * stage_noise.advance(u2, s, (1 - r2) * h, x))
+    return x
+
+
+def seeds_noise(fraction_options: tuple[str, ...]):
+    """Solver.noise_intervals for SEEDS: the segments [t, u_1], [u_1, u_2], ..., [u_k, s] of every step."""
+    def intervals(schedule, times: list[float], options: dict) -> list[tuple]:
+        fractions = tuple(options[name] for name in fraction_options)
+        found = []
+        for t, s, stages in zip(times[:-1], times[1:], stage_times(schedule, times, fractions)):
+            ends = [t, *stages, s]
+            found += [(0, a, b) for a, b in zip(ends[:-1], ends[1:])]
+        return found
+    return intervals
+
+
 def dpm_solver_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: float = 1 / 3,
                  r2: float = 2 / 3) -> torch.Tensor:
     """DPM-Solver-3, singlestep (Lu et al. 2022, arXiv:2206.00927, Algorithm 2), points at r1 h and r2 h.

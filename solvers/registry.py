@@ -197,6 +197,13 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("dpmpp_2m_sde", exponential.dpmpp_2m_sde, 2, "both", 1,
             _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5",
             peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
+    _solver("seeds_2", exponential.seeds_2, 2, "both", 2, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
+            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise_intervals=exponential.seeds_noise(("r",)),
+            peers="ComfyUI's sample_seeds_2 (not installable here: compared with its published update restated); "
+                  "eta 0 with phi_1 is dpmpp_2s"),
+    _solver("seeds_3", exponential.seeds_3, 3, "both", 3, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
+            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-3", noise_intervals=exponential.seeds_noise(("r1", "r2")),
+            peers="ComfyUI's sample_seeds_3 (not installable here: compared with its published update restated)"),
     _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
             fixed={"order": 2},
             peers="tAB in t; diffusers' DEISMultistepScheduler extrapolates in log rho (not offered)"),

@@ -35,6 +35,7 @@ ODE_CASES = [(name, {}) for name, s in SOLVERS.items() if s.stochastic != "sde" 
 ODE_CASES += [("lms", {"order": k}) for k in (1, 2, 3, 4)] + [("unipc_2", {"variant": "bh1"}), ("unipc_3", {"variant": "bh1"})]
 # The peers' short-grid setting: one first-order final step caps the order at 2 (registry: effective_order).
 ODE_CASES += [(name, {"lower_order_final": True}) for name in ("dpmpp_3m", "dpmpp_3m_phi3", "unipc_3")]
+ODE_CASES += [("seeds_2", {"solver_type": "phi_2"})]
 NS_FINE = (256, 512, 1024)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from bench.models import ring2d
 from bench.conformance import flow_prediction_model
-from bench.peers import k_diffusion_run, k_diffusion_sampling
+from bench.peers import ReplayedNoise, k_diffusion_run, k_diffusion_sampling
 from solvers import sample
 from solvers.schedules import FlowMatching, VPLinear
 from solvers.spacing import timesteps
@@ -59,6 +59,71 @@ def test_agrees_with_comfyuis_published_update(name, restated, spacing):
     theirs = k_diffusion_run(restated, model, x_T, ts)
     relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
     assert relative < 1e-8, f"{name} vs ComfyUI's update: relative difference {relative:.2e}"
+
+
+def _restated_seeds(denoiser, x, sigmas, disable=True, eta=1.0, noise_sampler=None, fractions=(0.5,),
+                    solver_type="phi_1"):
+    """ComfyUI's sample_seeds_2 / sample_seeds_3 as published (x~ = x/alpha, so alpha = 1; its eta is our eta^2)."""
+    def phi_1(h):
+        return torch.expm1(h)
+
+    def phi_2(h):
+        return (torch.expm1(h) - h) / h
+
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        lam, lam_next = -torch.log(sigma), -torch.log(sigma_next)
+        h = lam_next - lam
+        h_eta = h * (eta + 1)
+        denoised = denoiser(x, sigma.expand(len(x)))
+        stages = [torch.exp(-torch.lerp(lam, lam_next, r)) for r in fractions]
+        first = stages[0]
+        r1 = fractions[0]
+        x_1 = first / sigma * torch.exp(-r1 * h * eta) * x - phi_1(-r1 * h_eta) * denoised
+        noise = torch.sqrt(-torch.expm1(-2 * r1 * h * eta)) * noise_sampler(sigma, first)
+        x_1 = x_1 + noise * first
+        denoised_1 = denoiser(x_1, first.expand(len(x)))
+        last_r, last_sigma, last_denoised = r1, first, denoised_1
+        if len(fractions) == 2:
+            r2, second = fractions[1], stages[1]
+            a2 = r2 / r1 * phi_2(-r2 * h_eta)
+            x_2 = second / sigma * torch.exp(-r2 * h * eta) * x - ((phi_1(-r2 * h_eta) - a2) * denoised + a2 * denoised_1)
+            factor = (r1 - r2) * h * eta
+            noise = noise * torch.exp(factor) + torch.sqrt(-torch.expm1(2 * factor)) * noise_sampler(first, second)
+            x_2 = x_2 + noise * second
+            last_r, last_sigma, last_denoised = r2, second, denoiser(x_2, second.expand(len(x)))
+        if solver_type == "phi_1":
+            mixed = torch.lerp(denoised, last_denoised, 1 / (2 * last_r))
+            x = sigma_next / sigma * torch.exp(-h * eta) * x - phi_1(-h_eta) * mixed
+        else:
+            b = phi_2(-h_eta) / last_r
+            x = sigma_next / sigma * torch.exp(-h * eta) * x - ((phi_1(-h_eta) - b) * denoised + b * last_denoised)
+        factor = (last_r - 1) * h * eta
+        noise = noise * torch.exp(factor) + torch.sqrt(-torch.expm1(2 * factor)) * noise_sampler(last_sigma, sigma_next)
+        x = x + noise * sigma_next
+    return x
+
+
+@pytest.mark.parametrize("name, options, restated", [
+    ("seeds_2", {}, {}), ("seeds_2", {"solver_type": "phi_2"}, {"solver_type": "phi_2"}),
+    ("seeds_3", {}, {"fractions": (1 / 3, 2 / 3), "solver_type": "phi_2"})], ids=["seeds_2", "seeds_2-phi_2", "seeds_3"])
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_seeds_agree_with_comfyuis_published_update_on_the_same_noise(name, options, restated, eta):
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("karras", 10, SCHEDULE)
+    noise = ReplayedNoise(x_T.shape, 10 * (len(restated.get("fractions", (0.5,))) + 1))
+    ours = sample(name, model, x_T, ts, eta=eta, noise=noise, **options)
+    theirs = k_diffusion_run(_restated_seeds, model, x_T, ts, eta=eta * eta, noise_sampler=noise.sampler, **restated)
+    assert noise.all_used()
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"{name} {options} at eta {eta} vs ComfyUI's update: relative difference {relative:.2e}"
+
+
+def test_seeds_2_without_noise_is_dpmpp_2s():
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("logsnr", 10, SCHEDULE)
+    torch.testing.assert_close(sample("seeds_2", model, x_T, ts), sample("dpmpp_2s", model, x_T, ts), rtol=0, atol=1e-12)
 
 
 def test_res_multistep_is_dpmpp_3ms_taylor_second_order_step():
