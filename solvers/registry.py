@@ -230,6 +230,11 @@ SOLVERS: dict[str, Solver] = dict([
                 schedule, schedule.t_max, schedule.t_min, options),
             peers="ComfyUI's sample_restart restarts at the nearest grid sigma with its own interval table "
                   "(not installable here; not compared)"),
+    _solver("er_sde", stochastic.er_sde, 3, "sde", 1,
+            "fixed at 1: the noise is set by ER-SDE's scale function phi(v) = v (e^(v^0.3) + 10), not by eta",
+            "Cui et al. 2023, arXiv:2309.06169, ER-SDE-Solver-3", fixed_eta=1.0,
+            peers="ComfyUI's sample_er_sde (not installable here: compared with its published update restated; "
+                  "it integrates phi by a 200-point float32 Riemann sum, we by Gauss-Legendre)"),
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
             nfe_note="+ corrector_steps", strong_order_rule=stochastic.pc_order,
