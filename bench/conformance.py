@@ -101,11 +101,22 @@ def _k_diffusion_grid(spacing: str, getter: str):
     return run
 
 
-def _diffusers(scheduler: str, config: dict, name: str, options: dict):
+def _diffusers(scheduler: str, config: dict, name: str, options: dict, eta: float | None = None,
+               seed: int | None = None):
     def run():
         return peers.diffusers_run(scheduler, config, lambda schedule: ring2d().model(schedule), _x_T, name, options,
-                                   n=STEPS)
+                                   n=STEPS, eta=eta, seed=seed)
     return run
+
+
+def _sa_solver(diffusers_config: dict, options: dict, eta: float):
+    """SASolverScheduler with tau = eta on training steps 200-800 (its default interval, t = (step + 1)/1000 here)
+    against sa_solver on [0.2, 0.8] (the interval's ends fall between the grid's times), the same generator draws."""
+    def tau(step, eta=eta):
+        return eta if 0.2 <= (int(step) + 1) / 1000 <= 0.8 else 0.0
+
+    return _diffusers("SASolverScheduler", {**diffusers_config, "tau_func": tau}, "sa_solver",
+                      {"noise_t_min": 0.2, "noise_t_max": 0.8, **options}, eta=eta, seed=3)
 
 
 def _diffusers_timesteps(spacing: str):
@@ -231,6 +242,16 @@ COMPARISONS = [
                _diffusers("DEISMultistepScheduler", {"solver_order": 3, "lower_order_final": False}, "deis_3", {}),
                by_design="tAB-DEIS: ours extrapolates eps in t with quadrature weights (the paper's eq. 14); "
                          "diffusers extrapolates in log rho with closed-form weights"),
+    Comparison("sa_solver (eta 1, orders 2/2, lower_order_final=True)",
+               "SASolverScheduler (defaults: orders 2/2, lower_order_final=True, tau 1 on steps 200-800)", "diffusers",
+               _sa_solver({}, {"predictor_order": 2, "corrector_order": 2, "lower_order_final": True}, 1.0)),
+    Comparison("sa_solver (eta 0)", "SASolverScheduler(predictor_order=3, corrector_order=4, lower_order_final=False, "
+               "tau 0)", "diffusers",
+               _sa_solver({"predictor_order": 3, "corrector_order": 4, "lower_order_final": False}, {}, 0.0)),
+    Comparison("sa_solver (eta 1, defaults)", "SASolverScheduler (defaults, tau 1 on steps 200-800)", "diffusers",
+               _sa_solver({}, {}, 1.0),
+               by_design="our defaults are ComfyUI's orders 3/4 without lower_order_final (order 4); diffusers' "
+                         "2/2 with it (order 2): the rows above set them alike"),
     Comparison("ddim on FlowMatching(shift 3), then x0", "FlowMatchEulerDiscreteScheduler(shift=3)", "diffusers",
                _flow_match_euler()),
     *[Comparison(f"{spacing} spacing", f"{'DPMSolverMultistep' if spacing == 'linspace' else 'DDIM'}Scheduler "

@@ -73,10 +73,13 @@ class ReplayedNoise:
         return next(self.ours, None) is None and next(self.theirs, None) is None
 
 
-def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: str, options: dict, n: int = 10):
+def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: str, options: dict, n: int = 10,
+                  eta: float | None = None, seed: int | None = None):
     """(ours, diffusers') samples: ``scheduler_name``'s own loop, ``n`` steps, under the scheduler's linear betas
-    (as a DiscreteVP: its float32 alphas_cumprod, exactly), and ``name`` on the same discrete grid from the
-    same x_T, ending at timestep 0. ``make_model(schedule)`` and ``x_T_of(schedule)`` give the model and x_T."""
+    (as a DiscreteVP: its float32 alphas_cumprod, exactly), and ``name`` at ``eta`` on the same discrete grid from
+    the same x_T, ending at timestep 0. ``make_model(schedule)`` and ``x_T_of(schedule)`` give the model and x_T.
+    With ``seed``, both draw their noise from a generator seeded with it (diffusers' randn_tensor is torch.randn
+    on it, so both see the same draws when they draw one per step)."""
     import inspect
 
     import diffusers
@@ -91,7 +94,9 @@ def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: s
     scheduler.set_timesteps(n)
     x_T = x_T_of(schedule)
     x = x_T
+    step_kwargs = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
     for step in scheduler.timesteps:
-        x = scheduler.step(model.eps(x, (int(step) + 1) / 1000), step, x).prev_sample
+        x = scheduler.step(model.eps(x, (int(step) + 1) / 1000), step, x, **step_kwargs).prev_sample
     ts = torch.tensor([(int(s) + 1) / 1000 for s in scheduler.timesteps] + [1 / 1000], dtype=torch.float64)
-    return sample(name, model, x_T, ts, **options), x
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return sample(name, model, x_T, ts, eta=eta, generator=generator, **options), x

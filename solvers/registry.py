@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from solvers import adaptive, denoising, exponential, multistep, runge_kutta, stochastic, unipc
+from solvers import adaptive, denoising, exponential, multistep, runge_kutta, sa_solver, stochastic, unipc
 from solvers.model import DiffusionModel
 from solvers.noise import GaussianNoise
 
@@ -49,6 +49,7 @@ class Solver:
     noise_intervals: Callable[[object, list, dict], list] | None = None  # (stream, t, s) drawn off the grid's steps
     min_steps: int = 1  # fewer steps give a skipped row with the reason
     check_schedule: Callable[[object, dict], object] | None = None  # raises ValueError if options do not fit it
+    order_rule: Callable[[dict], int] | None = None  # the ODE order under (complete) options, where options set it
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -83,6 +84,8 @@ class Solver:
         unipc_3 3.03 instead of 4, on the ring mixture under VP and VE).
         """
         options = {**self.options, **(options or {})}
+        if self.order_rule:
+            return self.order_rule(options)
         order = self.order if "order" in self.fixed else int(options.get("order", self.order))
         if options.get("warmup") == "lower_order":
             order = min(order, 2)
@@ -216,6 +219,12 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
             fixed={"order": 3},
             peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
+    _solver("sa_solver", sa_solver.sa_solver, 4, "both", 1,
+            _ETA_FAMILY + " for t in [noise_t_min, noise_t_max], 0 outside (SA-Solver's tau)",
+            "Xue et al. 2023, arXiv:2309.05019, Alg. 1", order_rule=sa_solver.sa_solver_order,
+            strong_order_rule=sa_solver.sa_solver_strong_order,
+            peers="= diffusers SASolverScheduler with the same orders, tau interval and lower_order_final (tested on the "
+                  "same generator draws); diffusers defaults to orders 2/2 and lower_order_final=True (order 2)"),
     _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
             "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
             "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2", noise_rule=stochastic.edm_draws_noise,

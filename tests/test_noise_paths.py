@@ -26,7 +26,8 @@ STOCHASTIC_RUNS = [
     ("euler_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 0.5),
     ("dpmpp_sde", {}, 1.0), ("dpmpp_sde", {}, 0.5), ("restart", {}, 1.0), ("restart", {"restarts": 3}, 1.0),
     ("seeds_2", {}, 1.0), ("seeds_2", {"solver_type": "phi_2"}, 0.5), ("seeds_3", {}, 1.0), ("seeds_3", {}, 0.5),
-    ("er_sde", {}, 1.0), ("er_sde", {"max_stage": 1}, 1.0),
+    ("er_sde", {}, 1.0), ("er_sde", {"max_stage": 1}, 1.0), ("sa_solver", {}, 1.0),
+    ("sa_solver", {"noise_t_min": 0.0, "noise_t_max": 1.0}, 1.0),
 ]
 
 
@@ -107,7 +108,8 @@ def test_strong_order_on_the_runners_brownian_path_matches_the_registry(run):
     euler_ancestral 1.03, dpm_2_ancestral eta 1 / 0.5 1.09 / 1.02, dpmpp_sde eta 1 / 0.5 0.84 / 1.02, restart
     2.03 (its noise is a fixed number of jumps at fixed times: Heun's order), seeds_2 eta 1 / 0.5 0.80 / 0.86,
     seeds_3 eta 1 / 0.5 0.82 / 0.94 (additive noise: order 1, still approaching it from below), er_sde 0.99,
-    er_sde max_stage 1 1.04;
+    er_sde max_stage 1 1.04, sa_solver with noise to the end 0.98 (with its default interval none, see
+    sa_solver_strong_order);
     pc with a corrector does not converge pathwise (its Langevin step does not shrink with the step).
     """
     name, options, eta = run

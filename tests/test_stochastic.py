@@ -40,10 +40,10 @@ def _sample(setup, name, noise, **options):
     ("euler_maruyama", {}), ("euler", {}), ("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}),
     ("dpmpp_2m_sde", {}), ("edm_stochastic", {}), ("pc", {}), ("pc", {"predictor": "reverse_diffusion"}),
     ("euler_ancestral", {}), ("dpm_2_ancestral", {}), ("dpmpp_sde", {}), ("restart", {}), ("seeds_2", {}),
-    ("seeds_3", {}), ("er_sde", {}),
+    ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {}),
 ], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1", "dpmpp_2m_sde-eta1",
         "edm_stochastic-eta1", "pc-em", "pc-reverse_diffusion", "euler_ancestral-eta1", "dpm_2_ancestral-eta1",
-        "dpmpp_sde-eta1", "restart", "seeds_2-eta1", "seeds_3-eta1", "er_sde"])
+        "dpmpp_sde-eta1", "restart", "seeds_2-eta1", "seeds_3-eta1", "er_sde", "sa_solver-eta1"])
 def test_eta_one_matches_exact_moments(setup, name, options):
     x = _sample(setup, name, GaussianNoise(torch.Generator().manual_seed(1)), **options)
     z_mean, z_cov = _z_scores(x, *setup[2])
