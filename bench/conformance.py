@@ -147,6 +147,21 @@ def flow_prediction_model(schedule) -> DiffusionModel:
     return DiffusionModel(flow, schedule, "flow")
 
 
+def _diffusers_sigmas(spacing: str, flag: str):
+    """Our spacing's sigma~ grid (STEPS steps) on DPMSolverMultistepScheduler's betas against the scheduler's sigmas
+    with ``flag`` set for STEPS + 1 steps: its first STEPS + 1 sigmas span the same ends (its last step goes to 0)."""
+    def run():
+        import diffusers
+        from solvers.schedules import DiscreteVP
+
+        scheduler = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", **{flag: True})
+        cumulative = scheduler.alphas_cumprod.double()
+        schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+        scheduler.set_timesteps(STEPS + 1)
+        return torch.exp(-schedule.lambda_(timesteps(spacing, STEPS, schedule))), scheduler.sigmas[: STEPS + 1].double()
+    return run
+
+
 def _flow_match_euler():
     """FlowMatchEulerDiscreteScheduler (shift 3) on our unshifted times as its sigmas: its Euler in sigma with
     the last step to sigma 0 is our ddim followed by the x0 prediction."""
@@ -254,6 +269,14 @@ COMPARISONS = [
                          "2/2 with it (order 2): the rows above set them alike"),
     Comparison("ddim on FlowMatching(shift 3), then x0", "FlowMatchEulerDiscreteScheduler(shift=3)", "diffusers",
                _flow_match_euler()),
+    Comparison("karras spacing", "DPMSolverMultistepScheduler(use_karras_sigmas=True) sigmas", "diffusers",
+               _diffusers_sigmas("karras", "use_karras_sigmas")),
+    Comparison("exponential spacing", "DPMSolverMultistepScheduler(use_exponential_sigmas=True) sigmas", "diffusers",
+               _diffusers_sigmas("exponential", "use_exponential_sigmas")),
+    Comparison("beta spacing", "DPMSolverMultistepScheduler(use_beta_sigmas=True) sigmas", "diffusers",
+               _diffusers_sigmas("beta", "use_beta_sigmas"),
+               by_design="ours places the Beta(0.6, 0.6) quantiles in time (Lee et al. 2024, as ComfyUI's beta "
+                         "scheduler does); diffusers places them in sigma"),
     *[Comparison(f"{spacing} spacing", f"{'DPMSolverMultistep' if spacing == 'linspace' else 'DDIM'}Scheduler "
                  f"timestep_spacing={spacing}", "diffusers", _diffusers_timesteps(spacing))
       for spacing in ("leading", "trailing", "linspace")],
