@@ -54,18 +54,19 @@ def _x_T(schedule, n: int = N_SAMPLES) -> torch.Tensor:
 
 
 def _k_diffusion(name: str, options: dict, sampler: str, peer_kwargs: dict | None = None, eta: float | None = None,
-                 draws_per_step: int = 0):
-    """Ours (``name`` with ``options`` at ``eta``) and k-diffusion's ``sampler(**peer_kwargs)``; a stochastic pair
-    gets the same replayed normal draws (``draws_per_step`` of them per step)."""
+                 draws_per_step: int = 0, steps: int = STEPS, same_draw_count: bool = True):
+    """Ours (``name`` with ``options`` at ``eta``) and k-diffusion's ``sampler(**peer_kwargs)`` on ``steps`` Karras
+    steps; a stochastic pair gets the same replayed normal draws (``draws_per_step`` of them per step), and both
+    must use them all unless ``same_draw_count`` is False."""
     def run():
         model, x_T = ring2d().model(SCHEDULE), _x_T(SCHEDULE)
-        ts = timesteps("karras", STEPS, SCHEDULE)
-        noise = peers.ReplayedNoise(x_T.shape, STEPS * draws_per_step) if draws_per_step else None
+        ts = timesteps("karras", steps, SCHEDULE)
+        noise = peers.ReplayedNoise(x_T.shape, steps * draws_per_step) if draws_per_step else None
         ours = sample(name, model, x_T, ts, eta=eta, noise=noise, **options)
         extra = {"noise_sampler": noise.sampler} if noise else {}
         theirs = peers.k_diffusion_run(getattr(peers.k_diffusion_sampling(), sampler), model, x_T, ts,
                                        **(peer_kwargs or {}), **extra)
-        if noise and not noise.all_used():
+        if noise and same_draw_count and not noise.all_used():
             raise RuntimeError(f"{name} and k-diffusion's {sampler} drew different numbers of normals")
         return ours, theirs
     return run
@@ -208,6 +209,11 @@ COMPARISONS = [
                _k_diffusion("ddim", {}, "sample_euler_ancestral", {"eta": 0.5}, 0.5, 1)),
     Comparison("dpm_2_ancestral (eta 1)", "sample_dpm_2_ancestral(eta=1)", "k-diffusion",
                _k_diffusion("dpm_2_ancestral", {}, "sample_dpm_2_ancestral", {"eta": 1.0}, 1.0, 1)),
+    Comparison("dpm_2_ancestral (eta 2, 1 step)", "sample_dpm_2_ancestral(eta=2)", "k-diffusion",
+               _k_diffusion("dpm_2_ancestral", {}, "sample_dpm_2_ancestral", {"eta": 2.0}, 2.0, 1, steps=1,
+                            same_draw_count=False),
+               by_design="where eta > 1 asks for all of sigma_s as noise (sigma_down = 0), k-diffusion's Euler branch "
+                         "skips the noise and leaves a noiseless sample at sigma_s > 0; ours adds it"),
     Comparison("dpmpp_sde (eta 1)", "sample_dpmpp_sde(eta=1)", "k-diffusion",
                _k_diffusion("dpmpp_sde", {}, "sample_dpmpp_sde", {"eta": 1.0}, 1.0, 2)),
     Comparison("dpm_adaptive (order 3, rtol 0.05, atol 0.0078)", "sample_dpm_adaptive (defaults)", "k-diffusion",
@@ -307,6 +313,10 @@ def run_comparisons(comparisons: list[Comparison] | None = None) -> pd.DataFrame
             difference = relative_difference(*comparison.run())
         except ImportError as err:
             rows.append({**row, "max_relative_difference": float("nan"), "verdict": f"not run: {err}", "ok": True})
+            continue
+        except Exception as err:  # one broken comparison must not lose the others
+            rows.append({**row, "max_relative_difference": float("nan"),
+                         "verdict": f"ERROR: {type(err).__name__}: {err}", "ok": False})
             continue
         text, ok = verdict(comparison, difference)
         rows.append({**row, "max_relative_difference": difference, "verdict": text, "ok": ok})

@@ -58,7 +58,8 @@ def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noi
     sigma/alpha (k-diffusion's sigma_mid), then fresh noise c z. Written in x~ = x / alpha, where DPM-Solver-2
     is x~_mid = x~ + (sigma_mid~ - sigma_t~) eps_t, x~_down = x~ + (sigma_down~ - sigma_t~) eps_mid; the
     model is only called at t and at the midpoint (inside [s, t] for eta <= 1). eta = 0: dpm_solver_2.
-    2 NFE per step.
+    2 NFE per step, except a step whose noise takes all of sigma_s (eta > 1 on a coarse grid: sigma_down = 0),
+    which is Euler's to x0 with 1 NFE, as in k-diffusion.
     """
     schedule = model.schedule
     times = ts.tolist()
@@ -66,6 +67,9 @@ def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noi
         (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         c = ancestral_noise_std(schedule, t, s, eta)
         scaled_t, scaled_down = sigma_t / alpha_t, math.sqrt(sigma_s**2 - c**2) / alpha_s
+        if scaled_down == 0:
+            x = alpha_s * model.x0(x, t) + c * noise(t, s, x)
+            continue
         scaled_mid = math.sqrt(scaled_t * scaled_down)
         t_mid = float(schedule.t_of_lambda(-math.log(scaled_mid)))
         x_scaled = x / alpha_t

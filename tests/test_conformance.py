@@ -35,17 +35,22 @@ def test_command_writes_the_table_and_exits_1_on_a_failure(tmp_path, monkeypatch
     def missing_peer():
         raise ImportError("k-diffusion is an optional peer")
 
+    def broken_peer():
+        raise RuntimeError("the peer drew a different number of normals")
+
     monkeypatch.setattr(conformance, "COMPARISONS", [
         Comparison("ddim", "sample_euler", "k-diffusion", _fixed(same, same)),
         Comparison("broken", "sample_broken", "k-diffusion", _fixed(same, other)),
         Comparison("ddim", "sample_euler", "k-diffusion", missing_peer),
+        Comparison("crash", "sample_crash", "k-diffusion", broken_peer),
     ])
     assert cli.main(["conformance", "--out", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
-    assert "3 comparisons: 1 agree, 0 differ by design, 1 not run (peer missing), 1 failed" in out
+    assert "4 comparisons: 1 agree, 0 differ by design, 1 not run (peer missing), 2 failed" in out
+    assert "FAILED crash vs k-diffusion sample_crash: ERROR: RuntimeError: the peer drew a different number" in err
     assert "FAILED broken vs k-diffusion sample_broken: DIFFERS (max relative difference 5.00e-01" in err
     table = pd.read_csv(tmp_path / "conformance.csv")
-    assert table.ok.tolist() == [True, False, True]
+    assert table.ok.tolist() == [True, False, True, False]
     text = (tmp_path / "conformance.md").read_text()
     assert "| broken | sample_broken | k-diffusion | 5.0e-01 | DIFFERS |  |" in text
     assert "| ddim | sample_euler | k-diffusion | - | not run: k-diffusion is an optional peer |  |" in text

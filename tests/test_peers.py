@@ -173,6 +173,39 @@ def test_res_multistep_is_dpmpp_3ms_taylor_second_order_step():
                                sample("dpmpp_3m", model, x_T, ts, second_order="taylor"), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name, peer", [("euler_ancestral", "sample_euler_ancestral"), ("dpmpp_sde", "sample_dpmpp_sde")])
+def test_ancestral_samplers_above_eta_one_cap_the_noise_as_k_diffusion(name, peer):
+    """eta 2 on 4 steps asks for more noise than sigma_s on the coarse steps: both cap it at sigma_s. (k-diffusion's
+    sample_dpm_2_ancestral drops the noise on such a step: a by-design row of the conformance table.)"""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("karras", 4, SCHEDULE)
+    noise = ReplayedNoise(x_T.shape, 4 * (2 if name == "dpmpp_sde" else 1))
+    ours = sample(name, model, x_T, ts, eta=2.0, noise=noise)
+    theirs = k_diffusion_run(getattr(k_diffusion_sampling(), peer), model, x_T, ts, eta=2.0,
+                             noise_sampler=noise.sampler)
+    assert noise.all_used() and torch.isfinite(ours).all()
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"{name} at eta 2 vs k-diffusion {peer}: relative difference {relative:.2e}"
+
+
+def test_dpm_2_ancestral_adds_the_capped_noise_where_k_diffusion_drops_it():
+    """On a step whose noise takes all of sigma_s, ours is alpha_s x0 + sigma_s z (1 NFE); k-diffusion's Euler branch
+    returns x0 with no noise, so its sample there has none at a noise level sigma_s > 0."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("karras", 1, SCHEDULE)  # one step from t_max to t_min: eta 2 caps it
+    z = prior_sample(SCHEDULE, 64, 2, seed=9) / float(SCHEDULE.sigma(SCHEDULE.t_max))
+    model.reset_nfe()
+    ours = sample("dpm_2_ancestral", model, x_T, ts, eta=2.0, noise=lambda t, s, like: z)
+    assert model.nfe == 1
+    (alpha_s, sigma_s), t_max = SCHEDULE.alpha_sigma(float(ts[-1])), float(ts[0])
+    torch.testing.assert_close(ours, alpha_s * model.x0(x_T, t_max) + sigma_s * z, rtol=0, atol=1e-12)
+    theirs = k_diffusion_run(k_diffusion_sampling().sample_dpm_2_ancestral, model, x_T, ts, eta=2.0,
+                             noise_sampler=lambda sigma, sigma_next: z)
+    torch.testing.assert_close(theirs, alpha_s * model.x0(x_T, t_max), rtol=0, atol=1e-12)
+
+
 def test_dpm_2_ancestral_without_noise_is_dpm_solver_2():
     from solvers.exponential import dpm_2_ancestral
 
