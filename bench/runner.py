@@ -42,7 +42,7 @@ class SweepCache:
     """What configs of one sweep share: models (per exec mode), x_T, exact samples, reference solves (or the
     error that ended one), the final samples of the configs that are a later config's step-doubling partner
     (``needed_partners``; kept on the host and dropped once used) or another exec mode's eager twin
-    (``eager``: samples and FID, kept for the sweep)."""
+    (``eager``: samples and FID, kept for the sweep), and the held-out images of nll."""
 
     needed_partners: frozenset = frozenset()
     needed_eager: frozenset = frozenset()
@@ -56,6 +56,7 @@ class SweepCache:
     inception: dict = field(default_factory=dict)
     lpips: dict = field(default_factory=dict)
     fid_references: dict = field(default_factory=dict)
+    held_out: dict = field(default_factory=dict)  # Fashion-MNIST test images for nll, per (folder, size, resize)
 
     def model(self, cfg: RunConfig, exec_mode: str | None = None):
         """(source, DiffusionModel) of a config, its network executed in the config's exec mode (or
@@ -257,7 +258,10 @@ def _nll(cfg: RunConfig, cache: SweepCache, source, model, stochastic: bool, dev
     if isinstance(source, GaussianMixture):
         data, real_images = source.sample(cfg.n_samples, generator), False
     else:
-        test = fashion_mnist("test", data_dir=cfg.data_dir, size=source.event_shape[-1], resize=cfg.image_resize)
+        key = (cfg.data_dir, source.event_shape[-1], cfg.image_resize)
+        if key not in cache.held_out:  # read once per sweep, not once per config
+            cache.held_out[key] = fashion_mnist("test", data_dir=cfg.data_dir, size=key[1], resize=cfg.image_resize)
+        test = cache.held_out[key]
         chosen = test[torch.randperm(len(test), generator=generator)[:cfg.n_samples]]
         data, real_images = likelihood.dequantize(chosen, generator), True
     data = data.to(device=device, dtype=getattr(torch, cfg.dtype))
