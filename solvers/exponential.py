@@ -131,7 +131,7 @@ def stage_times(schedule, times: list[float], fractions: tuple[float, ...]) -> l
 
 
 class _StageNoise:
-    """The eta family's noise within one step, built segment by segment (SEEDS, Gonzalez et al. 2023, Sec. 4):
+    """The eta family's noise within one step, built segment by segment (SEEDS, Gonzalez et al. 2023):
     after a segment of length dh in lambda, w <- e^(-eta^2 dh) w + sqrt(1 - e^(-2 eta^2 dh)) z, z the noise of
     that segment, so that sigma_u w at each stage u has the exact variance of the linear SDE's noise since t."""
 
@@ -151,7 +151,7 @@ SEEDS_SOLVER_TYPES = ("phi_1", "phi_2")
 
 def seeds_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: float = 0.5,
             solver_type: str = "phi_1") -> torch.Tensor:
-    """SEEDS-2 (Gonzalez et al. 2023, arXiv:2305.14267, Sec. 4, data prediction; ComfyUI's sample_seeds_2):
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv:2305.14267, data prediction; ComfyUI's sample_seeds_2):
     DPM-Solver++(2S) on the eta family's SDE, its linear part and noise integrated exactly stage by stage.
 
     With kappa = 1 + eta^2 and the stage u at lambda_t + r h:
@@ -187,7 +187,7 @@ def seeds_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: f
 
 def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: float = 1 / 3,
             r2: float = 2 / 3) -> torch.Tensor:
-    """SEEDS-3 (Gonzalez et al. 2023, arXiv:2305.14267, Sec. 4, data prediction; ComfyUI's sample_seeds_3):
+    """SEEDS-3 (Gonzalez et al. 2023, arXiv:2305.14267, data prediction; ComfyUI's sample_seeds_3):
     the three-stage exponential Runge-Kutta of DPM-Solver++ (stages at lambda_t + r1 h and + r2 h) on the eta
     family's SDE, linear part and noise exact stage by stage as in seeds_2. With kappa = 1 + eta^2 and phi_k at
     -kappa r h: x_1 = first-order stage to r1; x_2 = (sigma_2/sigma_t) e^(-eta^2 r2 h) x + alpha_2 kappa r2 h
@@ -342,7 +342,8 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
 
 
 def res_multistep(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
-    """RES multistep (Zhang et al. 2023, arXiv:2308.02157, Sec. 4; ComfyUI's sample_res_multistep).
+    """RES multistep (Zhang et al. 2023, arXiv:2308.02157, its second-order multistep; ComfyUI's
+    sample_res_multistep).
 
     The exponential Adams step of order 2 on the data prediction whose weights satisfy the
     exponential integrator's order conditions exactly (the paper's point against DPM-Solver++(2M)'s

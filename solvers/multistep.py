@@ -48,8 +48,8 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
 
 
 def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_order: int = 4) -> torch.Tensor:
-    """iPNDM (Zhang & Chen 2022, arXiv:2204.13902, Sec. 4 and App. (iPNDM); ComfyUI's sample_ipndm, after
-    zju-pi/diff-sampler): Adams-Bashforth in sigma~ = sigma/alpha on eps, with the equal-step weights.
+    """iPNDM (Zhang & Chen 2022, arXiv:2204.13902: PNDM's Adams-Bashforth with a lower-order warm-up; ComfyUI's
+    sample_ipndm, after zju-pi/diff-sampler): Adams-Bashforth in sigma~ = sigma/alpha on eps, equal-step weights.
 
     In x~ = x/alpha the ODE is dx~/dsigma~ = eps exactly; each step is
     x~_s = x~_t + (sigma~_s - sigma~_t) sum_j w_j eps_{i-j}, with the weights of ADAMS_BASHFORTH at

@@ -221,7 +221,7 @@ SOLVERS: dict[str, Solver] = dict([
             peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("sa_solver", sa_solver.sa_solver, 4, "both", 1,
             _ETA_FAMILY + " for t in [noise_t_min, noise_t_max], 0 outside (SA-Solver's tau)",
-            "Xue et al. 2023, arXiv:2309.05019, Alg. 1", order_rule=sa_solver.sa_solver_order,
+            "Xue et al. 2023, arXiv:2309.05019, SA-Predictor + SA-Corrector", order_rule=sa_solver.sa_solver_order,
             strong_order_rule=sa_solver.sa_solver_strong_order,
             peers="= diffusers SASolverScheduler with the same orders, tau interval and lower_order_final (tested on the "
                   "same generator draws); diffusers defaults to orders 2/2 and lower_order_final=True (order 2)"),

@@ -10,7 +10,7 @@ from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr
 
 def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x0s: list[torch.Tensor], tau: float,
                            z, modification: float) -> torch.Tensor:
-    """x at s from x at t on the SDE with noise level tau (Xue et al. 2023, eq. 14 with the data prediction):
+    """x at s from x at t on the SDE with noise level tau (Xue et al. 2023, the data-prediction SA step):
     x_s = e^(-tau^2 h) (sigma_s/sigma_t) x + kappa alpha_s sum_k b_k x0_k + sigma_s sqrt(1 - e^(-2 tau^2 h)) z,
     kappa = 1 + tau^2, b_k = int_{lambda_t}^{lambda_s} e^(kappa (lambda - lambda_s)) L_k(lambda) d lambda with L_k the
     Lagrange basis through ``lams`` (newest first, matching ``x0s``), by 16-point Gauss-Legendre (exact up to
@@ -33,7 +33,7 @@ def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x
 def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, predictor_order: int = 3,
               corrector_order: int = 4, noise_t_min: float = 0.2, noise_t_max: float = 0.8,
               lower_order_final: bool = False) -> torch.Tensor:
-    """SA-Solver (Xue et al. 2023, arXiv:2309.05019, Alg. 1; diffusers' SASolverScheduler, ComfyUI's sample_sa_solver).
+    """SA-Solver (Xue et al. 2023, arXiv:2309.05019; diffusers' SASolverScheduler, ComfyUI's sample_sa_solver).
 
     Each step i predicts x_{i+1} with the stochastic Adams-Bashforth step through the last ``predictor_order``
     x0 evaluations (SA-Predictor), then, once x0 is evaluated there, corrects x_{i+1} by the stochastic

@@ -118,8 +118,8 @@ def restart_noise(schedule, times: list[float], options: dict) -> list[tuple]:
 
 
 def er_sde_noise_scale(v):
-    """ER-SDE-Solver's noise scale function phi(v) = v (e^(v^0.3) + 10) of sigma~ (Cui et al. 2023, Sec. 5, the
-    function ComfyUI and the authors' code use)."""
+    """ER-SDE-Solver's noise scale function phi(v) = v (e^(v^0.3) + 10) of sigma~ (Cui et al. 2023; the function
+    the authors' code and ComfyUI use)."""
     return v * (math.exp(v**0.3) + 10.0)
 
 
@@ -135,7 +135,7 @@ def _er_sde_integrals(low: float, high: float) -> tuple[float, float]:
 
 
 def er_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_stage: int = 3) -> torch.Tensor:
-    """ER-SDE-Solver-3 (Cui et al. 2023, arXiv:2309.06169, Alg. 1-3 for VP data prediction; ComfyUI's
+    """ER-SDE-Solver-3 (Cui et al. 2023, arXiv:2309.06169, VP data prediction; ComfyUI's
     sample_er_sde): the extended reverse-time SDE whose noise is set by a scale function phi of sigma~.
 
     In sigma~ = sigma/alpha, a step from t to s with r = phi(sigma~_s)/phi(sigma~_t):
