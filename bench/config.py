@@ -241,6 +241,9 @@ def _validate(raw: dict, where: str) -> list[str]:
                       f"{analytic[0]!r} runs on the schedule {raw.get('schedule', DEFAULTS['schedule'])!r} (set "
                       f"schedule = \"DiscreteVP\", or use a continuous spacing)")
     schedule_name = raw.get("schedule", DEFAULTS["schedule"])
+    if "cuda_graph" in raw.get("exec_modes", []) and raw.get("device", DEFAULTS["device"]) == "cpu":
+        errors.append(f"{where}: key 'exec_modes': 'cuda_graph' captures the solve in a CUDA graph and needs a CUDA "
+                      f"device, but device is 'cpu' (set device = \"cuda\" or drop the mode)")
     for spacing in [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in AYS_LEVELS]:
         if analytic and schedule_name in SCHEDULES:
             try:
@@ -341,6 +344,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             reason = str(err)
                         if reason is None and steps is not None and steps < solver.min_steps:
                             reason = f"{solver_name} needs at least {solver.min_steps} steps, got {steps}"
+                        if reason is None and exec_mode == "cuda_graph":
+                            reason = _cuda_graph_skip(solver, device or v["device"])
                         configs.append(RunConfig(
                             model=model, schedule=v["schedule"], solver=solver_name, options=options, steps=steps,
                             spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
@@ -351,6 +356,21 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             exec_mode=exec_mode,
                             skip_reason=reason))
     return configs
+
+
+def _cuda_graph_skip(solver, device: str) -> str | None:
+    """Why a cuda_graph config cannot run (None if it can): an adaptive solver, or no CUDA device."""
+    if solver.adaptive:
+        return f"{solver.name} is adaptive: it decides its steps on the host, so its solve cannot be a CUDA graph"
+    if device == "cpu" or (device == "auto" and not _cuda_available()):
+        return f"exec mode cuda_graph needs a CUDA device, the config runs on {device!r}"
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def shard(configs: list[RunConfig], index: int, count: int) -> list[RunConfig]:

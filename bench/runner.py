@@ -232,7 +232,7 @@ def _drift_vs_eager(cfg: RunConfig, cache: SweepCache, x_T, x, device, fid_value
     key = _sampling_key(cfg, cfg.steps, "eager")
     source, eager = cache.model(cfg, "eager")
     if key not in cache.eager:
-        cache.eager[key] = {"samples": sampling.solve(cfg, eager, x_T, cfg.steps, device).samples.cpu()}
+        cache.eager[key] = {"samples": sampling.solve(cfg, eager, x_T, cfg.steps, device, "eager").samples.cpu()}
     twin = cache.eager[key]
     out = {"drift_vs_eager": metrics.per_sample_norms(x.cpu().double() - twin["samples"].double()).median().item()}
     if fid_value is not None:

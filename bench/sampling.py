@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.config import RunConfig
+from bench.execution import CapturedSolve
 from solvers import SOLVERS, sample
 from solvers.noise import BrownianNoise, NoNoise, PrecomputedNoise
 from solvers.spacing import timesteps
@@ -89,11 +90,15 @@ def forward_seconds(model, like: torch.Tensor, t: float, device: torch.device) -
     return sorted(seconds)[len(seconds) // 2]
 
 
-def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: torch.device) -> Solve:
-    """Sample every x_T of a config (``steps`` overrides its step count, for the step-doubling partner).
+def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: torch.device,
+          exec_mode: str | None = None) -> Solve:
+    """Sample every x_T of a config (``steps`` overrides its step count, for the step-doubling partner;
+    ``exec_mode`` the config's, for its eager twin). ``model`` is already in the mode (bench.execution.in_mode);
+    cuda_graph captures the solve here.
 
     On a CUDA out-of-memory error the batch halves and the whole config starts again.
     """
+    graphed = (exec_mode or cfg.exec_mode) == "cuda_graph"
     options = dict(cfg.options)
     if cfg.tolerance is not None:
         options.update(rtol=cfg.tolerance, atol=cfg.tolerance)
@@ -101,19 +106,29 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     ts = timesteps(cfg.spacing, steps, schedule) if steps is not None else timesteps("uniform", 1, schedule)
     adaptive = SOLVERS[cfg.solver].adaptive
     batch = cfg.batch_size
+
+    def fixed_step_solve(x, noise):
+        return sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options)
+
     while True:
         try:
             outputs, seconds, nfe, accepted, rejected = [], 0.0, 0, 0, 0
+            captured = {}  # cuda_graph: one captured solve per batch shape (capture untimed)
             for index, chunk in enumerate(x_T.split(batch)):
                 noise = noise_source(cfg, chunk, schedule, index, ts)
                 extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
+                if graphed and chunk.shape not in captured:
+                    captured[chunk.shape] = CapturedSolve(fixed_step_solve, model, chunk, noise)
                 model.reset_nfe()
                 # no_grad, not inference_mode: classifier guidance takes gradients inside (enable_grad)
                 with Timer(device) as timer, torch.no_grad():
-                    out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
+                    if graphed:
+                        out = captured[chunk.shape](chunk, noise)
+                    else:
+                        out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
                 outputs.append(out)
                 seconds += timer.seconds
-                nfe += model.nfe
+                nfe += captured[chunk.shape].nfe if graphed else model.nfe
                 if adaptive:
                     accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
             n = len(outputs)

@@ -7,12 +7,16 @@ DPMSolverMultistepScheduler (order 2, lower_order_final, its default below 15 st
 (the same update, tested in tests/test_peers.py). pytest-benchmark prints each pair in one group; the
 ratio is the speed of the harness's solver loop relative to the peer's. Both run under inference mode
 at the batch sizes of the parametrisation; the samples are checked to agree before anything is timed.
+On a CUDA machine the group also runs there, with a third loop: the harness's solve captured in a CUDA
+graph (exec mode cuda_graph, bench.execution.CapturedSolve) and replayed; without CUDA those cases skip.
 """
 import pytest
 import torch
 
+from bench.execution import CapturedSolve
 from bench.models import build_model
 from solvers import DiffusionModel, sample
+from solvers.noise import NoNoise
 from solvers.schedules import DiscreteVP
 
 STEPS = 10
@@ -21,10 +25,15 @@ PAIRS = {"DPMSolverMultistepScheduler": ("dpmpp_2m", {"lower_order_final": True}
          "EulerDiscreteScheduler": ("ddim", {}, {"timestep_spacing": "trailing"})}  # 10 steps to timestep 0
 
 
-def _setup(scheduler_name: str, batch: int):
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+AGREEMENT = {"cpu": 2e-4, "cuda": 5e-3}  # float32; on CUDA, cuDNN's TF32 convolutions in both loops
+
+
+def _setup(scheduler_name: str, batch: int, device: str = "cpu"):
     import diffusers
 
     source = build_model("fmnist_unet")
+    source.to(torch.device(device))
     unet = source.module
     config = {**unet_scheduler_config(), **PAIRS[scheduler_name][2], "final_sigmas_type": "sigma_min"}
     scheduler = getattr(diffusers, scheduler_name).from_config(config)
@@ -33,7 +42,7 @@ def _setup(scheduler_name: str, batch: int):
     schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
     model = DiffusionModel(source.model().net, schedule, "eps")
     ts = torch.tensor([(int(s) + 1) / 1000 for s in scheduler.timesteps] + [1 / 1000], dtype=torch.float64)
-    x_T = torch.randn(batch, *source.event_shape, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(batch, *source.event_shape, generator=torch.Generator().manual_seed(0)).to(device)
     return unet, scheduler, model, ts, x_T
 
 
@@ -63,18 +72,37 @@ def _diffusers_loop(unet, scheduler, x_T):
     return x
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [16, 128])
 @pytest.mark.parametrize("scheduler_name", list(PAIRS))
-@pytest.mark.parametrize("loop", ["diffusers", "harness"])
-def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch):
-    unet, scheduler, model, ts, x_T = _setup(scheduler_name, batch)
+@pytest.mark.parametrize("loop", ["diffusers", "harness", "harness_cuda_graph"])
+def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch, device):
+    if loop == "harness_cuda_graph" and device != "cuda":
+        pytest.skip("the cuda_graph loop needs a CUDA device")
+    unet, scheduler, model, ts, x_T = _setup(scheduler_name, batch, device)
     name, options, _ = PAIRS[scheduler_name]
+
+    def harness(x, noise=None):
+        return sample(name, model, x, ts, **options)
+
     with torch.inference_mode():
         theirs = _diffusers_loop(unet, scheduler, x_T)
         start = _peer_start(scheduler, x_T)
-        ours = sample(name, model, start, ts, **options)
-        assert (ours - theirs).abs().max() < 2e-4 * theirs.abs().max()  # the same computation, float32
-        run = (lambda: _diffusers_loop(unet, scheduler, x_T)) if loop == "diffusers" else (
-            lambda: sample(name, model, start, ts, **options))
-        benchmark.group = f"{scheduler_name} vs {name}: {STEPS} NFE, batch {batch}, {torch.get_num_threads()} threads"
-        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+        ours = harness(start)
+        assert (ours - theirs).abs().max() < AGREEMENT[device] * theirs.abs().max()  # the same computation
+    if loop == "harness_cuda_graph":
+        captured = CapturedSolve(harness, model, start, NoNoise())
+        assert (captured(start, None) - theirs).abs().max() < AGREEMENT[device] * theirs.abs().max()
+        run = lambda: captured(start, None)  # noqa: E731
+    else:
+        run = (lambda: _diffusers_loop(unet, scheduler, x_T)) if loop == "diffusers" else (lambda: harness(start))
+    benchmark.group = (f"{scheduler_name} vs {name}: {STEPS} NFE, batch {batch}, {device}, "
+                       f"{torch.get_num_threads()} threads")
+
+    def timed():
+        with torch.inference_mode():
+            run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)

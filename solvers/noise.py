@@ -116,6 +116,13 @@ class PrecomputedNoise:
     def independent(self, stream: int):
         return lambda t, s, like: self.draw(stream, t, s, like)
 
+    def copy_into(self, other: "PrecomputedNoise") -> None:
+        """Write these draws into ``other``'s tensors of the same keys (the static buffers of a captured solve)."""
+        if self._draws.keys() != other._draws.keys():
+            raise ValueError("PrecomputedNoise.copy_into: the two were drawn for different intervals")
+        for key, value in self._draws.items():
+            other._draws[key].copy_(value)
+
 
 class NoNoise:
     """The noise source of a deterministic run: any draw is a bug in the caller's bookkeeping."""

@@ -26,10 +26,24 @@ def _sweep(tmp_path, **spec):
 
 
 def test_an_unknown_exec_mode_is_a_spec_error():
-    with pytest.raises(SpecError, match="key 'exec_modes': unknown exec_mode 'cuda_graph'; allowed: eager, bf16, "
-                                        "compile"):
+    with pytest.raises(SpecError, match="key 'exec_modes': unknown exec_mode 'tensorrt'; allowed: eager, bf16, "
+                                        "compile, cuda_graph"):
         parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4,
-                    "exec_modes": ["eager", "cuda_graph"]})
+                    "exec_modes": ["eager", "tensorrt"]})
+
+
+def test_cuda_graph_on_a_cpu_is_refused_before_compute_and_adaptive_solvers_are_skipped():
+    base = {"models": ["ring2d"], "solvers": ["heun", "dopri5"], "steps": [2], "tolerances": [1e-3], "n_samples": 4,
+            "exec_modes": ["eager", "cuda_graph"]}
+    with pytest.raises(SpecError, match="key 'exec_modes': 'cuda_graph' captures the solve in a CUDA graph and needs "
+                                        "a CUDA device, but device is 'cpu'"):
+        parse_spec(base)
+    reasons = {(c.solver, c.exec_mode): c.skip_reason for c in expand(parse_spec({**base, "device": "cuda"}))}
+    assert reasons[("heun", "cuda_graph")] is None and reasons[("heun", "eager")] is None
+    assert reasons[("dopri5", "cuda_graph")] == ("dopri5 is adaptive: it decides its steps on the host, so its solve "
+                                                 "cannot be a CUDA graph")
+    on_cpu = {(c.solver, c.exec_mode): c.skip_reason for c in expand(parse_spec({**base, "device": "cuda"}), "cpu")}
+    assert on_cpu[("heun", "cuda_graph")] == "exec mode cuda_graph needs a CUDA device, the config runs on 'cpu'"
 
 
 def test_eager_configs_keep_their_ids_and_each_mode_is_its_own_config():
@@ -83,3 +97,17 @@ def test_the_fid_difference_to_eager(tmp_path):
     assert (rows.status == "ok").all(), rows.message.tolist()
     assert by_mode.fid_vs_eager["bf16"] == pytest.approx(by_mode.fid["bf16"] - by_mode.fid["eager"], abs=1e-9)
     assert torch.isnan(torch.tensor(by_mode.fid_vs_eager["eager"]))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_solve_on_cuda_and_matches_eager(tmp_path):
+    """The whole solve captured once per shape and replayed per batch (a smaller last batch is another graph): the
+    same samples as eager to float32 rounding (TF32 matmuls in both), the same NFE, deterministic and stochastic."""
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=["dpmpp_2m", "ddim", "sa_solver"], steps=[4],
+                  etas=[0.0, 1.0], exec_modes=["eager", "cuda_graph"], device="cuda", n_samples=12, batch_size=8,
+                  metrics=["err_reference"])
+    ok = rows[rows.status == "ok"].set_index(["solver", "eta", "exec_mode"])
+    assert len(ok) == 10, rows[["solver", "eta", "exec_mode", "status", "message"]]  # dpmpp_2m at eta 1: skipped
+    graphed = ok.xs("cuda_graph", level="exec_mode")
+    assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager
+    assert (graphed.nfe == ok.xs("eager", level="exec_mode").nfe).all()

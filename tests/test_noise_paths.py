@@ -194,3 +194,17 @@ def test_noise_drawn_before_the_solve_is_the_paths_own_and_covers_every_draw(run
     direct = sample(name, model, x_T, ts, eta=eta, noise=path(), **options)
     assert torch.equal(sample(name, model, x_T, ts, eta=eta, noise=drawn, **options), direct)
     assert drawn.misses == 0
+
+
+def test_precomputed_draws_copy_into_a_captured_solves_buffers():
+    """cuda_graph replays read the first batch's noise tensors: a later batch writes its draws into them."""
+    like = torch.zeros(6, 2, dtype=torch.float64)
+    ts = timesteps("karras", 4, SCHEDULE)
+    first = PrecomputedNoise(BrownianNoise(like, SCHEDULE.t_min, SCHEDULE.t_max, seed=1), ts, like)
+    second = PrecomputedNoise(BrownianNoise(like, SCHEDULE.t_min, SCHEDULE.t_max, seed=2), ts, like)
+    buffer = first(float(ts[0]), float(ts[1]), like)
+    second.copy_into(first)
+    assert first(float(ts[0]), float(ts[1]), like) is buffer
+    assert torch.equal(buffer, second(float(ts[0]), float(ts[1]), like))
+    with pytest.raises(ValueError, match="drawn for different intervals"):
+        PrecomputedNoise(BrownianNoise(like, SCHEDULE.t_min, SCHEDULE.t_max, seed=3), ts[:3], like).copy_into(first)
