@@ -156,8 +156,7 @@ def _diffusers_sigmas(spacing: str, flag: str):
         from solvers.schedules import DiscreteVP
 
         scheduler = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", **{flag: True})
-        cumulative = scheduler.alphas_cumprod.double()
-        schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+        schedule = DiscreteVP.from_alphas_cumprod(scheduler.alphas_cumprod)
         scheduler.set_timesteps(STEPS + 1)
         return torch.exp(-schedule.lambda_(timesteps(spacing, STEPS, schedule))), scheduler.sigmas[: STEPS + 1].double()
     return run

@@ -88,8 +88,7 @@ def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: s
     if "final_sigmas_type" in inspect.signature(scheduler_class.__init__).parameters:
         config = {"final_sigmas_type": "sigma_min", **config}  # the last step to timestep 0 (DEIS always does)
     scheduler = scheduler_class(num_train_timesteps=1000, beta_schedule="linear", **config)
-    cumulative = scheduler.alphas_cumprod.double()
-    schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+    schedule = DiscreteVP.from_alphas_cumprod(scheduler.alphas_cumprod)
     model = make_model(schedule)
     scheduler.set_timesteps(n)
     x_T = x_T_of(schedule)

@@ -38,8 +38,7 @@ def _setup(scheduler_name: str, batch: int, device: str = "cpu"):
     config = {**unet_scheduler_config(), **PAIRS[scheduler_name][2], "final_sigmas_type": "sigma_min"}
     scheduler = getattr(diffusers, scheduler_name).from_config(config)
     scheduler.set_timesteps(STEPS)
-    cumulative = scheduler.alphas_cumprod.double()  # the grid diffusers steps on, in our schedule
-    schedule = DiscreteVP(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]))
+    schedule = DiscreteVP.from_alphas_cumprod(scheduler.alphas_cumprod)  # the grid diffusers steps on
     model = DiffusionModel(source.model().net, schedule, "eps")
     ts = torch.tensor([(int(s) + 1) / 1000 for s in scheduler.timesteps] + [1 / 1000], dtype=torch.float64)
     x_T = torch.randn(batch, *source.event_shape, generator=torch.Generator().manual_seed(0)).to(device)

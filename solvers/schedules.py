@@ -179,6 +179,13 @@ class DiscreteVP(VariancePreserving):
         """The DDPM paper's linear beta schedule."""
         return cls(torch.linspace(beta_start, beta_end, n_train, dtype=torch.float64), **kwargs)
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, **kwargs):
+        """The schedule whose products of (1 - beta) are ``alphas_cumprod`` (a diffusers scheduler's, exactly:
+        its float32 products, read in float64), so our solver steps on the grid that scheduler steps on."""
+        cumulative = torch.as_tensor(alphas_cumprod).double()
+        return cls(1 - cumulative / torch.cat([torch.ones(1, dtype=torch.float64), cumulative[:-1]]), **kwargs)
+
     def __repr__(self):
         return f"DiscreteVP(n_train={self.n_train}, t_min={self.t_min}, t_max={self.t_max})"
 

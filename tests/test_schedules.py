@@ -108,3 +108,9 @@ def test_flow_matching_shift_and_resolution_shift():
         from solvers.schedules import VPLinear
 
         DiffusionModel(lambda x, t: x, VPLinear(), "flow")
+
+
+def test_a_discrete_schedule_rebuilt_from_its_products_has_its_betas():
+    linear = DiscreteVP.linear()
+    torch.testing.assert_close(DiscreteVP.from_alphas_cumprod(linear.alphas_cumprod).betas, linear.betas,
+                               rtol=1e-12, atol=0)
