@@ -81,11 +81,13 @@ def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noi
     return x
 
 
-def dpmpp_sde_midpoints(schedule, times: list[float], r: float) -> list[float]:
-    """The intermediate times of dpmpp_sde on the grid ``times``: lambda_t + r h for each step. The runner
-    draws the noise of [t, t_mid] before the solve with these same floats (Solver.noise_intervals)."""
+def stage_times(schedule, times: list[float], fractions: tuple[float, ...]) -> list[list[float]]:
+    """For each step of ``times``, the times at lambda_t + r h for r in ``fractions``: the intermediate stages of a
+    singlestep exponential solver (dpmpp_sde, SEEDS). The runner draws their noise before the solve with these same
+    floats (Solver.noise_intervals)."""
     lams = log_snr(schedule, times)
-    return [float(schedule.t_of_lambda(lam + r * (lam_next - lam))) for lam, lam_next in zip(lams[:-1], lams[1:])]
+    return [[float(schedule.t_of_lambda(lam + r * (lam_next - lam))) for r in fractions]
+            for lam, lam_next in zip(lams[:-1], lams[1:])]
 
 
 def dpmpp_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: float = 0.5) -> torch.Tensor:
@@ -103,7 +105,7 @@ def dpmpp_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r:
     if not 0 < r < 1:
         raise ValueError(f"dpmpp_sde: r must be in (0, 1), got {r}")
     schedule, times = model.schedule, ts.tolist()
-    midpoints = dpmpp_sde_midpoints(schedule, times, r)
+    midpoints = [u for (u,) in stage_times(schedule, times, (r,))]
 
     def ancestral_stage(x_scaled, scaled_t, t, s, x0):
         """One DPM-Solver++ first-order step in x~ from t to sigma_down~ of [t, s] plus its noise; returns x at s."""
@@ -120,14 +122,6 @@ def dpmpp_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r:
         x0_mid = model.x0(ancestral_stage(x_scaled, scaled_t, t, t_mid, x0_t), t_mid)
         x = ancestral_stage(x_scaled, scaled_t, t, s, (1 - 1 / (2 * r)) * x0_t + x0_mid / (2 * r))
     return x
-
-
-def stage_times(schedule, times: list[float], fractions: tuple[float, ...]) -> list[list[float]]:
-    """For each step of ``times``, the times at lambda_t + r h for r in ``fractions``: the intermediate stages of a
-    singlestep exponential solver (SEEDS). The runner draws their noise before the solve with these same floats."""
-    lams = log_snr(schedule, times)
-    return [[float(schedule.t_of_lambda(lam + r * (lam_next - lam))) for r in fractions]
-            for lam, lam_next in zip(lams[:-1], lams[1:])]
 
 
 class _StageNoise:

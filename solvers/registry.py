@@ -163,7 +163,7 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("dpmpp_sde", exponential.dpmpp_sde, 2, "sde", 2, _ANCESTRAL_ETA,
             "k-diffusion 0.1.1 sample_dpmpp_sde (Crowson); DPM-Solver++(2S), arXiv:2211.01095, Alg. 1",
             noise_intervals=lambda schedule, times, options: [
-                (0, t, t_mid) for t, t_mid in zip(times, exponential.dpmpp_sde_midpoints(schedule, times, options["r"]))],
+                (0, t, t_mid) for t, (t_mid,) in zip(times, exponential.stage_times(schedule, times, (options["r"],)))],
             peers="= k-diffusion sample_dpmpp_sde (tested on the same draws); its eta 0 is dpmpp_2s"),
     _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
             "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
