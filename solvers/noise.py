@@ -96,18 +96,18 @@ class PrecomputedNoise:
         times = ts.tolist()
         self.source, self.misses = source, 0
         self._draws = {}
-        for stream in range(streams + 1):
-            draw = source if stream == 0 else source.independent(stream)
-            for t, s in zip(times[:-1], times[1:]):
-                self._draws[stream, t, s] = draw(t, s, like)
-        for stream, t, s in extra_intervals:  # draws off the grid's steps (Solver.extra_noise_intervals)
-            self._draws[stream, t, s] = (source if stream == 0 else source.independent(stream))(t, s, like)
+        grid = [(stream, t, s) for stream in range(streams + 1) for t, s in zip(times[:-1], times[1:])]
+        for stream, t, s in grid + list(extra_intervals):  # extra: draws off the grid's steps
+            self._draws[stream, t, s] = self._stream(stream)(t, s, like)
+
+    def _stream(self, stream: int):
+        return self.source if stream == 0 else self.source.independent(stream)
 
     def draw(self, stream: int, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
         found = self._draws.get((stream, t, s))
         if found is None or found.shape != like.shape:
             self.misses += 1
-            return (self.source if stream == 0 else self.source.independent(stream))(t, s, like)
+            return self._stream(stream)(t, s, like)
         return found
 
     def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
