@@ -12,6 +12,7 @@ import math
 import torch
 import torchdiffeq
 
+from solvers.exponential import dpm_solver_stages
 from solvers.runge_kutta import euler_step, heun_step
 
 STEP_DOUBLING_SAFETY, STEP_DOUBLING_CLIP = 0.9, (0.2, 5.0)
@@ -179,54 +180,30 @@ def dpm_adaptive(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
         raise ValueError(f"dpm_adaptive: need rtol > 0, atol >= 0 and h_init > 0, got rtol={rtol}, atol={atol}, "
                          f"h_init={h_init}")
     schedule = model.schedule
-    lam, lam_end = float(schedule.lambda_(ts[0])), float(schedule.lambda_(ts[-1]))
-
-    def eps(y, lam):
-        t = float(schedule.t_of_lambda(lam))
-        return model.eps(float(schedule.alpha(t)) * y, t)
-
-    y = x / float(schedule.alpha(ts[0]))
+    t, lam, lam_end = float(ts[0]), float(schedule.lambda_(ts[0])), float(schedule.lambda_(ts[-1]))
+    y = x / float(schedule.alpha(t))
     y_prev = y
     controller = PIDStepController(h_init, pcoeff, icoeff, dcoeff, order, accept_safety)
     accepted = rejected = 0
     nfe_start = model.nfe
     while lam < lam_end - 1e-5:
-        _check_budget("dpm_adaptive", model, nfe_start, max_nfe, float(schedule.t_of_lambda(lam)))
+        _check_budget("dpm_adaptive", model, nfe_start, max_nfe, t)
         lam_next = min(lam_end, lam + controller.h)
-        low, high = _dpm_solver_pair(eps, y, lam, lam_next, order)
+        s = float(schedule.t_of_lambda(lam_next))
+        # the pair sharing its evaluations: DPM-Solver-1/-2 (r1 = 1/2) or -2/-3 (r1 = 1/3), compared in x~
+        stages = dpm_solver_stages(model, float(schedule.alpha(t)) * y, t, s, lam, lam_next, order,
+                                   r1=0.5 if order == 2 else 1 / 3)
+        low, high = (x_s / float(schedule.alpha(s)) for x_s in stages[-2:])
         scale = torch.clamp(rtol * torch.maximum(low.abs(), y_prev.abs()), min=atol)
         error = float(torch.linalg.vector_norm((low - high) / scale)) / low.numel() ** 0.5
         if not math.isfinite(error):
             raise SolverDiverged(f"dpm_adaptive: non-finite error estimate at lambda = {lam:.6g} after {accepted} "
                                  "accepted steps: the model returned NaN or inf")
         if controller.propose(error):
-            y_prev, y, lam = low, high, lam_next
+            y_prev, y, t, lam = low, high, s, lam_next
             accepted += 1
         else:
             rejected += 1
     if stats is not None:
         stats.update(accepted=accepted, rejected=rejected)
     return y * float(schedule.alpha(ts[-1]))
-
-
-def _dpm_solver_pair(eps, y: torch.Tensor, lam: float, lam_next: float, order: int):
-    """(low, high) for one step in x~ from lambda to lambda_next sharing evaluations: (DPM-Solver-1, -2 with
-    r1 = 1/2) for order 2, (DPM-Solver-2 with r1 = 1/3, DPM-Solver-3) for order 3 (Lu et al. 2022, eq. 3.7
-    and Algorithms 1-2, in x~: the factor sigma~ e^(h) - sigma~ of x_s = ... becomes sigma~_s expm1(h))."""
-    h = lam_next - lam
-    sigma_next = math.exp(-lam_next)
-    eps_t = eps(y, lam)
-    first = y - sigma_next * math.expm1(h) * eps_t
-    r1 = 0.5 if order == 2 else 1 / 3
-    sigma_1 = math.exp(-(lam + r1 * h))
-    d1 = eps(y - sigma_1 * math.expm1(r1 * h) * eps_t, lam + r1 * h) - eps_t
-    second = first - sigma_next / (2 * r1) * math.expm1(h) * d1
-    if order == 2:
-        return first, second
-    r2 = 2 / 3
-    sigma_2 = math.exp(-(lam + r2 * h))
-    u2 = (y - sigma_2 * math.expm1(r2 * h) * eps_t
-          - sigma_2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1)
-    d2 = eps(u2, lam + r2 * h) - eps_t
-    third = first - sigma_next / r2 * (math.expm1(h) / h - 1) * d2
-    return second, third

@@ -16,18 +16,47 @@ from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr,
 from solvers.denoising import ancestral_noise_std
 
 
+def dpm_solver_stages(model, x: torch.Tensor, t: float, s: float, lam_t: float, lam_s: float, order: int,
+                      r1: float = 0.5, r2: float = 2 / 3) -> list[torch.Tensor]:
+    """One DPM-Solver step from t to s (lambda_t to lambda_s) at each order up to ``order``, from one set of
+    evaluations (Lu et al. 2022, arXiv:2206.00927): [DPM-Solver-1 (eq. 3.7), DPM-Solver-2 with its intermediate
+    point at r1 h (Algorithm 1), DPM-Solver-3 with points at r1 h and r2 h (Algorithm 2)]. The fixed-step solvers
+    take the last; dpm_adaptive compares the last two."""
+    schedule = model.schedule
+    h = lam_s - lam_t
+    (alpha_t, _), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
+    eps_t = model.eps(x, t)
+    first = (alpha_s / alpha_t) * x - sigma_s * h * phi(1, h) * eps_t
+    results = [first]
+    if order >= 2:
+        s1 = float(schedule.t_of_lambda(lam_t + r1 * h))
+        alpha_s1, sigma_s1 = schedule.alpha_sigma(s1)
+        d1 = model.eps((alpha_s1 / alpha_t) * x - sigma_s1 * r1 * h * phi(1, r1 * h) * eps_t, s1) - eps_t
+        results.append(first - sigma_s * h * phi(1, h) * d1 / (2 * r1))
+    if order >= 3:
+        s2 = float(schedule.t_of_lambda(lam_t + r2 * h))
+        alpha_s2, sigma_s2 = schedule.alpha_sigma(s2)
+        u2 = ((alpha_s2 / alpha_t) * x - sigma_s2 * r2 * h * phi(1, r2 * h) * eps_t
+              - sigma_s2 * (r2 / r1) * r2 * h * phi(2, r2 * h) * d1)
+        d2 = model.eps(u2, s2) - eps_t
+        results.append(first - sigma_s * h * phi(2, h) * d2 / r2)
+    return results
+
+
+def _dpm_solver(model, x: torch.Tensor, ts: torch.Tensor, order: int, **points) -> torch.Tensor:
+    schedule, times = model.schedule, ts.tolist()
+    lams = log_snr(schedule, times)
+    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
+        x = dpm_solver_stages(model, x, t, s, lams[i], lams[i + 1], order, **points)[-1]
+    return x
+
+
 def dpm_solver_1(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """DPM-Solver-1 (Lu et al. 2022, arXiv:2206.00927, eq. 3.7): x_s = (a_s/a_t) x - s_s (e^h - 1) eps.
 
     Order 1, 1 NFE per step; the same map as deterministic DDIM.
     """
-    schedule, times = model.schedule, ts.tolist()
-    lams = log_snr(schedule, times)
-    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        h = lams[i + 1] - lams[i]
-        (alpha_t, _), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        x = (alpha_s / alpha_t) * x - sigma_s * h * phi(1, h) * model.eps(x, t)
-    return x
+    return _dpm_solver(model, x, ts, 1)
 
 
 def dpm_solver_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: float = 0.5) -> torch.Tensor:
@@ -35,17 +64,7 @@ def dpm_solver_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
 
     Order 2, 2 NFE per step.
     """
-    schedule, times = model.schedule, ts.tolist()
-    lams = log_snr(schedule, times)
-    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        h = lams[i + 1] - lams[i]
-        s1 = float(schedule.t_of_lambda(lams[i] + r1 * h))
-        (alpha_t, _), (alpha_s1, sigma_s1), (alpha_s, sigma_s) = (schedule.alpha_sigma(u) for u in (t, s1, s))
-        eps_t = model.eps(x, t)
-        u1 = (alpha_s1 / alpha_t) * x - sigma_s1 * r1 * h * phi(1, r1 * h) * eps_t
-        d1 = model.eps(u1, s1) - eps_t
-        x = (alpha_s / alpha_t) * x - sigma_s * h * phi(1, h) * (eps_t + d1 / (2 * r1))
-    return x
+    return _dpm_solver(model, x, ts, 2, r1=r1)
 
 
 def dpm_2_ancestral(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
@@ -232,21 +251,7 @@ def dpm_solver_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
 
     Order 3, 3 NFE per step.
     """
-    schedule, times = model.schedule, ts.tolist()
-    lams = log_snr(schedule, times)
-    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        h = lams[i + 1] - lams[i]
-        s1, s2 = (float(schedule.t_of_lambda(lams[i] + r * h)) for r in (r1, r2))
-        (alpha_t, _), (alpha_s1, sigma_s1), (alpha_s2, sigma_s2), (alpha_s, sigma_s) = (
-            schedule.alpha_sigma(u) for u in (t, s1, s2, s))
-        eps_t = model.eps(x, t)
-        u1 = (alpha_s1 / alpha_t) * x - sigma_s1 * r1 * h * phi(1, r1 * h) * eps_t
-        d1 = model.eps(u1, s1) - eps_t
-        u2 = ((alpha_s2 / alpha_t) * x - sigma_s2 * r2 * h * phi(1, r2 * h) * eps_t
-              - sigma_s2 * (r2 / r1) * r2 * h * phi(2, r2 * h) * d1)
-        d2 = model.eps(u2, s2) - eps_t
-        x = (alpha_s / alpha_t) * x - sigma_s * h * phi(1, h) * eps_t - sigma_s * h * phi(2, h) * d2 / r2
-    return x
+    return _dpm_solver(model, x, ts, 3, r1=r1, r2=r2)
 
 
 def dpmpp_2s(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: float = 0.5) -> torch.Tensor:
