@@ -107,8 +107,8 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     adaptive = SOLVERS[cfg.solver].adaptive
     batch = cfg.batch_size
 
-    def fixed_step_solve(x, noise):
-        return sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options)
+    def solve_batch(x, noise, **extra):
+        return sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options, **extra)
 
     while True:
         try:
@@ -118,14 +118,14 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
                 noise = noise_source(cfg, chunk, schedule, index, ts)
                 extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
                 if graphed and chunk.shape not in captured:
-                    captured[chunk.shape] = CapturedSolve(fixed_step_solve, model, chunk, noise)
+                    captured[chunk.shape] = CapturedSolve(solve_batch, model, chunk, noise)
                 model.reset_nfe()
                 # no_grad, not inference_mode: classifier guidance takes gradients inside (enable_grad)
                 with Timer(device) as timer, torch.no_grad():
                     if graphed:
                         out = captured[chunk.shape](chunk, noise)
                     else:
-                        out = sample(cfg.solver, model, chunk, ts, eta=cfg.eta, noise=noise, **options, **extra)
+                        out = solve_batch(chunk, noise, **extra)
                 outputs.append(out)
                 seconds += timer.seconds
                 nfe += captured[chunk.shape].nfe if graphed else model.nfe
