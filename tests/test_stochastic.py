@@ -106,9 +106,10 @@ def test_langevin_corrector_brings_pc_closer_to_the_exact_distribution():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [("euler_maruyama", {}), ("dpmpp_2m_sde", {}), ("edm_stochastic", {}),
-                                           ("pc", {}), ("dpmpp_sde", {}), ("restart", {}), ("seeds_3", {})],
+                                           ("pc", {}), ("dpmpp_sde", {}), ("restart", {}), ("seeds_2", {}),
+                                           ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {})],
                          ids=["euler_maruyama", "dpmpp_2m_sde", "edm_stochastic", "pc", "dpmpp_sde", "restart",
-                              "seeds_3"])
+                              "seeds_2", "seeds_3", "er_sde", "sa_solver"])
 def test_exact_moments_on_the_runners_own_noise(name, options):
     """The moment check on the path a sweep takes: bench.sampling with its seeded Brownian path, drawn
     for the whole grid before the solve (the fast tests above use GaussianNoise)."""
