@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu report compare conformance perf perf-compare chaos train clean
+.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -92,6 +92,11 @@ bench-images: setup
 bench-gpu: setup
 	$(PY) -m bench run bench/configs/gpu.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
+
+# The GPU checks in one command (benchmarks/gpu_check.sh): the gpu-marked tests, `make perf`'s comparison with
+# diffusers on CUDA, the gpu-slice grid and its report, into results/scratch/gpu-check/ (about 8 min on an H200).
+gpu-check: setup
+	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 # Plots + report for RUN (default: the newest run folder under results/).
 RUN ?= $(shell ls -td results/scratch/*/ results/*/ 2>/dev/null | grep -v compare- | while read d; do [ -f "$$d/run.json" ] && echo "$$d" && break; done)

@@ -6,10 +6,12 @@ DPMSolverMultistepScheduler (order 2, lower_order_final, its default below 15 st
 ``dpmpp_2m`` with ``lower_order_final``, and EulerDiscreteScheduler (Euler in sigma) against ``ddim``
 (the same update, tested in tests/test_peers.py). pytest-benchmark prints each pair in one group; the
 ratio is the speed of the harness's solver loop relative to the peer's. Both run under inference mode
-at the batch sizes of the parametrisation; the samples are checked to agree before anything is timed.
+at the batch sizes of CASES; the samples are checked to agree before anything is timed.
 On a CUDA machine the group also runs there, with a third loop: the harness's solve captured in a CUDA
 graph (exec mode cuda_graph, bench.execution.CapturedSolve) and replayed; without CUDA those cases skip.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -25,8 +27,23 @@ PAIRS = {"DPMSolverMultistepScheduler": ("dpmpp_2m", {"lower_order_final": True}
          "EulerDiscreteScheduler": ("ddim", {}, {"timestep_spacing": "trailing"})}  # 10 steps to timestep 0
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-AGREEMENT = {"cpu": 2e-4, "cuda": 5e-3}  # float32; on CUDA, cuDNN's TF32 convolutions in both loops
+# On a GPU: launch-bound batches (the cuda_graph goal: at least 5x diffusers' loop at batch <= 64) and one that fills
+# the device (the eager goal: within 1.05x of diffusers' loop, the network's time dominating both).
+CASES = [("cpu", 16), ("cpu", 128)] + ([("cuda", 16), ("cuda", 64), ("cuda", 2048)] if torch.cuda.is_available() else [])
+AGREEMENT = 1e-3  # relative, float32 (measured on the CPU: below 2e-4)
+
+
+@contextlib.contextmanager
+def _true_float32():
+    """Convolutions and matmuls in float32 while the two loops are checked to agree. By default a GPU runs cuDNN's
+    convolutions in TF32 (10 mantissa bits), and two loops whose states differ by float32 rounding then round
+    differently: on an H200, 1.4-2.8% apart after 10 DPM-Solver++ steps at batch 64-2048. Timing keeps the default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _setup(scheduler_name: str, batch: int, device: str = "cpu"):
@@ -71,8 +88,7 @@ def _diffusers_loop(unet, scheduler, x_T):
     return x
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("batch", [16, 128])
+@pytest.mark.parametrize("device,batch", CASES)
 @pytest.mark.parametrize("scheduler_name", list(PAIRS))
 @pytest.mark.parametrize("loop", ["diffusers", "harness", "harness_cuda_graph"])
 def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch, device):
@@ -84,14 +100,17 @@ def test_sampling_loop_against_diffusers(benchmark, loop, scheduler_name, batch,
     def harness(x, noise=None):
         return sample(name, model, x, ts, **options)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _true_float32():
         theirs = _diffusers_loop(unet, scheduler, x_T)
         start = _peer_start(scheduler, x_T)
-        ours = harness(start)
-        assert (ours - theirs).abs().max() < AGREEMENT[device] * theirs.abs().max()  # the same computation
-    if loop == "harness_cuda_graph":
+        difference = float((harness(start) - theirs).abs().max() / theirs.abs().max())
+    benchmark.extra_info["relative_difference_to_diffusers"] = difference
+    assert difference < AGREEMENT  # the same computation
+    if loop == "harness_cuda_graph":  # the graph replays the eager solve's kernels (TF32 as timed)
         captured = CapturedSolve(harness, model, start, NoNoise())
-        assert (captured(start, None) - theirs).abs().max() < AGREEMENT[device] * theirs.abs().max()
+        with torch.inference_mode():
+            eager = harness(start)
+        assert (captured(start, None) - eager).abs().max() < 1e-4 * eager.abs().max()
         run = lambda: captured(start, None)  # noqa: E731
     else:
         run = (lambda: _diffusers_loop(unet, scheduler, x_T)) if loop == "diffusers" else (lambda: harness(start))

@@ -100,6 +100,27 @@ def test_the_fid_difference_to_eager(tmp_path):
 
 
 @pytest.mark.gpu
+def test_every_fixed_step_solver_runs_on_cuda_without_a_host_sync_and_its_graph_matches_eager(tmp_path):
+    """A CUDA graph capture fails on a host synchronisation or a host-to-device copy, so a solver whose whole
+    solve captures and replays to its eager samples keeps its loop on the device (issue 15, item 1), on the
+    runner's own path: its noise source, device, dtype and batches, eta 0 and 1."""
+    from solvers import SOLVERS
+
+    fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=fixed, steps=[4], etas=[0.0, 1.0],
+                  exec_modes=["eager", "cuda_graph"], device="cuda", n_samples=12, batch_size=8,
+                  metrics=["err_reference"])
+    ran = rows[rows.status != "skipped"]
+    broken = ran[ran.status != "ok"]
+    assert broken.empty, broken[["solver", "eta", "exec_mode", "status", "message"]].to_string()
+    assert set(ran.solver) == set(fixed)
+    ok = ran.set_index(["solver", "eta", "exec_mode"])
+    graphed = ok.xs("cuda_graph", level="exec_mode")
+    assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager.sort_values().tail()
+    assert (graphed.nfe == ok.xs("eager", level="exec_mode").nfe).all()
+
+
+@pytest.mark.gpu
 def test_cuda_graph_replays_the_solve_on_cuda_and_matches_eager(tmp_path):
     """The whole solve captured once per shape and replayed per batch (a smaller last batch is another graph): the
     same samples as eager to float32 rounding (TF32 matmuls in both), the same NFE, deterministic and stochastic."""
