@@ -152,3 +152,33 @@ def table1_shape(gaps: pd.DataFrame) -> list[str]:
             f"{'better' if better_low else 'not better'} (gap eta 1 - eta 0 = {first.gap:.3g}), at NFE "
             f"{int(last.nfe)} the gap is {last.gap:.3g} ({'closing' if closing else 'not closing'}).")
     return sentences
+
+
+# The columns that make a non-eager row the same config as its eager twin (bench.runner's sampling key).
+TWIN_KEYS = ["model", "solver", "options", "steps", "spacing", "eta", "tolerance", "seed", "n_samples", "batch_size",
+             "dtype", "device"]
+
+
+def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model, device, batch and exec mode: how fast the network and the whole solve run, and how far the
+    samples move. ``speedup vs eager`` is the median over configs of eager wall_s / this mode's wall_s, each
+    config against its own eager twin (rows without one are left out of it); ``overhead_ratio`` is wall_s over
+    NFE x the bare forward time (1 = the solve costs its network calls and nothing else). Empty with one mode."""
+    ok = df[(df.status == "ok") & df.wall_s.notna()].copy()
+    if ok.exec_mode.nunique() < 2:
+        return pd.DataFrame()
+    ok[TWIN_KEYS] = ok[TWIN_KEYS].astype(str)  # NaN steps/tolerance compare equal as text
+    eager = ok[ok.exec_mode == "eager"].drop_duplicates(TWIN_KEYS).set_index(TWIN_KEYS).wall_s
+    ok["speedup"] = eager.reindex(pd.MultiIndex.from_frame(ok[TWIN_KEYS])).to_numpy() / ok.wall_s.to_numpy()
+    rows = []
+    for (model, device, batch, mode), group in ok.groupby(["model", "device", "batch_used", "exec_mode"]):
+        drift = group.drift_vs_eager.dropna()
+        rows.append({"model": model, "device": device, "batch": int(batch), "exec_mode": mode, "configs": len(group),
+                     "forward_s (median)": group.forward_s.median(),
+                     "speedup vs eager (median)": group.speedup.median(),
+                     "overhead_ratio (median)": group.overhead_ratio.median(),
+                     "overhead_ratio (max)": group.overhead_ratio.max(),
+                     "drift_vs_eager (median)": drift.median() if len(drift) else np.nan,
+                     "fid_vs_eager (median)": group.fid_vs_eager.median()})
+    table = pd.DataFrame(rows)
+    return table.dropna(axis="columns", how="all")

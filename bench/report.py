@@ -8,7 +8,8 @@ import pandas as pd
 
 from bench import plots
 from bench.document import Document
-from bench.frontier import QUALITY_PREFERENCE, budget_table, default_quality, eta_gap, quality_across, seed_std, table1_shape
+from bench.frontier import (QUALITY_PREFERENCE, budget_table, default_quality, eta_gap, exec_mode_table, quality_across,
+                            seed_std, table1_shape)
 from bench.store import STATUSES, load_rows
 
 DEFAULT_BUDGET = 20
@@ -87,6 +88,15 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
                       "better, and the gap closes as the number of steps grows. Per solver on this run:")
         doc.bullets(table1_shape(gaps))
         doc.table(gaps)
+
+    modes = exec_mode_table(df)
+    if not modes.empty:
+        doc.heading("Execution modes: speed against eager, overhead against the network, drift")
+        doc.paragraph("The same configs with the network run eager, under bf16 autocast, compiled, or the whole solve "
+                      "replayed as a CUDA graph. forward_s: the bare network forward at the row's batch, measured "
+                      "in the run; overhead_ratio: wall_s / (NFE x forward_s x batches); drift_vs_eager: median "
+                      "per-sample L2 distance to the eager samples of the same config and x_T.")
+        doc.table(modes)
 
     spread = seed_spread(df)
     if not spread.empty:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from bench.frontier import budget_table, default_quality, eta_gap, fitted_order, frontier, pareto_mask, table1_shape
+from bench.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order, frontier, pareto_mask,
+                            table1_shape)
 
 
 def test_dominated_points_are_off_the_frontier():
@@ -65,3 +66,26 @@ def test_the_ddim_table1_shape_is_judged_from_the_gaps():
     noise_wins = _eta_rows({(10, 0.0): 30.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 4.5})
     assert "does not hold: at NFE 10 eta 0 is not better" in table1_shape(eta_gap(noise_wins, "fid"))[0]
     assert eta_gap(_eta_rows({(10, 0.0): 1.0}), "fid").empty
+
+
+def _mode_rows(wall_s: dict) -> pd.DataFrame:
+    """Rows of one model at batch 64: (solver, exec_mode) -> wall_s, NFE 10, forward 0.01 s."""
+    rows = [{"model": "m", "solver": solver, "options": "{}", "steps": 10, "spacing": "logsnr", "eta": 0.0,
+             "tolerance": np.nan, "seed": 0, "n_samples": 64, "batch_size": 64, "dtype": "float32", "device": "gpu",
+             "batch_used": 64, "exec_mode": mode, "status": "ok", "nfe": 10.0, "wall_s": wall, "forward_s": 0.01,
+             "overhead_ratio": wall / (10 * 0.01), "drift_vs_eager": np.nan if mode == "eager" else 0.5,
+             "fid_vs_eager": np.nan} for (solver, mode), wall in wall_s.items()]
+    return pd.DataFrame(rows)
+
+
+def test_the_exec_mode_table_compares_each_config_with_its_own_eager_twin():
+    rows = _mode_rows({("ddim", "eager"): 0.2, ("ddim", "compile"): 0.1, ("heun", "eager"): 0.4,
+                       ("heun", "compile"): 0.1, ("euler", "compile"): 0.3})  # euler: no eager twin
+    table = exec_mode_table(rows).set_index("exec_mode")
+    assert table.loc["compile", "configs"] == 3 and table.loc["eager", "configs"] == 2
+    assert table.loc["compile", "speedup vs eager (median)"] == pytest.approx(3.0)  # median of 2 and 4
+    assert table.loc["eager", "speedup vs eager (median)"] == pytest.approx(1.0)
+    assert table.loc["compile", "overhead_ratio (max)"] == pytest.approx(3.0)
+    assert table.loc["compile", "drift_vs_eager (median)"] == 0.5 and np.isnan(table.loc["eager", "drift_vs_eager (median)"])
+    assert "fid_vs_eager (median)" not in table  # no FID in these rows
+    assert exec_mode_table(rows[rows.exec_mode == "eager"]).empty
