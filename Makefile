@@ -88,7 +88,7 @@ bench-images: setup
 	$(PY) -m bench run bench/configs/images.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
 
-# The GPU grid (bench/configs/gpu.toml, one CUDA device): sweep, then report. Not yet run on this project.
+# The GPU grid (bench/configs/gpu.toml, one CUDA device): sweep, then report (its cost model: the spec's comment).
 bench-gpu: setup
 	$(PY) -m bench run bench/configs/gpu.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
