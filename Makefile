@@ -94,7 +94,7 @@ bench-gpu: setup
 	$(MAKE) --no-print-directory report
 
 # The GPU checks in one command (benchmarks/gpu_check.sh): the gpu-marked tests, `make perf`'s comparison with
-# diffusers on CUDA, the gpu-slice grid and its report, into results/scratch/gpu-check/ (about 8 min on an H200).
+# diffusers on CUDA, the gpu-slice grid and its report, into results/scratch/gpu-check/ (5-8 min on an H200).
 gpu-check: setup
 	PYTHON=$(PY) benchmarks/gpu_check.sh
 
