@@ -30,7 +30,7 @@ PAIRS = {"DPMSolverMultistepScheduler": ("dpmpp_2m", {"lower_order_final": True}
 # On a GPU: launch-bound batches (the cuda_graph goal: at least 5x diffusers' loop at batch <= 64) and one that fills
 # the device (the eager goal: within 1.05x of diffusers' loop, the network's time dominating both).
 CASES = [("cpu", 16), ("cpu", 128)] + ([("cuda", 16), ("cuda", 64), ("cuda", 2048)] if torch.cuda.is_available() else [])
-AGREEMENT = 1e-3  # relative, float32 (measured on the CPU: below 2e-4)
+AGREEMENT = 2e-4  # relative, float32 (measured: 3e-6 to 5.8e-5 on the CPU, 7e-6 to 5.2e-5 on an H200)
 
 
 @contextlib.contextmanager
