@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of issue 15 in one command, for a CUDA machine (`make gpu-check`, or this script where
+# The GPU checks in one command, for a CUDA machine (`make gpu-check`, or this script where
 # `make setup` cannot install: a machine with no network, PYTHON naming a python that has torch and the
 # project's dependencies). Each stage has its own time limit and the script goes on past a failed stage;
 # everything lands in OUT_DIR (default results/scratch/gpu-check): env.txt, one log per stage,

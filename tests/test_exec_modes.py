@@ -102,8 +102,8 @@ def test_the_fid_difference_to_eager(tmp_path):
 @pytest.mark.gpu
 def test_every_fixed_step_solver_runs_on_cuda_without_a_host_sync_and_its_graph_matches_eager(tmp_path):
     """A CUDA graph capture fails on a host synchronisation or a host-to-device copy, so a solver whose whole
-    solve captures and replays to its eager samples keeps its loop on the device (issue 15, item 1), on the
-    runner's own path: its noise source, device, dtype and batches, eta 0 and 1."""
+    solve captures and replays to its eager samples keeps its loop on the device, on the runner's own path: its
+    noise source, device, dtype and batches, eta 0 and 1."""
     from solvers import SOLVERS
 
     fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]
