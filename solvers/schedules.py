@@ -170,6 +170,8 @@ class DiscreteVP(VariancePreserving):
         self._grid_t = torch.arange(self.n_train + 1, dtype=torch.float64) / self.n_train
         self._grid_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(self.alphas_cumprod)])
         self._slopes = torch.diff(self._grid_log_alpha) * self.n_train
+        # the same tables as python floats, for the scalar times solvers step through (log_alpha's fast path)
+        self._table = list(zip(self._grid_t.tolist(), self._grid_log_alpha.tolist(), self._slopes.tolist()))
         self._check_range(1.0 / self.n_train if t_min is None else t_min, t_max, 0.0, 1.0)
         if self.t_min == 0.0:
             raise ValueError("DiscreteVP: t_min must be > 0 (sigma vanishes at t = 0)")
@@ -193,6 +195,9 @@ class DiscreteVP(VariancePreserving):
         return torch.clamp(torch.floor(t * self.n_train).long(), 0, self.n_train - 1)
 
     def log_alpha(self, t):
+        if isinstance(t, float):  # a solver's scalar time: the tensor path's float64 operations, in python
+            t0, log_alpha0, slope = self._table[min(max(math.floor(t * self.n_train), 0), self.n_train - 1)]
+            return torch.tensor(log_alpha0 + slope * (t - t0), dtype=torch.float64)
         t = _as_tensor(t)
         k = self._segment(t.detach().to(torch.float64).cpu())
         t0 = self._grid_t[k].to(t.device, t.dtype)

@@ -67,6 +67,18 @@ def test_discrete_vp_reproduces_ddpm_cumulative_products():
     assert schedule.network_time(t_grid).tolist() == list(range(1000))
 
 
+@pytest.mark.parametrize("n_train", [1000, 37])
+def test_discrete_vp_scalar_times_take_the_tensor_paths_values_to_the_bit(n_train):
+    """log_alpha of a python float (every time a solver steps through) is computed in python floats, the same
+    float64 operations as the tensor path: the same bits, at random times, on every grid node and at the ends."""
+    schedule = DiscreteVP(torch.linspace(1e-4, 0.02, n_train, dtype=torch.float64))
+    times = (torch.rand(5000, generator=torch.Generator().manual_seed(0), dtype=torch.float64).tolist()
+             + [k / n_train for k in range(n_train + 1)] + [0.0, 1e-12, 1 - 1e-12, 1.0])
+    scalar = [schedule.log_alpha(t) for t in times]
+    assert all(value.dtype == torch.float64 and value.ndim == 0 for value in scalar)
+    assert [float(value) for value in scalar] == schedule.log_alpha(torch.tensor(times, dtype=torch.float64)).tolist()
+
+
 def test_vp_linear_matches_its_closed_form():
     schedule = VPLinear(beta_min=0.1, beta_max=20.0)
     t = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
