@@ -14,6 +14,8 @@ def ancestral_noise_std(schedule, t: float, s: float, eta: float) -> float:
     """The std c of the fresh noise a step from t to s adds at ``eta``: DDIM's eq. 16 variance in log-SNR form,
     c^2 = eta^2 sigma_s^2 (1 - exp(-2h)), h = lambda_s - lambda_t (k-diffusion's sigma_up, times alpha_s), at most
     sigma_s: with eta > 1 a coarse step would ask for more noise than sigma_s holds, and k-diffusion caps it there."""
+    if eta == 0:
+        return 0.0
     h = float(schedule.lambda_(s) - schedule.lambda_(t))
     sigma_s = schedule.alpha_sigma(s)[1]
     return min(eta * sigma_s * math.sqrt(-math.expm1(-2 * h)), sigma_s)

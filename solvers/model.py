@@ -42,7 +42,9 @@ class DiffusionModel:
 
     def coefficients(self, x: torch.Tensor, t):
         """(alpha_t, sigma_t), as python floats for a scalar t, else shaped to broadcast against x."""
-        return self._schedule_at(x, t, self.schedule.alpha, self.schedule.sigma)
+        if isinstance(t, torch.Tensor) and t.ndim > 0:
+            return self._schedule_at(x, t, self.schedule.alpha, self.schedule.sigma)
+        return self.schedule.alpha_sigma(t)
 
     def _schedule_at(self, x: torch.Tensor, t, *functions):
         if isinstance(t, torch.Tensor) and t.ndim > 0:

@@ -23,6 +23,9 @@ def _as_tensor(t) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
+ALPHA_SIGMA_MEMO_SIZE = 4096  # times whose (alpha, sigma) a schedule remembers
+
+
 class Schedule:
     """Base class: subclasses define the marginal coefficients; the rest follows from them."""
 
@@ -36,8 +39,16 @@ class Schedule:
         return self.log_alpha(t) - torch.log(self.sigma(t))
 
     def alpha_sigma(self, t: float) -> tuple[float, float]:
-        """(alpha_t, sigma_t) at one time as python floats: the lookup every solver step makes."""
-        return float(self.alpha(t)), float(self.sigma(t))
+        """(alpha_t, sigma_t) at one time as python floats: the lookup every solver step makes, remembered per
+        time (a sweep steps through the same times batch after batch; a schedule never changes, so the values
+        are the ones a fresh evaluation gives, bit for bit)."""
+        t = float(t)
+        memo = self.__dict__.setdefault("_alpha_sigma_memo", {})
+        if t not in memo:
+            if len(memo) >= ALPHA_SIGMA_MEMO_SIZE:  # adaptive solvers visit new times: keep the memo bounded
+                memo.clear()
+            memo[t] = float(self.alpha(t)), float(self.sigma(t))
+        return memo[t]
 
     def log_alpha(self, t):
         raise NotImplementedError

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from solvers import schedules
 from solvers.schedules import EDM, VE, DiscreteVP, VPCosine, VPLinear, VariancePreserving
 
 
@@ -77,6 +78,16 @@ def test_discrete_vp_scalar_times_take_the_tensor_paths_values_to_the_bit(n_trai
     scalar = [schedule.log_alpha(t) for t in times]
     assert all(value.dtype == torch.float64 and value.ndim == 0 for value in scalar)
     assert [float(value) for value in scalar] == schedule.log_alpha(torch.tensor(times, dtype=torch.float64)).tolist()
+
+
+@pytest.mark.parametrize("schedule", [VPLinear(), VPCosine(), DiscreteVP.linear(), EDM()], ids=repr)
+def test_alpha_sigma_remembers_each_time_with_the_values_a_fresh_evaluation_gives(schedule, monkeypatch):
+    monkeypatch.setattr(schedules, "ALPHA_SIGMA_MEMO_SIZE", 50)
+    times = torch.linspace(schedule.t_min, schedule.t_max, 120, dtype=torch.float64).tolist()
+    for _ in range(2):  # the second pass reads what the first remembered (the memo clears at 50 times)
+        assert [schedule.alpha_sigma(t) for t in times] == [(float(schedule.alpha(t)), float(schedule.sigma(t)))
+                                                             for t in times]
+    assert 0 < len(schedule._alpha_sigma_memo) <= 50
 
 
 def test_vp_linear_matches_its_closed_form():
