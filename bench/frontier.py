@@ -154,9 +154,8 @@ def table1_shape(gaps: pd.DataFrame) -> list[str]:
     return sentences
 
 
-# The columns that make a non-eager row the same config as its eager twin (bench.runner's sampling key).
-TWIN_KEYS = ["model", "solver", "options", "steps", "spacing", "eta", "tolerance", "seed", "n_samples", "batch_size",
-             "dtype", "device"]
+# The columns that make a non-eager row the same config as its eager twin: the config, its seed and its device.
+TWIN_KEYS = [key for key in CONFIG_KEYS_WITHOUT_SEED if key != "exec_mode"] + ["seed", "device"]
 
 
 def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:

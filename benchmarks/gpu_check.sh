@@ -41,6 +41,6 @@ stage perf "${PERF_S:-180}" "$PYTHON" -m pytest benchmarks/test_against_diffuser
 # 3. The grid slice (rows are saved as they finish: a stage stopped at its limit still leaves its rows).
 stage grid "${GRID_S:-300}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress
 stage report 120 "$PYTHON" -m bench report "$OUT_DIR/run"
-tar czf "$OUT_DIR/run.tgz" -C "$OUT_DIR" run
+[ -d "$OUT_DIR/run" ] && tar czf "$OUT_DIR/run.tgz" -C "$OUT_DIR" run
 cat "$OUT_DIR/stages.txt"
 exit $failed

@@ -14,6 +14,11 @@ from solvers.schedules import Schedule
 PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 
 
+def _per_sample(t) -> bool:
+    """Whether t holds one time per sample (a (batch,) tensor) rather than one time for the batch."""
+    return isinstance(t, torch.Tensor) and t.ndim > 0
+
+
 class DiffusionModel:
     """Wraps ``net(x, t) -> tensor like x`` where t is a (batch,) tensor of continuous times.
 
@@ -42,12 +47,12 @@ class DiffusionModel:
 
     def coefficients(self, x: torch.Tensor, t):
         """(alpha_t, sigma_t), as python floats for a scalar t, else shaped to broadcast against x."""
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
+        if _per_sample(t):
             return self._schedule_at(x, t, self.schedule.alpha, self.schedule.sigma)
         return self.schedule.alpha_sigma(t)
 
     def _schedule_at(self, x: torch.Tensor, t, *functions):
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
+        if _per_sample(t):
             t64 = t.to(torch.float64)
             shape = (-1,) + (1,) * (x.ndim - 1)
             return tuple(fn(t64).to(x.dtype).reshape(shape) for fn in functions)
@@ -55,7 +60,7 @@ class DiffusionModel:
         return tuple(float(fn(t)) for fn in functions)
 
     def _time_batch(self, x: torch.Tensor, t) -> torch.Tensor:
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
+        if _per_sample(t):
             if t.shape != (x.shape[0],):
                 raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
             return t.to(device=x.device, dtype=x.dtype)

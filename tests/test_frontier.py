@@ -70,7 +70,8 @@ def test_the_ddim_table1_shape_is_judged_from_the_gaps():
 
 def _mode_rows(wall_s: dict) -> pd.DataFrame:
     """Rows of one model at batch 64: (solver, exec_mode) -> wall_s, NFE 10, forward 0.01 s."""
-    rows = [{"model": "m", "solver": solver, "options": "{}", "steps": 10, "spacing": "logsnr", "eta": 0.0,
+    rows = [{"model": "m", "schedule": "DiscreteVP", "solver": solver, "options": "{}", "steps": 10, "spacing": "logsnr",
+             "eta": 0.0, "reference_size": np.nan, "fid_reference": None,
              "tolerance": np.nan, "seed": 0, "n_samples": 64, "batch_size": 64, "dtype": "float32", "device": "gpu",
              "batch_used": 64, "exec_mode": mode, "status": "ok", "nfe": 10.0, "wall_s": wall, "forward_s": 0.01,
              "overhead_ratio": wall / (10 * 0.01), "drift_vs_eager": np.nan if mode == "eager" else 0.5,
