@@ -9,12 +9,13 @@ from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr
 
 
 def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x0s: list[torch.Tensor], tau: float,
-                           z, modification: float) -> torch.Tensor:
+                           z) -> torch.Tensor:
     """x at s from x at t on the SDE with noise level tau (Xue et al. 2023, the data-prediction SA step):
     x_s = e^(-tau^2 h) (sigma_s/sigma_t) x + kappa alpha_s sum_k b_k x0_k + sigma_s sqrt(1 - e^(-2 tau^2 h)) z,
     kappa = 1 + tau^2, b_k = int_{lambda_t}^{lambda_s} e^(kappa (lambda - lambda_s)) L_k(lambda) d lambda with L_k the
     Lagrange basis through ``lams`` (newest first, matching ``x0s``), by 16-point Gauss-Legendre (exact up to
-    rounding for these smooth integrands). ``modification`` is added to b_0 and taken from b_1 (two nodes only)."""
+    rounding for these smooth integrands). A two-node step gets the paper's O(h^3) modification,
+    (h^2/2 - (kappa h - 1 + e^(-kappa h))/kappa^2) / (lambda_0 - lambda_1), added to b_0 and taken from b_1."""
     (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     lam_t, lam_s = float(schedule.lambda_(t)), float(schedule.lambda_(s))
     h, kappa = lam_s - lam_t, 1 + tau * tau
@@ -23,6 +24,7 @@ def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x
     kernel = torch.exp(kappa * (taus - lam_s)) * weights * (h / 2)
     b = (lagrange_basis_values(lams, taus) * kernel).sum(1).tolist()
     if len(b) == 2:
+        modification = (h * h / 2 - (kappa * h - 1 + math.exp(-kappa * h)) / kappa**2) / (lams[0] - lams[1])
         b[0], b[1] = b[0] + modification, b[1] - modification
     x = math.exp(-tau * tau * h) * (sigma_s / sigma_t) * x + kappa * alpha_s * sum(c * x0 for c, x0 in zip(b, x0s))
     if tau > 0:
@@ -62,23 +64,14 @@ def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, pr
         history = [x0] + history[: max(predictor_order, corrector_order) - 1]
         if i > 0:  # correct x_i from x_{i-1} through x0_i, x0_{i-1}, ... with the predictor's noise
             k = corrector_order_used
-            h = lams[i] - lams[i - 1]
-            kappa = 1 + tau * tau
-            modification = h / 2 - (kappa * h - 1 + math.exp(-kappa * h)) / (kappa * kappa * h) if k == 2 else 0.0
-            x = _stochastic_adams_step(schedule, x, times[i - 1], times[i], lams[i::-1][:k], history[:k], tau, z,
-                                       modification)
+            x = _stochastic_adams_step(schedule, x, times[i - 1], times[i], lams[i::-1][:k], history[:k], tau, z)
         else:
             x = x_pred
         tau = eta if noise_t_min <= times[i] <= noise_t_max else 0.0
         z = noise(times[i], times[i + 1], x) if eta > 0 else None
         k = min(predictor_order, i + 1, n - i if lower_order_final else predictor_order)
         corrector_order_used = min(corrector_order, i + 2, n - i + 1 if lower_order_final else corrector_order)
-        modification = 0.0
-        if k == 2:
-            h, kappa = lams[i + 1] - lams[i], 1 + tau * tau
-            modification = (h * h / 2 - (kappa * h - 1 + math.exp(-kappa * h)) / kappa**2) / (lams[i] - lams[i - 1])
-        x_pred = _stochastic_adams_step(schedule, x, times[i], times[i + 1], lams[i::-1][:k], history[:k], tau, z,
-                                        modification)
+        x_pred = _stochastic_adams_step(schedule, x, times[i], times[i + 1], lams[i::-1][:k], history[:k], tau, z)
     return x_pred
 
 
