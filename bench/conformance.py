@@ -112,12 +112,17 @@ def _diffusers(scheduler: str, config: dict, name: str, options: dict, eta: floa
 
 def _sa_solver(diffusers_config: dict, options: dict, eta: float):
     """SASolverScheduler with tau = eta on training steps 200-800 (its default interval, t = (step + 1)/1000 here)
-    against sa_solver on [0.2, 0.8] (the interval's ends fall between the grid's times), the same generator draws."""
+    against sa_solver on the sigma~ interval of those steps (the sigma~ of t = 0.1995 and 0.8005 on the scheduler's
+    betas: half a training step outside them, so no grid time is at an end), the same generator draws."""
+    from solvers.schedules import DiscreteVP
+
     def tau(step, eta=eta):
         return eta if 0.2 <= (int(step) + 1) / 1000 <= 0.8 else 0.0
 
+    betas = DiscreteVP.linear()
+    low, high = (math.exp(-float(betas.lambda_(t))) for t in (0.1995, 0.8005))
     return _diffusers("SASolverScheduler", {**diffusers_config, "tau_func": tau}, "sa_solver",
-                      {"noise_t_min": 0.2, "noise_t_max": 0.8, **options}, eta=eta, seed=3)
+                      {"noise_sigma_min": low, "noise_sigma_max": high, **options}, eta=eta, seed=3)
 
 
 def _diffusers_timesteps(spacing: str):
@@ -288,6 +293,27 @@ COMPARISONS = [
 ]
 
 
+# ComfyUI does not install as a package here, so it has no rows above: its published updates are restated in
+# tests/test_peers.py and compared on the same draws. Where its conventions differ from ours, they are these.
+COMFYUI_CONVENTIONS = [
+    ("sa_solver", "two-node steps: simple_order_2=False by default, the plain Lagrange integrals",
+     "the paper's O(h^3) modification always (diffusers applies it too): ComfyUI's simple_order_2=True",
+     "simple_order_2=false", "test_sa_solver_agrees_with_comfyuis_published_update_under_its_conventions"),
+    ("sa_solver", "noise switched on and off by each step's end sigma (tau_func(sigmas[i + 1]))",
+     "by each step's start, as diffusers decides by the step's timestep", 'noise_switch="end"', "the same test"),
+    ("sa_solver", "noise interval: percent_to_sigma(0.2) to percent_to_sigma(0.8) of the model's own sigma range, "
+     "so a different sigma range on each model", "sigma~ = sigma/alpha in [0.72, 25.5] on every schedule (where "
+     "DDPM's linear betas put training steps 200-800, diffusers' interval)", "noise_sigma_min, noise_sigma_max",
+     "the same test; test_sa_solvers_noise_interval_means_the_same_noise_levels_on_every_schedule"),
+    ("sa_solver", "on grids that end at sigma 0, the corrector's order is lowered one step more than the "
+     "predictor's near the end", "our grids end at t_min > 0, where this never applies; lower_order_final lowers "
+     "the last prediction to order 1 (diffusers' rule)", "lower_order_final=true", "-"),
+    ("er_sde", "the integrals of 1/phi by a 200-point Riemann sum in float32",
+     "16-point Gauss-Legendre in log sigma~ (float64; a 200-point midpoint rule moves samples by 8.6e-7)", "-",
+     "test_er_sde_agrees_with_comfyuis_published_update_on_the_same_noise (against an accurate integral)"),
+]
+
+
 def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     theirs = theirs.to(ours.dtype)
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
@@ -330,6 +356,12 @@ def markdown(table: pd.DataFrame) -> str:
     for row in table.itertuples():
         difference = "-" if math.isnan(row.max_relative_difference) else f"{row.max_relative_difference:.1e}"
         lines.append(f"| {row.ours} | {row.peer} | {row.library} | {difference} | {row.verdict} | {row.reason} |")
+    lines += ["", "## Conventions where ComfyUI differs", "",
+              "ComfyUI does not install as a package here, so its samplers are not in the table above: ipndm, "
+              "res_multistep, seeds_2/3, er_sde and sa_solver are compared with its published updates, restated in "
+              "tests/test_peers.py, on the same draws (to 1e-8 relative). Where its conventions differ from ours:", "",
+              "| ours | ComfyUI | ours by default | ComfyUI's choice in ours | checked by |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {' | '.join(entry)} |" for entry in COMFYUI_CONVENTIONS]
     return "\n".join(lines) + "\n"
 
 

@@ -174,10 +174,7 @@ def seeds_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: f
     ((1 - 1/(2r)) x0_t + x0_u/(2r)); ``"phi_2"``: kappa h [phi_1 x0_t + phi_2 (x0_u - x0_t)/r] at -kappa h.
     ComfyUI's eta is our eta^2 (as for dpmpp_2m_sde); eta 0 with phi_1 is dpmpp_2s. 2 NFE per step.
     """
-    if solver_type not in SEEDS_SOLVER_TYPES:
-        raise ValueError(f"seeds_2: solver_type must be one of {SEEDS_SOLVER_TYPES}, got {solver_type!r}")
-    if not 0 < r <= 1:
-        raise ValueError(f"seeds_2: r must be in (0, 1], got {r}")
+    check_seeds_2({"r": r, "solver_type": solver_type})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     kappa, eta2 = 1 + eta * eta, eta * eta
@@ -207,8 +204,7 @@ def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: 
     [phi_1 x0_t + (r2/r1) phi_2 (x0_1 - x0_t)]; x_s the same over h with phi_2 (x0_2 - x0_t)/r2. Order 3 at
     eta = 0; ComfyUI's eta is our eta^2. 3 NFE per step.
     """
-    if not 0 < r1 < r2 <= 1:
-        raise ValueError(f"seeds_3: need 0 < r1 < r2 <= 1, got r1={r1}, r2={r2}")
+    check_seeds_3({"r1": r1, "r2": r2})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     kappa, eta2 = 1 + eta * eta, eta * eta
@@ -231,6 +227,22 @@ def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: 
              + alpha_s * k * (phi(1, -k) * x0_t + phi(2, -k) * (x0_2 - x0_t) / r2)
              + sigma_s * stage_noise.advance(u2, s, (1 - r2) * h, x))
     return x
+
+
+def check_seeds_2(options: dict, schedule=None) -> None:
+    """SEEDS-2's options (Solver.check_options): its stage strictly inside the step, a known solver type. r = 1 would
+    put the stage on the step's end, an empty noise segment [u, s]."""
+    if options["solver_type"] not in SEEDS_SOLVER_TYPES:
+        raise ValueError(f"seeds_2: solver_type must be one of {SEEDS_SOLVER_TYPES}, got {options['solver_type']!r}")
+    if not 0 < options["r"] < 1:
+        raise ValueError(f"seeds_2: r must be in (0, 1), got {options['r']}")
+
+
+def check_seeds_3(options: dict, schedule=None) -> None:
+    """SEEDS-3's options (Solver.check_options): both stages strictly inside the step, in order."""
+    r1, r2 = options["r1"], options["r2"]
+    if not 0 < r1 < r2 < 1:
+        raise ValueError(f"seeds_3: need 0 < r1 < r2 < 1, got r1={r1}, r2={r2}")
 
 
 def seeds_noise(fraction_options: tuple[str, ...]):

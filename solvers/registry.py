@@ -48,7 +48,7 @@ class Solver:
     noise_streams: Callable[[dict], int] | None = None  # independent streams beyond the first (pc's corrector)
     noise_intervals: Callable[[object, list, dict], list] | None = None  # (stream, t, s) drawn off the grid's steps
     min_steps: int = 1  # fewer steps give a skipped row with the reason
-    check_schedule: Callable[[object, dict], object] | None = None  # raises ValueError if options do not fit it
+    check_options: Callable[[dict, object], None] | None = None  # (options, schedule or None): ValueError if bad
     order_rule: Callable[[dict], int] | None = None  # the ODE order under (complete) options, where options set it
     options: dict = field(init=False)
 
@@ -115,6 +115,12 @@ class Solver:
         if not self.draws_noise(eta, options):
             return self.effective_order(options)
         return self.strong_order_rule(eta, options) if self.strong_order_rule else self.strong_order
+
+    def validate_options(self, options: dict | None = None, schedule=None) -> None:
+        """A ValueError naming the option, its value and what is allowed, before any compute; ``schedule`` (None
+        where it is not known yet) lets a solver check options against the time range it runs on."""
+        if self.check_options:
+            self.check_options({**self.options, **(options or {})}, schedule)
 
     def check_eta(self, eta) -> float:
         """The eta to use, or a ValueError that says what this solver accepts."""
@@ -202,10 +208,12 @@ SOLVERS: dict[str, Solver] = dict([
             peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
     _solver("seeds_2", exponential.seeds_2, 2, "both", 2, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
             "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise_intervals=exponential.seeds_noise(("r",)),
+            check_options=exponential.check_seeds_2,
             peers="ComfyUI's sample_seeds_2 (not installable here: compared with its published update restated); "
                   "eta 0 with phi_1 is dpmpp_2s"),
     _solver("seeds_3", exponential.seeds_3, 3, "both", 3, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
             "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-3", noise_intervals=exponential.seeds_noise(("r1", "r2")),
+            check_options=exponential.check_seeds_3,
             peers="ComfyUI's sample_seeds_3 (not installable here: compared with its published update restated)"),
     _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
             fixed={"order": 2},
@@ -220,9 +228,10 @@ SOLVERS: dict[str, Solver] = dict([
             fixed={"order": 3},
             peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("sa_solver", sa_solver.sa_solver, 4, "both", 1,
-            _ETA_FAMILY + " for t in [noise_t_min, noise_t_max], 0 outside (SA-Solver's tau)",
+            _ETA_FAMILY + " where sigma/alpha is in [noise_sigma_min, noise_sigma_max] (default 0.72-25.5, "
+            "DDPM's steps 200-800), 0 outside (SA-Solver's tau)",
             "Xue et al. 2023, arXiv:2309.05019, SA-Predictor + SA-Corrector", order_rule=sa_solver.sa_solver_order,
-            strong_order_rule=sa_solver.sa_solver_strong_order,
+            strong_order_rule=sa_solver.sa_solver_strong_order, check_options=sa_solver.check_options,
             peers="= diffusers SASolverScheduler with the same orders, tau interval and lower_order_final (tested on the "
                   "same generator draws); diffusers defaults to orders 2/2 and lower_order_final=True (order 2)"),
     _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
@@ -235,8 +244,7 @@ SOLVERS: dict[str, Solver] = dict([
             nfe_extra=lambda n, options: 2 * options["restarts"] * options["restart_steps"],
             nfe_note="+ 2 x restarts x restart_steps",
             noise_streams=lambda options: options["restarts"] - 1, noise_intervals=stochastic.restart_noise,
-            min_steps=2, check_schedule=lambda schedule, options: stochastic.restart_interval(
-                schedule, schedule.t_max, schedule.t_min, options),
+            min_steps=2, check_options=stochastic.check_restart,
             peers="ComfyUI's sample_restart restarts at the nearest grid sigma with its own interval table "
                   "(not installable here; not compared)"),
     _solver("er_sde", stochastic.er_sde, 3, "sde", 1,
@@ -320,6 +328,7 @@ def sample(name: str, model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, 
         allowed = ", ".join(solver.options) or "none"
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed options: {allowed}")
     ts = _check_time_grid(model, ts)
+    solver.validate_options(options, model.schedule)
     if noise is None:
         noise = GaussianNoise(generator)
     return solver.fn(model, x, ts, eta=eta, noise=noise, **solver.fixed, **options)

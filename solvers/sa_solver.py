@@ -9,13 +9,14 @@ from solvers.coefficients import gauss_legendre, lagrange_basis_values, log_snr
 
 
 def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x0s: list[torch.Tensor], tau: float,
-                           z) -> torch.Tensor:
+                           z, simple_order_2: bool) -> torch.Tensor:
     """x at s from x at t on the SDE with noise level tau (Xue et al. 2023, the data-prediction SA step):
     x_s = e^(-tau^2 h) (sigma_s/sigma_t) x + kappa alpha_s sum_k b_k x0_k + sigma_s sqrt(1 - e^(-2 tau^2 h)) z,
     kappa = 1 + tau^2, b_k = int_{lambda_t}^{lambda_s} e^(kappa (lambda - lambda_s)) L_k(lambda) d lambda with L_k the
     Lagrange basis through ``lams`` (newest first, matching ``x0s``), by 16-point Gauss-Legendre (exact up to
-    rounding for these smooth integrands). A two-node step gets the paper's O(h^3) modification,
-    (h^2/2 - (kappa h - 1 + e^(-kappa h))/kappa^2) / (lambda_0 - lambda_1), added to b_0 and taken from b_1."""
+    rounding for these smooth integrands). With ``simple_order_2`` a two-node step gets the paper's O(h^3)
+    modification, (h^2/2 - (kappa h - 1 + e^(-kappa h))/kappa^2) / (lambda_0 - lambda_1), added to b_0 and taken
+    from b_1."""
     (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     lam_t, lam_s = float(schedule.lambda_(t)), float(schedule.lambda_(s))
     h, kappa = lam_s - lam_t, 1 + tau * tau
@@ -23,7 +24,7 @@ def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x
     taus = lam_t + h * (nodes + 1) / 2
     kernel = torch.exp(kappa * (taus - lam_s)) * weights * (h / 2)
     b = (lagrange_basis_values(lams, taus) * kernel).sum(1).tolist()
-    if len(b) == 2:
+    if simple_order_2 and len(b) == 2:
         modification = (h * h / 2 - (kappa * h - 1 + math.exp(-kappa * h)) / kappa**2) / (lams[0] - lams[1])
         b[0], b[1] = b[0] + modification, b[1] - modification
     x = math.exp(-tau * tau * h) * (sigma_s / sigma_t) * x + kappa * alpha_s * sum(c * x0 for c, x0 in zip(b, x0s))
@@ -32,8 +33,15 @@ def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x
     return x
 
 
+# The noise interval's default ends in sigma~ = sigma/alpha: where DDPM's linear betas (1,000 steps) put training
+# steps 200 and 800, the interval of the paper's code and diffusers' SASolverScheduler (0.7193 and 25.53 there).
+NOISE_SIGMA_MIN, NOISE_SIGMA_MAX = 0.72, 25.5
+NOISE_SWITCHES = ("start", "end")
+
+
 def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, predictor_order: int = 3,
-              corrector_order: int = 4, noise_t_min: float = 0.2, noise_t_max: float = 0.8,
+              corrector_order: int = 4, noise_sigma_min: float = NOISE_SIGMA_MIN,
+              noise_sigma_max: float = NOISE_SIGMA_MAX, noise_switch: str = "start", simple_order_2: bool = True,
               lower_order_final: bool = False) -> torch.Tensor:
     """SA-Solver (Xue et al. 2023, arXiv:2309.05019; diffusers' SASolverScheduler, ComfyUI's sample_sa_solver).
 
@@ -41,21 +49,24 @@ def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, pr
     x0 evaluations (SA-Predictor), then, once x0 is evaluated there, corrects x_{i+1} by the stochastic
     Adams-Moulton step from x_i through x0_{i+1} and the last ``corrector_order`` - 1 others with the same noise
     z_i (SA-Corrector); the next prediction starts from the corrected x_{i+1} with the same x0_{i+1}, so 1 NFE per
-    step. The noise level tau is eta for t in [noise_t_min, noise_t_max] and 0 outside (the paper's and
-    diffusers' default interval: training steps 200-800), which keeps eta DESIGN.md's within it. Orders build
-    up as the history does. As an ODE solver (eta 0) its order is min(corrector_order, predictor_order + 1):
-    4 with the defaults (ComfyUI's orders). ``lower_order_final=True`` (diffusers' default, on every grid) takes
-    the last prediction at order 1, uncorrected, which caps it at order 2 (measured 2.13 over 256-1024 steps).
-    Two-node steps get the paper's O(h^3) modification (as diffusers and UniPC). A stochastic run draws z every
-    step, even where tau is 0 (as diffusers does).
+    step. The noise level tau is eta where the noise level sigma~ = sigma/alpha lies in [noise_sigma_min,
+    noise_sigma_max] and 0 outside, so the interval means the same signal-to-noise range on every schedule; the
+    default is where DDPM's linear betas put training steps 200-800 (the paper's and diffusers' interval). Within
+    it eta is DESIGN.md's. ``noise_switch``: whether a step's tau is decided by the sigma~ at its start ("start",
+    as diffusers decides by the step's timestep) or at its end ("end", as ComfyUI decides by the step's next
+    sigma). Orders build up as the history does. As an ODE solver (eta 0) its order is min(corrector_order,
+    predictor_order + 1): 4 with the defaults (ComfyUI's orders). ``lower_order_final=True`` (diffusers' default,
+    on every grid) takes the last prediction at order 1, uncorrected, which caps it at order 2 (measured 2.13 over
+    256-1024 steps). ``simple_order_2`` (ComfyUI's name and meaning): two-node steps get the paper's O(h^3)
+    modification (its Appendix D's simple order-2 coefficients, which diffusers always applies); False leaves them
+    the plain Lagrange integrals (ComfyUI's default). A stochastic run draws z every step, even where tau is 0 (as
+    diffusers does).
     """
-    for name, value, top in (("predictor_order", predictor_order, 4), ("corrector_order", corrector_order, 4)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise ValueError(f"sa_solver: {name} must be an integer in 1..{top}, got {value!r}")
-    if not noise_t_min <= noise_t_max:
-        raise ValueError(f"sa_solver: need noise_t_min <= noise_t_max, got {noise_t_min}, {noise_t_max}")
+    check_options({"predictor_order": predictor_order, "corrector_order": corrector_order,
+                   "noise_sigma_min": noise_sigma_min, "noise_sigma_max": noise_sigma_max, "noise_switch": noise_switch})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
+    noisy = [noise_sigma_min <= math.exp(-lam) <= noise_sigma_max for lam in lams]  # sigma~ = exp(-lambda)
     n = len(times) - 1
     history: list[torch.Tensor] = []  # x0 evaluations, newest first
     x_pred = x
@@ -64,14 +75,16 @@ def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, pr
         history = [x0] + history[: max(predictor_order, corrector_order) - 1]
         if i > 0:  # correct x_i from x_{i-1} through x0_i, x0_{i-1}, ... with the predictor's noise
             k = corrector_order_used
-            x = _stochastic_adams_step(schedule, x, times[i - 1], times[i], lams[i::-1][:k], history[:k], tau, z)
+            x = _stochastic_adams_step(schedule, x, times[i - 1], times[i], lams[i::-1][:k], history[:k], tau, z,
+                                       simple_order_2)
         else:
             x = x_pred
-        tau = eta if noise_t_min <= times[i] <= noise_t_max else 0.0
+        tau = eta if noisy[i if noise_switch == "start" else i + 1] else 0.0
         z = noise(times[i], times[i + 1], x) if eta > 0 else None
         k = min(predictor_order, i + 1, n - i if lower_order_final else predictor_order)
         corrector_order_used = min(corrector_order, i + 2, n - i + 1 if lower_order_final else corrector_order)
-        x_pred = _stochastic_adams_step(schedule, x, times[i], times[i + 1], lams[i::-1][:k], history[:k], tau, z)
+        x_pred = _stochastic_adams_step(schedule, x, times[i], times[i + 1], lams[i::-1][:k], history[:k], tau, z,
+                                        simple_order_2)
     return x_pred
 
 
@@ -84,7 +97,21 @@ def sa_solver_order(options: dict) -> int:
 
 def sa_solver_strong_order(eta: float, options: dict) -> int | None:
     """Strong order on a fixed Brownian path (Solver.strong_order_rule): 1 when the noise lasts to the end of the
-    solve (noise_t_min <= 0; measured 0.98 at eta 1), none when it stops inside it: tau switches off at a step
-    boundary, so the noise of the part of that step below noise_t_min differs between grids and the noiseless
+    solve (noise_sigma_min <= 0; measured 0.98 at eta 1), none when it stops inside it: tau switches off at a step
+    boundary, so the noise of the part of that step below noise_sigma_min differs between grids and the noiseless
     rest of the solve keeps it (errors measured flat, 0.16 at 64-256 steps, for the default interval)."""
-    return 1 if options["noise_t_min"] <= 0 else None
+    return 1 if options["noise_sigma_min"] <= 0 else None
+
+
+def check_options(options: dict, schedule=None) -> None:
+    """ValueError naming the option, its value and what is allowed (Solver.check_options: before any compute)."""
+    for name in ("predictor_order", "corrector_order"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4:
+            raise ValueError(f"sa_solver: {name} must be an integer in 1..4, got {value!r}")
+    low, high = options["noise_sigma_min"], options["noise_sigma_max"]
+    if not 0 <= low <= high:
+        raise ValueError(f"sa_solver: need 0 <= noise_sigma_min <= noise_sigma_max (sigma~ = sigma/alpha), got "
+                         f"{low}, {high}")
+    if options["noise_switch"] not in NOISE_SWITCHES:
+        raise ValueError(f"sa_solver: noise_switch must be one of {NOISE_SWITCHES}, got {options['noise_switch']!r}")

@@ -58,10 +58,24 @@ def restart_interval(schedule, t_start: float, t_end: float, options: dict) -> t
     if not 0 < low < high:
         raise ValueError(f"restart: need 0 < sigma_restart_min < sigma_restart_max, got {low}, {high}")
     sigma_end, sigma_start = (math.exp(-float(schedule.lambda_(t))) for t in (t_end, t_start))
-    if not sigma_end < low and high <= sigma_start:
+    if not (sigma_end < low and high <= sigma_start):
         raise ValueError(f"restart: options sigma_restart_min, sigma_restart_max = {low}, {high} (in sigma/alpha) "
                          f"must lie in the solve's ({sigma_end:.4g}, {sigma_start:.4g}]")
     return tuple(float(schedule.t_of_lambda(-math.log(v))) for v in (low, high))
+
+
+def check_restart(options: dict, schedule=None) -> None:
+    """restart's options (Solver.check_options): whole counts, and an interval inside ``schedule`` where it is known."""
+    for name in ("restarts", "restart_steps"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"restart: {name} must be an integer >= 1, got {value!r}")
+    if schedule is None:
+        low, high = options["sigma_restart_min"], options["sigma_restart_max"]
+        if not 0 < low < high:
+            raise ValueError(f"restart: need 0 < sigma_restart_min < sigma_restart_max, got {low}, {high}")
+    else:
+        restart_interval(schedule, schedule.t_max, schedule.t_min, options)
 
 
 def restart_times(schedule, times: list[float], options: dict) -> tuple[int, float, float]:
@@ -91,10 +105,8 @@ def restart(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, sigm
     ones. The defaults are an illustration (the paper tunes the interval, K and steps per dataset); eta has no
     role (fixed at 1). NFE: 2 per step + 2 restarts x restart_steps.
     """
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restart: restarts must be an integer >= 1, got {restarts!r}")
-    if isinstance(restart_steps, bool) or not isinstance(restart_steps, int) or restart_steps < 1:
-        raise ValueError(f"restart: restart_steps must be an integer >= 1, got {restart_steps!r}")
+    check_restart({"restarts": restarts, "restart_steps": restart_steps, "sigma_restart_min": sigma_restart_min,
+                   "sigma_restart_max": sigma_restart_max})
     schedule, times = model.schedule, ts.tolist()
     j, t_restart, t_restart_max = restart_times(schedule, times, {"sigma_restart_min": sigma_restart_min,
                                                                    "sigma_restart_max": sigma_restart_max})

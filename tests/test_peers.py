@@ -5,6 +5,8 @@ between our solvers that the peers' settings rely on, and step-for-step agreemen
 k-diffusion works in EDM's variables: x~ = x / alpha_t and sigma~ = sigma_t / alpha_t = exp(-lambda_t),
 with a denoiser D(x~, sigma~) = x0 (bench.peers.k_diffusion_run maps between them).
 """
+import math
+
 import pytest
 import torch
 
@@ -295,3 +297,100 @@ def test_gradient_estimation_with_gamma_one_is_ddim():
     one, ddim = sample("gradient_estimation", model, x_T, ts, gamma=1.0), sample("ddim", model, x_T, ts)
     assert ((one - ddim).abs().max() / ddim.abs().max()).item() < 1e-12
     assert (sample("gradient_estimation", model, x_T, ts) - ddim).abs().max() > 1e-3  # gamma = 2 moves the samples
+
+
+def _restated_sa_solver(denoiser, x, sigmas, disable=True, noise_sampler=None, predictor_order=3, corrector_order=4,
+                        sigma_noise=(0.0, float("inf")), simple_order_2=False):
+    """ComfyUI's sample_sa_solver as published (x~ = x/alpha, lambda = -log sigma~, tau = 1 where the step's next sigma
+    lies in ``sigma_noise``; coefficients from its closed-form exponential integrals and a Vandermonde solve, or its
+    simple order-2 ones), restated; the grid ends above sigma 0, so no order is lowered at the end."""
+    def b_coefficients(lams, lam_s, lam_t, tau, corrector):
+        kappa, h = 1 + tau**2, lam_t - lam_s
+        if simple_order_2 and len(lams) == 2:
+            if corrector:
+                newer = 0.5 * kappa * h
+                return torch.stack([-torch.expm1(-h * kappa) - newer, newer])
+            older = 0.5 * kappa * h**2 / (lams[-2] - lam_s)
+            return torch.stack([older, -torch.expm1(-h * kappa) - older])
+        p = torch.arange(len(lams), dtype=torch.float64)
+        products = lam_t**p - lam_s**p * torch.exp(-kappa * h)
+        depth = p[:, None] - p[None, :]
+        log_factorial = (p + 1).lgamma()
+        recursive = (log_factorial[:, None] - log_factorial[None, :]) - depth * torch.log(torch.tensor(kappa))
+        recursive = (recursive.exp() * torch.where(depth % 2 == 0, 1.0, -1.0)).tril()
+        return torch.linalg.solve(torch.vander(lams, len(lams), increasing=True).T, recursive @ products)
+
+    lams = -torch.log(sigmas)
+    x_pred, h, tau, noise, history = x, 0.0, 0.0, 0.0, []
+    for i in range(len(sigmas) - 1):
+        history = (history + [denoiser(x_pred, sigmas[i].expand(len(x)))])[-max(predictor_order, corrector_order):]
+        if i == 0:
+            x = x_pred
+        else:
+            k = min(corrector_order, len(history))
+            b = b_coefficients(lams[i - k + 1:i + 1], lams[i - 1], lams[i], tau, True)
+            x = sigmas[i] / sigmas[i - 1] * torch.exp(-tau**2 * h) * x + sum(c * d for c, d in zip(b, history[-k:]))
+            x = x + noise if tau > 0 else x
+        tau = 1.0 if sigma_noise[0] <= sigmas[i + 1] <= sigma_noise[1] else 0.0
+        k = min(predictor_order, len(history))
+        b = b_coefficients(lams[i - k + 1:i + 1], lams[i], lams[i + 1], tau, False)
+        h = lams[i + 1] - lams[i]
+        x_pred = sigmas[i + 1] / sigmas[i] * torch.exp(-tau**2 * h) * x + sum(c * d for c, d in zip(b, history[-k:]))
+        if tau > 0:
+            noise = noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * torch.sqrt(-torch.expm1(-2 * tau**2 * h))
+            x_pred = x_pred + noise
+    return x_pred
+
+
+class _StepNoise:
+    """One standard normal per grid step, found by the step's start: the same draw for a solver that draws every step
+    and one that draws only where its noise is on (ComfyUI's SA-Solver)."""
+
+    def __init__(self, ts, shape, seed: int = 5):
+        g = torch.Generator().manual_seed(seed)
+        self.times = ts.tolist()
+        self.draws = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in self.times[:-1]]
+        self.sigmas = torch.exp(-SCHEDULE.lambda_(ts))
+
+    def __call__(self, t, s, like):
+        return self.draws[self.times.index(t)]
+
+    def sampler(self, sigma, sigma_next):
+        return self.draws[int(torch.argmin((self.sigmas - sigma).abs()))]
+
+
+@pytest.mark.parametrize("simple_order_2", [False, True])
+def test_sa_solver_agrees_with_comfyuis_published_update_under_its_conventions(simple_order_2):
+    """ComfyUI's three conventions as our options: noise decided by each step's end sigma (noise_switch="end"), its
+    interval in sigma~ (ComfyUI's sigma), and the plain Lagrange two-node coefficients (simple_order_2=False, its
+    default); ComfyUI's simple_order_2=True is our default O(h^3) modification."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps("karras", 12, SCHEDULE)
+    noise, interval = _StepNoise(ts, x_T.shape), (0.3, 8.0)
+    ours = sample("sa_solver", model, x_T, ts, eta=1.0, noise=noise, noise_switch="end", simple_order_2=simple_order_2,
+                  noise_sigma_min=interval[0], noise_sigma_max=interval[1])
+    theirs = k_diffusion_run(_restated_sa_solver, model, x_T, ts, noise_sampler=noise.sampler, sigma_noise=interval,
+                             simple_order_2=simple_order_2)
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative < 1e-8, f"sa_solver vs ComfyUI's update: relative difference {relative:.2e}"
+    started = sample("sa_solver", model, x_T, ts, eta=1.0, noise=noise, simple_order_2=simple_order_2,
+                     noise_sigma_min=interval[0], noise_sigma_max=interval[1])
+    assert ((started - theirs).abs().max() / theirs.abs().max()).item() > 1e-3  # the switch by start time differs
+
+
+def test_sa_solvers_noise_interval_means_the_same_noise_levels_on_every_schedule():
+    """The same sigma~ grid on VPLinear and on EDM (where t = sigma~) gives the same samples in x~ = x/alpha: the
+    exact mixture's eps and SA-Solver's step depend on (x~, sigma~) alone, and the default interval switches the
+    noise on the same steps (an interval in each schedule's own time would switch it on different ones)."""
+    from solvers.schedules import EDM
+
+    sigmas = torch.logspace(math.log10(60.0), math.log10(0.05), 13, dtype=torch.float64)
+    x_tilde = prior_sample(EDM(), 64, 2) / EDM().t_max * 60.0
+    results = []
+    for schedule, ts in ((SCHEDULE, SCHEDULE.t_of_lambda(-torch.log(sigmas))), (EDM(), sigmas)):
+        noise = _StepNoise(ts, x_tilde.shape)
+        x_T = float(schedule.alpha(ts[0])) * x_tilde
+        out = sample("sa_solver", ring2d().model(schedule), x_T, ts, eta=1.0, noise=noise)
+        results.append(out / float(schedule.alpha(ts[-1])))
+    assert torch.allclose(results[0], results[1], rtol=1e-8, atol=1e-10)
