@@ -22,6 +22,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def cmd_run(args) -> int:
     from bench import config, runner, store
+    from bench.policy import ExecutionPolicy
 
     try:
         spec = config.load_spec(args.spec)
@@ -49,17 +50,15 @@ def cmd_run(args) -> int:
         print(f"warning: {run_dir} was started at commit {meta['git_commit'][:10]}, this checkout is at {commit[:10]}: "
               "its rows will mix commits (the report says so)", file=sys.stderr)
     retry = store.RETRYABLE if args.retry_failed else ()
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
     if args.backend == "ray":
         from bench.distributed import run_sweep_on_ray
 
         counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
-                                  progress=args.progress, retry=retry)
+                                  progress=args.progress, retry=retry, execution_policy=execution_policy)
     else:
-        counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry)
+        counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry,
+                                  execution_policy=execution_policy)
     table = store.load_rows(run_dir)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
@@ -71,8 +70,6 @@ def _run_options_problem(args) -> str | None:
     """What is wrong with --threads, --backend, --address and --workers together, before anything is computed."""
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
-    if args.threads is not None and args.backend == "ray":
-        return "--threads sets a serial run's torch threads; each Ray task runs on one"
     if args.backend != "ray":
         given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers)) if value is not None]
         return f"{' and '.join(given)} only apply to --backend ray" if given else None
@@ -241,8 +238,8 @@ def main(argv=None) -> int:
                      help="serial (this process) or ray: one Ray task per config group (model, seed, device, solver)")
     run.add_argument("--address", help="--backend ray: a running Ray cluster to join (default: start a local Ray)")
     run.add_argument("--workers", type=int, help="--backend ray without --address: CPUs of the local Ray (default: all)")
-    run.add_argument("--threads", type=int, help="torch threads of a serial run (default: torch's, one per core); "
-                     "each Ray task runs on one")
+    run.add_argument("--threads", type=int, help="torch threads in every process of the sweep, over the spec's "
+                     "'threads' (default: torch's, one per core; a Ray task: 1, and as many CPUs reserved)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     run.set_defaults(func=cmd_run)

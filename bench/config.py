@@ -31,6 +31,7 @@ from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
 
 DEVICES = ("cpu", "cuda", "auto")
+TIMING_REPEATS = 5  # the default of timing_repeats: see README (timings) for the measurement behind it
 DTYPES = ("float32", "float64")
 FID_REFERENCES = ("exact", "fashion_mnist_test", "fashion_mnist")
 IMAGE_RESIZES = ("pad", "bilinear")
@@ -69,14 +70,17 @@ class RunConfig:
     reference_tolerance: float
     exec_mode: str = "eager"
     skip_reason: str | None = None
+    reference_time_limit_s: float = 3600.0
+    timing_repeats: int = 1
 
     @property
     def config_id(self) -> str:
         """A hash of what defines the result. The batch size is part of it: each batch draws its own
         Brownian path, and adaptive step control and pc's step size use norms over the batch."""
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights",
-                                 "data_dir", "reference_size", "time_limit_s", "reference_tolerance")}
+               if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir",
+                                 "reference_size", "time_limit_s", "reference_tolerance", "reference_time_limit_s",
+                                 "timing_repeats")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         if self.image_resize != "pad":  # keeps the ids of specs that never set it
@@ -124,6 +128,14 @@ _SCALAR_KEYS = {
     "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
     "time_limit_s": ((int, float), "seconds >= 0 a config may take before it is stopped (0: no limit, run in-process)"),
     "reference_tolerance": (float, "a number in (0, 1): rtol = atol of the dopri5 reference solve behind err_reference"),
+    "reference_time_limit_s": ((int, float), "seconds >= 0 a reference solve may take before it is stopped (0: no "
+                                             "limit, solved in the sweep's process)"),
+    "timing_repeats": (int, "an integer >= 1: how often a solve shorter than a second is timed (wall_s: the median)"),
+    "tf32_matmul": (bool, "true or false: TF32 for float32 matmuls on CUDA (torch's default: false)"),
+    "tf32_cudnn": (bool, "true or false: TF32 for cuDNN convolutions (torch's default: true)"),
+    "cudnn_benchmark": (bool, "true or false: cuDNN's autotuner (torch's default: false)"),
+    "deterministic": (bool, "true or false: torch.use_deterministic_algorithms and deterministic cuDNN"),
+    "threads": (int, "an integer >= 1: torch threads in every process of the sweep (--threads overrides it)"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
@@ -133,7 +145,9 @@ DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas":
             "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
                         "sliced_wasserstein"],
             "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
-            "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8}
+            "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8, "reference_time_limit_s": 3600,
+            "timing_repeats": TIMING_REPEATS, "tf32_matmul": None, "tf32_cudnn": None, "cudnn_benchmark": None,
+            "deterministic": None, "threads": None}
 REFERENCE_METRICS = {"err_reference", "lpips_reference"}  # the metrics measured against the reference solve
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
@@ -144,7 +158,7 @@ def _suggest(value, allowed) -> str:
 
 
 def _is_type(value, types) -> bool:
-    return isinstance(value, types) and not isinstance(value, bool)
+    return isinstance(value, types) and (types is bool or not isinstance(value, bool))
 
 
 def _explicit_grid_errors(grid: dict, raw: dict, where: str) -> list[str]:
@@ -210,8 +224,12 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key in ("n_samples", "batch_size"):
         if key in raw and raw[key] < 1:
             errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
-    if "time_limit_s" in raw and not raw["time_limit_s"] >= 0:
-        errors.append(f"{where}: key 'time_limit_s' must be a number of seconds >= 0, got {raw['time_limit_s']!r}")
+    for key in ("time_limit_s", "reference_time_limit_s"):
+        if key in raw and not raw[key] >= 0:
+            errors.append(f"{where}: key {key!r} must be a number of seconds >= 0, got {raw[key]!r}")
+    for key in ("timing_repeats", "threads"):
+        if key in raw and raw[key] < 1:
+            errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
     if "reference_tolerance" in raw and not 0 < raw["reference_tolerance"] < 1:
         errors.append(f"{where}: key 'reference_tolerance' must be a number in (0, 1), got {raw['reference_tolerance']!r}")
     if "reference_size" in raw and raw["reference_size"] < 2:
@@ -251,12 +269,15 @@ def _validate(raw: dict, where: str) -> list[str]:
             timesteps(spacing, 1, schedule)
         except ValueError as err:
             errors.append(f"{where}: key 'spacings': {err} (the analytic models run on it)")
-    for solver in [s for s in solvers if s in SOLVERS and SOLVERS[s].check_schedule and schedule]:
-        options = {**SOLVERS[solver].options, **raw.get("options", {}).get(solver, {})}
+    for solver in [s for s in solvers if s in SOLVERS]:
+        options = raw.get("options", {}).get(solver, {})
+        if not isinstance(options, dict) or set(options) - set(SOLVERS[solver].options):
+            continue  # reported below
         try:
-            SOLVERS[solver].check_schedule(schedule, options)
+            SOLVERS[solver].validate_options(options, schedule)
         except (ValueError, TypeError) as err:
-            errors.append(f"{where}: key 'options.{solver}': {err} (the analytic models run on {schedule_name})")
+            on = f" (the analytic models run on {schedule_name})" if schedule else ""
+            errors.append(f"{where}: key 'options.{solver}': {err}{on}")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
                       f"network; set fid_reference = \"fashion_mnist_test\"")
@@ -353,8 +374,9 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
                             reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
                             time_limit_s=float(v["time_limit_s"]), reference_tolerance=v["reference_tolerance"],
-                            exec_mode=exec_mode,
-                            skip_reason=reason))
+                            exec_mode=exec_mode, skip_reason=reason,
+                            reference_time_limit_s=float(v["reference_time_limit_s"]),
+                            timing_repeats=v["timing_repeats"]))
     return configs
 
 

@@ -5,11 +5,14 @@ group through ``run_sweep`` itself, so within a group it shares what the serial 
 sweep (the loaded model, x_T, the 2n-step partners of step doubling, the eager twins of other exec
 modes) and keeps the serial runner's resume check, per-config time limit (a worker process inside the
 task), OOM fallback, atomic row writes into the shared run folder and compaction of what it wrote.
-The reference solve (dopri5 at ``reference_tolerance``, float64), the costliest thing configs share,
-is made once per ``runner.reference_key`` by a task of its own and handed to every group task that
-needs it through Ray's object store: the same tensor the serial runner would compute. Splitting groups
-by solver as well as by (model, seed, device) then costs a model load and x_T per group and buys
-parallelism: the default grid has 3 models but 28 solvers.
+Every task sets the sweep's execution policy first (bench.policy; one torch thread unless ``threads``
+says more, and as many CPUs reserved).
+
+The reference stage (bench.references) runs as tasks of its own, one per reference key the run folder
+lacks, each stopped at its ``reference_time_limit_s`` (the timeout recorded in the run folder, as the
+serial stage records it); a group that needs a reference starts when it is stored or recorded as failed,
+the other groups start at once. Splitting groups by solver as well as by (model, seed, device) then costs
+a model load and x_T per group and buys parallelism: the default grid has 3 models but 28 solvers.
 
 A task whose Ray worker dies is retried (``MAX_RETRIES``); the retry resumes its group from the rows on
 disk, so a killed worker loses only the config it was running and duplicates nothing. Rows land in the
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
+from bench import references
 from bench.config import RunConfig
+from bench.policy import ExecutionPolicy
 
 MAX_RETRIES = 3  # a group's task is run again this often after its worker died
 POLL_S = 0.5  # how often the driver refreshes its progress bar
@@ -38,16 +44,20 @@ def config_groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
 
 
 def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, address: str | None = None,
-                     workers: int | None = None, progress: bool | None = None, retry: tuple[str, ...] = ()) -> dict:
+                     workers: int | None = None, progress: bool | None = None, retry: tuple[str, ...] = (),
+                     execution_policy: ExecutionPolicy | None = None) -> dict:
     """``run_sweep`` of ``configs`` on Ray; returns counts by status, plus ``lost`` (configs of groups whose
     task failed for good: their rows are missing, a rerun of the same command runs them).
 
     ``address``: a running cluster to join (None: start a local Ray with ``workers`` CPUs, default all).
-    A task asks for one GPU when its configs run on CUDA, else one CPU, and runs torch on one thread."""
+    A task asks for one GPU when its configs run on CUDA, and for the policy's threads (default 1) in CPUs."""
     import ray
 
     from bench import runner, store
 
+    execution_policy = execution_policy or ExecutionPolicy()
+    if execution_policy.threads is None:
+        execution_policy = replace(execution_policy, threads=1)
     run_dir = Path(run_dir).resolve()
     done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
@@ -59,16 +69,24 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
              log_to_driver=False, configure_logging=False)
     try:
         board = ray.remote(num_cpus=0)(Board).remote()
-        references = _start_reference_solves(todo, board)
+        solving = _start_reference_solves(references.pending(todo, run_dir, retry=bool(retry)), run_dir, board,
+                                          execution_policy)
         task = ray.remote(max_retries=MAX_RETRIES)(_run_group)
+        waiting = [(group, {references.key(c) for c in group if references.needed(c)}) for group in groups]
         pending = {}
-        for group in groups:
-            needed = {runner.reference_key(c) for c in group if runner.needs_reference(c)}
-            inputs = {key: references[key][0] for key in needed}
-            pending[task.options(**_resources(group[0])).remote(group, run_dir, run_id, retry, board, inputs)] = group
         bar = runner.progress_bar(len(configs), counts["already_done"], progress)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+        while waiting or pending or solving:
+            rows, started = ray.get(board.state.remote())
+            _finish_references(solving, started, run_dir)
+            ready_groups = [group for group, keys in waiting if not keys & set(solving)]
+            waiting = [(group, keys) for group, keys in waiting if keys & set(solving)]
+            for group in ready_groups:
+                resources = _resources(group[0], execution_policy)
+                ref = task.options(**resources).remote(group, run_dir, run_id, retry, board, execution_policy)
+                pending[ref] = group
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S) if pending else ([], [])
+            if not pending:
+                time.sleep(POLL_S)
             for ref in ready:
                 group = pending.pop(ref)
                 try:
@@ -77,8 +95,6 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
                     counts["lost"] += len(group) - _rows_of(run_dir, group, retry)
                     print(f"ray: the task of {_label(group)} failed after {MAX_RETRIES} retries ({type(err).__name__}); "
                           "its finished rows are kept, a rerun runs the rest", flush=True)
-            rows, started = ray.get(board.state.remote())
-            _cancel_overdue(references, started)
             bar.update(rows - (bar.n - counts["already_done"]))
         bar.close()
     finally:
@@ -87,68 +103,56 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
     return {k: v for k, v in counts.items() if v}
 
 
-def _start_reference_solves(todo: list[RunConfig], board) -> dict:
-    """One task per reference solve the configs need: reference_key -> (ObjectRef, time limit in seconds)."""
+def _start_reference_solves(pending_configs: list[RunConfig], run_dir: Path, board, execution_policy) -> dict:
+    """One task per reference the run folder lacks: reference key -> (ObjectRef, its config)."""
     import ray
-
-    from bench import runner
 
     solve = ray.remote(max_retries=MAX_RETRIES)(_reference_solve)
-    references = {}
-    for cfg in filter(runner.needs_reference, todo):
-        key = runner.reference_key(cfg)
-        if key not in references:
-            references[key] = solve.options(**_resources(cfg)).remote(cfg, board), cfg.time_limit_s
-    return references
+    return {references.key(cfg): (solve.options(**_resources(cfg, execution_policy)).remote(cfg, run_dir, board,
+                                                                                          execution_policy), cfg)
+            for cfg in pending_configs}
 
 
-def _cancel_overdue(references: dict, started: dict) -> None:
-    """Stop the reference solves that have run longer than their configs' time limit (none for a limit of 0):
-    the group tasks waiting for one then solve it themselves, inside each config's limit, as a serial sweep
-    does (a hung model gives timeout rows, not a hung sweep)."""
+def _finish_references(solving: dict, started: dict, run_dir: Path) -> None:
+    """Drop the reference solves that ended (they stored their outcome) and stop those past their
+    reference_time_limit_s, recording the timeout; a task lost for good is recorded as failed."""
     import ray
 
-    for key, (ref, limit) in list(references.items()):
-        if limit and key in started and time.time() - started[key] > limit and not ray.wait([ref], timeout=0)[0]:
+    for key, (ref, cfg) in list(solving.items()):
+        if ray.wait([ref], timeout=0)[0]:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as err:
+                references.record_death(cfg, run_dir, type(err).__name__)
+            del solving[key]
+        elif cfg.reference_time_limit_s and key in started and time.time() - started[key] > cfg.reference_time_limit_s:
             ray.cancel(ref, force=True)
-            del references[key]
+            references.record_timeout(cfg, run_dir, time.time() - started[key])
+            del solving[key]
 
 
 def _run_group(group: list[RunConfig], run_dir: Path, run_id: str, retry: tuple[str, ...], board,
-               references: dict) -> dict:
-    """A Ray task: one group through the serial runner, on one torch thread, each row counted on the board.
-    ``references``: ObjectRefs of the reference solves its configs use; one that was stopped or lost is
-    solved here instead."""
-    import ray
-    import torch
-
+               execution_policy) -> dict:
+    """A Ray task: one group through the serial runner under the sweep's policy, each row counted on the board;
+    the reference stage has stored what it needs in the run folder."""
     from bench.runner import run_sweep
 
-    torch.set_num_threads(1)
-    solved = {}
-    for key, ref in references.items():
-        try:
-            solved[key] = ray.get(ref)
-        except ray.exceptions.RayError:  # cancelled for its time limit, or its worker died for good
-            pass
     return run_sweep(group, run_dir, run_id, progress=False, retry=retry, on_row=lambda row: board.row_written.remote(),
-                     references=solved)
+                     execution_policy=execution_policy, reference_stage=False)
 
 
-def _reference_solve(cfg: RunConfig, board):
-    """A Ray task: the reference solve of ``cfg``'s key, at the spec's batch size (as the serial runner makes
-    it unless the config's own solve ran out of memory), or the error that ended it."""
-    import torch
+def _reference_solve(cfg: RunConfig, run_dir: Path, board, execution_policy) -> str:
+    """A Ray task: the reference solve of ``cfg``'s key, stored in the run folder (or its failure recorded)."""
+    from bench.runner import SweepCache, make_reference
 
-    from bench.runner import SweepCache, reference_key, reference_solution
-
-    torch.set_num_threads(1)
-    board.solve_started.remote(reference_key(cfg), time.time())
-    return reference_solution(cfg, SweepCache(), cfg.batch_size)
+    execution_policy.apply()
+    board.solve_started.remote(references.key(cfg), time.time())
+    return make_reference(cfg, SweepCache(run_dir=Path(run_dir)))
 
 
-def _resources(cfg: RunConfig) -> dict:
-    return {"num_gpus": 1, "num_cpus": 1} if cfg.device.startswith("cuda") else {"num_cpus": 1}
+def _resources(cfg: RunConfig, execution_policy) -> dict:
+    cpus = {"num_cpus": execution_policy.threads}
+    return {"num_gpus": 1, **cpus} if cfg.device.startswith("cuda") else cpus
 
 
 def _rows_of(run_dir: Path, group: list[RunConfig], retry: tuple[str, ...]) -> int:

@@ -4,7 +4,8 @@ On a large grid the way the network runs, not the solver arithmetic, decides wha
 each mode is the same solver on the same x_T with the network executed differently, and rows record
 how far the samples drift from the eager ones (``drift_vs_eager``):
 
-- ``eager``: the network as given, float32 (TF32 matmuls allowed on a GPU).
+- ``eager``: the network as given, in the config's dtype (TF32 as the sweep's execution policy sets it,
+  bench.policy: no mode switches it).
 - ``bf16``: the network under ``torch.autocast`` in bfloat16 (CPU or CUDA); the solver's own
   arithmetic stays in the config's dtype.
 - ``compile``: the network function under ``torch.compile`` (TorchInductor), compiled for the batch
@@ -16,6 +17,8 @@ how far the samples drift from the eager ones (``drift_vs_eager``):
   solvers only (adaptive ones decide their steps on the host: skipped rows).
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -36,9 +39,6 @@ def in_mode(model: DiffusionModel, mode: str, device: torch.device) -> Diffusion
     """``model`` with its network executed in ``mode`` (the same schedule and prediction)."""
     if mode not in EXEC_MODES:
         raise ValueError(f"unknown exec mode {mode!r}; allowed: {', '.join(EXEC_MODES)}")
-    if device.type == "cuda":  # float32 on a GPU means TF32 matmuls and convolutions, as users run it
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     if mode == "bf16":
         return DiffusionModel(_autocast_bf16(model.net, device), model.schedule, model.prediction)
     if mode == "compile":
@@ -53,10 +53,12 @@ class CapturedSolve:
     (allocations and kernel choices happen outside the graph), then once under capture into static buffers: x
     and ``noise``'s pre-drawn tensors (a PrecomputedNoise, or NoNoise for a deterministic run). A call copies the
     batch's x_T and its own pre-drawn noise into those buffers, replays the graph and returns a copy of the
-    output. ``nfe`` is the network evaluations of one solve (the graph replays them without counting).
+    output. ``nfe`` is the network evaluations of one solve (the graph replays them without counting);
+    ``capture_s`` the seconds the warm-up and capture took (untimed, recorded in the row).
     """
 
     def __init__(self, solve, model: DiffusionModel, x: torch.Tensor, noise):
+        started = time.perf_counter()
         self.x, self.noise = x.clone(), noise
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -68,7 +70,8 @@ class CapturedSolve:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.out = solve(self.x, self.noise)
-        self.nfe = model.nfe
+        torch.cuda.synchronize(x.device)
+        self.nfe, self.capture_s = model.nfe, time.perf_counter() - started
 
     def __call__(self, x: torch.Tensor, noise) -> torch.Tensor:
         self.x.copy_(x)

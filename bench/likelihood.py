@@ -62,8 +62,11 @@ def pf_ode_nll(model, x: torch.Tensor, solver: str, ts: torch.Tensor | None = No
             drift = model.drift(y, float(t))
             return drift.detach(), _divergence(drift, y, probe).detach()
 
-    if ts is None:
-        times, options = torch.tensor([schedule.t_min, schedule.t_max]), {"rtol": tolerance, "atol": tolerance}
+    if ts is None:  # step_t pins the end and first_step replaces torchdiffeq's initial-step probe: neither then
+        # evaluates the model past t_max, outside the range it was trained on (solvers.adaptive does the same)
+        times = torch.tensor([schedule.t_min, schedule.t_max], dtype=x.dtype, device=x.device)
+        options = {"rtol": tolerance, "atol": tolerance,
+                   "options": {"step_t": times, "first_step": (schedule.t_max - schedule.t_min) / 64}}
     else:
         times, options = ts.flip(0), {}  # fixed-step methods step from grid point to grid point
     start = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))

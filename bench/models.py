@@ -81,6 +81,17 @@ DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 MODELS = {**ANALYTIC_PRESETS, **NETWORK_PRESETS}
 
 
+def weights_digest(source) -> str | None:
+    """sha256 of what a model computes from: a network's weight files (``source.weights_sha256``, set by its
+    loader), an analytic mixture's means, variances and weights; None for a python: function's own model."""
+    if isinstance(source, GaussianMixture):
+        digest = hashlib.sha256()
+        for tensor in (source.means, source.variances, source.log_weights):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+    return getattr(source, "weights_sha256", None)
+
+
 def build_model(name: str, data_dir=None, image_resize: str = "pad"):
     """The model source for a spec entry: a preset name, ``diffusers:PATH`` or ``python:module:function``."""
     from bench.networks import LOADERS

@@ -10,6 +10,7 @@ that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: t
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -32,6 +33,7 @@ class NetworkSource:
     event_shape: tuple
     dataset: str | None = None  # a checkpoint does not say what it was trained on
     module: torch.nn.Module | None = None  # the network's weights, moved by ``to``
+    weights_sha256: str | None = None  # of the weight files the network was loaded from
 
     def model(self, schedule=None) -> DiffusionModel:
         return self.diffusion
@@ -98,7 +100,24 @@ def load_diffusers(path: str | Path) -> NetworkSource:
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
-                         module=unet)
+                         module=unet, weights_sha256=files_digest(unet_dir))
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def files_digest(folder: Path) -> str | None:
+    """sha256 over a folder's weight files (sorted by name, each name then its bytes): the file's own sha256
+    where there is one file."""
+    files = sorted(p for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern))
+    if not files:
+        return None
+    if len(files) == 1:
+        return hashlib.sha256(files[0].read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def load_python(spec: str):

@@ -1,28 +1,30 @@
 """The grid runner: RunConfigs in, one parquet row per config out, resumable and shardable.
 
-For each config: the model (built once per sweep), x_T from the seed (the same x_T for every config
-with that seed, so comparisons are paired), the samples (bench.sampling: seeded noise, batches,
-timing, OOM retry), then the metrics the spec asks for. NaN/inf samples or an adaptive solver that
-cannot go on make the row ``diverged``, an out-of-memory error at batch 1 ``oom``, any other
-exception ``failed``; a config past the spec's ``time_limit_s`` is stopped (bench.worker) and gets a
-``timeout`` row. None of them stops the sweep.
+A sweep sets its execution policy (bench.policy) in every process that runs configs, makes the reference
+solves its configs need as a stage of their own (bench.references), then runs each config: the model
+(built once per sweep), x_T from the seed (the same x_T for every config with that seed, so comparisons
+are paired), the samples (bench.sampling: seeded noise, batches, timing, OOM retry), then the metrics the
+spec asks for. NaN/inf samples or an adaptive solver that cannot go on make the row ``diverged``, an
+out-of-memory error at batch 1 ``oom``, any other exception ``failed``; a config past the spec's
+``time_limit_s`` is stopped (bench.worker) and gets a ``timeout`` row. None of them stops the sweep.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from bench import execution, metrics, sampling, store
+from bench import execution, metrics, policy, references, sampling, store
 from bench.analytic import GaussianMixture
-from bench.config import REFERENCE_METRICS, RunConfig
-from bench.models import build_model
+from bench.config import RunConfig
+from bench.models import build_model, weights_digest
 from solvers import SOLVERS, SolverDiverged
-from solvers.reference import reference_solve
 from solvers.schedules import SCHEDULES
 from solvers.spacing import timesteps
 
@@ -39,14 +41,17 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class SweepCache:
-    """What configs of one sweep share: models (per exec mode), x_T, exact samples, reference solves (or the
-    error that ended one), the final samples of the configs that are a later config's step-doubling partner
+    """What configs of one sweep share: models (per exec mode) and their weights' digests, x_T, exact samples,
+    reference solves (read from the run folder ``run_dir`` where the reference stage stored them, or the failure
+    it recorded), the final samples of the configs that are a later config's step-doubling partner
     (``needed_partners``; kept on the host and dropped once used) or another exec mode's eager twin
     (``eager``: samples and FID, kept for the sweep), and the held-out images of nll."""
 
     needed_partners: frozenset = frozenset()
     needed_eager: frozenset = frozenset()
+    run_dir: Path | None = None
     models: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)
     priors: dict = field(default_factory=dict)
     exact: dict = field(default_factory=dict)
     references: dict = field(default_factory=dict)
@@ -68,6 +73,7 @@ class SweepCache:
                 source.to(resolve_device(cfg.device))
             schedule = SCHEDULES[cfg.schedule]()
             self.models[key] = {"eager": (source, source.model(schedule))}
+            self.digests[key[:3]] = weights_digest(source)
         modes, mode = self.models[key], exec_mode or cfg.exec_mode
         if mode not in modes:
             source, eager = modes["eager"]
@@ -105,8 +111,10 @@ def eager_keys(configs: list[RunConfig]) -> frozenset:
 
 
 def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
-    """The columns of a row that the config alone defines (every status has them)."""
-    return {**env, "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(), "spec_name": cfg.spec_name,
+    """The columns of a row that the config alone defines (every status has them), with the execution policy in
+    effect in the process that makes the row."""
+    return {**env, **policy.in_effect(), "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(),
+            "spec_name": cfg.spec_name,
             "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
             "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
             "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
@@ -116,17 +124,23 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
 WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
 
 
-def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> None:
+def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> float | None:
     """One untimed short solve of one batch at the timed batch shape, once per (model, solver, device, batch)
-    in a sweep, so first-call costs (imports, allocations, kernel selection) stay out of wall_s. A few steps
-    run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost."""
+    in a sweep, so first-call costs (imports, allocations, kernel selection, compilation) stay out of wall_s. A few
+    steps run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost.
+    Returns its seconds (None where this sweep had warmed the key up already)."""
     key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
     if key not in cache.warmed_up:
+        started = time.perf_counter()
         steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
+        if cfg.spacing is not None and ":" in cfg.spacing:  # an explicit grid has its own step count: warm up on a
+            cfg = dataclasses.replace(cfg, spacing="uniform")  # short uniform grid, which runs the same kernels
         last = len(x_T) % cfg.batch_size  # a smaller last batch is another shape (compile: another graph)
         for shape in {cfg.batch_size, last} - {0}:
             sampling.solve(cfg, model, x_T[:shape], steps, device)
         cache.warmed_up.add(key)
+        return time.perf_counter() - started
+    return None
 
 
 def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dict:
@@ -139,14 +153,17 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         source, model = cache.model(cfg)
         row["schedule"] = type(model.schedule).__name__  # network models bring their own schedule
         row["dataset"] = getattr(source, "dataset", None)
+        row["weights_sha256"] = cache.digests[(cfg.model, cfg.schedule, cfg.image_resize)]
         x_T = cache.prior(cfg, source.event_shape, device, dtype)
-        _warm_up(cfg, cache, model, x_T, device)
-        result = sampling.solve(cfg, model, x_T, cfg.steps, device)
+        row["warmup_s"] = _warm_up(cfg, cache, model, x_T, device)
+        result = sampling.solve(cfg, model, x_T, cfg.steps, device, repeats=cfg.timing_repeats)
         x, seconds = result.samples, result.seconds
         # the bare network at the same shape, right after the config's own solve: the conditions its wall_s saw
         # (one measurement per sweep measured 0.62 s per forward where the solves ran at 0.45 s per evaluation)
         forward_s = sampling.forward_seconds(model, x_T[:result.batch_used], float(model.schedule.t_max), device)
-        row.update(nfe=result.nfe, wall_s=seconds, samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
+        row.update(nfe=result.nfe, wall_s=seconds, wall_s_std=result.seconds_std, timing_repeats=result.repeats,
+                   capture_s=result.capture_s if cfg.exec_mode == "cuda_graph" else None,
+                   samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
                    batch_used=result.batch_used, forward_s=forward_s,
                    overhead_ratio=seconds / (result.nfe * forward_s * result.batches) if forward_s > 0 else math.nan)
         if SOLVERS[cfg.solver].adaptive:
@@ -161,7 +178,12 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         notes = []
         row.update(_metrics(cfg, cache, source, model, x_T, x, device, result.batch_used, notes))
         if result.batch_used != cfg.batch_size:
-            notes.insert(0, f"out of memory at batch {cfg.batch_size}: ran at batch {result.batch_used}")
+            noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)
+            why = (f"its pre-drawn noise is held for {noise_part} samples at a time (sampling.NOISE_BUDGET_BYTES)"
+                   if result.batch_used == noise_part else f"out of memory at batch {cfg.batch_size}")
+            paired = ", each with its rows of its batch's noise" if SOLVERS[cfg.solver].draws_noise(
+                cfg.eta, dict(cfg.options)) else ""
+            notes.insert(0, f"{why}: ran in parts of {result.batch_used}{paired}")
         return {**row, "status": "ok", "message": "; ".join(notes) or None}
     except SolverDiverged as err:
         return {**row, "status": "diverged", "message": str(err)}
@@ -189,10 +211,10 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, b
         median, rms = metrics.stepdoubling_error(x.cpu(), partner.cpu(), order)
         out.update(err_stepdoubling=median, err_stepdoubling_rms=rms)
     reference = None
-    if needs_reference(cfg):
-        reference = reference_solution(cfg, cache, batch)
-        if isinstance(reference, Exception):
-            notes.append(f"no err_reference: the reference solve failed ({type(reference).__name__}: {reference})")
+    if references.needed(cfg):
+        reference = reference_solution(cfg, cache)
+        if isinstance(reference, references.Failure):
+            notes.append(reference.note())
             reference = None
         else:
             out["reference_tolerance"] = cfg.reference_tolerance
@@ -297,40 +319,31 @@ def _lpips_metrics(cfg: RunConfig, cache: SweepCache, x, reference, device, note
     return out
 
 
-def reference_key(cfg: RunConfig) -> tuple:
-    """What a config's reference solve depends on: the eager network, x_T (model, seed, sample count, dtype), the
-    batch it is solved in (adaptive step control takes norms over a batch; the spec has one) and the tolerance."""
-    return (cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype,
-            cfg.reference_tolerance)
-
-
-def needs_reference(cfg: RunConfig) -> bool:
-    """Whether a config's metrics compare its samples with the reference solve (deterministic runs only)."""
-    solver = SOLVERS[cfg.solver]
-    return (cfg.skip_reason is None and bool(set(cfg.metrics) & REFERENCE_METRICS)
-            and not solver.draws_noise(cfg.eta, dict(cfg.options)))
-
-
-def reference_solution(cfg: RunConfig, cache: SweepCache, batch: int):
-    """The config's reference solve (or the error that ended it), solved once per ``reference_key`` in batches
-    of ``batch``: the batch that fitted the first config's own solve. The eager network's, for every exec mode."""
-    key = reference_key(cfg)
+def reference_solution(cfg: RunConfig, cache: SweepCache):
+    """The config's reference solve (a tensor) or the Failure that ended it: as the sweep's reference stage stored
+    it in ``cache.run_dir``, else (a config run outside a sweep) solved here. The eager network's, for every exec
+    mode; kept in the cache for the configs after it."""
+    key = references.key(cfg)
     if key not in cache.references:
-        source, model = cache.model(cfg, "eager")
-        x_T = cache.prior(cfg, source.event_shape, resolve_device(cfg.device), getattr(torch, cfg.dtype))
-        cache.references[key] = _reference(model, x_T, batch, cfg.reference_tolerance)
+        found = references.load(cache.run_dir, key) if cache.run_dir is not None else None
+        if found is None:
+            found = make_reference(cfg, cache)
+            found = references.load(cache.run_dir, key) if cache.run_dir is not None else found
+        cache.references[key] = found.to(resolve_device(cfg.device)) if isinstance(found, torch.Tensor) else found
     return cache.references[key]
 
 
-def _reference(model, x_T: torch.Tensor, batch: int, tolerance: float):
-    """The high-accuracy solve from x_T (dopri5, rtol = atol = ``tolerance``, float64) in batches of the size
-    that fitted the config's own solve, or the exception that ended it (kept, so later configs do not retry it)."""
-    s = model.schedule
+def make_reference(cfg: RunConfig, cache: SweepCache):
+    """Solve ``cfg``'s reference with the eager network from the config's x_T: stored in the run folder when the
+    cache has one (the reference stage; returns its status), else returned (a tensor or a Failure)."""
+    source, model = cache.model(cfg, "eager")
+    x_T = cache.prior(cfg, source.event_shape, resolve_device(cfg.device), getattr(torch, cfg.dtype))
+    if cache.run_dir is not None:
+        return references.solve_and_store(cfg, cache.run_dir, model, x_T)
     try:
-        return torch.cat([reference_solve(model, chunk, s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
-                          for chunk in x_T.double().split(batch)])
-    except Exception as err:  # noqa: BLE001 - any failure: recorded in the rows, not raised again
-        return err
+        return references.solve(model, x_T, cfg.batch_size, cfg.reference_tolerance).to(x_T.device)
+    except Exception as err:  # noqa: BLE001 - recorded in the rows, not raised again
+        return references.Failure("failed", f"{type(err).__name__}: {err}")
 
 
 def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -> dict:
@@ -361,23 +374,32 @@ def _image_metrics(cfg: RunConfig, cache: SweepCache, source, samples, device) -
 
 
 def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bool | None = None,
-              retry: tuple[str, ...] = (), on_row=None, references: dict | None = None) -> dict:
+              retry: tuple[str, ...] = (), on_row=None, execution_policy: policy.ExecutionPolicy | None = None,
+              reference_stage: bool = True) -> dict:
     """Run every config not yet in ``run_dir`` (and those whose status is in ``retry``); returns counts by
-    status for this call. Each config runs in a worker process within its ``time_limit_s`` (0: in this
-    process, without a limit). Each row is written as soon as its config ends; the rows this call wrote
-    are compacted every ``store.COMPACT_EVERY`` rows and at the end. ``on_row(row)`` is called after each write;
-    ``references``: reference solves already made (by ``reference_key``), as the Ray backend shares them."""
+    status for this call. The execution policy (default: torch's defaults) is set here and in the worker first;
+    then the reference solves the configs need and the run folder lacks are made (``reference_stage``; the Ray
+    backend makes them itself), each within its ``reference_time_limit_s``; then each config runs in a worker
+    process within its ``time_limit_s`` (0: in this process, without a limit). Each row is written as soon as its
+    config ends; the rows this call wrote are compacted every ``store.COMPACT_EVERY`` rows and at the end.
+    ``on_row(row)`` is called after each write."""
     from bench.worker import ConfigWorker
 
+    execution_policy = execution_policy or policy.ExecutionPolicy()
+    execution_policy.apply()
     done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
     counts = {"already_done": len(configs) - len(todo)}
-    shared = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo), "references": dict(references or {})}
-    in_process, worker = SweepCache(**shared), ConfigWorker(**shared)
+    shared = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo), "run_dir": Path(run_dir)}
+    in_process, worker = SweepCache(**shared), ConfigWorker(execution_policy, **shared)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
-    bar = progress_bar(len(configs), len(configs) - len(todo), progress)
     written = []
+    bar = progress_bar(len(configs), len(configs) - len(todo), progress)
     try:
+        if reference_stage:
+            for cfg in references.pending(todo, run_dir, retry=bool(retry)):
+                bar.set_postfix_str(f"reference solve for {cfg.label}")
+                _make_reference_within_limit(cfg, in_process, worker, Path(run_dir))
         for cfg in todo:
             bar.set_postfix_str(cfg.label)
             if cfg.skip_reason or not cfg.time_limit_s:
@@ -399,8 +421,21 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
     return counts
 
 
+def _make_reference_within_limit(cfg: RunConfig, cache: SweepCache, worker, run_dir: Path) -> None:
+    """The reference stage for one key: in this process without a limit (reference_time_limit_s = 0), else in the
+    worker, stopped at the limit; the outcome is recorded in the run folder either way."""
+    if not cfg.reference_time_limit_s:
+        make_reference(cfg, cache)
+        return
+    outcome, value = worker.run(("reference", cfg), cfg.reference_time_limit_s)
+    if outcome == "timeout":
+        references.record_timeout(cfg, run_dir, value)
+    elif outcome == "died":
+        references.record_death(cfg, run_dir, value)
+
+
 def _run_in_worker(worker, cfg: RunConfig, env: dict, run_id: str) -> dict:
-    outcome, value = worker.run(cfg, env, run_id, cfg.time_limit_s)
+    outcome, value = worker.run(("config", cfg, env, run_id), cfg.time_limit_s)
     if outcome == "row":
         return value
     row = config_row(cfg, env, run_id)

@@ -32,12 +32,18 @@ import pyarrow.parquet as pq
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("config_id", pa.string()), ("spec_name", pa.string()), ("spec_hash", pa.string()),
     ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("created_at", pa.string()), ("host", pa.string()),
-    ("device", pa.string()), ("torch_version", pa.string()),
-    ("model", pa.string()), ("dataset", pa.string()), ("schedule", pa.string()), ("solver", pa.string()),
+    ("device", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
+    ("cudnn_version", pa.string()), ("driver_version", pa.string()), ("diffusers_version", pa.string()),
+    ("torch_fidelity_version", pa.string()),
+    ("tf32_matmul", pa.bool_()), ("tf32_cudnn", pa.bool_()), ("matmul_precision", pa.string()),
+    ("cudnn_benchmark", pa.bool_()), ("deterministic", pa.bool_()), ("threads", pa.int64()),
+    ("model", pa.string()), ("dataset", pa.string()), ("weights_sha256", pa.string()), ("schedule", pa.string()),
+    ("solver", pa.string()),
     ("options", pa.string()), ("steps", pa.int64()), ("spacing", pa.string()), ("eta", pa.float64()),
     ("tolerance", pa.float64()), ("seed", pa.int64()), ("n_samples", pa.int64()), ("batch_size", pa.int64()),
     ("dtype", pa.string()), ("exec_mode", pa.string()), ("batch_used", pa.int64()),
-    ("nfe", pa.float64()), ("wall_s", pa.float64()), ("samples_per_s", pa.float64()),
+    ("nfe", pa.float64()), ("wall_s", pa.float64()), ("wall_s_std", pa.float64()), ("timing_repeats", pa.int64()),
+    ("samples_per_s", pa.float64()), ("warmup_s", pa.float64()), ("capture_s", pa.float64()),
     ("forward_s", pa.float64()), ("overhead_ratio", pa.float64()),
     ("accepted_steps", pa.float64()), ("rejected_steps", pa.float64()),
     ("fid", pa.float64()), ("kid", pa.float64()), ("precision", pa.float64()), ("recall", pa.float64()),
@@ -69,16 +75,41 @@ def git_state(cwd=None) -> tuple[str, bool]:
 
 
 def environment(device: str) -> dict:
-    """The columns every row of this process shares."""
+    """The columns every row of this process shares: where, from which code, with which library versions (the
+    CUDA ones on a CUDA device only)."""
     import torch
 
     commit, dirty = git_state()
+    cuda = {}
     if device.startswith("cuda"):
         device_name = torch.cuda.get_device_name(torch.device(device))
+        cudnn = torch.backends.cudnn.version()
+        cuda = {"cuda_version": torch.version.cuda, "cudnn_version": str(cudnn) if cudnn else None,
+                "driver_version": _nvidia_driver()}
     else:
         device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {"git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(), "device": device_name,
-            "torch_version": torch.__version__}
+            "torch_version": torch.__version__, **cuda, "diffusers_version": _version("diffusers"),
+            "torch_fidelity_version": _version("torch-fidelity")}
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as nvidia-smi reports it (torch does not expose it), None without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return out.strip().splitlines()[0] if out.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def now() -> str:

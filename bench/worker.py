@@ -1,9 +1,10 @@
-"""Configs run in a worker process that the sweep can kill: the per-config time limit.
+"""Configs and reference solves run in a worker process that the sweep can kill: the time limits.
 
 A thread cannot stop a config stuck in Python or in a long native call (a CUDA kernel, a BLAS call);
-only its process can be killed. The worker keeps the sweep's cache (models, x_T, reference solves)
-across configs, returns each row to the parent, and is replaced by a fresh one after a kill. The
-parent writes the rows, so a killed worker never leaves a half-written file.
+only its process can be killed. The worker sets the sweep's execution policy before its first job, keeps
+the sweep's cache (models, x_T, reference solves) across jobs, returns each config's row to the parent
+(a reference solve it stores in the run folder itself, atomically), and is replaced by a fresh one after
+a kill. The parent writes the rows, so a killed worker never leaves a half-written file.
 
 Workers come from a fork server that has imported the harness (and torch) once: starting a worker is
 a fork of that clean process, not a fresh interpreter, and no CUDA context is ever forked (the fork
@@ -42,11 +43,13 @@ def _exit_with(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def _serve(connection, shared: dict, parent_pid: int) -> None:
-    """The worker's loop: (config, env, run_id) in, row out, until told to stop (None) or the parent goes."""
-    from bench.runner import SweepCache, run_config
+def _serve(connection, shared: dict, parent_pid: int, execution_policy) -> None:
+    """The worker's loop until told to stop (None) or the parent goes: ("config", cfg, env, run_id) in, its row out;
+    ("reference", cfg) in, the reference solve stored in the run folder and its status out."""
+    from bench.runner import SweepCache, make_reference, run_config
 
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
+    execution_policy.apply()
     cache = SweepCache(**shared)
     while True:
         try:
@@ -55,8 +58,11 @@ def _serve(connection, shared: dict, parent_pid: int) -> None:
             return
         if job is None:
             return
-        cfg, env, run_id = job
-        connection.send(run_config(cfg, cache, env, run_id))
+        if job[0] == "reference":
+            connection.send(make_reference(job[1], cache))
+        else:
+            _, cfg, env, run_id = job
+            connection.send(run_config(cfg, cache, env, run_id))
 
 
 @contextlib.contextmanager
@@ -78,30 +84,30 @@ def _main_script_hidden():
 
 
 class ConfigWorker:
-    """Runs one config at a time in a child process, within ``time_limit_s`` each."""
+    """Runs one job (a config or a reference solve) at a time in a child process, each within its time limit."""
 
-    def __init__(self, **shared):
-        """``shared``: the SweepCache fields the worker starts with (what later configs will use, reference
-        solves already made)."""
-        self.shared = shared
+    def __init__(self, execution_policy, **shared):
+        """``execution_policy``: set in the child before its first job; ``shared``: the SweepCache fields the
+        worker starts with (what later configs will use, the run folder)."""
+        self.policy, self.shared = execution_policy, shared
         self.process = self.connection = None
 
     def _start(self) -> None:
         context = _context()
         self.connection, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.shared, os.getpid()), daemon=True)
+        process = context.Process(target=_serve, args=(child, self.shared, os.getpid(), self.policy), daemon=True)
         with _main_script_hidden():
             process.start()
         self.process = process
         child.close()
 
-    def run(self, cfg, env: dict, run_id: str, time_limit_s: float) -> tuple[str, dict | float]:
-        """("row", row) when the config finished in time; ("timeout", seconds) when it was stopped;
+    def run(self, job: tuple, time_limit_s: float) -> tuple[str, object]:
+        """("row", the job's result) when it finished in time; ("timeout", seconds) when it was stopped;
         ("died", exit code) when the worker died on its own (a crash, the kernel's OOM killer)."""
         if self.process is None or not self.process.is_alive():
             self._start()
         started = time.monotonic()
-        self.connection.send((cfg, env, run_id))
+        self.connection.send(job)
         try:
             if self.connection.poll(time_limit_s):
                 return "row", self.connection.recv()

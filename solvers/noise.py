@@ -82,6 +82,21 @@ class BrownianNoise:
         return self._streams[stream]
 
 
+class RowsOf:
+    """The draws of a noise source built for a whole batch, restricted to rows ``start:stop`` of it: a part of the batch
+    solved on its own sees exactly the noise it sees inside the batch (so splitting a batch keeps the pairing)."""
+
+    def __init__(self, source, like_batch: torch.Tensor, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+        self._like = torch.zeros((), dtype=like_batch.dtype, device=like_batch.device).expand(like_batch.shape)
+
+    def __call__(self, t: float, s: float, like: torch.Tensor) -> torch.Tensor:
+        return self.source(t, s, self._like)[self.start:self.stop].clone()
+
+    def independent(self, stream: int) -> "RowsOf":
+        return RowsOf(self.source.independent(stream), self._like, self.start, self.stop)
+
+
 class PrecomputedNoise:
     """A noise source's draws for one known time grid, made before the solve starts.
 

@@ -98,6 +98,18 @@ def fails_in_float64():
     return _mixture_with_eps(eps)
 
 
+def sleeps_in_float64():
+    """Fast in float32, hangs in float64, as the reference solve runs: a reference that never finishes in time."""
+    import time
+
+    def eps(exact, x):
+        if x.dtype == torch.float64:
+            time.sleep(3600)
+        return exact()
+
+    return _mixture_with_eps(eps)
+
+
 def image_mixture_32():
     """A 32x32 grey image mixture (8 random smooth means, std 0.1): LPIPS and FID paths without a dataset."""
     from bench.analytic import GaussianMixture

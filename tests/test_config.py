@@ -182,3 +182,19 @@ def test_restart_needs_two_steps_and_an_interval_inside_the_schedule():
                                         r"sigma_restart_max = 0.001, 0.3 \(in sigma/alpha\) must lie in the solve's "
                                         r"\(0.01049, 152.2\] \(the analytic models run on VPLinear\)"):
         parse_spec({**restart, "options": {"restart": {"sigma_restart_min": 0.001}}})
+    with pytest.raises(SpecError, match=r"sigma_restart_max = 0.06, 100 \(in sigma/alpha\) must lie in the solve's "
+                                        r"\(0.002, 80\] \(the analytic models run on EDM\)"):  # reaching above it
+        parse_spec({**restart, "schedule": "EDM", "options": {"restart": {"sigma_restart_max": 100}}})
+
+
+@pytest.mark.parametrize("solver, options, message", [
+    ("seeds_2", {"r": 1.0}, r"seeds_2: r must be in \(0, 1\), got 1.0"),
+    ("seeds_3", {"r2": 1.0}, r"seeds_3: need 0 < r1 < r2 < 1, got r1=0.333.*, r2=1.0"),
+    ("sa_solver", {"noise_sigma_min": 2.0, "noise_sigma_max": 1.0},
+     r"sa_solver: need 0 <= noise_sigma_min <= noise_sigma_max \(sigma~ = sigma/alpha\), got 2.0, 1.0"),
+])
+def test_solver_options_out_of_range_are_spec_errors_for_networks_too(solver, options, message):
+    """Checked on the spec, before compute, also where the schedule is not known yet (a network's)."""
+    spec = {**GOOD, "models": ["fmnist_unet"], "solvers": [solver], "etas": [1.0], "options": {solver: options}}
+    with pytest.raises(SpecError, match=f"key 'options.{solver}': {message}$"):
+        parse_spec(spec)

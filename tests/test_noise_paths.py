@@ -27,7 +27,7 @@ STOCHASTIC_RUNS = [
     ("dpmpp_sde", {}, 1.0), ("dpmpp_sde", {}, 0.5), ("restart", {}, 1.0), ("restart", {"restarts": 3}, 1.0),
     ("seeds_2", {}, 1.0), ("seeds_2", {"solver_type": "phi_2"}, 0.5), ("seeds_3", {}, 1.0), ("seeds_3", {}, 0.5),
     ("er_sde", {}, 1.0), ("er_sde", {"max_stage": 1}, 1.0), ("sa_solver", {}, 1.0),
-    ("sa_solver", {"noise_t_min": 0.0, "noise_t_max": 1.0}, 1.0),
+    ("sa_solver", {"noise_sigma_min": 0.0, "noise_sigma_max": float("inf")}, 1.0),
 ]
 
 
@@ -208,3 +208,33 @@ def test_precomputed_draws_copy_into_a_captured_solves_buffers():
     assert torch.equal(buffer, second(float(ts[0]), float(ts[1]), like))
     with pytest.raises(ValueError, match="drawn for different intervals"):
         PrecomputedNoise(BrownianNoise(like, SCHEDULE.t_min, SCHEDULE.t_max, seed=3), ts[:3], like).copy_into(first)
+
+
+def _runner_solve(solver, model_name, batch_size=32, n=32, **spec):
+    """A config's samples on the runner's own path (SweepCache, prior, sampling.solve), on the CPU."""
+    cfg = expand(parse_spec({"models": [model_name], "solvers": [solver], "steps": [6], "etas": [1.0],
+                             "n_samples": n, "batch_size": batch_size, **spec}))[0]
+    cache = SweepCache()
+    source, model = cache.model(cfg)
+    x_T = cache.prior(cfg, source.event_shape, CPU, torch.float32)
+    return sampling.solve(cfg, model, x_T, cfg.steps, CPU)
+
+
+@pytest.mark.parametrize("solver", ["ddpm", "dpmpp_sde", "restart"])
+def test_a_noise_memory_bound_splits_the_batch_and_keeps_every_samples_noise(monkeypatch, solver):
+    """Pre-drawn noise is held for a few samples at a time when a whole batch's would not fit: each part takes its
+    rows of its batch's Brownian path, so the samples are the same as those of the unsplit solve."""
+    whole = _runner_solve(solver, "python:support:single_gaussian")
+    per_sample = whole.samples[0].numel() * whole.samples.element_size()
+    monkeypatch.setattr(sampling, "NOISE_BUDGET_BYTES", 40 * per_sample)  # a few steps' draws for about 5 samples
+    split = _runner_solve(solver, "python:support:single_gaussian")
+    assert whole.batch_used == 32 and split.batch_used < 8 and split.batches > 4
+    assert torch.equal(split.samples, whole.samples)
+
+
+def test_the_out_of_memory_path_keeps_the_noise_pairing():
+    """oom_above_8 is single_gaussian that cannot take more than 8 samples at once: its ddpm samples, solved in
+    parts of 8 after the halving, equal single_gaussian's solved in one batch of 32."""
+    whole = _runner_solve("ddpm", "python:support:single_gaussian")
+    halved = _runner_solve("ddpm", "python:support:oom_above_8")
+    assert halved.batch_used == 8 and torch.equal(halved.samples, whole.samples)

@@ -27,7 +27,8 @@ TWIN = ('name = "twin"\nmodels = ["ring2d", "gmm_hd", "digits"]\n'
         'metrics = ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall", '
         '"sliced_wasserstein"]\n')
 # What differs between two runs of the same configs by nature: where, when and how fast.
-CIRCUMSTANTIAL = ["run_id", "created_at", "host", "wall_s", "samples_per_s", "forward_s", "overhead_ratio"]
+CIRCUMSTANTIAL = ["run_id", "created_at", "host", "wall_s", "wall_s_std", "timing_repeats", "warmup_s",
+                  "samples_per_s", "forward_s", "overhead_ratio"]
 
 
 def _bench_run(spec_path, out, *args, wait=True):
@@ -97,7 +98,7 @@ def test_time_limits_and_out_of_memory_hold_inside_ray_tasks(tmp_path):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text('name = "s"\nmodels = ["python:support:sleeps_forever", "python:support:oom_above_8", '
                          '"python:support:oom_always", "ring2d"]\nsolvers = ["euler"]\nsteps = [2]\nn_samples = 16\n'
-                         'batch_size = 16\nmetrics = ["err_reference"]\ntime_limit_s = 3\n')
+                         'batch_size = 16\nmetrics = ["err_reference"]\ntime_limit_s = 3\nreference_time_limit_s = 3\n')
     _bench_run(spec_path, tmp_path / "ray", "--backend", "ray", "--workers", "2")
     table = store.load_rows(tmp_path / "ray").set_index("model")
     assert table.loc["python:support:sleeps_forever", "status"] == "timeout"

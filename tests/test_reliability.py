@@ -1,16 +1,19 @@
 """A sweep that never hangs, never loses or hides a row: time limits, adaptive solvers that end,
 out of memory, retries, resumes across commits, concurrent shards, and what the cache keeps."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
-from bench import store
-from bench.config import expand, parse_spec
+from bench import references, store
+from bench.config import expand, parse_spec, shard
+from bench.policy import ExecutionPolicy
 from bench.report import build_report
 from bench.runner import SweepCache, partner_keys, run_config, run_sweep
 from solvers import SolverDiverged, sample
@@ -31,13 +34,13 @@ def test_a_config_that_hangs_is_stopped_and_the_sweep_goes_on(tmp_path):
     limit = 3.0
     started = time.monotonic()
     counts, table = _sweep(tmp_path, models=["python:support:sleeps_forever", "ring2d"], solvers=["euler", "heun"],
-                           steps=[2], metrics=["err_reference"], time_limit_s=limit)
+                           steps=[2], metrics=["err_reference"], time_limit_s=limit, reference_time_limit_s=limit)
     elapsed = time.monotonic() - started
     by_model = table.groupby("model").status.agg(set).to_dict()
     assert by_model == {"python:support:sleeps_forever": {"timeout"}, "ring2d": {"ok"}}
     hung = table[table.status == "timeout"]
     assert hung.message.str.fullmatch(r"stopped after \d+\.\d s: time_limit_s = 3").all()
-    assert elapsed < 2 * (limit + 10), elapsed  # two hung configs, each stopped within limit + 10 s
+    assert elapsed < 3 * (limit + 10), elapsed  # its reference and two configs, each stopped within limit + 10 s
 
 
 def test_time_limit_is_checked_before_compute():
@@ -160,7 +163,68 @@ def test_a_failed_reference_solve_is_remembered_and_the_rows_keep_their_other_nu
     rows = [run_config(cfg, cache, {}, "r") for cfg in expand(spec)]
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["sliced_wasserstein"] >= 0 for r in rows)
     assert all("no err_reference: the reference solve failed (RuntimeError: float64" in r["message"] for r in rows)
-    assert all(isinstance(v, RuntimeError) for v in cache.references.values()) and len(cache.references) == 1
+    assert all(isinstance(v, references.Failure) for v in cache.references.values()) and len(cache.references) == 1
+
+
+def _reference_records(run_dir):
+    return {p.name: json.loads(p.read_text()) for p in (run_dir / "references").glob("*.json")}
+
+
+def test_a_slow_reference_times_out_once_in_its_own_stage_and_every_row_that_needed_it_says_so(tmp_path):
+    """Before the stage, each config that needed the slow reference solved it inside its own time limit, was
+    killed, and the next one did the same: every row timed out, blaming itself."""
+    spec = parse_spec({"models": ["python:support:sleeps_in_float64"], "solvers": ["heun", "euler", "ddim"],
+                       "steps": [4], "n_samples": 8, "metrics": ["err_reference", "sliced_wasserstein"],
+                       "time_limit_s": 30, "reference_time_limit_s": 2}, str(tmp_path / "s.toml"))
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    run_sweep(expand(spec), run_dir, store.open_run(run_dir, spec)["run_id"], progress=False)
+    rows = store.load_rows(run_dir)
+    assert time.monotonic() - started < 25  # one 2 s stop, not one per config
+    assert (rows.status == "ok").all() and rows.err_reference.isna().all() and (rows.sliced_wasserstein > 0).all()
+    assert rows.message.str.contains(r"no err_reference: the reference solve timed out \(stopped after 2\.\d s: "
+                                     r"reference_time_limit_s = 2\)").all(), rows.message.tolist()
+    records = _reference_records(run_dir)
+    assert [r["status"] for r in records.values()] == ["timeout"]
+
+
+def test_resumed_and_sharded_runs_reuse_the_stored_reference(tmp_path):
+    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun", "euler", "ddim", "dpmpp_2m"], "steps": [4],
+                       "n_samples": 8, "metrics": ["err_reference"], "time_limit_s": 0}, str(tmp_path / "s.toml"))
+    run_dir = tmp_path / "run"
+    run_id = store.open_run(run_dir, spec)["run_id"]
+    configs = expand(spec)
+    run_sweep(shard(configs, 0, 2), run_dir, run_id, progress=False)
+    first = _reference_records(run_dir)
+    assert [r["status"] for r in first.values()] == ["ok"]
+    run_sweep(shard(configs, 1, 2), run_dir, run_id, progress=False)  # the other shard: the reference is there
+    run_sweep(configs, run_dir, run_id, progress=False, retry=("ok",))  # a rerun of every config
+    assert _reference_records(run_dir) == first  # never solved again (its record keeps its time)
+    rows = store.load_rows(run_dir)
+    assert len(rows) == 4 and (rows.err_reference > 0).all()
+
+
+def test_threads_reach_the_worker_processes_and_eager_rows_do_not_depend_on_the_order_configs_run_in(tmp_path):
+    """The sweep's policy is set in the worker processes too (time-limited configs run there): every row records one
+    thread, and the same configs run in the reverse order give the same numbers to the last bit."""
+    base = {"models": ["gmm_hd"], "solvers": ["heun", "ddim", "dpmpp_2m", "euler"], "steps": [4, 8],
+            "etas": [0.0, 1.0], "n_samples": 32, "metrics": ["err_reference", "frechet", "sliced_wasserstein"],
+            "time_limit_s": 30, "threads": 1}
+    tables = []
+    for name, order in (("forward", 1), ("reverse", -1)):
+        spec = parse_spec({**base, "name": name}, str(tmp_path / f"{name}.toml"))
+        configs = expand(spec)[::order]
+        in_process = [c for c in configs if c.solver == "euler"]  # a 0 s limit runs these in the sweep's process
+        configs = [dataclasses.replace(c, time_limit_s=0.0) if c in in_process else c for c in configs]
+        run_dir = tmp_path / name
+        run_sweep(configs, run_dir, store.open_run(run_dir, spec)["run_id"], progress=False,
+                  execution_policy=ExecutionPolicy.from_spec(spec.values))
+        tables.append(store.load_rows(run_dir).sort_values("config_id").reset_index(drop=True))
+    forward, reverse = tables
+    ok = forward.status == "ok"
+    assert ok.sum() == 12 and (forward.threads == 1).all() and (reverse.threads == 1).all()
+    for column in ("err_reference", "frechet", "sliced_wasserstein", "nfe"):
+        pd.testing.assert_series_equal(forward[column], reverse[column])
 
 
 def test_a_script_without_a_main_guard_can_run_a_sweep(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from bench import store
 from bench.config import expand, parse_spec, shard
-from bench.models import MODELS
+from bench.models import CHECKPOINTS_DIR as MODELS_DIR, MODELS
 from bench.runner import SweepCache, run_sweep
 from solvers import SOLVERS
 from solvers.schedules import VPLinear
@@ -46,6 +46,30 @@ def test_rows_have_every_column_and_nfe_matches_the_registry(tmp_path):
     skipped = table[table.status == "skipped"]
     assert set(skipped.solver) == set(solvers) - {"euler"}  # euler runs both etas; the rest reject one
     assert skipped.message.str.contains("eta").all()
+
+
+def test_short_solves_are_timed_several_times_and_rows_carry_their_provenance(tmp_path, monkeypatch):
+    import diffusers
+
+    from bench import sampling
+
+    training = json.loads((MODELS_DIR / "fmnist_unet" / "training.json").read_text())
+    _, _, table = _sweep(tmp_path, models=["ring2d", "fmnist_unet"], solvers=["heun", "ddim"], steps=[2, 3],
+                         n_samples=2, metrics=["err_stepdoubling"], timing_repeats=3, time_limit_s=0)
+    assert (table.status == "ok").all()
+    assert (table.timing_repeats == 3).all() and (table.wall_s_std >= 0).all()  # every solve here is well under 1 s
+    first = table.groupby(["model", "solver"]).head(1)  # a sweep warms a (model, solver, batch) up once
+    assert (first.warmup_s > 0).all() and table.drop(first.index).warmup_s.isna().all()
+    digests = table.groupby("model").weights_sha256.agg(set).to_dict()
+    assert digests["fmnist_unet"] == {training["weights_sha256"]} and len(next(iter(digests["ring2d"]))) == 64
+    assert (table.diffusers_version == diffusers.__version__).all() and table.torch_fidelity_version.notna().all()
+    assert table.cuda_version.isna().all() and table.capture_s.isna().all()  # CPU rows: no CUDA, no graph capture
+    assert (~table.tf32_matmul).all() and table.tf32_cudnn.all() and (table.matmul_precision == "highest").all()
+    assert (table.threads == torch.get_num_threads()).all()
+    monkeypatch.setattr(sampling, "REPEAT_BELOW_S", 0.0)  # as if every solve took longer: timed once
+    _, _, once = _sweep(tmp_path / "once", models=["ring2d"], solvers=["heun"], steps=[2], n_samples=2,
+                        metrics=["err_stepdoubling"], timing_repeats=3, time_limit_s=0)
+    assert (once.timing_repeats == 1).all() and once.wall_s_std.isna().all()
 
 
 def test_paired_x_T_same_seed_same_start_for_every_config():
@@ -197,7 +221,6 @@ def test_rows_written_before_a_column_was_added_still_load(tmp_path):
     (["run", "bench/configs/default.toml", "--backend", "ray", "--address", "auto", "--workers", "2"],
      "--workers sizes a local Ray; a cluster joined with --address has its own workers"),
     (["run", "bench/configs/default.toml", "--threads", "0"], "--threads must be at least 1, got 0"),
-    (["run", "bench/configs/default.toml", "--backend", "ray", "--threads", "1"], "each Ray task runs on one"),
     (["report", "/nonexistent/run"], "not a run folder (no run.json)"),
     (["compact", "/nonexistent/run"], "/nonexistent/run: not a run folder (no run.json)"),
     (["compare", "/nonexistent/base", "/nonexistent/head"], "neither a run folder"),
@@ -220,7 +243,7 @@ def test_out_of_memory_halves_the_batch_and_the_row_says_so(tmp_path):
                          solvers=["heun"], steps=[4], metrics=["err_reference"], batch_size=32)
     row, hopeless = table.set_index("model").loc[["python:support:oom_above_8", "python:support:oom_always"]].itertuples()
     assert row.status == "ok" and row.batch_size == 32 and row.batch_used == 8 and row.err_reference >= 0
-    assert row.message == "out of memory at batch 32: ran at batch 8"
+    assert row.message == "out of memory at batch 32: ran in parts of 8"
     assert hopeless.status == "oom" and hopeless.message.startswith("out of memory at batch 1")
 
 
@@ -241,11 +264,14 @@ def test_the_reference_tolerance_reaches_the_reference_solve(tmp_path):
     assert loose.err_reference > 10 * tight.err_reference  # measured 4.3e-3 against 1.2e-4
 
 
-def test_an_explicit_grid_runs_and_says_why_it_has_no_step_doubling_estimate(tmp_path):
+@pytest.mark.parametrize("sigmas", [[80.0, 5.0, 0.5, 0.02], [80.0, 20.0, 5.0, 1.0, 0.5, 0.1, 0.02]],
+                         ids=["3 steps", "6 steps"])  # more steps than the warm-up's short solve takes
+def test_an_explicit_grid_runs_and_says_why_it_has_no_step_doubling_estimate(tmp_path, sigmas):
     _, _, table = _sweep(tmp_path, models=["ring2d"], solvers=["heun"], steps=[4], time_limit_s=0,
-                         spacings=[{"sigmas": [80.0, 5.0, 0.5, 0.02]}], metrics=["err_reference", "err_stepdoubling"])
+                         spacings=[{"sigmas": sigmas}], metrics=["err_reference", "err_stepdoubling"])
     row = table.iloc[0]
-    assert row.status == "ok" and row.steps == 3 and row.nfe == 6 and row.err_reference > 0
+    steps = len(sigmas) - 1
+    assert row.status == "ok" and row.steps == steps and row.nfe == 2 * steps and row.err_reference > 0, row.message
     assert pd.isna(row.err_stepdoubling) and "an explicit grid has no 2n-step refinement" in row.message
 
 
