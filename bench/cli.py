@@ -21,8 +21,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import config, runner, store
-    from bench.policy import ExecutionPolicy
+    from bench.spec import config
+    from bench.run import store, sweep
+    from bench.run.policy import ExecutionPolicy
 
     try:
         spec = config.load_spec(args.spec)
@@ -52,17 +53,17 @@ def cmd_run(args) -> int:
     retry = store.RETRYABLE if args.retry_failed else ()
     execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
     if args.backend == "ray":
-        from bench.distributed import run_sweep_on_ray
+        from bench.run.distributed import run_sweep_on_ray
 
         counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
                                   progress=args.progress, retry=retry, execution_policy=execution_policy)
     else:
-        counts = runner.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry,
+        counts = sweep.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry,
                                   execution_policy=execution_policy)
     table = store.load_rows(run_dir)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
-    print(f"load it with: bench.store.load_rows('{run_dir}')  (one row per config, the latest)")
+    print(f"load it with: bench.run.store.load_rows('{run_dir}')  (one row per config, the latest)")
     return 1 if counts.get("lost") else 0
 
 
@@ -85,7 +86,7 @@ def _run_options_problem(args) -> str | None:
 
 
 def cmd_report(args) -> int:
-    from bench.report import build_report
+    from bench.analysis.report import build_report
 
     for run in args.runs:
         if not (Path(run) / "run.json").exists():
@@ -98,7 +99,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import build_comparison, regressed, resolve_run, terminal_summary
+    from bench.analysis.compare import build_comparison, regressed, resolve_run, terminal_summary
 
     try:
         base = resolve_run(args.base, Path(args.results))
@@ -126,8 +127,8 @@ def _latest_run(root: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from bench.data import fashion_mnist
-    from bench.train import train
+    from bench.models.data import fashion_mnist
+    from bench.models.train import train
 
     try:
         data = fashion_mnist("train", data_dir=args.data_dir, size=args.size)
@@ -138,9 +139,9 @@ def cmd_train(args) -> int:
     train(data, Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, prediction=args.prediction,
           checkpoint_every=args.checkpoint_every, device=args.device, widths=tuple(args.widths),
           ema_decay=args.ema_decay, seed=args.seed)
-    from bench import store
-    from bench.plots import plot_training_loss
-    from bench.train import write_record
+    from bench.run import store
+    from bench.analysis.plots import plot_training_loss
+    from bench.models.train import write_record
 
     plot_training_loss(Path(args.out) / "losses.csv", Path(args.out) / "loss.png")
     commit, dirty = store.git_state()
@@ -151,11 +152,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_fid_reference(args) -> int:
-    """Compute a shipped FID reference (mean, covariance, subset features) once; see bench.fid."""
+    """Compute a shipped FID reference (mean, covariance, subset features) once; see bench.metrics.fid."""
     import torch
 
-    from bench import fid, store
-    from bench.data import fashion_mnist
+    from bench.metrics import fid
+    from bench.run import store
+    from bench.models.data import fashion_mnist
 
     torch.set_num_threads(args.threads)
     try:
@@ -173,7 +175,7 @@ def cmd_fid_reference(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from bench import store
+    from bench.run import store
 
     for run in args.runs:
         run_dir = Path(run)
@@ -187,7 +189,7 @@ def cmd_compact(args) -> int:
 
 
 def cmd_conformance(args) -> int:
-    from bench import conformance
+    from bench.conformance import report as conformance
 
     table = conformance.run_comparisons()
     path = conformance.write_report(Path(args.out), table)
@@ -202,7 +204,7 @@ def cmd_conformance(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.metrics import METRICS
+    from bench.metrics import named_in_spec
     from bench.models import MODELS
     from solvers.__main__ import registry_table
     from solvers.schedules import SCHEDULES
@@ -212,7 +214,7 @@ def cmd_list(args) -> int:
     print("\nSpacings: " + ", ".join(SPACINGS))
     print("Schedules: " + ", ".join(SCHEDULES))
     print("Models: " + ", ".join(MODELS))
-    print("Metrics:\n" + "\n".join(f"  {name}: {text}" for name, text in METRICS.items()))
+    print("Metrics:\n" + "\n".join(f"  {name}: {metric.description}" for name, metric in named_in_spec().items()))
     return 0
 
 
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
     compact.set_defaults(func=cmd_compact)
     reference = sub.add_parser("fid-reference", help="compute a shipped FID reference's statistics (once; they are committed)")
     reference.add_argument("name", choices=["fashion_mnist_test"])
-    reference.add_argument("--out", help="folder (default: bench/references)")
+    reference.add_argument("--out", help="folder (default: bench/metrics/references)")
     reference.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     reference.add_argument("--fid-weights", help="converted Inception weights (default: those of make fid-weights)")
     reference.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")

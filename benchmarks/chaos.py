@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import store  # noqa: E402
-from bench.config import expand, load_spec  # noqa: E402
+from bench.spec.config import expand, load_spec  # noqa: E402
 
 
 def main(argv=None) -> int:

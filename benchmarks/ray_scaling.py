@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import store
+from bench.run import store
 
 
 def timed_run(spec: str, out: Path, *args: str) -> tuple[float, int]:

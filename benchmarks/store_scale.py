@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench import store
+from bench.run import store
 
 
 def synthetic_rows(count: int) -> pa.Table:

@@ -8,14 +8,14 @@ DPMSolverMultistepScheduler (order 2, lower_order_final, its default below 15 st
 ratio is the speed of the harness's solver loop relative to the peer's. Both run under inference mode
 at the batch sizes of CASES; the samples are checked to agree before anything is timed.
 On a CUDA machine the group also runs there, with a third loop: the harness's solve captured in a CUDA
-graph (exec mode cuda_graph, bench.execution.CapturedSolve) and replayed; without CUDA those cases skip.
+graph (exec mode cuda_graph, bench.run.execution.CapturedSolve) and replayed; without CUDA those cases skip.
 """
 import contextlib
 
 import pytest
 import torch
 
-from bench.execution import CapturedSolve
+from bench.run.execution import CapturedSolve
 from bench.models import build_model
 from solvers import DiffusionModel, sample
 from solvers.noise import NoNoise

@@ -6,7 +6,7 @@ one run, on 100 images of 32x32 (resized to 299x299 inside). Needs the FID weigh
 import pytest
 import torch
 
-from bench.fid import InceptionFeatures
+from bench.metrics.fid import InceptionFeatures
 
 IMAGES = torch.rand(100, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
 

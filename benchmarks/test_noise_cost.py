@@ -1,14 +1,14 @@
 """What noise costs inside the timed solve: the same solver at eta = 0 and eta = 1, side by side, timed the
-way the runner times a config (bench.sampling: the Brownian path is queried for the whole time grid
+way the runner times a config (bench.run.sampling: the Brownian path is queried for the whole time grid
 before the clock starts, so eta = 1 adds only the noise arithmetic, one scaled add per step), and, for
 comparison, with the Brownian tree queried inside the loop, as the runner did before.
 """
 import pytest
 import torch
 
-from bench import sampling
-from bench.config import expand, parse_spec
-from bench.runner import SweepCache
+from bench.run import sampling
+from bench.spec.config import expand, parse_spec
+from bench.run.runner import SweepCache
 from solvers import sample
 from solvers.noise import BrownianNoise
 from solvers.spacing import timesteps

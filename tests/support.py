@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import fid_weights
-from bench.data import DEBIAN_DIR
+from bench.metrics import fid_weights
+from bench.models.data import DEBIAN_DIR
 
 
 def fitted_slope(ns, errors) -> float:
@@ -32,14 +32,14 @@ def smooth_ring():
 
 
 def single_gaussian():
-    from bench.analytic import GaussianMixture
+    from bench.models.analytic import GaussianMixture
 
     return GaussianMixture(torch.tensor([[0.5, -0.5]]), 0.2)
 
 
 def _mixture_with_eps(eps):
     """A 2-D single-Gaussian mixture whose eps is replaced by ``eps(x, schedule, t)``."""
-    from bench.analytic import GaussianMixture
+    from bench.models.analytic import GaussianMixture
 
     class Replaced(GaussianMixture):
         def eps(self, x, schedule, t):
@@ -112,7 +112,7 @@ def sleeps_in_float64():
 
 def image_mixture_32():
     """A 32x32 grey image mixture (8 random smooth means, std 0.1): LPIPS and FID paths without a dataset."""
-    from bench.analytic import GaussianMixture
+    from bench.models.analytic import GaussianMixture
 
     g = torch.Generator().manual_seed(0)
     coarse = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
@@ -139,9 +139,10 @@ def sweep_and_resample(spec, run_dir):
     """Run ``spec`` into ``run_dir``; return its first row, that config, its model source and the samples the
     runner's own path (SweepCache, prior, sampling.solve on the CPU) gives that config again: what a test
     rebuilds a row's numbers from."""
-    from bench import sampling, store
-    from bench.config import expand
-    from bench.runner import SweepCache, run_sweep
+    from bench.run import sampling, store
+    from bench.spec.config import expand
+    from bench.run.runner import SweepCache
+    from bench.run.sweep import run_sweep
 
     meta = store.open_run(run_dir, spec)
     run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)

@@ -1,0 +1,246 @@
+"""Compare two runs config by config, and model by model: what moved beyond noise, what was added or removed.
+
+Rows are matched on what defines a config's result except the seed (``CONFIG_KEYS_WITHOUT_SEED``). When the runs
+share seeds, rows are matched seed to seed ("paired": the same x_T, noise paths and exact reference
+samples, so a deterministic metric only moves when the code does). When they do not (an A/A test,
+or a rerun with new seeds), each side's seeds are averaged and matched ("unpaired": every metric
+then carries sampling noise).
+
+Per config, a metric counts as changed when (lower is better for all judged metrics):
+- nfe: any change; status: ok in the base and not in the head is a regression;
+- wall_s: a ratio above ``time_ratio`` (default 1.5) either way, and only between rows of the same
+  device, host and batch (anything else is reported as not comparable, never flagged);
+- paired: deterministic errors beyond 5%; sample-based quality beyond 2 sqrt(2) times the base's
+  seed-to-seed standard deviation when it has several seeds, else beyond 10%;
+- unpaired: beyond the seed-to-seed noise measured on the default grid at 128 samples
+  (``SEED_NOISE_128``: the 99th percentile of |log ratio| between seeds), scaled by sqrt(128 / n).
+Per model and metric, a systematic shift counts when the median log ratio over its configs exceeds
+``SHIFT_FLOOR`` (paired) or the measured run-to-run shift (``SEED_SHIFT``, unpaired) and the
+Wilcoxon signed-rank test gives p < 0.001: the ratio and significance rule of asv.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.analysis.frontier import CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, seed_std
+from bench.run.store import load_rows
+
+SAMPLE_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
+DETERMINISTIC_METRICS = ("err_reference", "err_stepdoubling")
+JUDGED = (*SAMPLE_METRICS, *DETERMINISTIC_METRICS, "nfe", "wall_s")
+DEFAULT_RELATIVE_NOISE = 0.10
+DETERMINISTIC_RELATIVE = 0.05
+DEFAULT_TIME_RATIO = 1.5
+# |log(head/base)| between seeds 0, 1 and 2 of the default grid (128 samples; 1,764 ok configs per pair):
+# the 99th percentile, largest of the three pairs. fid and kid (not in that grid) take frechet's value.
+SEED_NOISE_128 = {"err_reference": 0.38, "err_stepdoubling": 0.51, "frechet": 1.8, "sliced_wasserstein": 0.6,
+                  "fid": 1.8, "kid": 1.8}
+ADAPTIVE_NFE_NOISE = 0.51  # an adaptive solver's NFE between seeds: largest |log ratio| of 36 configs
+# The largest per-model median log ratio between those seeds, times 1.5: how far a whole model moves when
+# only the seed changes (the configs of one run share x_T and the exact reference samples).
+SEED_SHIFT = {"err_reference": 0.05, "err_stepdoubling": 0.05, "frechet": 0.7, "sliced_wasserstein": 0.3,
+              "fid": 0.7, "kid": 0.7, "wall_s": 0.15}
+SHIFT_FLOOR = 0.02
+SHIFT_P_VALUE = 1e-3
+_DESCRIBE = ["model", "solver", "steps", "spacing", "eta", "tolerance", "seed"]
+COMPARABLE_TIMING = ("device", "host", "batch_used")
+
+
+def resolve_run(ref: str, root: Path = Path("results")) -> Path:
+    """A run folder given as a path, or the latest run under ``root`` whose commit starts with ``ref``."""
+    path = Path(ref)
+    if (path / "run.json").exists():
+        return path
+    matches = []
+    for meta_path in Path(root).rglob("run.json"):
+        meta = json.loads(meta_path.read_text())
+        if len(ref) >= 4 and meta.get("git_commit", "").startswith(ref):
+            matches.append((meta["created_at"], meta_path.parent))
+    if not matches:
+        raise ValueError(f"{ref!r} is neither a run folder (with run.json) nor the commit of a run under {root}/")
+    return max(matches)[1]
+
+
+def seed_noise(df: pd.DataFrame, metric: str) -> dict:
+    """Per model, the pooled (median) standard deviation of ``metric`` across seeds of otherwise equal configs."""
+    return seed_std(df, metric).groupby(level="model")["std"].median().to_dict()
+
+
+def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per config: metrics averaged over its seeds; ok only if every seed was ok."""
+    numeric = [m for m in JUDGED if m in df]
+    grouped = df.groupby(MATCH_KEYS, dropna=False)
+    out = grouped[numeric].mean()
+    out["status"] = grouped.status.agg(lambda s: "ok" if (s == "ok").all() else s[s != "ok"].iloc[0])
+    out["seed"] = grouped.seed.agg(lambda s: ",".join(map(str, sorted(set(s)))))
+    for column in ("config_id", *COMPARABLE_TIMING):
+        out[column] = grouped[column].first()
+    return out.reset_index()
+
+
+def match(base: pd.DataFrame, head: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """(matched rows with _base/_head suffixes, paired?)."""
+    shared = set(base.seed) & set(head.seed)
+    if shared:
+        base, head = base[base.seed.isin(shared)], head[head.seed.isin(shared)]
+        return base.merge(head, on=[*MATCH_KEYS, "seed"], suffixes=("_base", "_head")), True
+    merged = _average_seeds(base).merge(_average_seeds(head), on=MATCH_KEYS, suffixes=("_base", "_head"))
+    return merged.assign(seed=merged.seed_base + " vs " + merged.seed_head), False
+
+
+def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEFAULT_TIME_RATIO) -> dict:
+    """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts,
+    not_comparable (configs whose wall time was not judged), added, removed, matched, paired."""
+    merged, paired = match(base, head)
+    noise = {m: seed_noise(base, m) for m in SAMPLE_METRICS if m in base} if paired else {}
+    records, log_ratios, untimed = [], [], 0
+    for row in merged.itertuples(index=False):
+        row = row._asdict()
+        described = {k: row[k] if k in row else row[f"{k}_base"] for k in _DESCRIBE}
+        if row["status_base"] == "ok" and row["status_head"] != "ok":
+            records.append({**described, "metric": "status", "base": math.nan, "head": math.nan,
+                            "change": row["status_head"], "threshold": "", "verdict": "regression"})
+            continue
+        if row["status_base"] != "ok" or row["status_head"] != "ok":
+            continue
+        timing_comparable = all(_same(row[f"{k}_base"], row[f"{k}_head"]) for k in COMPARABLE_TIMING)
+        untimed += not timing_comparable
+        for metric in JUDGED:
+            b, h = row.get(f"{metric}_base"), row.get(f"{metric}_head")
+            if b is None or h is None or pd.isna(b) or pd.isna(h) or (metric == "wall_s" and not timing_comparable):
+                continue
+            if b > 0 and h > 0:
+                log_ratios.append((described["model"], metric, math.log(h / b)))
+            adaptive = pd.notna(described["tolerance"])
+            verdict, change, threshold = _judge(metric, b, h, described["model"], row["n_samples"], paired, noise,
+                                                time_ratio, adaptive)
+            if verdict:
+                records.append({**described, "metric": metric, "base": b, "head": h, "change": change,
+                                "threshold": threshold, "verdict": verdict})
+    changes = pd.DataFrame(records, columns=[*_DESCRIBE, "metric", "base", "head", "change", "threshold", "verdict"])
+    keys = [*MATCH_KEYS, "seed"] if paired else MATCH_KEYS
+    added = head[~head.set_index(keys).index.isin(base.set_index(keys).index)]
+    removed = base[~base.set_index(keys).index.isin(head.set_index(keys).index)]
+    return {"changes": changes, "regressions": changes[changes.verdict == "regression"],
+            "improvements": changes[changes.verdict == "improvement"], "shifts": _shifts(log_ratios, paired),
+            "not_comparable": untimed, "added": added[_DESCRIBE], "removed": removed[_DESCRIBE],
+            "matched": len(merged), "paired": paired}
+
+
+def _same(a, b) -> bool:
+    return a == b or (pd.isna(a) and pd.isna(b))
+
+
+def _judge(metric, base, head, model, n_samples, paired, noise, time_ratio, adaptive=False):
+    """(verdict or None, change as text, threshold as text). Lower is better for every judged metric."""
+    if metric == "wall_s":
+        ratio = head / base if base > 0 else math.inf
+        verdict = "regression" if ratio > time_ratio else "improvement" if ratio < 1 / time_ratio else None
+        return verdict, f"x{ratio:.2f}", f"x{time_ratio:g}"
+    delta = head - base
+    if metric == "nfe" and (paired or not adaptive):  # fixed-step NFE is exact; adaptive NFE follows x_T
+        return ("regression" if delta > 0 else "improvement" if delta < 0 else None), f"{delta:+g}", "any"
+    if metric == "nfe":
+        ratio = head / base
+        verdict = ("regression" if math.log(ratio) > ADAPTIVE_NFE_NOISE else
+                   "improvement" if math.log(ratio) < -ADAPTIVE_NFE_NOISE else None)
+        return verdict, f"x{ratio:.2f}", f"x{math.exp(ADAPTIVE_NFE_NOISE):.2f} (seed noise)"
+    if not paired:
+        limit = SEED_NOISE_128[metric] * math.sqrt(128 / n_samples)
+        log_ratio = math.log(head / base) if base > 0 and head > 0 else math.copysign(math.inf, delta)
+        verdict = "regression" if log_ratio > limit else "improvement" if log_ratio < -limit else None
+        return verdict, f"x{math.exp(log_ratio):.2f}" if math.isfinite(log_ratio) else f"{delta:+.3g}", \
+            f"x{math.exp(limit):.2f} (seed noise)"
+    if metric in DETERMINISTIC_METRICS:
+        limit, text = DETERMINISTIC_RELATIVE * abs(base), f"{DETERMINISTIC_RELATIVE:.0%}"
+    elif model in noise.get(metric, {}) and np.isfinite(noise[metric][model]):
+        limit = 2 * math.sqrt(2) * noise[metric][model]
+        text = f"{limit:.3g} (seed spread)"
+    else:
+        limit, text = DEFAULT_RELATIVE_NOISE * abs(base), f"{DEFAULT_RELATIVE_NOISE:.0%} (default)"
+    verdict = "regression" if delta > limit else "improvement" if delta < -limit else None
+    return verdict, f"{delta:+.3g}", text
+
+
+def _shifts(log_ratios: list, paired: bool) -> pd.DataFrame:
+    """Per model and metric: the median ratio over configs, the Wilcoxon signed-rank p-value and a verdict."""
+    from scipy.stats import wilcoxon
+
+    columns = ["model", "metric", "configs", "median ratio", "p-value", "threshold", "verdict"]
+    table = pd.DataFrame(log_ratios, columns=["model", "metric", "log_ratio"])
+    rows = []
+    for (model, metric), group in table[table.metric != "nfe"].groupby(["model", "metric"]):
+        values = group.log_ratio.to_numpy()
+        median = float(np.median(values))
+        nonzero = values[values != 0]
+        p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 10 else 1.0
+        floor = SHIFT_FLOOR if paired and metric != "wall_s" else SEED_SHIFT.get(metric, SHIFT_FLOOR)
+        significant = abs(median) > floor and p_value < SHIFT_P_VALUE
+        verdict = ("regression" if median > 0 else "improvement") if significant else None
+        rows.append([model, metric, len(values), math.exp(median), p_value, f"x{math.exp(floor):.2f}, p < {SHIFT_P_VALUE:g}",
+                     verdict])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def terminal_summary(result: dict, limit: int = 20) -> str:
+    """What CI's log should show: the regressed configs and shifts themselves, not only their count."""
+    lines = []
+    shifts = result["shifts"]
+    for row in shifts[shifts.verdict == "regression"].to_dict("records"):
+        lines.append(f"  shift: {row['model']} {row['metric']} x{row['median ratio']:.3f} over {row['configs']} "
+                     f"configs (p = {row['p-value']:.1e})")
+    regressions = result["regressions"]
+    for row in regressions.head(limit).itertuples():
+        grid = f"{row.steps:g} steps {row.spacing}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
+        lines.append(f"  {row.model} {row.solver} {grid} eta={row.eta:g} seed={row.seed}: {row.metric} "
+                     f"{row.base:.4g} -> {row.head:.4g} ({row.change}; threshold {row.threshold})")
+    if len(regressions) > limit:
+        lines.append(f"  ... and {len(regressions) - limit} more regressions (see compare.md)")
+    return "\n".join(lines)
+
+
+def regressed(result: dict) -> bool:
+    return bool(len(result["regressions"]) or (result["shifts"].verdict == "regression").any())
+
+
+def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: float = DEFAULT_TIME_RATIO):
+    """Write compare.md / compare.html (with both frontiers in one plot) and return (paths, result)."""
+    from bench.analysis.document import Document
+    from bench.analysis.frontier import default_quality
+    from bench.analysis.plots import plot_frontier_overlay
+
+    base, head = load_rows(base_dir), load_rows(head_dir)
+    result = compare_runs(base, head, time_ratio)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = Document(f"Compare {Path(base_dir).name} (base) -> {Path(head_dir).name} (head)")
+    commits = [df.git_commit.iloc[0][:10] if len(df) else "?" for df in (base, head)]
+    mode = ("paired: the runs share seeds, rows are matched seed to seed" if result["paired"] else
+            "unpaired: the runs have different seeds, so every metric carries sampling noise")
+    doc.paragraph(f"Base commit {commits[0]}, head commit {commits[1]}. {result['matched']} configurations in both "
+                  f"({mode}), {len(result['added'])} added, {len(result['removed'])} removed; "
+                  f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
+                  f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}.")
+    doc.heading("Systematic shifts per model (median ratio over configs, Wilcoxon signed-rank)")
+    doc.table(result["shifts"])
+    doc.heading("Regressions")
+    doc.table(result["regressions"])
+    doc.heading("Improvements")
+    doc.table(result["improvements"])
+    quality = default_quality(pd.concat([base, head]))
+    png = plot_frontier_overlay(base, head, out_dir / "plots", quality)
+    if png is not None:
+        doc.heading("Frontiers")
+        doc.image(f"Pareto frontier of {quality} vs NFE, base and head", png)
+    doc.heading("Configurations added")
+    doc.table(result["added"])
+    doc.heading("Configurations removed")
+    doc.table(result["removed"])
+    md_path, html_path = out_dir / "compare.md", out_dir / "compare.html"
+    doc.write(md_path, html_path)
+    return (md_path, html_path), result

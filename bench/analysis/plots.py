@@ -1,0 +1,262 @@
+"""Plots of a results table: Pareto frontiers, convergence, step-doubling calibration, heatmaps, precision/recall.
+
+Every function takes the rows (a DataFrame as store.load_rows gives) and a folder, writes a PNG and an
+SVG, and returns the PNG's path (None when the table has nothing to show). Colours come from the
+solver registry's order, so a solver has the same colour in every plot and every run. Rendering is
+headless (Agg).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bench.analysis.frontier import LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, quality_across  # noqa: E402
+from solvers import SOLVERS  # noqa: E402
+
+LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
+          "frechet": "Frechet distance (data space)", "sliced_wasserstein": "sliced Wasserstein-2",
+          "err_reference": "error vs reference (median L2)", "err_stepdoubling": "step-doubling estimate",
+          "precision": "precision", "recall": "recall", "kid": "KID"}
+
+
+def solver_colors() -> dict:
+    """A fixed colour per registered solver (registry order over a wide qualitative palette)."""
+    palette = sns.color_palette("husl", len(SOLVERS))
+    return dict(zip(SOLVERS, palette))
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=120, bbox_inches="tight")
+    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
+    plt.close(fig)
+    return png
+
+
+def _ok(df: pd.DataFrame, *columns) -> pd.DataFrame:
+    keep = df.status == "ok"
+    for column in columns:
+        keep &= df[column].notna()
+    return df[keep]
+
+
+def _panels(n_rows: int, n_cols: int, width=4.6, height=3.6):
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
+    return fig, axes
+
+
+def _log_axes(ax, x=True, y=True):
+    """Log axes with plain major tick labels (the default minor labels overlap on short ranges)."""
+    for on, axis, set_scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+        if on:
+            set_scale("log")
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if x:
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _model_scatter(data: pd.DataFrame, x: str, y: str, size: float, width: float, height: float):
+    """One panel per model with the rows as points coloured by solver; returns (fig, axes, models, colors)."""
+    colors = solver_colors()
+    models = sorted(data.model.unique())
+    fig, axes = _panels(1, len(models), width=width, height=height)
+    for ax, model in zip(axes[0], models):
+        group = data[data.model == model]
+        ax.scatter(group[x], group[y], c=[colors[s] for s in group.solver], s=size, alpha=0.7, linewidths=0)
+    return fig, axes, models, colors
+
+
+def _legend(fig, axes, colors, solvers, extra_handles=()):
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in solvers]
+    fig.legend(handles=[*extra_handles, *handles], loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               fontsize="small", title="solver")
+
+
+def plot_frontier(df: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nfe", facet: str | None = None):
+    """Quality against cost, one panel per model (and per ``facet`` value): all configs faded, the
+    Pareto frontier drawn as a step line with its points in full colour."""
+    data = _ok(df, quality, cost)
+    if data.empty:
+        return None
+    models = sorted(data.model.unique())
+    facets = [None] if facet is None else sorted(data[facet].dropna().unique())
+    colors = solver_colors()
+    fig, axes = _panels(len(facets), len(models))
+    for r, facet_value in enumerate(facets):
+        for c, model in enumerate(models):
+            ax = axes[r][c]
+            group = data[data.model == model] if facet is None else data[(data.model == model) & (data[facet] == facet_value)]
+            if group.empty:
+                ax.set_visible(False)
+                continue
+            marked = frontier(group, cost, quality, by=("model",))
+            faded, front = marked[~marked.on_frontier], marked[marked.on_frontier].sort_values(cost)
+            ax.scatter(faded[cost], faded[quality], c=[colors[s] for s in faded.solver], alpha=0.18, s=14, linewidths=0)
+            ax.step(front[cost], front[quality], where="post", color="black", linewidth=1.2, zorder=3)
+            ax.scatter(front[cost], front[quality], c=[colors[s] for s in front.solver], s=42, edgecolors="black",
+                       linewidths=0.6, zorder=4)
+            for point in front.itertuples():  # name the frontier configs: 20+ hues are hard to tell apart
+                ax.annotate(point.solver, (getattr(point, cost), getattr(point, quality)), xytext=(4, 3),
+                            textcoords="offset points", fontsize=6.5, zorder=5)
+            _log_axes(ax, y=quality in LOWER_IS_BETTER)
+            title = model if facet is None else f"{model}, {facet} = {facet_value}"
+            ax.set_title(title)
+            ax.set_xlabel(LABELS.get(cost, cost))
+            ax.set_ylabel(LABELS.get(quality, quality) if c == 0 else "")
+    frontier_handle = plt.Line2D([], [], color="black", label="Pareto frontier")
+    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(data.solver)], [frontier_handle])
+    fig.suptitle(f"{LABELS.get(quality, quality)} vs {LABELS.get(cost, cost)} (lower left is better; "
+                 "faded: dominated configs)")
+    fig.tight_layout()
+    suffix = f"_by_{facet}" if facet else ""
+    return _save(fig, out_dir, f"frontier_{quality}_vs_{cost}{suffix}")
+
+
+def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_reference", spacing: str = "logsnr"):
+    """Error against NFE on log-log axes per solver (ODE configs on one spacing), fitted order in the legend."""
+    data = _ok(df, error, "nfe")
+    data = data[(data.eta == 0) & data.steps.notna() & (data[error] > 0)]
+    if spacing in set(data.spacing):
+        data = data[data.spacing == spacing]
+    if data.empty:
+        return None
+    colors = solver_colors()
+    models = sorted(data.model.unique())
+    fig, axes = _panels(1, len(models), width=5.2, height=4.2)
+    labels = {}
+    for ax, model in zip(axes[0], models):
+        group = data[data.model == model]
+        for solver in [s for s in SOLVERS if s in set(group.solver)]:
+            line = group[group.solver == solver].groupby("nfe")[error].median().sort_index()
+            order = fitted_order(line.index, line.values)
+            ax.plot(line.index, line.values, marker="o", markersize=4, color=colors[solver])
+            labels.setdefault(solver, []).append(f"{order:.1f}" if np.isfinite(order) else "-")
+        _log_axes(ax)
+        ax.set_title(f"{model} ({spacing} spacing, eta = 0)")
+        ax.set_xlabel(LABELS["nfe"])
+        ax.set_ylabel(LABELS.get(error, error) if ax is axes[0][0] else "")
+    handles = [plt.Line2D([], [], marker="o", color=colors[s], label=f"{s}: {' / '.join(orders)}")
+               for s, orders in labels.items()]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="small",
+               title="solver: fitted order per panel")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"convergence_{error}")
+
+
+def plot_calibration(df: pd.DataFrame, out_dir: Path):
+    """Step-doubling estimate against the true error it estimates; the diagonal is perfect calibration."""
+    pairs = calibration_pairs(df)
+    pairs = pairs[(pairs.err_stepdoubling > 0) & (pairs.err_reference > 0)]
+    if pairs.empty:
+        return None
+    fig, axes, models, colors = _model_scatter(pairs, "err_reference", "err_stepdoubling", 16, 4.4, 4.2)
+    for ax, model in zip(axes[0], models):
+        group = pairs[pairs.model == model]
+        lo = min(group.err_reference.min(), group.err_stepdoubling.min())
+        hi = max(group.err_reference.max(), group.err_stepdoubling.max())
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="estimate = true error")
+        for factor in (3, 1 / 3):
+            ax.plot([lo, hi], [lo * factor, hi * factor], color="grey", linewidth=0.8, linestyle=":",
+                    label="factor 3 off" if factor == 3 else None)
+        _log_axes(ax)
+        ax.set_title(model)
+        ax.set_xlabel("true error of the 2n-step solve")
+        ax.set_ylabel("step-doubling estimate (n vs 2n)" if ax is axes[0][0] else "")
+        ax.legend(fontsize="x-small", loc="upper left")
+    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(pairs.solver)])
+    return _save(fig, out_dir, "calibration_stepdoubling")
+
+
+def plot_heatmaps(df: pd.DataFrame, out_dir: Path, quality: str, budget: float):
+    """Best quality per (solver, spacing) and per (solver, eta) among configs with NFE <= budget.
+
+    The eta row needs a metric measured at every eta: when ``quality`` exists at one eta only
+    (err_reference is for ODE configs), it uses the first sample-based distance the table has.
+    """
+    data = _ok(df, "nfe")
+    data = data[(data.nfe <= budget) & data.steps.notna()]
+    eta_quality = quality_across(data, quality, "eta")
+    if data[quality].isna().all():
+        return None
+    models = sorted(data.model.unique())
+    fig, axes = _panels(2, len(models), width=5.6, height=0.3 * data.solver.nunique() + 1.6)
+    for c, model in enumerate(models):
+        group = data[data.model == model]
+        for r, (column, metric) in enumerate((("spacing", quality), ("eta", eta_quality))):
+            table = group.pivot_table(index="solver", columns=column, values=metric, aggfunc="min")
+            table = table.reindex([s for s in SOLVERS if s in table.index])
+            log_scale = metric in LOWER_IS_BETTER and bool((table.fillna(1) > 0).all().all())
+            ax = axes[r][c]
+            sns.heatmap(np.log10(table) if log_scale else table, ax=ax, cmap="viridis_r",
+                        annot=table.map(lambda v: f"{v:.2g}" if pd.notna(v) else ""), fmt="", annot_kws={"fontsize": 6},
+                        cbar_kws={"label": f"log10 {metric}" if log_scale else metric, "shrink": 0.8},
+                        yticklabels=c == 0)
+            ax.set_title(f"{model}: best {metric}, NFE <= {budget:g}")
+            ax.set_ylabel("")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"heatmap_{quality}_nfe{budget:g}")
+
+
+def plot_precision_recall(df: pd.DataFrame, out_dir: Path, budget: float):
+    """Precision against recall for configs with NFE <= budget, one panel per model (upper right is better)."""
+    data = _ok(df, "precision", "recall", "nfe")
+    data = data[data.nfe <= budget]
+    if data.empty:
+        return None
+    fig, axes, models, colors = _model_scatter(data, "recall", "precision", 18, 4.2, 4.0)
+    for ax, model in zip(axes[0], models):
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{model}, NFE <= {budget:g}")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision" if ax is axes[0][0] else "")
+    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(data.solver)])
+    return _save(fig, out_dir, f"precision_recall_nfe{budget:g}")
+
+
+def plot_frontier_overlay(base: pd.DataFrame, head: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nfe"):
+    """The Pareto frontiers of two runs in one panel per model: base dashed grey, head solid black."""
+    runs = {"base": _ok(base, quality, cost), "head": _ok(head, quality, cost)}
+    models = sorted(set(runs["base"].model) | set(runs["head"].model))
+    if not models:
+        return None
+    fig, axes = _panels(1, len(models))
+    for ax, model in zip(axes[0], models):
+        for name, style in (("base", dict(color="grey", linestyle="--")), ("head", dict(color="black", linestyle="-"))):
+            group = runs[name][runs[name].model == model]
+            if group.empty:
+                continue
+            front = frontier(group, cost, quality).query("on_frontier").sort_values(cost)
+            ax.step(front[cost], front[quality], where="post", label=name, marker="o", markersize=4, **style)
+        _log_axes(ax, y=quality in LOWER_IS_BETTER)
+        ax.set_title(model)
+        ax.set_xlabel(LABELS.get(cost, cost))
+        ax.set_ylabel(LABELS.get(quality, quality) if ax is axes[0][0] else "")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"frontier_overlay_{quality}_vs_{cost}")
+
+
+def plot_training_loss(losses_csv: Path, png: Path, window: int = 100) -> Path:
+    """The training loss of every step (faint) and its exponential moving average, log scale (PNG only:
+    an SVG of every step would outweigh the weights it documents)."""
+    losses = pd.read_csv(losses_csv)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(losses.step, losses.loss, color="0.8", linewidth=0.5, label="per step")
+    ax.plot(losses.step, losses.loss.ewm(span=window).mean(), color="C0",
+            label=f"exponential moving average (span {window} steps)")
+    ax.set(xlabel="training step", ylabel="loss (MSE of the noise prediction)", yscale="log")
+    ax.legend()
+    fig.savefig(png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(png)

@@ -1,0 +1,132 @@
+"""Reports: one or more run folders -> plots, report.md (plots linked) and report.html (plots inlined)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.analysis import plots
+from bench.analysis.document import Document
+from bench.analysis.frontier import (QUALITY_PREFERENCE, budget_table, default_quality, eta_gap, exec_mode_table, quality_across,
+                            seed_std, table1_shape)
+from bench.run.store import STATUSES, load_rows
+
+DEFAULT_BUDGET = 20
+
+
+def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    columns = ["run_id", "git_commit", "git_dirty", "device", "torch_version", "host"]
+    env = df[columns].drop_duplicates().copy()
+    env["git_commit"] = env.git_commit.str[:10]
+    return env
+
+
+SPREAD_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
+
+
+def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and metric: the median over configs of the std across seeds, and the number of seeds."""
+    ok = df[df.status == "ok"]
+    if ok.seed.nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for metric in (m for m in SPREAD_METRICS if ok[m].notna().any()):
+        for model, group in seed_std(ok, metric).groupby(level="model"):
+            rows.append({"model": model, "metric": metric, "seeds": int(group["count"].max()),
+                         "median std over configs": group["std"].median(),
+                         "median relative std": (group["std"] / group["mean"].abs()).median()})
+    return pd.DataFrame(rows)
+
+
+def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
+                 facets: tuple[str, ...] = ("eta",)) -> tuple[Path, Path]:
+    """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run).
+
+    ``facets``: columns (eta, spacing, ...) to split the sample-quality frontier by, one plot each.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    out_dir = Path(out_dir) if out_dir else run_dirs[0]
+    df = load_rows(*run_dirs)
+    if df.empty:
+        raise ValueError(f"no rows in {', '.join(map(str, run_dirs))}")
+    plot_dir = out_dir / "plots"
+    doc = Document(f"Sampler benchmark: {', '.join(d.name for d in run_dirs)}")
+
+    counts = df.status.value_counts().to_dict()
+    doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+                  + f". Models: {', '.join(sorted(df.model.unique()))}.")
+    measured = df[df.fid.notna()]
+    for (n, reference, size), _ in measured.groupby(["n_samples", "fid_reference", "reference_size"]):
+        doc.paragraph(f"FID, KID and precision/recall on {int(n)} samples per configuration against {reference} "
+                      f"({int(size)} images). FID is biased upwards at few samples: compare configurations at "
+                      f"equal sample counts, as here.")
+    commits = df.git_commit.dropna().value_counts()
+    if len(commits) > 1:
+        doc.paragraph("**Warning: these rows come from more than one commit** ("
+                      + ", ".join(f"{commit[:10]}: {n} rows" for commit, n in commits.items())
+                      + "); a difference between configs may be a difference between commits.")
+    doc.heading("Environment")
+    doc.table(_environment_table(df))
+    for run_dir in run_dirs:
+        spec_path = run_dir / "spec.toml"
+        if spec_path.exists():
+            meta = json.loads((run_dir / "run.json").read_text())
+            doc.heading(f"Spec of {run_dir.name} ({meta['spec_path']}, hash {meta['spec_hash']})")
+            doc.code(spec_path.read_text())
+
+    quality = default_quality(df)
+    qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
+    doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
+    doc.table(budget_table(df, quality))
+
+    across_eta = quality_across(df, quality, "eta")
+    gaps = eta_gap(df, across_eta)
+    if not gaps.empty:
+        doc.heading(f"Does noise pay? {across_eta} at eta 0 and eta 1, equal NFE")
+        doc.paragraph("DDIM's Table 1 (Song et al. 2021): with few steps the deterministic sampler (eta 0) is far "
+                      "better, and the gap closes as the number of steps grows. Per solver on this run:")
+        doc.bullets(table1_shape(gaps))
+        doc.table(gaps)
+
+    modes = exec_mode_table(df)
+    if not modes.empty:
+        doc.heading("Execution modes: speed against eager, overhead against the network, drift")
+        doc.paragraph("The same configs with the network run eager, under bf16 autocast, compiled, or the whole solve "
+                      "replayed as a CUDA graph. forward_s: the bare network forward at the row's batch, measured "
+                      "in the run; overhead_ratio: wall_s / (NFE x forward_s x batches); drift_vs_eager: median "
+                      "per-sample L2 distance to the eager samples of the same config and x_T.")
+        doc.table(modes)
+
+    spread = seed_spread(df)
+    if not spread.empty:
+        doc.heading("Seed-to-seed spread (sampling noise of the sample-based metrics)")
+        doc.table(spread)
+
+    doc.heading("Plots")
+    figures = []
+    for q in qualities[:2]:
+        figures.append((f"Pareto frontier: {q} vs NFE", plots.plot_frontier(df, plot_dir, q, "nfe")))
+    figures.append((f"Pareto frontier: {quality} vs wall time", plots.plot_frontier(df, plot_dir, quality, "wall_s")))
+    sample_quality = next((q for q in qualities if q != "err_reference"), quality)
+    for facet in facets:
+        if df[facet].nunique() > 1:
+            figures.append((f"Pareto frontier by {facet}: {sample_quality} vs NFE",
+                            plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet=facet)))
+    figures += [
+        ("Convergence: error vs NFE with fitted orders", plots.plot_convergence(df, plot_dir)),
+        ("Step-doubling estimate vs true error", plots.plot_calibration(df, plot_dir)),
+        (f"Best {quality} per solver and spacing / eta at NFE <= {budget:g}", plots.plot_heatmaps(df, plot_dir, quality, budget)),
+        (f"Precision vs recall at NFE <= {budget:g}", plots.plot_precision_recall(df, plot_dir, budget)),
+    ]
+    for caption, path in figures:
+        if path is not None:
+            doc.image(caption, path)
+
+    doc.heading("Configurations that did not finish (failed, diverged, timeout, oom)")
+    bad = df[df.status.isin(["failed", "diverged", "timeout", "oom"])]
+    doc.table(bad[["model", "solver", "steps", "spacing", "eta", "tolerance", "status", "message"]])
+
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    doc.write(md_path, html_path)
+    return md_path, html_path

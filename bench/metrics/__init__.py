@@ -1,0 +1,20 @@
+"""Metrics: the quality and error figures of a config's samples, each with its standard error, and their registry.
+
+Job: given a config's samples and what they are compared with (the reference solve, exact samples of p_0, a
+dataset's images), compute the row's metric columns. Every module here registers its metrics in
+``registry.METRICS`` on import, and this package imports every module in it, so a new metric is one new file
+(see density_coverage.py).
+
+May import: solvers, bench.files, bench.models. Never the spec, run or analysis stages (they import this).
+"""
+import importlib
+import pkgutil
+
+from bench.metrics.registry import COLUMNS, METRICS, NEEDS, Inputs, Metric, for_config, named_in_spec, needing, register
+
+# The core metrics first (the order of the row's columns and of the generated tables), then any other module.
+_FIRST = ["errors", "distances", "fid", "lpips", "likelihood"]
+for _name in _FIRST + sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _FIRST):
+    importlib.import_module(f"{__name__}.{_name}")
+
+__all__ = ["COLUMNS", "METRICS", "NEEDS", "Inputs", "Metric", "for_config", "named_in_spec", "needing", "register"]

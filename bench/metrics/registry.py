@@ -1,0 +1,103 @@
+"""The metric registry: every metric a spec may name, the row columns it fills, what it needs, and how it is computed.
+
+A metric is a ``Metric`` registered under its name by the module that computes it (``register``), so adding
+one is one file in this package (density_coverage.py is the example): the spec validates names against
+``METRICS``, the run stage loops over the names a config asks for, the store's schema and the generated column
+table take the declared columns.
+
+A metric's ``compute(inputs)`` returns its columns (a standard error ``<column>_se`` beside every sample-based
+figure), or nothing where it does not apply, adding to ``inputs.notes`` why when the user would wonder. What
+the run stage owns it hands over in ``Inputs``: the samples, the model, and callables for the reference solve,
+the 2n-step partner solve and the eager twin; a metric keeps what it shares across configs (an Inception
+network, a reference set's statistics) in ``inputs.sweep`` and what it shares with the other metrics of one row
+(the samples' Inception features) in ``inputs.row``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+import torch
+
+# What a metric may need, and where it comes from.
+NEEDS = {
+    "reference": "the reference solve from the same x_T (deterministic configs; made by the run stage first)",
+    "partner": "the 2n-step solve of the same config, x_T and noise (the run stage keeps or makes it)",
+    "exact": "exact samples of p_0 (an analytic mixture)",
+    "images": "image samples, shape (C, H, W)",
+    "inception": "the samples' Inception pool3 features, computed once per row for every metric that uses them",
+    "dataset": "the dataset's images (the FID reference set, held-out images)",
+    "eager_twin": "the samples of the same config run eager (a non-eager exec mode's drift)",
+}
+F64, I64, STR = pa.float64(), pa.int64(), pa.string()
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``columns``: column -> (pyarrow type, what it holds); ``in_spec``: False for a metric computed wherever it
+    applies rather than named in a spec (the drift of a non-eager row)."""
+
+    name: str
+    description: str
+    columns: dict
+    needs: tuple
+    compute: Callable[["Inputs"], dict]
+    in_spec: bool = True
+
+
+@dataclass
+class Inputs:
+    """What a config's metrics are computed from. ``samples`` are on the config's device; ``reference()``,
+    ``partner()`` and ``eager_twin()`` give the solves the run stage owns (the reference is None where it failed,
+    the row's message then says why)."""
+
+    cfg: object
+    source: object
+    model: object
+    x_T: torch.Tensor
+    samples: torch.Tensor
+    device: torch.device
+    reference: Callable[[], torch.Tensor | None]
+    partner: Callable[[], torch.Tensor]
+    eager_twin: Callable[[], torch.Tensor]
+    sweep: dict
+    row: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+
+METRICS: dict[str, Metric] = {}
+COLUMNS: dict[str, tuple] = {}  # every metric column -> (type, description), in registration order
+
+
+def register(metric: Metric) -> Metric:
+    """Add ``metric``; a column two metrics fill (precision and recall: in data space or on Inception features) must
+    be declared with the same type by both."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered twice")
+    for column, (kind, description) in metric.columns.items():
+        if column in COLUMNS and COLUMNS[column][0] != kind:
+            raise ValueError(f"metric {metric.name!r} declares column {column!r} as {kind}, another as "
+                             f"{COLUMNS[column][0]}")
+        COLUMNS.setdefault(column, (kind, description))
+    METRICS[metric.name] = metric
+    return metric
+
+
+def named_in_spec() -> dict[str, Metric]:
+    return {name: metric for name, metric in METRICS.items() if metric.in_spec}
+
+
+def needing(need: str) -> set[str]:
+    """The names of the metrics that need ``need`` (a key of NEEDS)."""
+    return {name for name, metric in METRICS.items() if need in metric.needs}
+
+
+def for_config(names) -> list[Metric]:
+    """The metrics a config computes: those its spec names, in registry order, then those computed wherever they
+    apply."""
+    return [metric for name, metric in METRICS.items() if name in set(names) or not metric.in_spec]

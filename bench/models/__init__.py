@@ -1,0 +1,14 @@
+"""Models: what the samplers sample, by the name a spec gives it.
+
+Job: build a model source from a spec entry: the analytic Gaussian mixtures (exact score, samples and density:
+the ground truth), the shipped Fashion-MNIST UNet, a diffusers folder (``diffusers:PATH``) or a function
+(``python:module:function``); the datasets they need (Fashion-MNIST) and the UNet's training.
+
+May import: solvers, bench.files. Nothing else of the harness (every later stage imports this).
+"""
+from bench.models.presets import (ANALYTIC_PRESETS, CHECKPOINTS_DIR, DATA_MODELS, MODELS, NETWORK_PRESETS,
+                                  build_model, digits, fashion_gmm, fmnist_unet, gmm_hd, is_model_name, ring2d,
+                                  weights_digest)
+
+__all__ = ["ANALYTIC_PRESETS", "CHECKPOINTS_DIR", "DATA_MODELS", "MODELS", "NETWORK_PRESETS", "build_model",
+           "digits", "fashion_gmm", "fmnist_unet", "gmm_hd", "is_model_name", "ring2d", "weights_digest"]

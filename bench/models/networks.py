@@ -1,0 +1,139 @@
+"""Network models for the harness: diffusers UNet checkpoints and user functions.
+
+A spec's model entry ``diffusers:PATH`` loads a local ``UNet2DModel`` (a folder with config.json,
+or a pipeline folder with unet/ and scheduler/) and its scheduler config: the betas become a
+``DiscreteVP``, ``prediction_type`` the prediction (epsilon -> eps, v_prediction -> v, sample -> x0); a
+FlowMatchEulerDiscreteScheduler config gives a ``FlowMatching`` schedule with its shift and the flow prediction;
+``sample_size`` and ``in_channels`` the sample shape. ``python:module:function`` calls a function
+that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: the spec's
+``schedule`` key does not apply to them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from solvers.model import DiffusionModel
+from solvers.schedules import DiscreteVP, FlowMatching
+
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow": "flow"}
+
+
+@dataclass
+class NetworkSource:
+    """A model with its own schedule, in the shape the runner expects of a model source."""
+
+    diffusion: DiffusionModel
+    event_shape: tuple
+    dataset: str | None = None  # a checkpoint does not say what it was trained on
+    module: torch.nn.Module | None = None  # the network's weights, moved by ``to``
+    weights_sha256: str | None = None  # of the weight files the network was loaded from
+
+    def model(self, schedule=None) -> DiffusionModel:
+        return self.diffusion
+
+    def to(self, device) -> "NetworkSource":
+        """Move the network's weights (a diffusers UNet) to ``device``; a python: function's model is its own."""
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
+
+def betas_from_config(config: dict) -> torch.Tensor:
+    """The betas a diffusers scheduler config describes (DDPMScheduler's beta_schedule options)."""
+    n = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        return torch.as_tensor(config["trained_betas"], dtype=torch.float64)
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, eq. 17, betas capped at 0.999
+        alpha_bar = [math.cos((i / n + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(n + 1)]
+        return torch.tensor([min(1 - alpha_bar[i + 1] / alpha_bar[i], 0.999) for i in range(n)], dtype=torch.float64)
+    raise ValueError(f"unsupported beta_schedule {kind!r}; supported: linear, scaled_linear, squaredcos_cap_v2")
+
+
+def _schedule_from_config(config: dict, path) -> DiscreteVP | FlowMatching:
+    """DDPM-family configs: their betas as a DiscreteVP. Flow-matching configs (FlowMatchEulerDiscreteScheduler):
+    a FlowMatching schedule with their static shift, the network seeing timesteps sigma x num_train_timesteps."""
+    if not config.get("_class_name", "").startswith("FlowMatch"):
+        return DiscreteVP(betas_from_config(config))
+    if config.get("use_dynamic_shifting"):
+        raise ValueError(f"diffusers:{path}: use_dynamic_shifting sets the shift from the image's token count at "
+                         f"sampling time; give a static 'shift' (FlowMatching.for_resolution computes Flux's)")
+    return FlowMatching(shift=config.get("shift", 1.0), n_train=config.get("num_train_timesteps", 1000))
+
+
+def load_diffusers(path: str | Path) -> NetworkSource:
+    """A local diffusers UNet2DModel and its scheduler config as a NetworkSource."""
+    from diffusers import UNet2DModel
+
+    path = Path(path)
+    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
+    scheduler_config = next((c for c in candidates if c.is_file()), None)
+    if not (unet_dir / "config.json").is_file() or scheduler_config is None:
+        raise FileNotFoundError(f"diffusers:{path}: need a UNet2DModel folder (config.json + weights) and a scheduler "
+                                f"config; looked for {unet_dir / 'config.json'} and {', '.join(map(str, candidates))}")
+    config = json.loads(scheduler_config.read_text())
+    flow = config.get("_class_name", "").startswith("FlowMatch")
+    prediction = "flow" if flow else config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"diffusers:{path}: prediction_type {prediction!r} not supported; supported: "
+                         f"{', '.join(PREDICTION_TYPES)}")
+    # weights frozen, so a forward builds no graph unless x asks for one (the nll metric's divergence does)
+    unet = UNet2DModel.from_pretrained(str(unet_dir)).eval().requires_grad_(False)
+    schedule = _schedule_from_config(config, path)
+
+    def net(x, t):
+        return unet(x.to(unet.dtype), schedule.network_time(t).to(x.device, unet.dtype)).sample.to(x.dtype)
+
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
+                         module=unet, weights_sha256=files_digest(unet_dir))
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def files_digest(folder: Path) -> str | None:
+    """sha256 over a folder's weight files (sorted by name, each name then its bytes): the file's own sha256
+    where there is one file."""
+    files = sorted(p for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern))
+    if not files:
+        return None
+    if len(files) == 1:
+        return hashlib.sha256(files[0].read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_python(spec: str):
+    """``module:function`` -> a model source: the function returns (DiffusionModel, event_shape), or a
+    source of its own with ``.model(schedule)`` and ``.event_shape`` (e.g. a bench.models.analytic
+    GaussianMixture, which then brings exact ground truth and takes the spec's schedule)."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"python:{spec}: expected python:module:function")
+    result = getattr(importlib.import_module(module_name), function_name)()
+    if callable(getattr(result, "model", None)) and hasattr(result, "event_shape"):
+        return result
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], DiffusionModel)):
+        raise TypeError(f"python:{spec} must return (DiffusionModel, event_shape) or a model source with "
+                        f".model(schedule) and .event_shape, got {type(result).__name__}")
+    return NetworkSource(result[0], tuple(result[1]))
+
+
+LOADERS = {"diffusers": load_diffusers, "python": load_python}

@@ -1,0 +1,109 @@
+"""Model presets by name: the analytic Gaussian mixtures, which carry exact ground truth, and the
+project's trained Fashion-MNIST UNet (``fmnist_unet``, shipped in bench/checkpoints/)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from bench.models.analytic import GaussianMixture
+
+
+def ring2d(n_modes: int = 8, radius: float = 1.0, std: float = 0.1) -> GaussianMixture:
+    """n_modes equal-weight isotropic Gaussians evenly spaced on a circle in 2-D."""
+    angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return _named(GaussianMixture(means, std**2), f"synthetic: {n_modes} Gaussians on a circle (2-D)")
+
+
+def gmm_hd(dim: int = 64, n_modes: int = 16, scale: float = 0.5, std: float = 0.2, seed: int = 0) -> GaussianMixture:
+    """A higher-dimensional mixture: means N(0, scale^2 I) drawn from ``seed``, random positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    means = scale * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    weights = 0.5 + torch.rand(n_modes, generator=g, dtype=torch.float64)
+    return _named(GaussianMixture(means, std**2, weights), f"synthetic: {n_modes} random Gaussians ({dim}-D)")
+
+
+def digits(std: float = 0.1) -> GaussianMixture:
+    """Means are the 1,797 8x8 handwritten digits shipped in scikit-learn, scaled to [-1, 1]; shape (1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    images = torch.as_tensor(load_digits().images, dtype=torch.float64)  # (1797, 8, 8), values 0..16
+    mixture = GaussianMixture(images.reshape(-1, 64) / 8.0 - 1.0, std**2, event_shape=(1, 8, 8))
+    return _named(mixture, "scikit-learn digits 8x8 (all 1,797 as mixture means)")
+
+
+def fashion_gmm(n_components: int = 500, std: float = 0.1, size: int = 32, data_dir=None,
+                resize: str = "pad") -> GaussianMixture:
+    """An image-space mixture: the first ``n_components`` Fashion-MNIST training images (padded or
+    resized to ``size``, in [-1, 1]) as means, isotropic std ``std``; shape (1, size, size). Its exact
+    samples make FID measure solver error alone."""
+    from bench.models.data import fashion_mnist
+
+    images = fashion_mnist("train", data_dir=data_dir, size=size, resize=resize)[:n_components].double()
+    mixture = GaussianMixture(images.reshape(len(images), -1), std**2, event_shape=tuple(images.shape[1:]))
+    return _named(mixture, f"Fashion-MNIST train[:{n_components}] as mixture means ({resize} to {size}px)")
+
+
+def _named(mixture: GaussianMixture, dataset: str) -> GaussianMixture:
+    mixture.dataset = dataset
+    return mixture
+
+
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+
+
+def fmnist_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_unet"):
+    """The project's UNet trained on Fashion-MNIST (32x32, eps prediction, DDPM linear betas), loaded like
+    ``diffusers:PATH`` after checking the weights' sha256 against ``training.json`` (which also holds the
+    command and commit that trained it; the folder's README tells the rest)."""
+    from bench.models.networks import load_diffusers
+
+    record = json.loads((directory / "training.json").read_text())
+    weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != record["weights_sha256"]:
+        raise ValueError(f"fmnist_unet: {weights} has sha256 {digest[:16]}..., training.json says "
+                         f"{record['weights_sha256'][:16]}... (a Git LFS pointer or a changed file?)")
+    source = load_diffusers(directory)
+    source.dataset = "Fashion-MNIST train (the project's UNet, bench/checkpoints/fmnist_unet)"
+    return source
+
+
+ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits, "fashion_gmm": fashion_gmm}
+NETWORK_PRESETS = {"fmnist_unet": fmnist_unet}
+DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
+
+# Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
+MODELS = {**ANALYTIC_PRESETS, **NETWORK_PRESETS}
+
+
+def weights_digest(source) -> str | None:
+    """sha256 of what a model computes from: a network's weight files (``source.weights_sha256``, set by its
+    loader), an analytic mixture's means, variances and weights; None for a python: function's own model."""
+    if isinstance(source, GaussianMixture):
+        digest = hashlib.sha256()
+        for tensor in (source.means, source.variances, source.log_weights):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+    return getattr(source, "weights_sha256", None)
+
+
+def build_model(name: str, data_dir=None, image_resize: str = "pad"):
+    """The model source for a spec entry: a preset name, ``diffusers:PATH`` or ``python:module:function``."""
+    from bench.models.networks import LOADERS
+
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in LOADERS:
+        return LOADERS[prefix](rest)
+    return MODELS[name](**({"data_dir": data_dir, "resize": image_resize} if name in DATA_MODELS else {}))
+
+
+def is_model_name(name: str) -> bool:
+    from bench.models.networks import LOADERS
+
+    prefix, sep, rest = name.partition(":")
+    return name in MODELS or bool(sep and prefix in LOADERS and rest)

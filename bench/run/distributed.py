@@ -1,0 +1,184 @@
+"""The Ray backend: a sweep fanned out as one Ray task per config group, on a local Ray or a cluster.
+
+A group is the configs of one model, schedule, seed, sample count, device and solver. A task runs its
+group through ``run_sweep`` itself, so within a group it shares what the serial runner shares across a
+sweep (the loaded model, x_T, the 2n-step partners of step doubling, the eager twins of other exec
+modes) and keeps the serial runner's resume check, per-config time limit (a worker process inside the
+task), OOM fallback, atomic row writes into the shared run folder and compaction of what it wrote.
+Every task sets the sweep's execution policy first (bench.run.policy; one torch thread unless ``threads``
+says more, and as many CPUs reserved).
+
+The reference stage (bench.run.references) runs as tasks of its own, one per reference key the run folder
+lacks, each stopped at its ``reference_time_limit_s`` (the timeout recorded in the run folder, as the
+serial stage records it); a group that needs a reference starts when it is stored or recorded as failed,
+the other groups start at once. Splitting groups by solver as well as by (model, seed, device) then costs
+a model load and x_T per group and buys parallelism: the default grid has 3 models but 28 solvers.
+
+A task whose Ray worker dies is retried (``MAX_RETRIES``); the retry resumes its group from the rows on
+disk, so a killed worker loses only the config it was running and duplicates nothing. Rows land in the
+run folder as they finish, so a serial ``--resume`` completes a Ray run and the other way round.
+Workers must see the run folder at the same path (one machine, or a shared filesystem on a cluster).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from bench.run import references
+from bench.spec.config import RunConfig
+from bench.run.policy import ExecutionPolicy
+
+MAX_RETRIES = 3  # a group's task is run again this often after its worker died
+POLL_S = 0.5  # how often the driver refreshes its progress bar
+
+
+def config_groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
+    """Configs that share a loaded model, x_T and reference solve, in sweep order, largest group first
+    (so the long tasks start first)."""
+    groups: dict[tuple, list[RunConfig]] = defaultdict(list)
+    for cfg in configs:
+        groups[(cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.device, cfg.solver)].append(cfg)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, address: str | None = None,
+                     workers: int | None = None, progress: bool | None = None, retry: tuple[str, ...] = (),
+                     execution_policy: ExecutionPolicy | None = None) -> dict:
+    """``run_sweep`` of ``configs`` on Ray; returns counts by status, plus ``lost`` (configs of groups whose
+    task failed for good: their rows are missing, a rerun of the same command runs them).
+
+    ``address``: a running cluster to join (None: start a local Ray with ``workers`` CPUs, default all).
+    A task asks for one GPU when its configs run on CUDA, and for the policy's threads (default 1) in CPUs."""
+    import ray
+
+    from bench.run import store
+    from bench.run.sweep import progress_bar
+
+    execution_policy = execution_policy or ExecutionPolicy()
+    if execution_policy.threads is None:
+        execution_policy = replace(execution_policy, threads=1)
+    run_dir = Path(run_dir).resolve()
+    done = store.done_ids(run_dir, retry)
+    todo = [c for c in configs if c.config_id not in done]
+    counts = Counter({"already_done": len(configs) - len(todo)})
+    groups = config_groups(todo)
+    if not groups:
+        return dict(counts)
+    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        board = ray.remote(num_cpus=0)(Board).remote()
+        solving = _start_reference_solves(references.pending(todo, run_dir, retry=bool(retry)), run_dir, board,
+                                          execution_policy)
+        task = ray.remote(max_retries=MAX_RETRIES)(_run_group)
+        waiting = [(group, {references.key(c) for c in group if references.needed(c)}) for group in groups]
+        pending = {}
+        bar = progress_bar(len(configs), counts["already_done"], progress)
+        while waiting or pending or solving:
+            rows, started = ray.get(board.state.remote())
+            _finish_references(solving, started, run_dir)
+            ready_groups = [group for group, keys in waiting if not keys & set(solving)]
+            waiting = [(group, keys) for group, keys in waiting if keys & set(solving)]
+            for group in ready_groups:
+                resources = _resources(group[0], execution_policy)
+                ref = task.options(**resources).remote(group, run_dir, run_id, retry, board, execution_policy)
+                pending[ref] = group
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S) if pending else ([], [])
+            if not pending:
+                time.sleep(POLL_S)
+            for ref in ready:
+                group = pending.pop(ref)
+                try:
+                    counts.update(ray.get(ref))
+                except ray.exceptions.RayError as err:
+                    counts["lost"] += len(group) - _rows_of(run_dir, group, retry)
+                    print(f"ray: the task of {_label(group)} failed after {MAX_RETRIES} retries ({type(err).__name__}); "
+                          "its finished rows are kept, a rerun runs the rest", flush=True)
+            bar.update(rows - (bar.n - counts["already_done"]))
+        bar.close()
+    finally:
+        ray.shutdown()
+    store.compact(run_dir)  # what killed tasks left loose; no task writes any more
+    return {k: v for k, v in counts.items() if v}
+
+
+def _start_reference_solves(pending_configs: list[RunConfig], run_dir: Path, board, execution_policy) -> dict:
+    """One task per reference the run folder lacks: reference key -> (ObjectRef, its config)."""
+    import ray
+
+    solve = ray.remote(max_retries=MAX_RETRIES)(_reference_solve)
+    return {references.key(cfg): (solve.options(**_resources(cfg, execution_policy)).remote(cfg, run_dir, board,
+                                                                                          execution_policy), cfg)
+            for cfg in pending_configs}
+
+
+def _finish_references(solving: dict, started: dict, run_dir: Path) -> None:
+    """Drop the reference solves that ended (they stored their outcome) and stop those past their
+    reference_time_limit_s, recording the timeout; a task lost for good is recorded as failed."""
+    import ray
+
+    for key, (ref, cfg) in list(solving.items()):
+        if ray.wait([ref], timeout=0)[0]:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as err:
+                references.record_death(cfg, run_dir, type(err).__name__)
+            del solving[key]
+        elif cfg.reference_time_limit_s and key in started and time.time() - started[key] > cfg.reference_time_limit_s:
+            ray.cancel(ref, force=True)
+            references.record_timeout(cfg, run_dir, time.time() - started[key])
+            del solving[key]
+
+
+def _run_group(group: list[RunConfig], run_dir: Path, run_id: str, retry: tuple[str, ...], board,
+               execution_policy) -> dict:
+    """A Ray task: one group through the serial runner under the sweep's policy, each row counted on the board;
+    the reference stage has stored what it needs in the run folder."""
+    from bench.run.sweep import run_sweep
+
+    return run_sweep(group, run_dir, run_id, progress=False, retry=retry, on_row=lambda row: board.row_written.remote(),
+                     execution_policy=execution_policy, reference_stage=False)
+
+
+def _reference_solve(cfg: RunConfig, run_dir: Path, board, execution_policy) -> str:
+    """A Ray task: the reference solve of ``cfg``'s key, stored in the run folder (or its failure recorded)."""
+    from bench.run.runner import SweepCache, make_reference
+
+    execution_policy.apply()
+    board.solve_started.remote(references.key(cfg), time.time())
+    return make_reference(cfg, SweepCache(run_dir=Path(run_dir)))
+
+
+def _resources(cfg: RunConfig, execution_policy) -> dict:
+    cpus = {"num_cpus": execution_policy.threads}
+    return {"num_gpus": 1, **cpus} if cfg.device.startswith("cuda") else cpus
+
+
+def _rows_of(run_dir: Path, group: list[RunConfig], retry: tuple[str, ...]) -> int:
+    from bench.run import store
+
+    return len({c.config_id for c in group} & store.done_ids(run_dir, retry))
+
+
+def _label(group: list[RunConfig]) -> str:
+    cfg = group[0]
+    return f"{len(group)} configs of {cfg.model} / {cfg.solver} / seed {cfg.seed} on {cfg.device}"
+
+
+class Board:
+    """A Ray actor's state: rows written by every task (the driver's progress bar) and when each reference
+    solve started running (the driver stops those past their time limit)."""
+
+    def __init__(self):
+        self.rows, self.started = 0, {}
+
+    def row_written(self) -> None:
+        self.rows += 1
+
+    def solve_started(self, key: tuple, at: float) -> None:
+        self.started[key] = at
+
+    def state(self) -> tuple[int, dict]:
+        return self.rows, dict(self.started)

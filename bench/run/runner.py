@@ -1,0 +1,246 @@
+"""One config to one row: the model (built once per sweep), x_T from the seed, the samples, the metrics.
+
+x_T comes from the seed alone (the same x_T for every config with that seed, so comparisons are paired); the
+samples from bench.run.sampling (seeded noise, batches, timing, OOM retry); the metric columns from the
+registry's metrics the spec names (bench.metrics), which get the reference solve (bench.run.references), the
+2n-step partner and the eager twin from here. NaN/inf samples or an adaptive solver that cannot go on make the
+row ``diverged``, an out-of-memory error at batch 1 ``oom``, any other exception ``failed``: a config's own
+failure is a row, never an exception. The sweep over configs is bench.run.sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench import metrics
+from bench.models import build_model, weights_digest
+from bench.run import execution, policy, references, sampling, store
+from bench.spec import RunConfig
+from solvers import SOLVERS, SolverDiverged
+from solvers.schedules import SCHEDULES
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+@dataclass
+class SweepCache:
+    """What configs of one sweep share: models (per exec mode) and their weights' digests, x_T, reference solves
+    (read from the run folder ``run_dir`` where the reference stage stored them, or the failure it recorded), the
+    final samples of the configs that are a later config's step-doubling partner (``needed_partners``; kept on the
+    host and dropped once used) or another exec mode's eager twin (``eager``, kept for the sweep), which
+    (model, solver, batch, mode) keys were warmed up, and what the metrics keep across configs (``metrics``:
+    theirs to fill, bench.metrics.Inputs.sweep)."""
+
+    needed_partners: frozenset = frozenset()
+    needed_eager: frozenset = frozenset()
+    run_dir: Path | None = None
+    models: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)
+    priors: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+    finals: dict = field(default_factory=dict)
+    eager: dict = field(default_factory=dict)
+    warmed_up: set = field(default_factory=set)
+    metrics: dict = field(default_factory=dict)
+
+    def model(self, cfg: RunConfig, exec_mode: str | None = None):
+        """(source, DiffusionModel) of a config, its network executed in the config's exec mode (or
+        ``exec_mode``); a network's weights are moved to the config's device."""
+        key = (cfg.model, cfg.schedule, cfg.image_resize, cfg.device)
+        if key not in self.models:
+            source = build_model(cfg.model, cfg.data_dir, cfg.image_resize)
+            if callable(getattr(source, "to", None)):
+                source.to(resolve_device(cfg.device))
+            schedule = SCHEDULES[cfg.schedule]()
+            self.models[key] = {"eager": (source, source.model(schedule))}
+            self.digests[key[:3]] = weights_digest(source)
+        modes, mode = self.models[key], exec_mode or cfg.exec_mode
+        if mode not in modes:
+            source, eager = modes["eager"]
+            modes[mode] = (source, execution.in_mode(eager, mode, resolve_device(cfg.device)))
+        return modes[mode]
+
+    def prior(self, cfg: RunConfig, shape, device, dtype) -> torch.Tensor:
+        """x_T ~ N(0, sigma_T^2 I) from the seed alone: paired across every config with that seed."""
+        key = (cfg.model, cfg.schedule, cfg.seed, cfg.n_samples, str(device), dtype)
+        if key not in self.priors:
+            _, diffusion = self.model(cfg)
+            g = torch.Generator().manual_seed(cfg.seed)
+            scale = float(diffusion.schedule.sigma(diffusion.schedule.t_max))
+            self.priors[key] = (scale * torch.randn((cfg.n_samples, *shape), generator=g, dtype=torch.float64)).to(device, dtype)
+        return self.priors[key]
+
+
+def _sampling_key(cfg: RunConfig, steps, exec_mode: str | None = None) -> tuple:
+    return (cfg.model, cfg.schedule, cfg.solver, cfg.options, steps, cfg.spacing, cfg.eta, cfg.tolerance, cfg.seed,
+            cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype, exec_mode or cfg.exec_mode)
+
+
+def partner_keys(configs: list[RunConfig]) -> frozenset:
+    """The sampling keys of the 2n-step solves that step-doubling estimates of ``configs`` will use (in the
+    config's own exec mode)."""
+    return frozenset(_sampling_key(c, 2 * c.steps) for c in configs
+                     if c.steps is not None and ":" not in c.spacing and metrics.needing("partner") & set(c.metrics)
+                     and c.skip_reason is None)
+
+
+def eager_keys(configs: list[RunConfig]) -> frozenset:
+    """The sampling keys of the eager twins that the drift of ``configs`` in other exec modes is measured against."""
+    return frozenset(_sampling_key(c, c.steps, "eager") for c in configs
+                     if c.exec_mode != "eager" and c.skip_reason is None)
+
+
+def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
+    """The columns of a row that the config alone defines (every status has them), with the execution policy in
+    effect in the process that makes the row."""
+    return {**env, **policy.in_effect(), "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(),
+            "spec_name": cfg.spec_name,
+            "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
+            "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
+            "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
+            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode}
+
+
+WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
+
+
+def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> float | None:
+    """One untimed short solve of one batch at the timed batch shape, once per (model, solver, device, batch)
+    in a sweep, so first-call costs (imports, allocations, kernel selection, compilation) stay out of wall_s. A few
+    steps run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost.
+    Returns its seconds (None where this sweep had warmed the key up already)."""
+    key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
+    if key not in cache.warmed_up:
+        started = time.perf_counter()
+        steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
+        if cfg.spacing is not None and ":" in cfg.spacing:  # an explicit grid has its own step count: warm up on a
+            cfg = dataclasses.replace(cfg, spacing="uniform")  # short uniform grid, which runs the same kernels
+        last = len(x_T) % cfg.batch_size  # a smaller last batch is another shape (compile: another graph)
+        for shape in {cfg.batch_size, last} - {0}:
+            sampling.solve(cfg, model, x_T[:shape], steps, device)
+        cache.warmed_up.add(key)
+        return time.perf_counter() - started
+    return None
+
+
+def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dict:
+    """Run one configuration and return its row (never raises for a config's own failure)."""
+    row = config_row(cfg, env, run_id)
+    if cfg.skip_reason:
+        return {**row, "status": "skipped", "message": cfg.skip_reason}
+    try:
+        device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
+        source, model = cache.model(cfg)
+        row["schedule"] = type(model.schedule).__name__  # network models bring their own schedule
+        row["dataset"] = getattr(source, "dataset", None)
+        row["weights_sha256"] = cache.digests[(cfg.model, cfg.schedule, cfg.image_resize)]
+        x_T = cache.prior(cfg, source.event_shape, device, dtype)
+        row["warmup_s"] = _warm_up(cfg, cache, model, x_T, device)
+        result = sampling.solve(cfg, model, x_T, cfg.steps, device, repeats=cfg.timing_repeats)
+        x, seconds = result.samples, result.seconds
+        # the bare network at the same shape, right after the config's own solve: the conditions its wall_s saw
+        # (one measurement per sweep measured 0.62 s per forward where the solves ran at 0.45 s per evaluation)
+        forward_s = sampling.forward_seconds(model, x_T[:result.batch_used], float(model.schedule.t_max), device)
+        row.update(nfe=result.nfe, wall_s=seconds, wall_s_std=result.seconds_std, timing_repeats=result.repeats,
+                   capture_s=result.capture_s if cfg.exec_mode == "cuda_graph" else None,
+                   samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
+                   batch_used=result.batch_used, forward_s=forward_s,
+                   overhead_ratio=seconds / (result.nfe * forward_s * result.batches) if forward_s > 0 else math.nan)
+        if SOLVERS[cfg.solver].adaptive:
+            row.update(accepted_steps=result.accepted, rejected_steps=result.rejected)
+        if not bool(torch.isfinite(x).all()):
+            return {**row, "status": "diverged", "message": "non-finite values in the samples"}
+        key = _sampling_key(cfg, cfg.steps)
+        if key in cache.needed_partners:
+            cache.finals[key] = x.cpu()
+        if key in cache.needed_eager:
+            cache.eager[key] = x.cpu()
+        notes = []
+        row.update(_metrics(cfg, cache, source, model, x_T, x, device, notes))
+        if result.batch_used != cfg.batch_size:
+            noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)
+            why = (f"its pre-drawn noise is held for {noise_part} samples at a time (sampling.NOISE_BUDGET_BYTES)"
+                   if result.batch_used == noise_part else f"out of memory at batch {cfg.batch_size}")
+            paired = ", each with its rows of its batch's noise" if SOLVERS[cfg.solver].draws_noise(
+                cfg.eta, dict(cfg.options)) else ""
+            notes.insert(0, f"{why}: ran in parts of {result.batch_used}{paired}")
+        return {**row, "status": "ok", "message": "; ".join(notes) or None}
+    except SolverDiverged as err:
+        return {**row, "status": "diverged", "message": str(err)}
+    except torch.cuda.OutOfMemoryError as err:
+        return {**row, "status": "oom", "message": f"out of memory at batch 1: {err}"}
+    except Exception as err:  # a failing config is a result, not the end of the sweep
+        return {**row, "status": "failed", "message": f"{type(err).__name__}: {err}"}
+
+
+def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, notes: list) -> dict:
+    """The metric columns of a row: every metric of the registry the spec names (and those computed wherever they
+    apply), in registry order; ``notes`` collects what the row's message should say."""
+    def reference():
+        if not references.needed(cfg):  # a stochastic run has no single solution to compare with
+            return None
+        found = reference_solution(cfg, cache)
+        if isinstance(found, references.Failure):
+            if found.note() not in notes:
+                notes.append(found.note())
+            return None
+        return found
+
+    def partner():
+        finals_key = _sampling_key(cfg, 2 * cfg.steps)
+        kept = cache.finals.pop(finals_key, None)
+        return kept if kept is not None else sampling.solve(cfg, model, x_T, 2 * cfg.steps, device).samples
+
+    def eager_twin():
+        key = _sampling_key(cfg, cfg.steps, "eager")
+        if key not in cache.eager:  # no row of this sweep left it: solved here, untimed
+            _, eager = cache.model(cfg, "eager")
+            cache.eager[key] = sampling.solve(cfg, eager, x_T, cfg.steps, device, "eager").samples.cpu()
+        return cache.eager[key]
+
+    inputs = metrics.Inputs(cfg, source, model, x_T, x, device, reference, partner, eager_twin, cache.metrics,
+                            row={"key": _sampling_key(cfg, cfg.steps), "eager_key": _sampling_key(cfg, cfg.steps, "eager")},
+                            notes=notes)
+    out = {}
+    for metric in metrics.for_config(cfg.metrics):
+        out.update(metric.compute(inputs))
+    return out
+
+
+def reference_solution(cfg: RunConfig, cache: SweepCache):
+    """The config's reference solve (a tensor) or the Failure that ended it: as the sweep's reference stage stored
+    it in ``cache.run_dir``, else (a config run outside a sweep) solved here. The eager network's, for every exec
+    mode; kept in the cache for the configs after it."""
+    key = references.key(cfg)
+    if key not in cache.references:
+        found = references.load(cache.run_dir, key) if cache.run_dir is not None else None
+        if found is None:
+            found = make_reference(cfg, cache)
+            found = references.load(cache.run_dir, key) if cache.run_dir is not None else found
+        cache.references[key] = found.to(resolve_device(cfg.device)) if isinstance(found, torch.Tensor) else found
+    return cache.references[key]
+
+
+def make_reference(cfg: RunConfig, cache: SweepCache):
+    """Solve ``cfg``'s reference with the eager network from the config's x_T: stored in the run folder when the
+    cache has one (the reference stage; returns its status), else returned (a tensor or a Failure)."""
+    source, model = cache.model(cfg, "eager")
+    x_T = cache.prior(cfg, source.event_shape, resolve_device(cfg.device), getattr(torch, cfg.dtype))
+    if cache.run_dir is not None:
+        return references.solve_and_store(cfg, cache.run_dir, model, x_T)
+    try:
+        return references.solve(model, x_T, cfg.batch_size, cfg.reference_tolerance).to(x_T.device)
+    except Exception as err:  # noqa: BLE001 - recorded in the rows, not raised again
+        return references.Failure("failed", f"{type(err).__name__}: {err}")

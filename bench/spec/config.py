@@ -1,0 +1,404 @@
+"""Grid specs: a TOML file validated in full, then expanded into frozen RunConfigs.
+
+A spec (see bench/configs/*.toml) lists models, solvers, step counts, spacings, etas, tolerances
+(adaptive solvers), seeds, sample counts, device and metrics. ``load_spec`` reads and validates it
+before any compute and raises SpecError with one line per problem, each naming the file, the key,
+the value and what is allowed. ``expand`` turns it into RunConfigs: fixed-step solvers over
+steps x spacings x etas, adaptive ones over tolerances x etas; a combination a solver cannot run
+(eta outside what it accepts) becomes a config with ``skip_reason`` set, recorded, not dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bench.metrics import named_in_spec, needing
+from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
+from solvers import SOLVERS
+from solvers.schedules import SCHEDULES
+from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
+
+DEVICES = ("cpu", "cuda", "auto")
+# How the network runs, a grid axis: its names are the spec's, bench.run.execution implements each one.
+EXEC_MODES = ("eager", "bf16", "compile", "cuda_graph")
+METRICS = named_in_spec()
+TIMING_REPEATS = 5  # the default of timing_repeats: see README (timings) for the measurement behind it
+DTYPES = ("float32", "float64")
+FID_REFERENCES = ("exact", "fashion_mnist_test", "fashion_mnist")
+IMAGE_RESIZES = ("pad", "bilinear")
+
+
+class SpecError(ValueError):
+    """A grid spec that cannot run; the message has one line per problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One configuration of a sweep. ``config_id`` hashes everything that defines its result."""
+
+    model: str
+    schedule: str
+    solver: str
+    options: tuple  # sorted (name, value) pairs of solver options
+    steps: int | None
+    spacing: str | None
+    eta: float
+    tolerance: float | None
+    seed: int
+    n_samples: int
+    batch_size: int
+    device: str
+    dtype: str
+    metrics: tuple
+    spec_name: str
+    spec_hash: str
+    reference_size: int
+    fid_reference: str
+    image_resize: str
+    fid_weights: str | None
+    data_dir: str | None
+    time_limit_s: float
+    reference_tolerance: float
+    exec_mode: str = "eager"
+    skip_reason: str | None = None
+    reference_time_limit_s: float = 3600.0
+    timing_repeats: int = 1
+
+    @property
+    def config_id(self) -> str:
+        """A hash of what defines the result. The batch size is part of it: each batch draws its own
+        Brownian path, and adaptive step control and pc's step size use norms over the batch."""
+        key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir",
+                                 "reference_size", "time_limit_s", "reference_tolerance", "reference_time_limit_s",
+                                 "timing_repeats")}
+        if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
+            key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
+        if self.image_resize != "pad":  # keeps the ids of specs that never set it
+            key["image_resize"] = self.image_resize
+        if self.exec_mode == "eager":  # keeps the ids of specs from before the exec_modes axis
+            del key["exec_mode"]
+        if self.reference_tolerance != DEFAULTS["reference_tolerance"] and set(self.metrics) & REFERENCE_METRICS:
+            key["reference_tolerance"] = self.reference_tolerance
+        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        grid = f"{self.steps} steps {self.spacing}" if self.tolerance is None else f"tol {self.tolerance:g}"
+        mode = "" if self.exec_mode == "eager" else f" {self.exec_mode}"
+        return f"{self.model} {self.solver} {grid} eta={self.eta:g} seed={self.seed}{mode}"
+
+
+# key: (type check, description of what is allowed)
+_LIST_KEYS = {
+    "models": (str, "model names (" + ", ".join(MODELS) + "), diffusers:PATH or python:module:function"),
+    "solvers": (str, "solver names (python -m solvers lists them)"),
+    "steps": (int, "integers >= 1"),
+    "spacings": ((str, dict), "spacings (" + ", ".join(SPACINGS) + ") or explicit grids {times = [...]} / "
+                              "{sigmas = [...]}"),
+    "etas": ((int, float), "numbers >= 0"),
+    "tolerances": ((int, float), "numbers > 0"),
+    "seeds": (int, "integers >= 0"),
+    "metrics": (str, "metrics: " + ", ".join(METRICS)),
+    "exec_modes": (str, "how the network runs: " + ", ".join(EXEC_MODES)),
+}
+_SCALAR_KEYS = {
+    "name": (str, "a string"),
+    "schedule": (str, "schedules: " + ", ".join(SCHEDULES)),
+    "n_samples": (int, "an integer >= 1"),
+    "batch_size": (int, "an integer >= 1"),
+    "device": (str, "one of " + ", ".join(DEVICES) + " or cuda:N"),
+    "dtype": (str, "one of " + ", ".join(DTYPES)),
+    "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
+    "steps_by_solver": (dict, "a table of per-solver step lists replacing 'steps', e.g. [steps_by_solver] heun = [3, 5]"),
+    "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
+    "fid_reference": (str, "'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
+                           "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
+    "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
+    "data_dir": (str, "a folder with the dataset's IDX files"),
+    "image_resize": (str, "'pad' (28x28 Fashion-MNIST padded to 32x32) or 'bilinear'"),
+    "time_limit_s": ((int, float), "seconds >= 0 a config may take before it is stopped (0: no limit, run in-process)"),
+    "reference_tolerance": (float, "a number in (0, 1): rtol = atol of the dopri5 reference solve behind err_reference"),
+    "reference_time_limit_s": ((int, float), "seconds >= 0 a reference solve may take before it is stopped (0: no "
+                                             "limit, solved in the sweep's process)"),
+    "timing_repeats": (int, "an integer >= 1: how often a solve shorter than a second is timed (wall_s: the median)"),
+    "tf32_matmul": (bool, "true or false: TF32 for float32 matmuls on CUDA (torch's default: false)"),
+    "tf32_cudnn": (bool, "true or false: TF32 for cuDNN convolutions (torch's default: true)"),
+    "cudnn_benchmark": (bool, "true or false: cuDNN's autotuner (torch's default: false)"),
+    "deterministic": (bool, "true or false: torch.use_deterministic_algorithms and deterministic cuDNN"),
+    "threads": (int, "an integer >= 1: torch threads in every process of the sweep (--threads overrides it)"),
+}
+_REQUIRED = ("models", "solvers", "n_samples")
+# Every optional key's default, in one place (batch_size None means n_samples).
+DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
+            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {}, "steps_by_solver": {},
+            "exec_modes": ["eager"],
+            "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
+                        "sliced_wasserstein"],
+            "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
+            "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8, "reference_time_limit_s": 3600,
+            "timing_repeats": TIMING_REPEATS, "tf32_matmul": None, "tf32_cudnn": None, "cudnn_benchmark": None,
+            "deterministic": None, "threads": None}
+REFERENCE_METRICS = needing("reference")  # the metrics measured against the reference solve
+RENAMED_METRICS = {"loglik": "sample_log_density"}
+
+
+def _suggest(value, allowed) -> str:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_type(value, types) -> bool:
+    return isinstance(value, types) and (types is bool or not isinstance(value, bool))
+
+
+def _explicit_grid_errors(grid: dict, raw: dict, where: str) -> list[str]:
+    """An explicit grid {times = [...]} or {sigmas = [...]}: its form, and for analytic models (whose schedule the
+    spec names) the range of the spec's schedule. Networks' schedules are known once loaded."""
+    if len(grid) != 1 or next(iter(grid)) not in EXPLICIT_GRIDS:
+        return [f"{where}: key 'spacings': an explicit grid is {{times = [...]}} or {{sigmas = [...]}}, got {grid!r}"]
+    unit, values = next(iter(grid.items()))
+    if not isinstance(values, list) or not all(_is_type(v, (int, float)) for v in values):
+        return [f"{where}: key 'spacings': {unit} must be a list of numbers, got {values!r}"]
+    name = explicit_name(values, unit)
+    if any(m in ANALYTIC_PRESETS for m in raw.get("models", [])) and raw.get("schedule", DEFAULTS["schedule"]) in SCHEDULES:
+        try:
+            explicit_grid(name, SCHEDULES[raw.get("schedule", DEFAULTS["schedule"])]())
+        except ValueError as err:
+            return [f"{where}: key 'spacings': {err}"]
+    return []
+
+
+def _validate(raw: dict, where: str) -> list[str]:
+    errors = []
+    for key in raw:
+        if key not in _LIST_KEYS and key not in _SCALAR_KEYS:
+            allowed = ", ".join([*_SCALAR_KEYS, *_LIST_KEYS])
+            errors.append(f"{where}: unknown key {key!r}{_suggest(key, [*_SCALAR_KEYS, *_LIST_KEYS])}; allowed keys: {allowed}")
+    for key in _REQUIRED:
+        if key not in raw:
+            errors.append(f"{where}: missing required key {key!r}")
+    for key, (types, allowed) in _SCALAR_KEYS.items():
+        if key in raw and not _is_type(raw[key], types):
+            errors.append(f"{where}: key {key!r} must be {allowed}, got {raw[key]!r}")
+    for key, (types, allowed) in _LIST_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, list):
+            errors.append(f"{where}: key {key!r} must be a list of {allowed}, got {value!r}")
+        elif bad := [v for v in value if not _is_type(v, types)]:
+            errors.append(f"{where}: key {key!r} must hold {allowed}, got {bad[0]!r}")
+        elif len(set(map(str, value))) != len(value):
+            errors.append(f"{where}: key {key!r} lists a value twice: {value!r}")
+    if errors:  # the checks below assume the types are right
+        return errors
+    for grid in (g for g in raw.get("spacings", []) if isinstance(g, dict)):
+        errors += _explicit_grid_errors(grid, raw, where)
+    for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS),
+                         ("exec_modes", EXEC_MODES)):
+        for name in (n for n in raw.get(key, []) if not isinstance(n, dict)):
+            if key == "models" and is_model_name(name):
+                continue
+            if key == "metrics" and name in RENAMED_METRICS:
+                errors.append(f"{where}: key 'metrics': {name!r} was renamed {RENAMED_METRICS[name]!r} (the mean "
+                              f"exact log p_0 of the samples, not a likelihood of data)")
+                continue
+            if name not in allowed:
+                errors.append(f"{where}: key {key!r}: unknown {key[:-1]} {name!r}{_suggest(name, allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
+    checks = [("steps", lambda v: v >= 1, "integers >= 1"), ("etas", lambda v: v >= 0, "numbers >= 0"),
+              ("tolerances", lambda v: v > 0, "numbers > 0"), ("seeds", lambda v: v >= 0, "integers >= 0")]
+    for key, ok, allowed in checks:
+        if bad := [v for v in raw.get(key, []) if not ok(v)]:
+            errors.append(f"{where}: key {key!r} must hold {allowed}, got {bad[0]!r}")
+    for key in ("n_samples", "batch_size"):
+        if key in raw and raw[key] < 1:
+            errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
+    for key in ("time_limit_s", "reference_time_limit_s"):
+        if key in raw and not raw[key] >= 0:
+            errors.append(f"{where}: key {key!r} must be a number of seconds >= 0, got {raw[key]!r}")
+    for key in ("timing_repeats", "threads"):
+        if key in raw and raw[key] < 1:
+            errors.append(f"{where}: key {key!r} must be an integer >= 1, got {raw[key]!r}")
+    if "reference_tolerance" in raw and not 0 < raw["reference_tolerance"] < 1:
+        errors.append(f"{where}: key 'reference_tolerance' must be a number in (0, 1), got {raw['reference_tolerance']!r}")
+    if "reference_size" in raw and raw["reference_size"] < 2:
+        errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
+    for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
+                         ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES)):
+        if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
+            continue
+        if key in raw and raw[key] not in allowed:
+            errors.append(f"{where}: key {key!r}: unknown value {raw[key]!r}{_suggest(raw[key], allowed)}; "
+                          f"allowed: {', '.join(allowed)}")
+    for key in ("models", "solvers"):
+        if key in raw and not raw[key]:
+            errors.append(f"{where}: key {key!r} must not be empty")
+    solvers = raw.get("solvers", [])
+    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" in raw and not raw["steps"]:
+        errors.append(f"{where}: key 'steps' must not be empty when fixed-step solvers are listed")
+    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" not in raw:
+        errors.append(f"{where}: missing key 'steps' (needed by the fixed-step solvers listed)")
+    if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
+        errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
+    networks = [m for m in raw.get("models", []) if m not in ANALYTIC_PRESETS]
+    discrete = [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in DISCRETE_SPACINGS]
+    analytic = [m for m in raw.get("models", []) if m in ANALYTIC_PRESETS]
+    schedule_name = raw.get("schedule", DEFAULTS["schedule"])
+    if discrete and analytic and schedule_name != "DiscreteVP":
+        errors.append(f"{where}: key 'spacings': {discrete[0]!r} steps on a model's discrete training timesteps; "
+                      f"{analytic[0]!r} runs on the schedule {schedule_name!r} (set "
+                      f"schedule = \"DiscreteVP\", or use a continuous spacing)")
+    if "cuda_graph" in raw.get("exec_modes", []) and raw.get("device", DEFAULTS["device"]) == "cpu":
+        errors.append(f"{where}: key 'exec_modes': 'cuda_graph' captures the solve in a CUDA graph and needs a CUDA "
+                      f"device, but device is 'cpu' (set device = \"cuda\" or drop the mode)")
+    # what must fit the spec's schedule is checked on it for the analytic models (networks bring their own)
+    schedule = SCHEDULES[schedule_name]() if analytic and schedule_name in SCHEDULES else None
+    for spacing in [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in AYS_LEVELS and schedule]:
+        try:
+            timesteps(spacing, 1, schedule)
+        except ValueError as err:
+            errors.append(f"{where}: key 'spacings': {err} (the analytic models run on it)")
+    for solver in [s for s in solvers if s in SOLVERS]:
+        options = raw.get("options", {}).get(solver, {})
+        if not isinstance(options, dict) or set(options) - set(SOLVERS[solver].options):
+            continue  # reported below
+        try:
+            SOLVERS[solver].validate_options(options, schedule)
+        except (ValueError, TypeError) as err:
+            on = f" (the analytic models run on {schedule_name})" if schedule else ""
+            errors.append(f"{where}: key 'options.{solver}': {err}{on}")
+    if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
+        errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
+                      f"network; set fid_reference = \"fashion_mnist_test\"")
+    if ("fid" in raw.get("metrics", []) and raw.get("fid_reference") == "fashion_mnist_test"
+            and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
+        errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
+                      f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
+    for solver, steps in raw.get("steps_by_solver", {}).items():
+        if solver not in solvers:
+            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        elif SOLVERS[solver].adaptive:
+            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is adaptive and takes tolerances")
+        elif (not isinstance(steps, list) or not steps or not all(_is_type(n, int) and n >= 1 for n in steps)
+              or len(set(steps)) != len(steps)):
+            errors.append(f"{where}: key 'steps_by_solver.{solver}' must be a non-empty list of distinct integers "
+                          f">= 1, got {steps!r}")
+    for solver, options in raw.get("options", {}).items():
+        if solver not in solvers:
+            errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        elif not isinstance(options, dict):
+            errors.append(f"{where}: key 'options.{solver}' must be a table of option = value, got {options!r}")
+        else:
+            for option in options:
+                if option not in SOLVERS[solver].options:
+                    allowed = ", ".join(SOLVERS[solver].options) or "none"
+                    errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, SOLVERS[solver].options)}; "
+                                  f"allowed: {allowed}")
+    return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    path: str
+    hash: str
+    values: dict
+
+
+def load_spec(path) -> Spec:
+    """Read and validate a grid spec; raises SpecError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    return parse_spec(raw, str(path), text)
+
+
+def parse_spec(raw: dict, where: str = "<spec>", text: str | None = None) -> Spec:
+    errors = _validate(raw, where)
+    if errors:
+        raise SpecError("\n".join(errors))
+    values = {**DEFAULTS, **raw}
+    if values["batch_size"] is None:
+        values["batch_size"] = values["n_samples"]
+    canonical = text if text is not None else json.dumps(raw, sort_keys=True)
+    return Spec(values.get("name", Path(where).stem), where, hashlib.sha1(canonical.encode()).hexdigest()[:12], values)
+
+
+def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
+    """The cartesian product of the spec, one RunConfig each, in a deterministic order."""
+    v = spec.values
+    configs = []
+    for model in v["models"]:
+        for solver_name in v["solvers"]:
+            solver = SOLVERS[solver_name]
+            options = tuple(sorted(v["options"].get(solver_name, {}).items()))
+            if solver.adaptive:
+                grid = [(None, None, tol) for tol in v["tolerances"]]
+            else:  # larger step counts first, so a step-doubling partner (2n) is run before n
+                steps = v["steps_by_solver"].get(solver_name, v["steps"])
+                grid = [(n, sp, None) for sp in v["spacings"] if isinstance(sp, str) for n in sorted(steps, reverse=True)]
+                grid += [(len(values) - 1, explicit_name(values, unit), None)  # an explicit grid sets its own steps
+                         for sp in v["spacings"] if isinstance(sp, dict) for unit, values in sp.items()]
+            for seed in v["seeds"]:
+                for steps, spacing, tolerance in grid:
+                    for eta, exec_mode in itertools.product(v["etas"], v["exec_modes"]):
+                        try:
+                            solver.check_eta(float(eta))
+                            reason = None
+                        except ValueError as err:
+                            reason = str(err)
+                        if reason is None and steps is not None and steps < solver.min_steps:
+                            reason = f"{solver_name} needs at least {solver.min_steps} steps, got {steps}"
+                        if reason is None and exec_mode == "cuda_graph":
+                            reason = _cuda_graph_skip(solver, device or v["device"])
+                        configs.append(RunConfig(
+                            model=model, schedule=v["schedule"], solver=solver_name, options=options, steps=steps,
+                            spacing=spacing, eta=float(eta), tolerance=tolerance, seed=seed,
+                            n_samples=v["n_samples"], batch_size=v["batch_size"], device=device or v["device"],
+                            dtype=v["dtype"], metrics=tuple(v["metrics"]), spec_name=spec.name, spec_hash=spec.hash,
+                            reference_size=v["reference_size"], fid_reference=v["fid_reference"], image_resize=v["image_resize"], fid_weights=v["fid_weights"], data_dir=v["data_dir"],
+                            time_limit_s=float(v["time_limit_s"]), reference_tolerance=v["reference_tolerance"],
+                            exec_mode=exec_mode, skip_reason=reason,
+                            reference_time_limit_s=float(v["reference_time_limit_s"]),
+                            timing_repeats=v["timing_repeats"]))
+    return configs
+
+
+def _cuda_graph_skip(solver, device: str) -> str | None:
+    """Why a cuda_graph config cannot run (None if it can): an adaptive solver, or no CUDA device."""
+    if solver.adaptive:
+        return f"{solver.name} is adaptive: it decides its steps on the host, so its solve cannot be a CUDA graph"
+    if device == "cpu" or (device == "auto" and not _cuda_available()):
+        return f"exec mode cuda_graph needs a CUDA device, the config runs on {device!r}"
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def shard(configs: list[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """The configs of shard ``index`` of ``count`` (0-based): a stable hash split on config_id."""
+    if not 0 <= index < count:
+        raise SpecError(f"--shard: need 0 <= i < n, got {index}/{count}")
+    return [c for c in configs if int(c.config_id, 16) % count == index]

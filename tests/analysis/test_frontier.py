@@ -1,0 +1,92 @@
+"""Pareto dominance and budget tables on hand-made tables."""
+import numpy as np
+import pytest
+import pandas as pd
+
+from bench.analysis.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order, frontier, pareto_mask,
+                            table1_shape)
+
+
+def test_dominated_points_are_off_the_frontier():
+    cost = [1, 2, 3, 4, 2]
+    quality = [5.0, 3.0, 3.5, 1.0, 4.0]
+    # (3, 3.5) is dominated by (2, 3.0); (2, 4.0) by (2, 3.0) at equal cost.
+    assert pareto_mask(cost, quality).tolist() == [True, True, False, True, False]
+
+
+def test_exact_ties_are_all_kept_and_nan_is_never_on_it():
+    cost = [1, 1, 2, np.nan, 3, 0.5]
+    quality = [2.0, 2.0, 1.0, 0.1, np.nan, 9.0]
+    assert pareto_mask(cost, quality).tolist() == [True, True, True, False, False, True]
+
+
+def test_equal_quality_at_higher_cost_is_dominated():
+    assert pareto_mask([1, 2], [1.0, 1.0]).tolist() == [True, False]
+
+
+def test_frontier_is_computed_per_model():
+    df = pd.DataFrame({"model": ["a", "a", "b", "b"], "nfe": [1, 2, 1, 2], "q": [1.0, 2.0, 3.0, 0.5]})
+    assert frontier(df, "nfe", "q").on_frontier.tolist() == [True, False, True, True]
+
+
+def test_budget_table_takes_the_best_config_within_each_budget():
+    df = pd.DataFrame({"model": "m", "status": ["ok", "ok", "ok", "failed"], "nfe": [5, 10, 20, 8],
+                       "err_reference": [0.5, 0.1, 0.2, 0.0], "solver": ["euler", "heun", "rk4", "x"],
+                       "steps": [5, 5, 5, 8], "spacing": "logsnr", "eta": 0.0, "tolerance": np.nan})
+    table = budget_table(df, "err_reference", budgets=(5, 10, 50))
+    assert table["best config"].tolist() == ["euler (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)"]
+
+
+def test_default_quality_prefers_fid_then_err_reference():
+    assert default_quality(pd.DataFrame({"fid": [1.0], "err_reference": [0.1]})) == "fid"
+    assert default_quality(pd.DataFrame({"fid": [np.nan], "err_reference": [0.1], "frechet": [2.0]})) == "err_reference"
+
+
+def test_fitted_order_of_an_exact_power_law():
+    nfe = np.array([10, 20, 40])
+    assert abs(fitted_order(nfe, 3.0 * nfe**-2.0) - 2.0) < 1e-12
+    assert np.isnan(fitted_order([10], [1.0]))
+
+
+def _eta_rows(values):
+    """Rows of one solver: {(nfe, eta): fid}."""
+    return pd.DataFrame([{"model": "m", "solver": "ddim", "options": "{}", "spacing": "uniform", "exec_mode": "eager",
+                          "nfe": nfe, "eta": eta,
+                          "fid": fid, "status": "ok"} for (nfe, eta), fid in values.items()])
+
+
+def test_the_ddim_table1_shape_is_judged_from_the_gaps():
+    holds = _eta_rows({(10, 0.0): 13.0, (10, 1.0): 41.0, (100, 0.0): 4.2, (100, 1.0): 6.0, (50, 0.0): 6.0})
+    gaps = eta_gap(holds, "fid")
+    assert list(gaps.nfe) == [10, 100] and list(gaps.gap) == [28.0, pytest.approx(1.8)]
+    [sentence] = table1_shape(gaps)
+    assert "ddim (uniform): the shape of DDIM's Table 1 holds: at NFE 10 eta 0 is better" in sentence
+    widening = _eta_rows({(10, 0.0): 13.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 30.0})
+    assert "does not hold" in table1_shape(eta_gap(widening, "fid"))[0]
+    noise_wins = _eta_rows({(10, 0.0): 30.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 4.5})
+    assert "does not hold: at NFE 10 eta 0 is not better" in table1_shape(eta_gap(noise_wins, "fid"))[0]
+    assert eta_gap(_eta_rows({(10, 0.0): 1.0}), "fid").empty
+
+
+def _mode_rows(wall_s: dict) -> pd.DataFrame:
+    """Rows of one model at batch 64: (solver, exec_mode) -> wall_s, NFE 10, forward 0.01 s."""
+    rows = [{"model": "m", "schedule": "DiscreteVP", "solver": solver, "options": "{}", "steps": 10, "spacing": "logsnr",
+             "eta": 0.0, "reference_size": np.nan, "fid_reference": None,
+             "tolerance": np.nan, "seed": 0, "n_samples": 64, "batch_size": 64, "dtype": "float32", "device": "gpu",
+             "batch_used": 64, "exec_mode": mode, "status": "ok", "nfe": 10.0, "wall_s": wall, "forward_s": 0.01,
+             "overhead_ratio": wall / (10 * 0.01), "drift_vs_eager": np.nan if mode == "eager" else 0.5,
+             "fid_vs_eager": np.nan} for (solver, mode), wall in wall_s.items()]
+    return pd.DataFrame(rows)
+
+
+def test_the_exec_mode_table_compares_each_config_with_its_own_eager_twin():
+    rows = _mode_rows({("ddim", "eager"): 0.2, ("ddim", "compile"): 0.1, ("heun", "eager"): 0.4,
+                       ("heun", "compile"): 0.1, ("euler", "compile"): 0.3})  # euler: no eager twin
+    table = exec_mode_table(rows).set_index("exec_mode")
+    assert table.loc["compile", "configs"] == 3 and table.loc["eager", "configs"] == 2
+    assert table.loc["compile", "speedup vs eager (median)"] == pytest.approx(3.0)  # median of 2 and 4
+    assert table.loc["eager", "speedup vs eager (median)"] == pytest.approx(1.0)
+    assert table.loc["compile", "overhead_ratio (max)"] == pytest.approx(3.0)
+    assert table.loc["compile", "drift_vs_eager (median)"] == 0.5 and np.isnan(table.loc["eager", "drift_vs_eager (median)"])
+    assert "fid_vs_eager (median)" not in table  # no FID in these rows
+    assert exec_mode_table(rows[rows.exec_mode == "eager"]).empty

@@ -1,0 +1,198 @@
+"""Reports embed every plot they list; compare flags a known regression and not a known improvement."""
+import math
+import re
+import subprocess
+import sys
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.run import store
+from bench.analysis.compare import compare_runs, resolve_run
+from bench.spec.config import expand, parse_spec
+from bench.analysis.report import build_report
+from bench.run.sweep import run_sweep
+
+SPEC = {"name": "r", "models": ["ring2d"], "solvers": ["euler", "heun", "dpmpp_2m", "ddpm"], "steps": [3, 6],
+        "spacings": ["logsnr", "uniform"], "etas": [0.0, 1.0], "n_samples": 48, "seeds": [0, 1],
+        "metrics": ["err_reference", "err_stepdoubling", "frechet", "precision_recall", "sliced_wasserstein"]}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    spec = parse_spec(SPEC, str(root / "r.toml"))
+    run_dir = root / "base"
+    meta = store.open_run(run_dir, spec)
+    run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
+    return run_dir
+
+
+def test_plotting_is_headless():
+    import bench.analysis.plots  # noqa: F401
+
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_report_embeds_every_plot_it_lists(base_run):
+    md_path, html_path = build_report([base_run])
+    markdown, page = md_path.read_text(), html_path.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(links) >= 6
+    for link in links:
+        assert (md_path.parent / link).is_file() and (md_path.parent / link).with_suffix(".svg").is_file()
+    assert page.count("data:image/png;base64,") == len(links)
+    assert "Best configuration per NFE budget" in markdown and "Configurations that did not finish" in markdown
+
+
+def _with_changes(rows, edits):
+    """A copy of ``rows`` with {(solver, column): factor} applied to that solver's ok rows."""
+    out = rows.copy()
+    for (solver, column), factor in edits.items():
+        pick = (out.solver == solver) & (out.status == "ok")
+        out.loc[pick, column] = out.loc[pick, column] * factor
+    return out
+
+
+def test_compare_flags_a_known_regression_and_not_a_known_improvement(base_run):
+    base = store.load_rows(base_run)
+    head = _with_changes(base, {("heun", "err_reference"): 1.5, ("dpmpp_2m", "err_reference"): 0.5,
+                                ("euler", "wall_s"): 3.0})
+    result = compare_runs(base, head)
+    regressions, improvements = result["regressions"], result["improvements"]
+    assert set(regressions.solver) == {"heun", "euler"}
+    assert set(regressions[regressions.solver == "heun"].metric) == {"err_reference"}
+    assert set(regressions[regressions.solver == "euler"].metric) == {"wall_s"}
+    assert set(improvements.solver) == {"dpmpp_2m"}
+    assert result["matched"] == len(base) and result["added"].empty and result["removed"].empty
+
+
+def test_compare_uses_seed_spread_for_sample_metrics(base_run):
+    base = store.load_rows(base_run)
+    tiny = _with_changes(base, {("ddpm", "frechet"): 1.0001})
+    assert compare_runs(base, tiny)["changes"].query("metric == 'frechet'").empty
+    result = compare_runs(base, _with_changes(base, {("ddpm", "frechet"): 50.0}))
+    flagged = result["regressions"].query("metric == 'frechet'")
+    assert set(flagged.solver) == {"ddpm"} and flagged.threshold.str.contains("seed spread").all()
+
+
+def test_compare_reports_status_regressions_and_added_configs(base_run):
+    base = store.load_rows(base_run)
+    head = base.copy()
+    first_ok = head.index[head.status == "ok"][0]
+    head.loc[first_ok, "status"] = "failed"
+    extra = head.iloc[[0]].assign(config_id="new", steps=999)  # a config the base does not have
+    result = compare_runs(base, pd.concat([head, extra], ignore_index=True))
+    assert (result["regressions"].metric == "status").sum() == 1
+    assert len(result["added"]) == 1
+
+
+def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
+    cmd = [sys.executable, "-m", "bench", "compare", str(base_run), str(base_run), "--out", str(tmp_path / "c")]
+    same = subprocess.run(cmd + ["--fail-on-regression", "--time-ratio", "1e9"], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert (tmp_path / "c" / "compare.md").is_file() and (tmp_path / "c" / "compare.html").is_file()
+    slower = tmp_path / "slower"
+    spec = parse_spec(SPEC, str(tmp_path / "r.toml"))
+    store.open_run(slower, spec)
+    rows = store.load_rows(base_run)
+    rows["wall_s"] = rows.wall_s * 10
+    for row in rows.to_dict("records"):
+        store.write_row(slower, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    failing = subprocess.run([sys.executable, "-m", "bench", "compare", str(base_run), str(slower), "--out",
+                              str(tmp_path / "d"), "--fail-on-regression"], capture_output=True, text=True)
+    assert failing.returncode == 1 and "regressions" in failing.stdout
+
+
+def test_resolve_run_by_folder_and_by_commit(base_run):
+    assert resolve_run(str(base_run)) == base_run
+    commit = store.load_rows(base_run).git_commit.iloc[0]
+    if commit != "unknown":
+        assert resolve_run(commit[:8], base_run.parent) == base_run
+    with pytest.raises(ValueError, match="neither a run folder"):
+        resolve_run("zzzzzzz", base_run.parent)
+
+
+def test_frontier_facets_by_spacing(base_run, tmp_path):
+    from bench.analysis.plots import plot_frontier
+
+    from PIL import Image
+
+    rows = store.load_rows(base_run)
+    path = plot_frontier(rows, tmp_path, "frechet", "nfe", facet="spacing")
+    plain = plot_frontier(rows, tmp_path, "frechet", "nfe")
+    assert path.name == "frontier_frechet_vs_nfe_by_spacing.png"
+    n_spacings = rows[rows.status == "ok"].spacing.nunique()
+    (width, height), (plain_width, plain_height) = Image.open(path).size, Image.open(plain).size
+    assert n_spacings >= 2 and width == pytest.approx(plain_width, rel=0.1)  # one row of panels per spacing
+    assert height > 0.75 * n_spacings * plain_height
+
+
+def test_report_gives_the_seed_spread(base_run):
+    from bench.analysis.report import seed_spread
+
+    spread = seed_spread(store.load_rows(base_run))
+    assert set(spread.metric) == {"frechet", "sliced_wasserstein"} and (spread.seeds == 2).all()
+    assert (spread["median std over configs"] > 0).all()
+    assert "Seed-to-seed spread" in build_report([base_run])[0].read_text()
+
+
+AA_SPEC = {"models": ["ring2d", "gmm_hd"], "solvers": ["euler", "heun", "ddim", "dpmpp_2m", "unipc_2", "ddpm"],
+           "steps": [4, 8, 16], "spacings": ["logsnr", "karras"], "etas": [0.0, 1.0], "n_samples": 128,
+           "metrics": ["err_reference", "err_stepdoubling", "frechet", "sliced_wasserstein"]}
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """The same grid run with seeds 1 and 2: an A/A pair, differing only in sampling noise."""
+    runs = []
+    for seed in (1, 2):
+        root = tmp_path_factory.mktemp(f"seed{seed}")
+        spec = parse_spec({**AA_SPEC, "seeds": [seed]}, str(root / "aa.toml"))
+        meta = store.open_run(root / "run", spec)
+        run_sweep(expand(spec), root / "run", meta["run_id"], progress=False)
+        runs.append(store.load_rows(root / "run"))
+    return runs
+
+
+@pytest.mark.slow
+def test_an_aa_pair_raises_few_false_alarms_and_a_10_percent_shift_is_caught(two_seeds):
+    """Quality thresholds only: wall time in a test run depends on what else the machine does (its
+    false-alarm rate is measured on full default runs, see the README)."""
+    base, head = two_seeds
+    result = compare_runs(base, head, time_ratio=math.inf)
+    ok = int((base.status == "ok").sum())
+    flagged = result["regressions"].groupby(["model", "solver", "steps", "spacing", "eta"]).ngroups
+    assert not result["paired"] and ok == 96 and flagged <= 0.05 * ok, result["regressions"]
+    assert result["shifts"].verdict.isna().all(), result["shifts"]
+    shifted = head.copy()
+    pick = (shifted.model == "gmm_hd") & (shifted.status == "ok")
+    shifted.loc[pick, "err_reference"] *= 1.10
+    shifts = compare_runs(base, shifted)["shifts"].set_index(["model", "metric"])
+    assert shifts.loc[("gmm_hd", "err_reference"), "verdict"] == "regression"
+    assert pd.isna(shifts.loc[("ring2d", "err_reference"), "verdict"])
+
+
+def test_wall_time_across_devices_is_not_comparable_never_a_regression(base_run):
+    base = store.load_rows(base_run)
+    head = base.assign(wall_s=base.wall_s * 10, device="NVIDIA H100")
+    result = compare_runs(base, head)
+    assert result["regressions"].query("metric == 'wall_s'").empty
+    assert result["not_comparable"] == int((base.status == "ok").sum())
+
+
+def test_cli_prints_the_regressed_configs_themselves(base_run, tmp_path):
+    worse = tmp_path / "worse"
+    store.open_run(worse, parse_spec(SPEC, str(tmp_path / "r.toml")))
+    rows = store.load_rows(base_run)
+    rows.loc[rows.solver == "heun", "err_reference"] *= 2
+    for row in rows.to_dict("records"):
+        store.write_row(worse, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    out = subprocess.run([sys.executable, "-m", "bench", "compare", str(base_run), str(worse), "--out",
+                          str(tmp_path / "c"), "--fail-on-regression"], capture_output=True, text=True)
+    heun_rows = rows[(rows.solver == "heun") & rows.err_reference.notna()]
+    assert out.returncode == 1
+    lines = [line for line in out.stdout.splitlines() if " heun " in line and "err_reference" in line]
+    assert len(lines) == min(20, len(heun_rows)) and "threshold 5%" in lines[0]

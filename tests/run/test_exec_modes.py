@@ -1,0 +1,134 @@
+"""Execution modes as a grid axis: eager, bf16 autocast and torch.compile of the network, with the drift
+of each mode's samples from the eager ones of the same config and x_T."""
+import json
+
+import pytest
+import torch
+
+from bench.run import store
+from bench.spec.config import SpecError, expand, parse_spec
+from bench.run.sweep import run_sweep
+from bench.models.train import build_unet
+from support import needs_fashion, needs_weights
+
+
+def _unet(path, size=8):
+    build_unet(size, 1, widths=(8, 16)).save_pretrained(path)
+    (path / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100}))
+    return f"diffusers:{path}"
+
+
+def _sweep(tmp_path, **spec):
+    parsed = parse_spec({"n_samples": 8, "time_limit_s": 0, **spec}, str(tmp_path / "s.toml"))
+    meta = store.open_run(tmp_path / "run", parsed)
+    run_sweep(expand(parsed), tmp_path / "run", meta["run_id"], progress=False)
+    return store.load_rows(tmp_path / "run")
+
+
+def test_an_unknown_exec_mode_is_a_spec_error():
+    with pytest.raises(SpecError, match="key 'exec_modes': unknown exec_mode 'tensorrt'; allowed: eager, bf16, "
+                                        "compile, cuda_graph"):
+        parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4,
+                    "exec_modes": ["eager", "tensorrt"]})
+
+
+def test_cuda_graph_on_a_cpu_is_refused_before_compute_and_adaptive_solvers_are_skipped():
+    base = {"models": ["ring2d"], "solvers": ["heun", "dopri5"], "steps": [2], "tolerances": [1e-3], "n_samples": 4,
+            "exec_modes": ["eager", "cuda_graph"]}
+    with pytest.raises(SpecError, match="key 'exec_modes': 'cuda_graph' captures the solve in a CUDA graph and needs "
+                                        "a CUDA device, but device is 'cpu'"):
+        parse_spec(base)
+    reasons = {(c.solver, c.exec_mode): c.skip_reason for c in expand(parse_spec({**base, "device": "cuda"}))}
+    assert reasons[("heun", "cuda_graph")] is None and reasons[("heun", "eager")] is None
+    assert reasons[("dopri5", "cuda_graph")] == ("dopri5 is adaptive: it decides its steps on the host, so its solve "
+                                                 "cannot be a CUDA graph")
+    on_cpu = {(c.solver, c.exec_mode): c.skip_reason for c in expand(parse_spec({**base, "device": "cuda"}), "cpu")}
+    assert on_cpu[("heun", "cuda_graph")] == "exec mode cuda_graph needs a CUDA device, the config runs on 'cpu'"
+
+
+def test_eager_configs_keep_their_ids_and_each_mode_is_its_own_config():
+    base = {"models": ["ring2d"], "solvers": ["heun", "ddpm"], "steps": [2], "etas": [0.0, 1.0], "n_samples": 4}
+    before = expand(parse_spec(base))
+    with_modes = expand(parse_spec({**base, "exec_modes": ["eager", "bf16"]}))
+    assert [c.config_id for c in with_modes if c.exec_mode == "eager"] == [c.config_id for c in before]
+    assert len({c.config_id for c in with_modes}) == 2 * len(before)
+
+
+def test_bf16_drifts_from_eager_by_the_rounding_and_eager_rows_carry_no_drift(tmp_path):
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=["ddim", "ddpm"], steps=[4], etas=[0.0, 1.0],
+                  exec_modes=["eager", "bf16"], metrics=["err_reference"])
+    ok = rows[rows.status == "ok"].set_index(["solver", "eta", "exec_mode"])
+    assert len(ok) == 6 and len(rows) == 8  # ddpm at eta 0: skipped in both modes
+    deterministic, stochastic = ("ddim", 0.0), ("ddpm", 1.0)
+    assert ok.drift_vs_eager.xs("eager", level="exec_mode").isna().all()
+    drift = ok.drift_vs_eager.xs("bf16", level="exec_mode")
+    # bfloat16 keeps 8 bits of mantissa: the samples move, by far less than their own size (8x8 pixels, norm ~8)
+    assert (drift > 1e-4).all() and (drift < 0.5).all(), drift
+    # the same Brownian path in both modes: ddpm's drift is bf16 rounding, not another noise draw (norm ~8)
+    assert drift[stochastic] < 10 * drift[deterministic], drift
+
+
+def test_drift_is_measured_against_a_fresh_eager_solve_when_eager_is_not_in_the_grid(tmp_path):
+    model = _unet(tmp_path / "unet")
+    alone = _sweep(tmp_path / "alone", models=[model], solvers=["ddim"], steps=[3], exec_modes=["bf16"],
+                   metrics=["err_reference"])
+    together = _sweep(tmp_path / "together", models=[model], solvers=["ddim"], steps=[3],
+                      exec_modes=["eager", "bf16"], metrics=["err_reference"])
+    bf16 = together[together.exec_mode == "bf16"].iloc[0]
+    assert alone.iloc[0].status == "ok" and alone.iloc[0].drift_vs_eager == pytest.approx(bf16.drift_vs_eager, rel=1e-6)
+
+
+@pytest.mark.slow  # TorchInductor compiles the UNet: about 50 s on 2 cores
+def test_compile_runs_on_the_cpu_and_matches_eager_to_float32_rounding(tmp_path):
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=["dpmpp_2m"], steps=[3],
+                  exec_modes=["eager", "compile"], metrics=["err_reference"])
+    compiled = rows[rows.exec_mode == "compile"].iloc[0]
+    assert compiled.status == "ok", compiled.message
+    assert compiled.drift_vs_eager < 1e-3 and compiled.nfe == 3
+    assert compiled.forward_s > 0 and compiled.overhead_ratio > 0
+
+
+@needs_fashion
+@needs_weights
+def test_the_fid_difference_to_eager(tmp_path):
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet", size=32)], solvers=["ddim"], steps=[2],
+                  exec_modes=["eager", "bf16"], metrics=["fid"], fid_reference="fashion_mnist_test")
+    by_mode = rows.set_index("exec_mode")
+    assert (rows.status == "ok").all(), rows.message.tolist()
+    assert by_mode.fid_vs_eager["bf16"] == pytest.approx(by_mode.fid["bf16"] - by_mode.fid["eager"], abs=1e-9)
+    assert torch.isnan(torch.tensor(by_mode.fid_vs_eager["eager"]))
+
+
+@pytest.mark.gpu
+def test_every_fixed_step_solver_runs_on_cuda_without_a_host_sync_and_its_graph_matches_eager(tmp_path):
+    """A CUDA graph capture fails on a host synchronisation or a host-to-device copy, so a solver whose whole
+    solve captures and replays to its eager samples keeps its loop on the device, on the runner's own path: its
+    noise source, device, dtype and batches, eta 0 and 1."""
+    from solvers import SOLVERS
+
+    fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=fixed, steps=[4], etas=[0.0, 1.0],
+                  exec_modes=["eager", "cuda_graph"], device="cuda", n_samples=12, batch_size=8,
+                  metrics=["err_reference"])
+    ran = rows[rows.status != "skipped"]
+    broken = ran[ran.status != "ok"]
+    assert broken.empty, broken[["solver", "eta", "exec_mode", "status", "message"]].to_string()
+    assert set(ran.solver) == set(fixed)
+    ok = ran.set_index(["solver", "eta", "exec_mode"])
+    graphed = ok.xs("cuda_graph", level="exec_mode")
+    assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager.sort_values().tail()
+    assert (graphed.nfe == ok.xs("eager", level="exec_mode").nfe).all()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_solve_on_cuda_and_matches_eager(tmp_path):
+    """The whole solve captured once per shape and replayed per batch (a smaller last batch is another graph): the
+    same samples as eager to float32 rounding (TF32 matmuls in both), the same NFE, deterministic and stochastic."""
+    rows = _sweep(tmp_path, models=[_unet(tmp_path / "unet")], solvers=["dpmpp_2m", "ddim", "sa_solver"], steps=[4],
+                  etas=[0.0, 1.0], exec_modes=["eager", "cuda_graph"], device="cuda", n_samples=12, batch_size=8,
+                  metrics=["err_reference"])
+    ok = rows[rows.status == "ok"].set_index(["solver", "eta", "exec_mode"])
+    assert len(ok) == 10, rows[["solver", "eta", "exec_mode", "status", "message"]]  # dpmpp_2m at eta 1: skipped
+    graphed = ok.xs("cuda_graph", level="exec_mode")
+    assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager
+    assert (graphed.nfe == ok.xs("eager", level="exec_mode").nfe).all()

@@ -1,0 +1,200 @@
+"""Grid spec validation (every malformed spec gets its own one-line message, before any compute) and expansion."""
+import pytest
+
+from bench.spec.config import SpecError, expand, load_spec, parse_spec, shard
+from solvers import SOLVERS
+
+GOOD = {"name": "t", "models": ["ring2d"], "solvers": ["heun", "ddpm", "dopri5"], "steps": [4, 8],
+        "spacings": ["logsnr", "uniform"], "etas": [0.0, 1.0], "tolerances": [1e-3], "n_samples": 16}
+
+
+def _with(**changes):
+    spec = {**GOOD, **changes}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+MALFORMED = [
+    (_with(solver=["heun"]), "unknown key 'solver' (did you mean 'solvers'?); allowed keys:"),
+    (_with(models=None), "missing required key 'models'"),
+    (_with(solvers=["heum"]), "key 'solvers': unknown solver 'heum' (did you mean 'heun'?); allowed: euler"),
+    (_with(models=["ring3d"]), "key 'models': unknown model 'ring3d' (did you mean 'ring2d'?)"),
+    (_with(spacings=["logsnrr"]), "key 'spacings': unknown spacing 'logsnrr' (did you mean 'logsnr'?)"),
+    (_with(metrics=["fid_score"]), "key 'metrics': unknown metric 'fid_score'"),
+    (_with(steps=[4, -2]), "key 'steps' must hold integers >= 1, got -2"),
+    (_with(steps=[4, 2.5]), "key 'steps' must hold integers >= 1, got 2.5"),
+    (_with(steps=4), "key 'steps' must be a list of integers >= 1, got 4"),
+    (_with(etas=[-0.5]), "key 'etas' must hold numbers >= 0, got -0.5"),
+    (_with(etas=["high"]), "key 'etas' must hold numbers >= 0, got 'high'"),
+    (_with(tolerances=[0.0]), "key 'tolerances' must hold numbers > 0, got 0.0"),
+    (_with(n_samples=0), "key 'n_samples' must be an integer >= 1, got 0"),
+    (_with(n_samples="many"), "key 'n_samples' must be an integer >= 1, got 'many'"),
+    (_with(batch_size=-4), "key 'batch_size' must be an integer >= 1, got -4"),
+    (_with(seeds=[-1]), "key 'seeds' must hold integers >= 0, got -1"),
+    (_with(seeds=[True]), "key 'seeds' must hold integers >= 0, got True"),
+    (_with(device="tpu"), "key 'device': unknown value 'tpu' (did you mean 'cpu'?); allowed: cpu, cuda, auto"),
+    (_with(schedule="VPLinearr"), "key 'schedule': unknown value 'VPLinearr' (did you mean 'VPLinear'?)"),
+    (_with(dtype="float16"), "key 'dtype': unknown value 'float16' (did you mean 'float64'?); allowed: float32, float64"),
+    (_with(tolerances=None), "missing key 'tolerances' (needed by the adaptive solvers listed)"),
+    (_with(steps=None), "missing key 'steps' (needed by the fixed-step solvers listed)"),
+    (_with(steps=[]), "key 'steps' must not be empty when fixed-step solvers are listed"),
+    (_with(solvers=[]), "key 'solvers' must not be empty"),
+    (_with(steps=[4, 4]), "key 'steps' lists a value twice"),
+    (_with(options={"lms": {"order": 3}}), "key 'options.lms': 'lms' is not in 'solvers'"),
+    (_with(options={"heun": {"order": 3}}), "key 'options.heun.order': unknown option; allowed: none"),
+    (_with(options={"ddpm": {"varience": "beta"}}), "key 'options.ddpm.varience': unknown option (did you mean 'variance'?)"),
+    (_with(name=3), "key 'name' must be a string, got 3"),
+    (_with(spacings=["trailing"]), "key 'spacings': 'trailing' steps on a model's discrete training timesteps; "
+                                   "'ring2d' runs on the schedule 'VPLinear'"),
+    (_with(spacings=[{"times": [0.5, 0.9]}]), "key 'spacings': spacing 'times:0.5,0.9': an explicit grid needs at "
+                                              "least 2 strictly decreasing values"),
+    (_with(spacings=[{"times": [1.5, 0.1]}]), "leave the range [0.001, 1.0] of VPLinear"),
+    (_with(spacings=[{"steps": [0.5, 0.1]}]), "an explicit grid is {times = [...]} or {sigmas = [...]}"),
+    (_with(reference_tolerance=0.0), "key 'reference_tolerance' must be a number in (0, 1), got 0.0"),
+    (_with(steps_by_solver={"lms": [2]}), "key 'steps_by_solver.lms': 'lms' is not in 'solvers'"),
+    (_with(steps_by_solver={"dopri5": [2]}), "key 'steps_by_solver.dopri5': 'dopri5' is adaptive and takes tolerances"),
+    (_with(steps_by_solver={"heun": [0, 2]}), "key 'steps_by_solver.heun' must be a non-empty list of distinct "
+                                              "integers >= 1, got [0, 2]"),
+    (_with(steps_by_solver={"heun": 3}), "key 'steps_by_solver.heun' must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("raw, message", MALFORMED, ids=[m for _, m in MALFORMED])
+def test_malformed_spec_gives_its_specific_message(raw, message, tmp_path):
+    path = tmp_path / "bad.toml"
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, str(path))
+    lines = str(err.value).splitlines()
+    assert any(message in line and line.startswith(str(path)) for line in lines), str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as err:
+        parse_spec(_with(n_samples=0, etas=[-1.0], device="tpu"), "x.toml")
+    assert len(str(err.value).splitlines()) == 3
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("models = [ring2d")
+    with pytest.raises(SpecError, match="broken.toml: not valid TOML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="nope.toml: no such spec file"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_expansion_counts_and_skip_reasons():
+    configs = expand(parse_spec(GOOD))
+    # heun, ddpm: 2 steps x 2 spacings x 2 etas each; dopri5: 1 tolerance x 2 etas.
+    assert len(configs) == 8 + 8 + 2
+    by = {(c.solver, c.eta, c.steps, c.spacing): c for c in configs}
+    assert "heun is an ODE solver: eta must be 0, got 1.0" in by[("heun", 1.0, 4, "logsnr")].skip_reason
+    assert "ddpm: eta is fixed at 1.0" in by[("ddpm", 0.0, 8, "uniform")].skip_reason
+    assert by[("ddpm", 1.0, 8, "uniform")].skip_reason is None
+    assert by[("dopri5", 0.0, None, None)].tolerance == 1e-3 and by[("dopri5", 0.0, None, None)].skip_reason is None
+    assert len({c.config_id for c in configs}) == len(configs)
+
+
+def test_an_explicit_grid_is_a_spacing_with_its_own_steps():
+    configs = expand(parse_spec({**GOOD, "spacings": ["logsnr", {"times": [1.0, 0.5, 0.1, 0.001]},
+                                                      {"sigmas": [80.0, 5.0, 0.5, 0.02]}], "etas": [0.0]}))
+    heun = {(c.spacing, c.steps) for c in configs if c.solver == "heun"}
+    assert heun == {("logsnr", 4), ("logsnr", 8), ("times:1.0,0.5,0.1,0.001", 3), ("sigmas:80.0,5.0,0.5,0.02", 3)}
+
+
+def test_steps_by_solver_replaces_the_steps_of_one_solver():
+    """Equal NFE for solvers of different cost per step: heun (2 NFE per step) at half the steps."""
+    configs = expand(parse_spec({**GOOD, "steps_by_solver": {"heun": [2, 4]}, "etas": [0.0]}))
+    steps = {solver: sorted({c.steps for c in configs if c.solver == solver}) for solver in ("heun", "ddpm")}
+    assert steps == {"heun": [2, 4], "ddpm": [4, 8]}
+
+
+def test_the_reference_tolerance_is_part_of_the_id_only_where_a_metric_uses_it():
+    default, explicit = (expand(parse_spec({**GOOD, **extra})) for extra in ({}, {"reference_tolerance": 1e-8}))
+    assert [c.config_id for c in default] == [c.config_id for c in explicit]
+    looser = expand(parse_spec({**GOOD, "reference_tolerance": 1e-6}))
+    assert not {c.config_id for c in looser} & {c.config_id for c in default}  # err_reference is a default metric
+    no_reference = {**GOOD, "metrics": ["frechet"]}
+    assert ([c.config_id for c in expand(parse_spec(no_reference))]
+            == [c.config_id for c in expand(parse_spec({**no_reference, "reference_tolerance": 1e-6}))])
+
+
+def test_config_ids_are_stable_and_ignore_the_spec_name():
+    a = expand(parse_spec(GOOD))
+    b = expand(parse_spec({**GOOD, "name": "other"}))
+    assert [c.config_id for c in a] == [c.config_id for c in b]
+
+
+def test_shards_partition_the_grid():
+    configs = expand(parse_spec(GOOD))
+    parts = [shard(configs, i, 3) for i in range(3)]
+    ids = [c.config_id for part in parts for c in part]
+    assert sorted(ids) == sorted(c.config_id for c in configs) and len(ids) == len(set(ids))
+    with pytest.raises(SpecError, match="need 0 <= i < n, got 3/3"):
+        shard(configs, 3, 3)
+
+
+def test_shipped_specs_are_valid():
+    from pathlib import Path
+
+    for path in sorted(Path("bench/configs").glob("*.toml")):
+        spec = load_spec(path)
+        assert set(spec.values["solvers"]) <= set(SOLVERS)
+
+
+def test_the_zoo_spec_runs_every_registered_solver():
+    assert load_spec("bench/configs/zoo.toml").values["solvers"] == list(SOLVERS)
+
+
+def test_network_model_entries_pass_validation():
+    spec = parse_spec({**GOOD, "models": ["diffusers:/some/unet", "python:pkg.mod:make", "ring2d"]})
+    assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:pkg.mod:make", "ring2d"}
+    with pytest.raises(SpecError, match="unknown model 'torch:/x'"):
+        parse_spec({**GOOD, "models": ["torch:/x"]})
+
+
+def test_fid_on_a_network_needs_a_dataset_reference():
+    raw = {**GOOD, "models": ["diffusers:/x"], "metrics": ["fid"]}
+    with pytest.raises(SpecError, match="key 'fid_reference': 'exact' needs an image mixture"):
+        parse_spec(raw)
+    assert expand(parse_spec({**raw, "fid_reference": "fashion_mnist"}))[0].fid_reference == "fashion_mnist"
+    with pytest.raises(SpecError, match="key 'fid_reference': unknown value 'cifar'"):
+        parse_spec({**raw, "fid_reference": "cifar"})
+
+
+def test_image_resize_is_a_checked_spec_option():
+    assert expand(parse_spec({**GOOD, "image_resize": "bilinear"}))[0].image_resize == "bilinear"
+    with pytest.raises(SpecError, match="key 'image_resize': unknown value 'nearest'; allowed: pad, bilinear"):
+        parse_spec({**GOOD, "image_resize": "nearest"})
+
+
+def test_align_your_steps_on_a_schedule_it_was_not_published_for_is_refused_before_compute():
+    with pytest.raises(SpecError, match="key 'spacings': spacing 'ays_sd1' was published for sigma~ from 14.6146 to "
+                                        "0.0291672; VPLinear.* spans 152.2 to 0.01049 .*the analytic models run on it"):
+        parse_spec({**GOOD, "spacings": ["ays_sd1"]})
+
+
+def test_restart_needs_two_steps_and_an_interval_inside_the_schedule():
+    restart = {**GOOD, "models": ["ring2d"], "solvers": ["restart"], "steps": [1, 4], "etas": [1.0]}
+    reasons = {c.steps: c.skip_reason for c in expand(parse_spec(restart))}
+    assert reasons == {4: None, 1: "restart needs at least 2 steps, got 1"}
+    with pytest.raises(SpecError, match=r"key 'options.restart': restart: options sigma_restart_min, "
+                                        r"sigma_restart_max = 0.001, 0.3 \(in sigma/alpha\) must lie in the solve's "
+                                        r"\(0.01049, 152.2\] \(the analytic models run on VPLinear\)"):
+        parse_spec({**restart, "options": {"restart": {"sigma_restart_min": 0.001}}})
+    with pytest.raises(SpecError, match=r"sigma_restart_max = 0.06, 100 \(in sigma/alpha\) must lie in the solve's "
+                                        r"\(0.002, 80\] \(the analytic models run on EDM\)"):  # reaching above it
+        parse_spec({**restart, "schedule": "EDM", "options": {"restart": {"sigma_restart_max": 100}}})
+
+
+@pytest.mark.parametrize("solver, options, message", [
+    ("seeds_2", {"r": 1.0}, r"seeds_2: r must be in \(0, 1\), got 1.0"),
+    ("seeds_3", {"r2": 1.0}, r"seeds_3: need 0 < r1 < r2 < 1, got r1=0.333.*, r2=1.0"),
+    ("sa_solver", {"noise_sigma_min": 2.0, "noise_sigma_max": 1.0},
+     r"sa_solver: need 0 <= noise_sigma_min <= noise_sigma_max \(sigma~ = sigma/alpha\), got 2.0, 1.0"),
+])
+def test_solver_options_out_of_range_are_spec_errors_for_networks_too(solver, options, message):
+    """Checked on the spec, before compute, also where the schedule is not known yet (a network's)."""
+    spec = {**GOOD, "models": ["fmnist_unet"], "solvers": [solver], "etas": [1.0], "options": {solver: options}}
+    with pytest.raises(SpecError, match=f"key 'options.{solver}': {message}$"):
+        parse_spec(spec)
