@@ -120,6 +120,22 @@ def image_mixture_32():
     return GaussianMixture(means.reshape(8, -1), 0.01, event_shape=(1, 32, 32))
 
 
+def torch_fidelity_fid(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """torch-fidelity's own FID of two feature sets (scipy's sqrtm): the independent check of ours."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = [fid_features_to_statistics(x.reshape(len(x), -1).double()) for x in (features, reference)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
+
+
+def torch_fidelity_precision_recall(features: torch.Tensor, reference: torch.Tensor, k: int = 3) -> tuple:
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(features.reshape(len(features), -1).float(), reference.reshape(len(reference), -1).float(),
+                                 prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    return out["precision"], out["recall"]
+
+
 HAVE_FASHION = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist (.ci/run does)")
 

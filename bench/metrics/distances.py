@@ -1,15 +1,18 @@
 """Distances between a solver's samples and exact samples of p_0 (analytic models), in data space.
 
-Frechet distance and k-NN precision/recall (k = 3, Kynkaanniemi et al. 2019), both computed by
-torch-fidelity's own functions on the raw data as features; sliced Wasserstein-2 (Bonneel et al.
-2015); and the mean exact log-density of the samples. The exact samples are drawn once per sweep
-from the config's seed (EXACT_SAMPLES_SEED + seed), the same for every config with that seed.
+Frechet distance and k-NN precision/recall (k = 3, Kynkaanniemi et al. 2019) on the raw data as features
+(the formulas of bench.metrics.uncertainty, equal to torch-fidelity's functions: tested); sliced
+Wasserstein-2 (Bonneel et al. 2015); and the mean exact log-density of the samples; each with its
+standard error. The exact samples are drawn once per sweep from the config's seed (EXACT_SAMPLES_SEED +
+seed), the same for every config with that seed.
 """
 from __future__ import annotations
 
 import torch
 
 from bench.metrics.registry import F64, Inputs, Metric, register
+from bench.metrics.uncertainty import (FrechetReference, NeighbourReference, bootstrap_se,
+                                       sliced_wasserstein_and_se)
 from bench.models.analytic import GaussianMixture
 
 EXACT_SAMPLES_SEED = 10_000  # exact samples of p_0 come from this offset plus the config's seed
@@ -19,19 +22,10 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def frechet_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
-    stats = [fid_features_to_statistics(_flat(x).double().cpu()) for x in (samples, reference)]
-    return float(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
-
-
-def precision_recall(samples: torch.Tensor, reference: torch.Tensor, k: int = 3) -> tuple[float, float]:
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    out = prc_features_to_metric(_flat(samples).float().cpu(), _flat(reference).float().cpu(), prc_neighborhood=k,
-                                 prc_batch_size=10000, save_cpu_ram=False, verbose=False)
-    return out["precision"], out["recall"]
+def projections(dim: int, n_projections: int = 256, seed: int = 0) -> torch.Tensor:
+    """Random unit directions (dim, n_projections) of the sliced Wasserstein distance, from the seed."""
+    directions = torch.randn(dim, n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return directions / directions.norm(dim=0, keepdim=True)
 
 
 def sliced_wasserstein(samples: torch.Tensor, reference: torch.Tensor, n_projections: int = 256, seed: int = 0) -> float:
@@ -39,10 +33,20 @@ def sliced_wasserstein(samples: torch.Tensor, reference: torch.Tensor, n_project
     a, b = _flat(samples).double().cpu(), _flat(reference).double().cpu()
     if a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs equal-size sets, got {tuple(a.shape)} and {tuple(b.shape)}")
-    directions = torch.randn(a.shape[1], n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    directions /= directions.norm(dim=0, keepdim=True)
-    pa, pb = (a @ directions).sort(dim=0).values, (b @ directions).sort(dim=0).values
-    return (pa - pb).square().mean().sqrt().item()
+    return sliced_wasserstein_and_se(a, b, projections(a.shape[1], n_projections, seed))[0]
+
+
+def _references(inputs: Inputs):
+    """The exact samples' FrechetReference and NeighbourReference, once per exact sample set."""
+    exact = exact_samples(inputs)
+    if exact is None:
+        return None
+    cache = inputs.sweep.setdefault("exact_references", {})
+    key = id(exact)
+    if key not in cache:
+        flat = _flat(exact).double()
+        cache[key] = exact, FrechetReference.of(flat), NeighbourReference(flat)
+    return cache[key]
 
 
 def exact_samples(inputs: Inputs) -> torch.Tensor | None:
@@ -60,42 +64,52 @@ def exact_samples(inputs: Inputs) -> torch.Tensor | None:
 def _sample_log_density(inputs: Inputs) -> dict:
     if not isinstance(inputs.source, GaussianMixture):
         return {}
-    return {"sample_log_density": inputs.source.log_prob(inputs.samples.double().cpu()).mean().item()}
+    per_sample = inputs.source.log_prob(inputs.samples.double().cpu())
+    return {"sample_log_density": per_sample.mean().item(), "sample_log_density_se": bootstrap_se(per_sample, "mean")}
 
 
 def _frechet(inputs: Inputs) -> dict:
-    exact = exact_samples(inputs)
-    return {} if exact is None else {"frechet": frechet_distance(inputs.samples.double().cpu(), exact)}
+    references = _references(inputs)
+    if references is None:
+        return {}
+    value, se = references[1].distance_and_se(_flat(inputs.samples).double().cpu())
+    return {"frechet": value, "frechet_se": se}
 
 
 def _precision_recall(inputs: Inputs) -> dict:
-    exact = exact_samples(inputs)
-    if exact is None or "fid" in inputs.cfg.metrics:  # with FID, precision/recall are the Inception features'
+    references = _references(inputs)
+    if references is None or "fid" in inputs.cfg.metrics:  # with FID, precision/recall are the Inception features'
         return {}
-    precision, recall = precision_recall(inputs.samples.double().cpu(), exact)
-    return {"precision": precision, "recall": recall}
+    return references[2].precision_recall_and_se(_flat(inputs.samples).double().cpu())
 
 
 def _sliced_wasserstein(inputs: Inputs) -> dict:
     exact = exact_samples(inputs)
     if exact is None:
         return {}
-    return {"sliced_wasserstein": sliced_wasserstein(inputs.samples.double().cpu(), exact, seed=inputs.seed)}
+    a, b = _flat(inputs.samples).double().cpu(), _flat(exact).double()
+    value, se = sliced_wasserstein_and_se(a, b, projections(a.shape[1], seed=inputs.seed))
+    return {"sliced_wasserstein": value, "sliced_wasserstein_se": se}
 
 
 register(Metric(
     "sample_log_density", "mean exact log p_0 of the samples (analytic models); rewards under-dispersed samplers, so "
     "it is no likelihood of data under the model",
-    {"sample_log_density": (F64, "mean over samples of the exact log p_0")}, ("exact",), _sample_log_density))
+    {"sample_log_density": (F64, "mean over samples of the exact log p_0"),
+     "sample_log_density_se": (F64, "its standard error")}, ("exact",), _sample_log_density))
 register(Metric(
     "frechet", "Frechet distance between samples and exact samples of p_0, in data space (analytic models)",
-    {"frechet": (F64, "Frechet distance to the exact samples, in data space")}, ("exact",), _frechet))
+    {"frechet": (F64, "Frechet distance to the exact samples, in data space"),
+     "frechet_se": (F64, "its standard error (jackknife over samples)")}, ("exact",), _frechet))
 register(Metric(
     "precision_recall", "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
     {"precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
-     "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold")},
+     "precision_se": (F64, "its standard error (jackknife over samples)"),
+     "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
+     "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)")},
     ("exact",), _precision_recall))
 register(Metric(
     "sliced_wasserstein", "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",
-    {"sliced_wasserstein": (F64, "sliced Wasserstein-2 distance to the exact samples, 256 projections")},
+    {"sliced_wasserstein": (F64, "sliced Wasserstein-2 distance to the exact samples, 256 projections"),
+     "sliced_wasserstein_se": (F64, "its standard error (jackknife over samples)")},
     ("exact",), _sliced_wasserstein))

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench import files
-from bench.metrics import distances, fid_weights
+from bench.metrics import fid_weights
 from bench.metrics.registry import F64, I64, STR, Inputs, Metric, register
+from bench.metrics.uncertainty import FrechetReference, KernelReference, NeighbourReference
 
 CACHE_DIR = Path(".cache/fid")
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
@@ -79,11 +81,38 @@ class InceptionFeatures:
         return torch.cat(parts)
 
 
+class ReferenceSet:
+    """A FID reference set as the image metrics use it, with what depends on it alone computed once: its mean and
+    covariance (FID), the features KID compares with (and their kernel mean), the features precision/recall compare
+    with (``equal_sizes``: the first n of them for n samples, as Kynkaanniemi et al. compare equal-size sets) and
+    their radii."""
+
+    def __init__(self, frechet: FrechetReference, features: torch.Tensor, equal_sizes: bool = False):
+        self.frechet, self.features, self.equal_sizes = frechet, features.double(), equal_sizes
+        self.kernel = KernelReference(self.features)
+        self._neighbours: dict = {}
+
+    @classmethod
+    def of_features(cls, features: torch.Tensor) -> "ReferenceSet":
+        return cls(FrechetReference.of(features), features)
+
+    def neighbours(self, n: int) -> NeighbourReference:
+        size = min(n, len(self.features)) if self.equal_sizes else len(self.features)
+        if size not in self._neighbours:
+            self._neighbours[size] = NeighbourReference(self.features[:size])
+        return self._neighbours[size]
+
+    def metrics(self, features: torch.Tensor, seed: int = 0) -> dict:
+        """fid, kid (torch-fidelity's mean over 100 subsets), precision and recall of ``features``, each with its
+        standard error (bench.metrics.uncertainty)."""
+        fid, fid_se = self.frechet.distance_and_se(features)
+        return {"fid": fid, "fid_se": fid_se, "kid": _kid(features, self.features, seed),
+                "kid_se": self.kernel.kid_se(features), **self.neighbours(len(features)).precision_recall_and_se(features)}
+
+
 def image_metrics(features: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict:
-    """fid, kid (mean over subsets), precision and recall of ``features`` against ``reference``."""
-    precision, recall = distances.precision_recall(features, reference)
-    return {"fid": distances.frechet_distance(features, reference), "kid": _kid(features, reference, seed),
-            "precision": precision, "recall": recall}
+    """fid, kid, precision and recall of ``features`` against the reference features ``reference``, with SEs."""
+    return ReferenceSet.of_features(reference).metrics(features, seed)
 
 
 def _kid(features: torch.Tensor, reference: torch.Tensor, seed: int) -> float:
@@ -123,18 +152,13 @@ class ShippedReference:
             self.sigma = _symmetric_from_upper(data["sigma_upper"], len(self.mu))
             self.features = torch.from_numpy(data["subset_features"]).double()
         self.name, self.count = name, self.manifest["count"]
+        self.reference_set = ReferenceSet(FrechetReference.of_statistics(self.mu, self.sigma),
+                                          self.features, equal_sizes=True)
 
     def metrics(self, features: torch.Tensor, seed: int = 0) -> dict:
-        """fid against the full set; kid and precision/recall against the first min(n, subset) subset features
-        (equal set sizes, as Kynkaanniemi et al. compute precision and recall)."""
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
-        ours = fid_features_to_statistics(features.double())
-        fid = fid_statistics_to_metric(ours, {"mu": self.mu, "sigma": self.sigma}, verbose=False)
-        reference = self.features[:len(features)]
-        precision, recall = distances.precision_recall(features, reference)
-        return {"fid": float(fid["frechet_inception_distance"]), "kid": _kid(features, self.features, seed),
-                "precision": precision, "recall": recall}
+        """fid against the full set's statistics; kid against the subset features; precision/recall against the
+        first min(n, subset) of them (equal set sizes, as Kynkaanniemi et al. compute them); each with its SE."""
+        return self.reference_set.metrics(features, seed)
 
     def protocol(self) -> dict:
         m = self.manifest
@@ -237,7 +261,7 @@ def _reference_set(inputs: Inputs) -> dict:
         key = (cfg.fid_reference, extractor.weights_digest)
         if key not in references:
             shipped = ShippedReference(cfg.fid_reference, extractor.weights_digest)
-            references[key] = {"shipped": shipped, "features": shipped.features, "protocol": shipped.protocol()}
+            references[key] = {"set": shipped.reference_set, "protocol": shipped.protocol()}
         return references[key]
     seed = FID_REFERENCE_SEED + cfg.seed
     key = (cfg.model, cfg.image_resize, cfg.fid_reference, cfg.reference_size, seed, cfg.fid_weights)
@@ -245,7 +269,7 @@ def _reference_set(inputs: Inputs) -> dict:
         images, description = reference_images(source, cfg.fid_reference, cfg.reference_size, seed, cfg.data_dir,
                                                cfg.image_resize)
         features, digest = cached_reference(images, extractor)
-        references[key] = {"shipped": None, "features": features,
+        references[key] = {"set": ReferenceSet.of_features(features),
                            "protocol": protocol(extractor, description, digest, len(images), source.event_shape[-1])}
     return references[key]
 
@@ -267,18 +291,14 @@ def sample_features(inputs: Inputs, samples: torch.Tensor) -> torch.Tensor:
 
 def reference_features(inputs: Inputs) -> torch.Tensor:
     """The reference set's Inception features (for the standard reference, its shipped subset's)."""
-    return _reference_set(inputs)["features"]
+    return _reference_set(inputs)["set"].features
 
 
 def image_metrics_of(inputs: Inputs, samples: torch.Tensor) -> dict:
     """FID, KID, precision/recall of ``samples`` (the row's, or its eager twin's) against the config's reference
     set, with the protocol columns that define them."""
-    reference, features = _reference_set(inputs), sample_features(inputs, samples)
-    if reference["shipped"] is not None:
-        values = reference["shipped"].metrics(features, seed=inputs.seed)
-    else:
-        values = image_metrics(features, reference["features"], seed=inputs.seed)
-    return {**values, **reference["protocol"]}
+    reference = _reference_set(inputs)
+    return {**reference["set"].metrics(sample_features(inputs, samples), seed=inputs.seed), **reference["protocol"]}
 
 
 def _fid(inputs: Inputs) -> dict:
@@ -289,12 +309,14 @@ def _fid(inputs: Inputs) -> dict:
     out = image_metrics_of(inputs, inputs.samples)
     fids = inputs.sweep.setdefault("fid_of", {})
     if inputs.cfg.exec_mode == "eager":
-        fids[inputs.row["key"]] = out["fid"]
+        fids[inputs.row["key"]] = out["fid"], out["fid_se"]
     else:
         twin = inputs.row["eager_key"]
         if twin not in fids:
-            fids[twin] = image_metrics_of(inputs, inputs.eager_twin())["fid"]
-        out["fid_vs_eager"] = out["fid"] - fids[twin]
+            twin_metrics = image_metrics_of(inputs, inputs.eager_twin())
+            fids[twin] = twin_metrics["fid"], twin_metrics["fid_se"]
+        out["fid_vs_eager"] = out["fid"] - fids[twin][0]
+        out["fid_vs_eager_se"] = math.hypot(out["fid_se"], fids[twin][1])  # as if independent: they share x_T
     return out
 
 
@@ -302,10 +324,15 @@ register(Metric(
     "fid", "FID, KID, precision/recall (k = 3) on Inception pool3 features (image models) against exact samples "
     "of p_0 (image mixtures) or the dataset; fills precision/recall instead of the data-space ones",
     {"fid": (F64, "Frechet Inception distance to the reference set"),
+     "fid_se": (F64, "its standard error (jackknife over samples, the reference held fixed)"),
      "kid": (F64, "kernel Inception distance (mean over 100 subsets of up to 1,000)"),
+     "kid_se": (F64, "its standard error (jackknife over samples, of the all-pairs estimate)"),
      "precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
+     "precision_se": (F64, "its standard error (jackknife over samples)"),
      "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
+     "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)"),
      "fid_vs_eager": (F64, "a non-eager exec mode's FID minus its eager twin's"),
+     "fid_vs_eager_se": (F64, "its standard error, the two FIDs' combined as if independent (conservative)"),
      "fid_reference": (STR, "the FID reference set"), "fid_reference_sha256": (STR, "sha256 of its pixels (16 hex)"),
      "reference_size": (I64, "images in the reference set"),
      "fid_resize": (STR, "how images reach the extractor"), "fid_extractor": (STR, "the feature extractor"),

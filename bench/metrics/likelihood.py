@@ -127,7 +127,8 @@ def _nll(inputs: Inputs) -> dict:
     dim = data[0].numel()
     out = {"nll": per_sample.mean().item() / dim, "nll_se": per_sample.std().item() / dim / math.sqrt(len(per_sample))}
     if real_images:
-        out["nll_bpd"] = bits_per_dim(per_sample, dim).mean().item()
+        bits = bits_per_dim(per_sample, dim)
+        out.update(nll_bpd=bits.mean().item(), nll_bpd_se=bits.std().item() / math.sqrt(len(bits)))
     return out
 
 
@@ -138,5 +139,6 @@ register(Metric(
     "midpoint, rk4 and the adaptive solvers)",
     {"nll": (F64, "mean negative log-likelihood per dimension (nats) of the held-out points"),
      "nll_se": (F64, "its standard error (over the held-out points)"),
-     "nll_bpd": (F64, "the same in bits per dimension of the 8-bit images (networks)")},
+     "nll_bpd": (F64, "the same in bits per dimension of the 8-bit images (networks)"),
+     "nll_bpd_se": (F64, "its standard error")},
     ("dataset",), _nll))

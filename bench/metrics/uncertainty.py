@@ -60,118 +60,197 @@ def jackknife_se(replicates) -> float:
     return float(((count - 1) / count * (replicates - replicates.mean()).square().sum()).sqrt())
 
 
-def _leave_one_group_out(n: int):
+def leave_one_group_out(n: int):
+    """The masks of the samples each jackknife replicate keeps."""
     labels = groups(n)
     return [labels != g for g in range(int(labels.max()) + 1)]
-
-
-def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
 
 
 class FrechetReference:
     """A reference distribution's mean and covariance, ready for the Frechet distance (FID on Inception features,
     the data-space Frechet distance on raw samples) of any sample set and its jackknife SE.
 
-    d^2 = |mu - mu_r|^2 + tr S + tr S_r - 2 tr sqrt(S_r^(1/2) S S_r^(1/2)); with Y the samples' centred features
-    times S_r^(1/2), the last trace is the sum of the square roots of the eigenvalues of Y Y^T / (n - 1) (n <= d)
-    or Y^T Y / (n - 1) (n > d): exact, and equal to torch-fidelity's scipy.linalg.sqrtm form to rounding."""
+    d^2 = |mu - mu_r|^2 + tr S + tr S_r - 2 tr sqrt(S S_r). With a factor S_r = R R^T (of at most d columns, from a
+    QR or Cholesky factorisation, or the m - 1 independent columns of the reference's centred features when there
+    are fewer of them than dimensions) and Y the samples' centred features times R, the eigenvalues of S S_r are
+    those of Y^T Y / (n - 1), and (but for zeros) of Y Y^T / (n - 1): the last trace is the sum of the square roots
+    of the ``rank`` largest, from the smaller matrix. Exact, no matrix square root, and equal to torch-fidelity's
+    scipy.linalg.sqrtm form to its rounding (tested)."""
 
-    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor):
-        self.mu, self.sigma = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(sigma, dtype=torch.float64)
-        self.root, self.trace = _sqrtm_psd(self.sigma), float(torch.trace(self.sigma))
+    def __init__(self, mu: torch.Tensor, factor: torch.Tensor, rank: int):
+        self.mu, self.factor, self.rank = torch.as_tensor(mu, dtype=torch.float64), factor.double(), rank
+        self.trace = float(self.factor.square().sum())
 
     @classmethod
     def of(cls, features: torch.Tensor) -> "FrechetReference":
+        """From the reference set's features: their sample covariance, factored through the features themselves."""
         features = features.double().reshape(len(features), -1)
-        return cls(features.mean(0), torch.cov(features.T).reshape(features.shape[1], features.shape[1]))
+        (m, d), mean = features.shape, features.mean(0)
+        centred = (features - mean) / math.sqrt(m - 1)
+        if m > d:  # S_r = U^T U with centred = Q U
+            return cls(mean, torch.linalg.qr(centred).R.T, d)
+        return cls(mean, centred.T, m - 1)
 
-    def _distance(self, features: torch.Tensor, projected: torch.Tensor) -> float:
-        n = len(features)
-        mean = features.mean(0)
-        centred = projected - projected.mean(0)
-        small = centred @ centred.T if n <= centred.shape[1] else centred.T @ centred
-        trace_root = torch.linalg.eigvalsh(small / (n - 1)).clamp_min(0).sqrt().sum()
-        trace = (features - mean).square().sum() / (n - 1)
-        return float((mean - self.mu).square().sum() + trace + self.trace - 2 * trace_root)
+    @classmethod
+    def of_statistics(cls, mu, sigma) -> "FrechetReference":
+        """From a mean and covariance (the shipped statistics), factored by Cholesky (by eigendecomposition where
+        the covariance is singular)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        factor, info = torch.linalg.cholesky_ex(sigma)
+        if not int(info):
+            return cls(torch.as_tensor(mu, dtype=torch.float64), factor, len(sigma))
+        values, vectors = torch.linalg.eigh(sigma)
+        positive = values > values.max() * len(values) * torch.finfo(torch.float64).eps
+        return cls(torch.as_tensor(mu, dtype=torch.float64), vectors[:, positive] * values[positive].sqrt(),
+                   int(positive.sum()))
+
+    def _distance(self, features: torch.Tensor, projected: list) -> list[float]:
+        """The distance of each set in a batch: ``features`` (B, n, d) or (n, d), ``projected`` B tensors (n, r)."""
+        features = features if features.ndim == 3 else features[None]
+        n = features.shape[1]
+        mean = features.mean(1)
+        centred = torch.stack(projected)
+        centred = centred - centred.mean(1, keepdim=True)
+        transposed = centred.transpose(1, 2)
+        small = centred @ transposed if n <= centred.shape[2] else transposed @ centred
+        eigenvalues = torch.linalg.eigvalsh(small / (n - 1))[:, -min(n - 1, self.rank):]  # the rest: rounding zeros
+        trace = (features - mean[:, None]).square().sum((1, 2)) / (n - 1)
+        distance = (mean - self.mu).square().sum(1) + trace + self.trace - 2 * eigenvalues.clamp_min(0).sqrt().sum(1)
+        return distance.tolist()
 
     def distance_and_se(self, features: torch.Tensor) -> tuple[float, float]:
         features = features.double().reshape(len(features), -1).to(self.mu.device)
-        projected = features @ self.root
-        value = self._distance(features, projected)
-        replicates = [self._distance(features[keep], projected[keep]) for keep in _leave_one_group_out(len(features))]
+        projected = features @ self.factor
+        value = self._distance(features, [projected])[0]
+        masks = leave_one_group_out(len(features))
+        replicates = torch.empty(len(masks), dtype=torch.float64)
+        for size in {int(mask.sum()) for mask in masks}:  # one batched eigendecomposition per kept-set size
+            chosen = [i for i, mask in enumerate(masks) if int(mask.sum()) == size]
+            kept = torch.stack([features[masks[i]] for i in chosen])
+            replicates[chosen] = torch.tensor(self._distance(kept, [projected[masks[i]] for i in chosen]),
+                                              dtype=torch.float64)
         return value, jackknife_se(replicates)
 
 
-def kid_se(features: torch.Tensor, reference: torch.Tensor, chunk: int = 2048) -> float:
-    """Jackknife SE of KID, the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3
-    (Binkowski et al. 2018; torch-fidelity's), between the samples and the reference features, all of them (the
-    reported KID averages 100 subsets of them). The kernel sums are accumulated per jackknife group, so no n x n
-    matrix is held at once."""
-    x, y = features.double(), reference.double().to(features.device)
-    n, m, d = len(x), len(y), x.shape[1]
-    labels = groups(n).to(x.device)
-    count = int(labels.max()) + 1
-    one_hot = torch.nn.functional.one_hot(labels, count).double()
-    block_xx = torch.zeros(count, count, dtype=torch.float64, device=x.device)  # sum of k(x_i, x_j) by groups
-    diagonal = torch.zeros(count, dtype=torch.float64, device=x.device)
-    cross = torch.zeros(count, dtype=torch.float64, device=x.device)  # sum over the reference of k(x_i, y)
-    for start in range(0, n, chunk):
-        part = x[start:start + chunk]
-        kernel = (part @ x.T / d + 1) ** 3
-        block_xx += one_hot[start:start + chunk].T @ kernel @ one_hot
-        diagonal += one_hot[start:start + chunk].T @ ((part * part).sum(1) / d + 1) ** 3
-        cross += one_hot[start:start + chunk].T @ ((part @ y.T / d + 1) ** 3).sum(1)
-    yy = 0.0
-    for start in range(0, m, chunk):
-        kernel = (y[start:start + chunk] @ y.T / d + 1) ** 3
-        yy += float(kernel.sum() - torch.diagonal(kernel, offset=start).sum())
-    yy /= m * (m - 1)
-    sizes = one_hot.sum(0)
-    replicates = []
-    for g in range(count):
-        kept = n - sizes[g]
-        xx = block_xx.sum() - 2 * block_xx[g].sum() + block_xx[g, g] - (diagonal.sum() - diagonal[g])
-        xy = cross.sum() - cross[g]
-        replicates.append(float(xx / (kept * (kept - 1)) + yy - 2 * xy / (kept * m)))
-    return jackknife_se(replicates)
+class KernelReference:
+    """A reference set's features for KID's jackknife SE: the unbiased MMD^2 with the cubic polynomial kernel
+    k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018; torch-fidelity's) between the samples and all the reference
+    features (the reported KID averages 100 subsets of them). The reference's own kernel mean is computed once."""
+
+    def __init__(self, reference: torch.Tensor, chunk: int = 2048):
+        self.y, self.chunk = reference.double(), chunk
+        m, d = self.y.shape
+        total = 0.0
+        for start in range(0, m, chunk):
+            kernel = (self.y[start:start + chunk] @ self.y.T / d + 1) ** 3
+            total += float(kernel.sum() - torch.diagonal(kernel, offset=start).sum())
+        self.mean_yy = total / (m * (m - 1))
+
+    def kid_se(self, features: torch.Tensor) -> float:
+        """Jackknife SE over the samples; the kernel sums are accumulated per group, no n x n matrix is held."""
+        x = features.double().to(self.y.device)
+        n, m, d = len(x), len(self.y), x.shape[1]
+        labels = groups(n).to(x.device)
+        one_hot = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).double()
+        block_xx = torch.zeros(one_hot.shape[1], one_hot.shape[1], dtype=torch.float64, device=x.device)
+        diagonal = torch.zeros(one_hot.shape[1], dtype=torch.float64, device=x.device)
+        cross = torch.zeros(one_hot.shape[1], dtype=torch.float64, device=x.device)  # sum of k(x_i, y) by group
+        for start in range(0, n, self.chunk):
+            part, membership = x[start:start + self.chunk], one_hot[start:start + self.chunk]
+            block_xx += membership.T @ ((part @ x.T / d + 1) ** 3) @ one_hot
+            diagonal += membership.T @ (((part * part).sum(1) / d + 1) ** 3)
+            cross += membership.T @ ((part @ self.y.T / d + 1) ** 3).sum(1)
+        kept = n - one_hot.sum(0)
+        xx = block_xx.sum() - 2 * block_xx.sum(1) + torch.diagonal(block_xx) - (diagonal.sum() - diagonal)
+        replicates = xx / (kept * (kept - 1)) + self.mean_yy - 2 * (cross.sum() - cross) / (kept * m)
+        return jackknife_se(replicates)
 
 
-def precision_recall_and_se(features: torch.Tensor, reference: torch.Tensor, k: int = 3) -> dict:
-    """k-NN precision and recall (Kynkaanniemi et al. 2019; torch-fidelity's definition: a radius is the distance
-    to the k-th nearest other point of the same set) with their jackknife SEs. Leaving a group of samples out
-    drops their balls and their votes, and the remaining samples' radii are taken among the samples kept."""
-    x, y = features.double(), reference.double().to(features.device)
-    within_x, x_to_y = torch.cdist(x, x), torch.cdist(x, y)
-    reference_radii = torch.cdist(y, y).kthvalue(k + 1, dim=1).values
-    inside_reference = (x_to_y <= reference_radii).any(dim=1).double()  # a sample inside some reference ball
+class NeighbourReference:
+    """A reference set's features for k-NN precision and recall (Kynkaanniemi et al. 2019, torch-fidelity's
+    definition: a radius is the distance to the k-th nearest other point of the same set), in float32 as
+    torch-fidelity computes them; the reference's radii are computed once."""
 
-    def recall(keep: torch.Tensor) -> float:
-        radii = within_x[keep][:, keep].kthvalue(k + 1, dim=1).values
-        return float((x_to_y[keep] <= radii[:, None]).any(dim=0).double().mean())
+    def __init__(self, reference: torch.Tensor, k: int = 3):
+        self.y, self.k = reference.float(), k
+        self.radii = torch.cdist(self.y, self.y).kthvalue(k + 1, dim=1).values
 
-    everyone = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    subsets = _leave_one_group_out(len(x))
-    return {"precision": float(inside_reference.mean()), "recall": recall(everyone),
-            "precision_se": jackknife_se([float(inside_reference[keep.to(x.device)].mean()) for keep in subsets]),
-            "recall_se": jackknife_se([recall(keep.to(x.device)) for keep in subsets])}
+    def precision_recall_and_se(self, features: torch.Tensor) -> dict:
+        """Precision and recall with their jackknife SEs. Leaving a group of samples out drops their votes
+        (precision) and their balls (recall); the kept samples keep the radii they have among all samples."""
+        x = features.float().to(self.y.device)
+        x_to_y = torch.cdist(x, self.y)
+        inside_reference = (x_to_y <= self.radii).any(dim=1).double()  # a sample inside some reference ball
+        radii = torch.cdist(x, x).kthvalue(self.k + 1, dim=1).values
+        covers = (x_to_y <= radii[:, None]).double()  # (n, m): sample i's ball holds reference point j
+        membership = torch.nn.functional.one_hot(groups(len(x)).to(x.device)).double()  # (n, G)
+        kept = len(x) - membership.sum(0)
+        counts = covers.sum(0)  # balls holding each reference point, less those of each group:
+        without = counts[None, :] - membership.T @ covers  # (G, m)
+        return {"precision": float(inside_reference.mean()),
+                "precision_se": jackknife_se((inside_reference.sum() - membership.T @ inside_reference) / kept),
+                "recall": float((counts > 0).double().mean()),
+                "recall_se": jackknife_se((without > 0).double().mean(1))}
 
 
 def sliced_wasserstein_and_se(samples: torch.Tensor, reference: torch.Tensor, directions: torch.Tensor) -> tuple:
     """SW_2 over the unit ``directions`` (d, P) between equal-size sets, and its jackknife SE: a replicate compares
-    the kept samples' sorted projections with the reference's quantiles at the same levels."""
+    the kept samples' sorted projections with the reference's quantiles at the same levels (linear interpolation).
+    A kept projection at sorted place j with c of the group's projections before it has place j - c among the kept;
+    the replicates are computed for several groups at once, in float32 (what an SE needs)."""
     a, b = samples.double() @ directions, reference.double() @ directions
-    sorted_b = b.sort(dim=0).values
-    value = float((a.sort(dim=0).values - sorted_b).square().mean().sqrt())
-
-    def replicate(keep):
-        kept = a[keep].sort(dim=0).values
-        levels = (torch.arange(len(kept), dtype=torch.float64) + 0.5) / len(kept) * len(b) - 0.5
-        low = levels.floor().clamp(0, len(b) - 1).long()
-        high = (low + 1).clamp(max=len(b) - 1)
+    n, m, count = len(a), len(b), a.shape[1]
+    order = a.argsort(dim=0)
+    sorted_a, sorted_b = a.gather(0, order), b.sort(dim=0).values
+    value = float((sorted_a - sorted_b).square().mean().sqrt())
+    labels = groups(n)[order]  # (n, P): the group of each sorted projection
+    sizes = torch.bincount(groups(n))
+    quantiles = {}
+    for kept in {n - int(size) for size in sizes}:  # the reference at the kept sets' levels
+        levels = (torch.arange(kept, dtype=torch.float64) + 0.5) / kept * m - 0.5
+        low = levels.floor().clamp(0, m - 1).long()
         weight = (levels - low).clamp(0, 1)[:, None]
-        quantiles = sorted_b[low] * (1 - weight) + sorted_b[high] * weight
-        return float((kept - quantiles).square().mean().sqrt())
+        quantiles[kept] = (sorted_b[low] * (1 - weight) + sorted_b[(low + 1).clamp(max=m - 1)] * weight).float()
+    if int(sizes.max()) <= PREFIX_GROUP_SIZE:
+        return value, jackknife_se(_sliced_replicates_by_prefix_sums(sorted_a, labels, sizes, quantiles).sqrt())
+    sorted_a, places = sorted_a.float(), torch.arange(n)[None, :, None]
+    replicates = []
+    chunk = max(1, 2**24 // (n * count))  # groups at once: at most 16M entries per array
+    for start in range(0, len(sizes), chunk):
+        chosen = torch.arange(start, min(start + chunk, len(sizes)))
+        removed = labels[None] == chosen[:, None, None]  # (g, n, P)
+        before = removed.cumsum(1) - removed.long()  # removed places before each place
+        for kept in quantiles:  # the groups of one size together (gather needs one quantile table)
+            rows = (n - sizes[chosen]) == kept
+            rank = (places - before[rows]).clamp(0, kept - 1)
+            terms = (sorted_a[None] - quantiles[kept][rank, torch.arange(count)]).square()
+            replicates.append(((terms * ~removed[rows]).sum((1, 2)) / (kept * count), chosen[rows]))
+    values = torch.empty(len(sizes), dtype=torch.float64)
+    for part, index in replicates:
+        values[index] = part.double()
+    return value, jackknife_se(values.sqrt())
 
-    return value, jackknife_se([replicate(keep) for keep in _leave_one_group_out(len(a))])
+
+PREFIX_GROUP_SIZE = 8  # jackknife groups up to this size (up to 512 samples) take the prefix-sum path
+
+
+def _sliced_replicates_by_prefix_sums(sorted_a, labels, sizes, quantiles) -> torch.Tensor:
+    """Each group's replicate of SW_2^2 from prefix sums: with k removed places u_1 < ... < u_k in a direction, the
+    kept stretches [0, u_1), (u_1, u_2), ..., (u_k, n) compare place j with quantile j - c, c = 0, ..., k."""
+    n, count = sorted_a.shape
+    prefix = {}  # (kept size, c) -> cumulative sums over places of (a_(j) - q_(j - c))^2, a zero row first
+    for kept, table in quantiles.items():
+        for c in range(n - kept + 1):
+            rank = (torch.arange(n) - c).clamp(0, kept - 1)
+            terms = (sorted_a - table.double()[rank]).square()
+            prefix[kept, c] = torch.cat([torch.zeros(1, count, dtype=torch.float64), terms.cumsum(0)])
+    places = torch.sort(labels * n + torch.arange(n)[:, None], dim=0).values % n  # each group's places, in order
+    column, values, offset = torch.arange(count), torch.empty(len(sizes), dtype=torch.float64), 0
+    for g, size in enumerate(sizes.tolist()):
+        removed, kept = places[offset:offset + size], n - size  # (size, P), increasing within a direction
+        offset += size
+        ends = torch.cat([removed, torch.full((1, count), n)])
+        starts = torch.cat([torch.zeros(1, count, dtype=torch.long), removed + 1])
+        total = sum(prefix[kept, c][ends[c], column] - prefix[kept, c][starts[c], column] for c in range(size + 1))
+        values[g] = total.sum() / (kept * count)
+    return values

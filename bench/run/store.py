@@ -169,8 +169,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def write_row(run_dir: Path, row: dict) -> Path:
-    """Write one config's row atomically; columns missing from ``row`` are null."""
+def write_row(run_dir: Path, row: dict, written: dict | None = None) -> Path:
+    """Write one config's row atomically; columns missing from ``row`` are null. ``written``, where given, keeps
+    the row's table by its path, so that compacting it need not read it back."""
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise ValueError(f"write_row: unknown columns {sorted(unknown)}")
@@ -179,6 +180,8 @@ def write_row(run_dir: Path, row: dict) -> Path:
     path = Path(run_dir) / "rows" / f"{row['config_id']}.parquet"
     table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
     atomic_write(path, lambda handle: pq.write_table(table, handle))
+    if written is not None:
+        written[path] = table
     return path
 
 
@@ -232,19 +235,22 @@ def load_rows(*run_dirs) -> pd.DataFrame:
     return pd.concat([_read_run(d) for d in run_dirs], ignore_index=True) if run_dirs else _read([])
 
 
-def compact(run_dir: Path, files: list[Path] | None = None) -> Path | None:
+def compact(run_dir: Path, files=None) -> Path | None:
     """Merge per-config row files (``files``, default: all of the run's) into one part file; returns it.
+    ``files`` may be a mapping of paths to the tables written to them (write_row's ``written``): those are not
+    read back.
 
     The part is written atomically before any merged file is deleted, so a kill at any moment loses no
     row (at worst a row is on disk twice, identical; readers keep one). A sweep compacts only the files it
     wrote itself; compacting a whole run (``python -m bench compact RUN``) is for a run no sweep writes to.
     """
     run_dir = Path(run_dir)
+    known = files if isinstance(files, dict) else {}
     loose = [p for p in (files if files is not None else _row_files(run_dir)) if _CONFIG_FILE.fullmatch(p.name)]
     tables = []
     for path in loose:
         try:
-            tables.append(_conform(pq.read_table(path)))
+            tables.append(known[path] if path in known else _conform(pq.read_table(path)))
         except FileNotFoundError:  # merged by another compaction meanwhile
             continue
     if not tables:
@@ -261,9 +267,12 @@ def compact(run_dir: Path, files: list[Path] | None = None) -> Path | None:
 def _conform(table: pa.Table, columns=None) -> pa.Table:
     """A table written by an older version: renamed columns under their new names, columns added since
     then as nulls (``columns``: only these). (Older rows' ``dataset`` held the model name.)"""
-    table = table.rename_columns([RENAMED_COLUMNS.get(name, name) for name in table.column_names])
     schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(name) for name in columns])
-    arrays = [table[name] if name in table.column_names else _missing(name, len(table), field.type)
+    if table.schema == schema:  # written by this version
+        return table
+    table = table.rename_columns([RENAMED_COLUMNS.get(name, name) for name in table.column_names])
+    present = set(table.column_names)
+    arrays = [table[name] if name in present else _missing(name, len(table), field.type)
               for name, field in zip(schema.names, schema)]
     return pa.Table.from_arrays(arrays, schema=schema)
 

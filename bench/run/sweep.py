@@ -35,7 +35,7 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
     shared = {"needed_partners": partner_keys(todo), "needed_eager": eager_keys(todo), "run_dir": Path(run_dir)}
     in_process, worker = SweepCache(**shared), ConfigWorker(execution_policy, **shared)
     envs = {device: _environment(device) for device in {c.device for c in todo}}
-    written = []
+    written = {}  # row files this call wrote -> their tables, for compaction
     bar = progress_bar(len(configs), len(configs) - len(todo), progress)
     try:
         if reference_stage:
@@ -48,14 +48,14 @@ def run_sweep(configs: list[RunConfig], run_dir: Path, run_id: str, progress: bo
                 row = run_config(cfg, in_process, envs[cfg.device], run_id)
             else:
                 row = _run_in_worker(worker, cfg, envs[cfg.device], run_id)
-            written.append(store.write_row(run_dir, row))
+            store.write_row(run_dir, row, written)
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             bar.update(1)
             if on_row is not None:
                 on_row(row)
             if len(written) >= store.COMPACT_EVERY:
                 store.compact(run_dir, written)
-                written = []
+                written = {}
     finally:
         worker.stop()
         bar.close()

