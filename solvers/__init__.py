@@ -5,6 +5,6 @@
 """
 from solvers.adaptive import SolverDiverged
 from solvers.model import DiffusionModel
-from solvers.registry import SOLVERS, Solver, get_solver, sample
+from solvers.registry import SOLVERS, NoisePlan, Solver, get_solver, sample
 
-__all__ = ["SOLVERS", "Solver", "DiffusionModel", "SolverDiverged", "get_solver", "sample"]
+__all__ = ["SOLVERS", "NoisePlan", "Solver", "DiffusionModel", "SolverDiverged", "get_solver", "sample"]

@@ -7,9 +7,14 @@ def registry_table() -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in SOLVERS.items():
         nfe = "adaptive" if s.nfe_per_step is None else f"{s.nfe_per_step} {s.nfe_note}".strip()
-        rows.append(f"| `{name}` | {s.effective_order()} | {_strong_order(s)} | {nfe} | {s.stochastic} "
+        rows.append(f"| `{name}` | {_ode_order(s)} | {_strong_order(s)} | {nfe} | {s.stochastic} "
                     f"| {'yes' if s.adaptive else 'no'} | {s.eta} | {s.reference} | {s.peers} |")
     return "\n".join(rows)
+
+
+def _ode_order(solver) -> int:
+    """The ODE order with default options (an SDE-only solver's nominal order: it has no eta 0 to run at)."""
+    return solver.order if solver.stochastic == "sde" else solver.order_for(0.0)
 
 
 def _strong_order(solver) -> str:

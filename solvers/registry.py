@@ -16,6 +16,23 @@ from solvers.noise import GaussianNoise
 STOCHASTIC_KINDS = ("ode", "sde", "both")
 
 
+def _eta_positive(eta: float, options: dict) -> bool:
+    return eta > 0
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """What noise a run of a solver draws: whether it draws at all (``draws(eta, options)``; default eta > 0), how
+    many independent streams beyond the main one a step draws from (``streams(options)``: pc's corrector, restart's
+    jumps) and which (stream, t, s) besides the grid's own steps (``intervals(schedule, times, options)``:
+    dpmpp_sde's half steps, SEEDS' stage segments, restart's jumps). The runner draws them all before the clock
+    starts, with the same floats the solver asks for."""
+
+    draws: Callable[[float, dict], bool] = _eta_positive
+    streams: Callable[[dict], int] | None = None
+    intervals: Callable[[object, list, dict], list] | None = None
+
+
 @dataclass(frozen=True)
 class Solver:
     """One registered sampler and what the harness needs to know about it.
@@ -24,9 +41,10 @@ class Solver:
     eta > 0 (default 1), or exactly ``fixed_eta`` when the method has no free noise level.
     Fixed-step solvers cost ``nfe(n) = nfe_per_step * n + nfe_extra(n, options)`` evaluations
     (``nfe_note`` says what the extra is, for the registry table). ``order`` is the ODE order with
-    default options; ``order_for(eta, options)`` is the order a run actually converges at: the
-    strong order on a fixed Brownian path (``strong_order``, or ``strong_order_rule(eta, options)``)
-    when ``draws_noise(eta, options)``, else the ODE order under those options.
+    default options; ``order_for(eta, options)`` is the order a run converges at as its steps are refined,
+    from ``order_rule(eta, options)`` where a solver has one, else the default rule (``_default_order``).
+    ``noise`` says what a run draws (NoisePlan). ``check_options(options, schedule or None)`` raises a
+    ValueError naming a bad option before any compute.
     """
 
     name: str
@@ -41,15 +59,11 @@ class Solver:
     nfe_extra: Callable[[int, dict], int] | None = None
     fixed: dict = field(default_factory=dict)
     nfe_note: str = ""
-    strong_order: int | None = 1
-    strong_order_rule: Callable[[float, dict], int | None] | None = None
-    noise_rule: Callable[[float, dict], bool] | None = None
     peers: str = ""  # how it relates to the code users run (k-diffusion, diffusers, the papers' code)
-    noise_streams: Callable[[dict], int] | None = None  # independent streams beyond the first (pc's corrector)
-    noise_intervals: Callable[[object, list, dict], list] | None = None  # (stream, t, s) drawn off the grid's steps
+    order_rule: Callable[[float, dict], int | None] | None = None
+    noise: NoisePlan = NoisePlan()
     min_steps: int = 1  # fewer steps give a skipped row with the reason
-    check_options: Callable[[dict, object], None] | None = None  # (options, schedule or None): ValueError if bad
-    order_rule: Callable[[dict], int] | None = None  # the ODE order under (complete) options, where options set it
+    check_options: Callable[[dict, object], None] | None = None
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -73,19 +87,25 @@ class Solver:
         extra = self.nfe_extra(n_steps, {**self.options, **options}) if self.nfe_extra else 0
         return self.nfe_per_step * n_steps + extra
 
-    def effective_order(self, options: dict | None = None) -> int:
-        """The ODE order under ``options``: a solver with an ``order`` option takes it from there.
+    def _complete(self, options: dict | None) -> dict:
+        return {**self.options, **(options or {})}
 
-        lms's ``warmup="lower_order"`` starts with an Euler step whose O(h^2) local error caps the
-        global order at 2 (measured 1.87 on VE; on VP its coefficient is tiny, the error falls at
-        order 4 up to n = 256 there, and an estimate with p = 2 is conservative). ``lower_order_final``
-        lowers the last steps, where x0 hardly moves any more: their order-1 step's error coefficient
-        vanishes there, and the order-2 step before it caps the measured order at 3 (dpmpp_3m 2.95,
-        unipc_3 3.03 instead of 4, on the ring mixture under VP and VE).
-        """
-        options = {**self.options, **(options or {})}
-        if self.order_rule:
-            return self.order_rule(options)
+    def order_for(self, eta: float = 0.0, options: dict | None = None) -> int | None:
+        """The order the error of a run with this eta and options falls at as its steps are refined: the ODE order
+        under the options, or for a run that draws noise the strong order on a fixed Brownian path (None: no
+        pathwise convergence, so no step-doubling estimate)."""
+        options = self._complete(options)
+        return self.order_rule(eta, options) if self.order_rule else self._default_order(eta, options)
+
+    def _default_order(self, eta: float, options: dict) -> int:
+        """Strong order 1 for a run that draws noise (every stochastic solver here but restart, measured). For an
+        ODE run, ``order``, or the ``order`` option where the solver has one; lms's ``warmup="lower_order"``
+        starts with an Euler step whose O(h^2) local error caps the global order at 2 (measured 1.87 on VE; on VP
+        its coefficient is tiny, and an estimate with p = 2 is conservative); ``lower_order_final`` lowers the last
+        steps, where x0 hardly moves any more: the order-2 step before them caps the measured order at 3 (dpmpp_3m
+        2.95, unipc_3 3.03 instead of 4, on the ring mixture under VP and VE)."""
+        if self.draws_noise(eta, options):
+            return 1
         order = self.order if "order" in self.fixed else int(options.get("order", self.order))
         if options.get("warmup") == "lower_order":
             order = min(order, 2)
@@ -93,34 +113,23 @@ class Solver:
             order = min(order, 3)
         return order
 
-    def extra_noise_streams(self, options: dict | None = None) -> int:
-        """How many independent noise streams a step draws from beyond the main one."""
-        return self.noise_streams({**self.options, **(options or {})}) if self.noise_streams else 0
-
-    def extra_noise_intervals(self, schedule, times: list[float], options: dict | None = None) -> list[tuple]:
-        """The (stream, t, s) a solve on ``times`` draws besides the grid's own steps (t_i, t_i+1): dpmpp_sde's
-        [t, t_mid], restart's jumps. The runner draws them before the clock starts with the same floats."""
-        return self.noise_intervals(schedule, times, {**self.options, **(options or {})}) if self.noise_intervals else []
-
     def draws_noise(self, eta: float, options: dict | None = None) -> bool:
         """Whether a run with this eta and these options is stochastic (needs a seeded noise source)."""
-        options = {**self.options, **(options or {})}
-        return self.noise_rule(eta, options) if self.noise_rule else eta > 0
+        return self.noise.draws(eta, self._complete(options))
 
-    def order_for(self, eta: float, options: dict | None = None) -> int | None:
-        """The order the error of a run with this eta and options falls at as steps are refined: the
-        ODE order, or for a stochastic run the strong order on a fixed Brownian path (None: no
-        pathwise convergence, so no step-doubling estimate)."""
-        options = {**self.options, **(options or {})}
-        if not self.draws_noise(eta, options):
-            return self.effective_order(options)
-        return self.strong_order_rule(eta, options) if self.strong_order_rule else self.strong_order
+    def extra_noise_streams(self, options: dict | None = None) -> int:
+        """How many independent noise streams a step draws from beyond the main one."""
+        return self.noise.streams(self._complete(options)) if self.noise.streams else 0
+
+    def extra_noise_intervals(self, schedule, times: list[float], options: dict | None = None) -> list[tuple]:
+        """The (stream, t, s) a solve on ``times`` draws besides the grid's own steps (t_i, t_i+1)."""
+        return self.noise.intervals(schedule, times, self._complete(options)) if self.noise.intervals else []
 
     def validate_options(self, options: dict | None = None, schedule=None) -> None:
         """A ValueError naming the option, its value and what is allowed, before any compute; ``schedule`` (None
         where it is not known yet) lets a solver check options against the time range it runs on."""
         if self.check_options:
-            self.check_options({**self.options, **(options or {})}, schedule)
+            self.check_options(self._complete(options), schedule)
 
     def check_eta(self, eta) -> float:
         """The eta to use, or a ValueError that says what this solver accepts."""
@@ -168,8 +177,8 @@ SOLVERS: dict[str, Solver] = dict([
             peers="= k-diffusion sample_dpm_2_ancestral (tested); its eta 0 is dpm_solver_2"),
     _solver("dpmpp_sde", exponential.dpmpp_sde, 2, "sde", 2, _ANCESTRAL_ETA,
             "k-diffusion 0.1.1 sample_dpmpp_sde (Crowson); DPM-Solver++(2S), arXiv:2211.01095, Alg. 1",
-            noise_intervals=lambda schedule, times, options: [
-                (0, t, t_mid) for t, (t_mid,) in zip(times, exponential.stage_times(schedule, times, (options["r"],)))],
+            noise=NoisePlan(intervals=lambda schedule, times, options: [
+                (0, t, t_mid) for t, (t_mid,) in zip(times, exponential.stage_times(schedule, times, (options["r"],)))]),
             peers="= k-diffusion sample_dpmpp_sde (tested on the same draws); its eta 0 is dpmpp_2s"),
     _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
             "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
@@ -207,12 +216,13 @@ SOLVERS: dict[str, Solver] = dict([
             _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5",
             peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
     _solver("seeds_2", exponential.seeds_2, 2, "both", 2, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
-            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise_intervals=exponential.seeds_noise(("r",)),
+            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise=NoisePlan(intervals=exponential.seeds_noise(("r",))),
             check_options=exponential.check_seeds_2,
             peers="ComfyUI's sample_seeds_2 (not installable here: compared with its published update restated); "
                   "eta 0 with phi_1 is dpmpp_2s"),
     _solver("seeds_3", exponential.seeds_3, 3, "both", 3, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
-            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-3", noise_intervals=exponential.seeds_noise(("r1", "r2")),
+            "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-3",
+            noise=NoisePlan(intervals=exponential.seeds_noise(("r1", "r2"))),
             check_options=exponential.check_seeds_3,
             peers="ComfyUI's sample_seeds_3 (not installable here: compared with its published update restated)"),
     _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
@@ -231,19 +241,20 @@ SOLVERS: dict[str, Solver] = dict([
             _ETA_FAMILY + " where sigma/alpha is in [noise_sigma_min, noise_sigma_max] (default 0.72-25.5, "
             "DDPM's steps 200-800), 0 outside (SA-Solver's tau)",
             "Xue et al. 2023, arXiv:2309.05019, SA-Predictor + SA-Corrector", order_rule=sa_solver.sa_solver_order,
-            strong_order_rule=sa_solver.sa_solver_strong_order, check_options=sa_solver.check_options,
+            check_options=sa_solver.check_options,
             peers="= diffusers SASolverScheduler with the same orders, tau interval and lower_order_final (tested on the "
                   "same generator draws); diffusers defaults to orders 2/2 and lower_order_final=True (order 2)"),
     _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
             "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
-            "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2", noise_rule=stochastic.edm_draws_noise,
+            "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2",
+            noise=NoisePlan(draws=stochastic.edm_draws_noise),
             peers="eta 0 = k-diffusion sample_heun (tested); k-diffusion's s_churn is ours"),
     _solver("restart", stochastic.restart, 2, "sde", 2,
             "fixed at 1: the noise is restart's forward jumps, not the eta family",
-            "Xu et al. 2023, arXiv:2306.14878, Alg. 1", fixed_eta=1.0, strong_order=2,
+            "Xu et al. 2023, arXiv:2306.14878, Alg. 1", fixed_eta=1.0, order_rule=lambda eta, options: 2,
             nfe_extra=lambda n, options: 2 * options["restarts"] * options["restart_steps"],
             nfe_note="+ 2 x restarts x restart_steps",
-            noise_streams=lambda options: options["restarts"] - 1, noise_intervals=stochastic.restart_noise,
+            noise=NoisePlan(streams=lambda options: options["restarts"] - 1, intervals=stochastic.restart_noise),
             min_steps=2, check_options=stochastic.check_restart,
             peers="ComfyUI's sample_restart restarts at the nearest grid sigma with its own interval table "
                   "(not installable here; not compared)"),
@@ -254,8 +265,8 @@ SOLVERS: dict[str, Solver] = dict([
                   "it integrates phi by a 200-point float32 Riemann sum, we by Gauss-Legendre)"),
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
-            nfe_note="+ corrector_steps", strong_order_rule=stochastic.pc_order,
-            noise_streams=lambda options: options["corrector_steps"],
+            nfe_note="+ corrector_steps", order_rule=stochastic.pc_order,
+            noise=NoisePlan(streams=lambda options: options["corrector_steps"]),
             peers="the paper's code: batch-averaged norms in the Langevin step (so results depend on the batch)"),
     _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
             "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),

@@ -17,7 +17,7 @@ def _stochastic_adams_step(schedule, x, t: float, s: float, lams: list[float], x
     rounding for these smooth integrands). With ``simple_order_2`` a two-node step gets the paper's O(h^3)
     modification, (h^2/2 - (kappa h - 1 + e^(-kappa h))/kappa^2) / (lambda_0 - lambda_1), added to b_0 and taken
     from b_1."""
-    (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
+    sigma_t, (alpha_s, sigma_s) = schedule.alpha_sigma(t)[1], schedule.alpha_sigma(s)
     lam_t, lam_s = float(schedule.lambda_(t)), float(schedule.lambda_(s))
     h, kappa = lam_s - lam_t, 1 + tau * tau
     nodes, weights = gauss_legendre(16)
@@ -88,19 +88,17 @@ def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, pr
     return x_pred
 
 
-def sa_solver_order(options: dict) -> int:
-    """The ODE order of sa_solver under complete options (Solver.order_rule): the predictor-corrector pair's
-    min(corrector_order, predictor_order + 1), 2 at most with lower_order_final's uncorrected last step of order 1."""
+def sa_solver_order(eta: float, options: dict) -> int | None:
+    """sa_solver's order (Solver.order_rule). As an ODE solver (eta 0): the predictor-corrector pair's
+    min(corrector_order, predictor_order + 1), 2 at most with lower_order_final's uncorrected last step of order 1.
+    On a fixed Brownian path (eta > 0): 1 when the noise lasts to the end of the solve (noise_sigma_min <= 0;
+    measured 0.98 at eta 1), none when it stops inside it: tau switches off at a step boundary, so the noise of the
+    part of that step below noise_sigma_min differs between grids and the noiseless rest of the solve keeps it
+    (errors measured flat, 0.16 at 64-256 steps, for the default interval)."""
+    if eta > 0:
+        return 1 if options["noise_sigma_min"] <= 0 else None
     order = min(options["corrector_order"], options["predictor_order"] + 1)
     return min(order, 2) if options["lower_order_final"] else order
-
-
-def sa_solver_strong_order(eta: float, options: dict) -> int | None:
-    """Strong order on a fixed Brownian path (Solver.strong_order_rule): 1 when the noise lasts to the end of the
-    solve (noise_sigma_min <= 0; measured 0.98 at eta 1), none when it stops inside it: tau switches off at a step
-    boundary, so the noise of the part of that step below noise_sigma_min differs between grids and the noiseless
-    rest of the solve keeps it (errors measured flat, 0.16 at 64-256 steps, for the default interval)."""
-    return 1 if options["noise_sigma_min"] <= 0 else None
 
 
 def check_options(options: dict, schedule=None) -> None:

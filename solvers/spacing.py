@@ -203,6 +203,36 @@ SPACINGS = {
     **{name: _align_your_steps(name) for name in AYS_LEVELS},
 }
 DISCRETE = {"linspace", "leading", "trailing", "simple"}  # on the training steps of a DiscreteVP model
+# name -> (the grid, where it comes from): the spacing table of docs/spacings.md is generated from this.
+_AYS_NOTE = ("Align Your Steps' published 10-step sigma~ levels, log sigma~ linear in the step index to n steps; only on "
+             "a schedule with the family's sigma~ range (SD 1.x/XL: DiscreteVP with scaled_linear betas 0.00085-0.012, "
+             "14.61 to 0.0292; SVD: EDM 0.002-700), refused elsewhere (a spec error for the analytic models)",
+             "Sabour et al. 2024, arXiv:2404.14507; levels from NVIDIA's AYS page (the same in ComfyUI); at n = 10, "
+             "20, 50 every (n/10)-th point is a published level (tested)")
+SPACING_NOTES = {
+    "uniform": ("uniform in t", ""),
+    "quadratic": ("t = t_min + (t_max - t_min)(1 - s^2): dense at high noise", ""),
+    "cosine": ("cos^2 warp of t", "Nichol & Dhariwal 2021"),
+    "logsnr": ("uniform in lambda = log(alpha/sigma)", "Lu et al. 2022, arXiv:2206.00927"),
+    "karras": ("sigma~^(1/7) uniform", "Karras et al. 2022, arXiv:2206.00364, eq. 5 (equal to k-diffusion's "
+               "get_sigmas_karras and diffusers' use_karras_sigmas: conformance table)"),
+    "time_quadratic": ("sqrt(t) uniform: dense at low noise", "Song et al. 2021 (DDIM's \"quadratic\")"),
+    "exponential": ("log sigma~ uniform: the logsnr grid under k-diffusion's / ComfyUI's name",
+                    "k-diffusion get_sigmas_exponential, diffusers' use_exponential_sigmas (both equal: conformance "
+                    "table)"),
+    "kl_optimal": ("atan(sigma~) uniform", "Sabour et al. 2024, arXiv:2404.14507 (ComfyUI's kl_optimal)"),
+    "beta": ("t fraction = inverse Beta(0.6, 0.6) CDF of 1 - s: dense at both ends",
+             "Lee et al. 2024, arXiv:2407.12173; in time as ComfyUI's beta scheduler (diffusers' use_beta_sigmas "
+             "places the quantiles in sigma: differs by design)"),
+    "linear_quadratic": ("fraction of the range: linear to 2.5% over n // 2 steps, then quadratic (equal slopes)",
+                         "Mochi / ComfyUI"),
+    "sgm_uniform": ("uniform in the training timestep: uniform", "ComfyUI"),
+    **{name: ("diffusers' discrete timesteps of a DiscreteVP model, then a step to timestep 0",
+              "diffusers timestep_spacing (tested equal to DDIMScheduler's and DPMSolverMultistepScheduler's, leading "
+              "with steps_offset 1)") for name in ("linspace", "leading", "trailing")},
+    "simple": ("ComfyUI's: timesteps N - 1 - floor(i N / n), then 0", "ComfyUI"),
+    **{name: _AYS_NOTE for name in AYS_LEVELS},
+}
 
 
 EXPLICIT = ("times", "sigmas")

@@ -230,7 +230,8 @@ PC_PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": _re
 
 
 def pc_order(eta: float, options: dict) -> int | None:
-    """Strong order on a fixed Brownian path: the predictor's 1 without correctors, none with them."""
+    """pc's order (Solver.order_rule; pc always draws noise): the predictor's strong order 1 on a fixed Brownian path
+    without correctors, none with them."""
     return 1 if options["corrector_steps"] == 0 else None
 
 

@@ -36,7 +36,7 @@ NS = (64, 128, 256)
 # (solver, options) for every fixed-step ODE-capable solver; lms once per order and warm-up.
 ODE_CASES = [(name, {}) for name, s in SOLVERS.items() if s.stochastic != "sde" and not s.adaptive and name != "lms"]
 ODE_CASES += [("lms", {"order": k}) for k in (1, 2, 3, 4)] + [("unipc_2", {"variant": "bh1"}), ("unipc_3", {"variant": "bh1"})]
-# The peers' short-grid setting: one first-order final step caps the order at 2 (registry: effective_order).
+# The peers' short-grid setting: one first-order final step caps the order at 2 (registry: order_for).
 ODE_CASES += [(name, {"lower_order_final": True}) for name in ("dpmpp_3m", "dpmpp_3m_phi3", "unipc_3")]
 ODE_CASES += [("seeds_2", {"solver_type": "phi_2"}), ("sa_solver", {"predictor_order": 2, "corrector_order": 2}),
               ("sa_solver", {"lower_order_final": True})]
@@ -103,7 +103,7 @@ def test_fitted_order_matches_registry(schedule_name, spacing, case):
     name, options = case
     ns = _step_counts(schedule_name, name, options, spacing)
     slope = fitted_slope(ns, _errors(_problem(schedule_name), name, options, spacing, ns))
-    expected = SOLVERS[name].effective_order(options)
+    expected = SOLVERS[name].order_for(0.0, options)
     assert abs(slope - expected) < 0.2, f"{name} {options} on {spacing}: slope {slope:.2f}, order {expected}"
 
 
