@@ -8,15 +8,24 @@ then carries sampling noise).
 
 Per config, a metric counts as changed when (lower is better for all judged metrics):
 - nfe: any change; status: ok in the base and not in the head is a regression;
-- wall_s: a ratio above ``time_ratio`` (default 1.5) either way, and only between rows of the same
-  device, host and batch (anything else is reported as not comparable, never flagged);
-- paired: deterministic errors beyond 5%; sample-based quality beyond 2 sqrt(2) times the base's
-  seed-to-seed standard deviation when it has several seeds, else beyond 10%;
-- unpaired: beyond the seed-to-seed noise measured on the default grid at 128 samples
-  (``SEED_NOISE_128``: the 99th percentile of |log ratio| between seeds), scaled by sqrt(128 / n).
+- a metric with standard errors in both rows (every sample-based one, bench.metrics): the change exceeds both
+  its threshold (5% of the base for the solver errors, 10% for the distances to a reference set; none for KID,
+  an unbiased estimate that can be 0 or below) and ``Z`` = 3 times the combined standard error
+  sqrt(se_base^2 + se_head^2) (as if the two were independent: conservative for paired rows);
+- rows from before the standard errors: the thresholds above alone (paired), or the seed-to-seed noise
+  measured on the default grid (``SEED_NOISE_128``, unpaired);
+- wall_s: only between rows of the same device, host and batch (anything else is reported as not
+  comparable). The median ratio over those rows is the run's own timing shift, reported once (a busy
+  machine moves every config; it is a regression only beyond ``RUN_SHIFT_LIMIT``). Each config is judged by
+  its ratio relative to that median, beyond ``time_ratio`` (default 1.5) either way and beyond ``Z`` times the
+  combined standard error of the two medians of repeated timings, unless the run's own timing noise (the
+  robust spread of those relative ratios) is so large that ``Z`` of it exceeds ``time_ratio``: then no config's
+  wall time is judged alone, and the report says so once.
 Per model and metric, a systematic shift counts when the median log ratio over its configs exceeds
 ``SHIFT_FLOOR`` (paired) or the measured run-to-run shift (``SEED_SHIFT``, unpaired) and the
-Wilcoxon signed-rank test gives p < 0.001: the ratio and significance rule of asv.
+Wilcoxon signed-rank test gives p < 0.001: the ratio and significance rule of asv. Per solver, its configs'
+wall times relative to the run's shift count when their median exceeds ``time_ratio`` with p < 0.001: a
+solver made slower is caught however noisy the single configs are.
 """
 from __future__ import annotations
 
@@ -33,14 +42,21 @@ from bench.run.store import load_rows
 SAMPLE_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
 DETERMINISTIC_METRICS = ("err_reference", "err_stepdoubling")
 JUDGED = (*SAMPLE_METRICS, *DETERMINISTIC_METRICS, "nfe", "wall_s")
+Z = 3.0  # standard errors a change must exceed
 DEFAULT_RELATIVE_NOISE = 0.10
 DETERMINISTIC_RELATIVE = 0.05
+RELATIVE_THRESHOLDS = {**{m: DEFAULT_RELATIVE_NOISE for m in SAMPLE_METRICS},
+                       **{m: DETERMINISTIC_RELATIVE for m in DETERMINISTIC_METRICS}, "kid": 0.0}
 DEFAULT_TIME_RATIO = 1.5
+MEDIAN_SE_FACTOR = 1.2533  # the standard error of a median of r normal timings is about sqrt(pi/2) sigma / sqrt(r)
 # |log(head/base)| between seeds 0, 1 and 2 of the default grid (128 samples; 1,764 ok configs per pair):
 # the 99th percentile, largest of the three pairs. fid and kid (not in that grid) take frechet's value.
 SEED_NOISE_128 = {"err_reference": 0.38, "err_stepdoubling": 0.51, "frechet": 1.8, "sliced_wasserstein": 0.6,
                   "fid": 1.8, "kid": 1.8}
 ADAPTIVE_NFE_NOISE = 0.51  # an adaptive solver's NFE between seeds: largest |log ratio| of 36 configs
+# A busy machine moves a whole run's timings: the default grid beside one CPU-bound process on the 2-core machine,
+# x2.03 (results/example-default/README.md). Beyond this the run's own shift counts as a regression.
+RUN_SHIFT_LIMIT = 3.0
 # The largest per-model median log ratio between those seeds, times 1.5: how far a whole model moves when
 # only the seed changes (the configs of one run share x_T and the exact reference samples).
 SEED_SHIFT = {"err_reference": 0.05, "err_stepdoubling": 0.05, "frechet": 0.7, "sliced_wasserstein": 0.3,
@@ -73,9 +89,13 @@ def seed_noise(df: pd.DataFrame, metric: str) -> dict:
 
 def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """One row per config: metrics averaged over its seeds; ok only if every seed was ok."""
-    numeric = [m for m in JUDGED if m in df]
+    numeric = [m for m in (*JUDGED, "forward_s") if m in df]
+    errors = [f"{m}_se" for m in JUDGED if f"{m}_se" in df]
     grouped = df.groupby(MATCH_KEYS, dropna=False)
     out = grouped[numeric].mean()
+    for column in errors:  # the SE of a mean of k independent values
+        out[column] = grouped[column].agg(lambda se: math.sqrt((se**2).sum()) / len(se))
+    out["wall_s_std"] = np.nan  # timings of different seeds are not repeats of one measurement
     out["status"] = grouped.status.agg(lambda s: "ok" if (s == "ok").all() else s[s != "ok"].iloc[0])
     out["seed"] = grouped.seed.agg(lambda s: ",".join(map(str, sorted(set(s)))))
     for column in ("config_id", *COMPARABLE_TIMING):
@@ -93,11 +113,63 @@ def match(base: pd.DataFrame, head: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return merged.assign(seed=merged.seed_base + " vs " + merged.seed_head), False
 
 
+def _timing_comparable(merged: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows matched in both runs whose wall times compare: the same device, host and batch, both timed."""
+    ok = merged[(merged.status_base == "ok") & (merged.status_head == "ok")]
+    same = np.ones(len(ok), dtype=bool)
+    for key in COMPARABLE_TIMING:
+        base, head = ok[f"{key}_base"], ok[f"{key}_head"]
+        same &= ((base == head) | (base.isna() & head.isna())).to_numpy()
+    ok = ok[same]
+    return ok[(ok.wall_s_base > 0) & (ok.wall_s_head > 0)]
+
+
+def timing_shift(merged: pd.DataFrame) -> pd.DataFrame:
+    """Per device, host and batch, what moved for the run as a whole: the median ratio head/base of wall_s over its
+    configs, the bare network forward's (forward_s) beside it, and the run's timing noise: the robust spread (1.4826
+    x the median absolute deviation) of the configs' log ratios around that median, as a ratio."""
+    ok = _timing_comparable(merged)
+    rows = []
+    for key, group in ok.groupby([f"{k}_base" for k in COMPARABLE_TIMING], dropna=False):
+        wall = np.log(group.wall_s_head / group.wall_s_base)
+        median = float(np.median(wall))
+        noise = 1.4826 * float(np.median(np.abs(wall - median)))
+        rows.append({**dict(zip(COMPARABLE_TIMING, key)), "configs": len(group), "wall_s ratio": math.exp(median),
+                     "forward_s ratio": math.exp(float(np.nanmedian(np.log(group.forward_s_head / group.forward_s_base)))),
+                     "timing noise": math.exp(noise), "log_wall_median": median, "log_noise": noise})
+    return pd.DataFrame(rows, columns=[*COMPARABLE_TIMING, "configs", "wall_s ratio", "forward_s ratio",
+                                       "timing noise", "log_wall_median", "log_noise"])
+
+
+def solver_timing(merged: pd.DataFrame, timing: pd.DataFrame, time_ratio: float) -> pd.DataFrame:
+    """Per solver (and device, host and batch): its configs' wall-time ratios relative to the run's shift, their
+    median, the Wilcoxon signed-rank p-value and a verdict (beyond ``time_ratio`` with p < SHIFT_P_VALUE)."""
+    from scipy.stats import wilcoxon
+
+    ok = _timing_comparable(merged)
+    shift = {tuple(row[k] for k in COMPARABLE_TIMING): row["log_wall_median"] for row in timing.to_dict("records")}
+    rows = []
+    for key, group in ok.groupby(["solver", *[f"{k}_base" for k in COMPARABLE_TIMING]], dropna=False):
+        relative = np.log(group.wall_s_head / group.wall_s_base).to_numpy() - shift[tuple(key[1:])]
+        median = float(np.median(relative))
+        nonzero = relative[relative != 0]
+        p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else 1.0
+        significant = abs(median) > math.log(time_ratio) and p_value < SHIFT_P_VALUE
+        rows.append({"solver": key[0], "configs": len(group), "median ratio vs the run": math.exp(median),
+                     "p-value": p_value, "threshold": f"x{time_ratio:g}, p < {SHIFT_P_VALUE:g}",
+                     "verdict": ("regression" if median > 0 else "improvement") if significant else None})
+    return pd.DataFrame(rows, columns=["solver", "configs", "median ratio vs the run", "p-value", "threshold", "verdict"])
+
+
 def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEFAULT_TIME_RATIO) -> dict:
-    """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts,
-    not_comparable (configs whose wall time was not judged), added, removed, matched, paired."""
+    """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts, timing
+    (the run-wide timing shift per device, host and batch), not_comparable (configs whose wall time was not
+    judged), added, removed, matched, paired."""
     merged, paired = match(base, head)
     noise = {m: seed_noise(base, m) for m in SAMPLE_METRICS if m in base} if paired else {}
+    timing = timing_shift(merged)
+    run_shift = {tuple(row[k] for k in COMPARABLE_TIMING): (row["log_wall_median"], row["log_noise"])
+                 for row in timing.to_dict("records")}
     records, log_ratios, untimed = [], [], 0
     for row in merged.itertuples(index=False):
         row = row._asdict()
@@ -117,8 +189,15 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             if b > 0 and h > 0:
                 log_ratios.append((described["model"], metric, math.log(h / b)))
             adaptive = pd.notna(described["tolerance"])
-            verdict, change, threshold = _judge(metric, b, h, described["model"], row["n_samples"], paired, noise,
-                                                time_ratio, adaptive)
+            if metric == "wall_s":
+                shift, timing_noise = run_shift.get(tuple(row[f"{k}_base"] for k in COMPARABLE_TIMING), (0.0, 0.0))
+                if Z * timing_noise > math.log(time_ratio):  # too noisy to judge one config: said once, per run
+                    continue
+                verdict, change, threshold = _judge_time(row, shift, time_ratio)
+            else:
+                errors = (row.get(f"{metric}_se_base"), row.get(f"{metric}_se_head"))
+                verdict, change, threshold = _judge(metric, b, h, described["model"], row["n_samples"], paired, noise,
+                                                    adaptive, errors)
             if verdict:
                 records.append({**described, "metric": metric, "base": b, "head": h, "change": change,
                                 "threshold": threshold, "verdict": verdict})
@@ -128,6 +207,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
     removed = base[~base.set_index(keys).index.isin(head.set_index(keys).index)]
     return {"changes": changes, "regressions": changes[changes.verdict == "regression"],
             "improvements": changes[changes.verdict == "improvement"], "shifts": _shifts(log_ratios, paired),
+            "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
             "not_comparable": untimed, "added": added[_DESCRIBE], "removed": removed[_DESCRIBE],
             "matched": len(merged), "paired": paired}
 
@@ -136,12 +216,28 @@ def _same(a, b) -> bool:
     return a == b or (pd.isna(a) and pd.isna(b))
 
 
-def _judge(metric, base, head, model, n_samples, paired, noise, time_ratio, adaptive=False):
+def _log_se(row: dict, side: str) -> float:
+    """The standard error of log(wall_s) of one row: its repeated timings' spread (0 when it was timed once)."""
+    std, repeats, wall = row.get(f"wall_s_std_{side}"), row.get(f"timing_repeats_{side}"), row[f"wall_s_{side}"]
+    if std is None or pd.isna(std) or not repeats or pd.isna(repeats) or wall <= 0:
+        return 0.0
+    return MEDIAN_SE_FACTOR * std / wall / math.sqrt(repeats)
+
+
+def _judge_time(row: dict, shift: float, time_ratio: float):
+    """wall_s relative to the run's own timing shift: beyond ``time_ratio`` and Z combined standard errors."""
+    base, head = row["wall_s_base"], row["wall_s_head"]
+    if base <= 0 or head <= 0:
+        return None, "", ""
+    relative = math.log(head / base) - shift
+    combined = math.hypot(_log_se(row, "base"), _log_se(row, "head"))
+    limit = max(math.log(time_ratio), Z * combined)
+    verdict = "regression" if relative > limit else "improvement" if relative < -limit else None
+    return verdict, f"x{math.exp(relative):.2f} vs the run's x{math.exp(shift):.2f}", f"x{math.exp(limit):.2f}"
+
+
+def _judge(metric, base, head, model, n_samples, paired, noise, adaptive=False, errors=(None, None)):
     """(verdict or None, change as text, threshold as text). Lower is better for every judged metric."""
-    if metric == "wall_s":
-        ratio = head / base if base > 0 else math.inf
-        verdict = "regression" if ratio > time_ratio else "improvement" if ratio < 1 / time_ratio else None
-        return verdict, f"x{ratio:.2f}", f"x{time_ratio:g}"
     delta = head - base
     if metric == "nfe" and (paired or not adaptive):  # fixed-step NFE is exact; adaptive NFE follows x_T
         return ("regression" if delta > 0 else "improvement" if delta < 0 else None), f"{delta:+g}", "any"
@@ -150,13 +246,18 @@ def _judge(metric, base, head, model, n_samples, paired, noise, time_ratio, adap
         verdict = ("regression" if math.log(ratio) > ADAPTIVE_NFE_NOISE else
                    "improvement" if math.log(ratio) < -ADAPTIVE_NFE_NOISE else None)
         return verdict, f"x{ratio:.2f}", f"x{math.exp(ADAPTIVE_NFE_NOISE):.2f} (seed noise)"
-    if not paired:
+    if all(e is not None and pd.notna(e) for e in errors):
+        combined = math.hypot(*errors)
+        relative = RELATIVE_THRESHOLDS.get(metric, DEFAULT_RELATIVE_NOISE)
+        limit = max(relative * abs(base), Z * combined)
+        text = f"{limit:.3g} (max of {relative:.0%} and {Z:g} SE)" if relative else f"{limit:.3g} ({Z:g} SE)"
+    elif not paired:
         limit = SEED_NOISE_128[metric] * math.sqrt(128 / n_samples)
         log_ratio = math.log(head / base) if base > 0 and head > 0 else math.copysign(math.inf, delta)
         verdict = "regression" if log_ratio > limit else "improvement" if log_ratio < -limit else None
         return verdict, f"x{math.exp(log_ratio):.2f}" if math.isfinite(log_ratio) else f"{delta:+.3g}", \
             f"x{math.exp(limit):.2f} (seed noise)"
-    if metric in DETERMINISTIC_METRICS:
+    elif metric in DETERMINISTIC_METRICS:
         limit, text = DETERMINISTIC_RELATIVE * abs(base), f"{DETERMINISTIC_RELATIVE:.0%}"
     elif model in noise.get(metric, {}) and np.isfinite(noise[metric][model]):
         limit = 2 * math.sqrt(2) * noise[metric][model]
@@ -168,18 +269,19 @@ def _judge(metric, base, head, model, n_samples, paired, noise, time_ratio, adap
 
 
 def _shifts(log_ratios: list, paired: bool) -> pd.DataFrame:
-    """Per model and metric: the median ratio over configs, the Wilcoxon signed-rank p-value and a verdict."""
+    """Per model and metric: the median ratio over configs, the Wilcoxon signed-rank p-value and a verdict (wall time
+    is judged relative to the run's own shift, per config and per solver, instead)."""
     from scipy.stats import wilcoxon
 
     columns = ["model", "metric", "configs", "median ratio", "p-value", "threshold", "verdict"]
     table = pd.DataFrame(log_ratios, columns=["model", "metric", "log_ratio"])
     rows = []
-    for (model, metric), group in table[table.metric != "nfe"].groupby(["model", "metric"]):
+    for (model, metric), group in table[~table.metric.isin(["nfe", "wall_s"])].groupby(["model", "metric"]):
         values = group.log_ratio.to_numpy()
         median = float(np.median(values))
         nonzero = values[values != 0]
         p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 10 else 1.0
-        floor = SHIFT_FLOOR if paired and metric != "wall_s" else SEED_SHIFT.get(metric, SHIFT_FLOOR)
+        floor = SHIFT_FLOOR if paired else SEED_SHIFT.get(metric, SHIFT_FLOOR)
         significant = abs(median) > floor and p_value < SHIFT_P_VALUE
         verdict = ("regression" if median > 0 else "improvement") if significant else None
         rows.append([model, metric, len(values), math.exp(median), p_value, f"x{math.exp(floor):.2f}, p < {SHIFT_P_VALUE:g}",
@@ -187,9 +289,32 @@ def _shifts(log_ratios: list, paired: bool) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def terminal_summary(result: dict, limit: int = 20) -> str:
-    """What CI's log should show: the regressed configs and shifts themselves, not only their count."""
+def timing_lines(result: dict) -> list[str]:
+    """One sentence per device, host and batch on how the run's timings moved as a whole and whether single configs'
+    wall times could be judged."""
     lines = []
+    limit = math.log(result["time_ratio"]) / Z
+    for row in result["timing"].to_dict("records"):
+        verdict = (f"a regression: beyond x{RUN_SHIFT_LIMIT:g}, more than a busy machine moves a run"
+                   if row["wall_s ratio"] > RUN_SHIFT_LIMIT else "not counted as a regression: a busy machine moves "
+                   f"a run so (up to x{RUN_SHIFT_LIMIT:g})")
+        judged = (f"single configs' wall times not judged: the run's timing noise (x{row['timing noise']:.2f}, robust "
+                  f"spread) is above x{math.exp(limit):.2f}, where {Z:g} of it would pass the x{result['time_ratio']:g} "
+                  "threshold; solvers are still judged as a whole" if row["log_noise"] > limit else
+                  f"each config judged against this median (timing noise x{row['timing noise']:.2f})")
+        lines.append(f"timings moved as a whole on {row['device']} ({row['host']}, batch {row['batch_used']:g}): wall_s "
+                     f"x{row['wall_s ratio']:.2f} over {row['configs']} configs (the bare network forward "
+                     f"x{row['forward_s ratio']:.2f}), {verdict}; {judged}")
+    return lines
+
+
+def terminal_summary(result: dict, limit: int = 20) -> str:
+    """What CI's log should show: how the run's timings moved as a whole (once), the regressed configs and shifts
+    themselves, not only their count."""
+    lines = [f"  {line}" for line in timing_lines(result)]
+    for row in result["solver_timing"].query("verdict == 'regression'").to_dict("records"):
+        lines.append(f"  solver {row['solver']}: wall_s x{row['median ratio vs the run']:.2f} of the run's shift over "
+                     f"{row['configs']} configs (p = {row['p-value']:.1e})")
     shifts = result["shifts"]
     for row in shifts[shifts.verdict == "regression"].to_dict("records"):
         lines.append(f"  shift: {row['model']} {row['metric']} x{row['median ratio']:.3f} over {row['configs']} "
@@ -205,7 +330,10 @@ def terminal_summary(result: dict, limit: int = 20) -> str:
 
 
 def regressed(result: dict) -> bool:
-    return bool(len(result["regressions"]) or (result["shifts"].verdict == "regression").any())
+    """Any regressed config, systematic shift, slower solver, or a run slower as a whole than a busy machine makes it."""
+    return bool(len(result["regressions"]) or (result["shifts"].verdict == "regression").any()
+                or (result["solver_timing"].verdict == "regression").any()
+                or (result["timing"]["wall_s ratio"] > RUN_SHIFT_LIMIT).any())
 
 
 def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: float = DEFAULT_TIME_RATIO):
@@ -226,8 +354,12 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                   f"({mode}), {len(result['added'])} added, {len(result['removed'])} removed; "
                   f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
                   f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}.")
+    doc.heading("Timings of the run as a whole")
+    doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])
     doc.heading("Systematic shifts per model (median ratio over configs, Wilcoxon signed-rank)")
     doc.table(result["shifts"])
+    doc.heading("Wall time per solver, relative to the run's shift (Wilcoxon signed-rank)")
+    doc.table(result["solver_timing"])
     doc.heading("Regressions")
     doc.table(result["regressions"])
     doc.heading("Improvements")

@@ -62,19 +62,55 @@ def describe_config(row) -> str:
     return f"{row.solver} ({grid}, eta {row.eta:g}{'' if mode in ('eager', None) else ', ' + mode})"
 
 
-def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe") -> pd.DataFrame:
-    """Best config per model for each NFE budget: the lowest ``quality`` among rows with cost <= budget."""
+TIE_Z = 1.96  # a configuration within this many combined standard errors of the best is not significantly worse
+
+
+def per_config(df: pd.DataFrame, quality: str) -> pd.DataFrame:
+    """The ok rows with ``quality``, one per configuration: over several seeds its mean, with the standard error
+    of that mean (from the rows' own SEs, sqrt(sum se^2) / k) in ``<quality>_se``."""
+    se = f"{quality}_se"
+    ok = df[(df.status == "ok") & df[quality].notna()].copy()
+    if se not in ok:
+        ok[se] = np.nan
+    if ok.seed.nunique() <= 1:
+        return ok
+    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k in ok]
+    grouped = ok.groupby(keys, dropna=False)
+    merged = grouped.first()
+    merged[quality] = grouped[quality].mean()
+    merged[se] = grouped[se].agg(lambda v: np.sqrt((v**2).sum()) / len(v))
+    merged["seed"] = grouped.seed.agg(lambda v: ",".join(map(str, sorted(set(v)))))
+    return merged.reset_index()
+
+
+def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe",
+                 tie_z: float = TIE_Z, listed: int = 6) -> pd.DataFrame:
+    """Best configuration per model, exec mode and NFE budget: the lowest ``quality`` among configurations with
+    cost <= budget (averaged over seeds), its standard error, and every other configuration within ``tie_z``
+    combined standard errors of it: a tie, not significantly worse (the SEs combined as if independent, which
+    for paired configurations of one x_T errs towards more ties). Exec modes are ranked separately, so that a
+    faster mode cannot win through its drift from eager."""
     rows = []
-    ok = df[(df.status == "ok") & df[quality].notna() & df[cost].notna()]
-    for model, group in ok.groupby("model"):
+    se = f"{quality}_se"
+    ok = per_config(df, quality)
+    ok = ok[ok[cost].notna()]
+    for (model, mode), group in ok.groupby(["model", "exec_mode"]):
         for budget in budgets:
-            within = group[group[cost] <= budget]
+            within = group[group[cost] <= budget].sort_values(quality)
             if within.empty:
                 continue
-            best = within.loc[within[quality].idxmin()]
-            rows.append({"model": model, f"{cost} budget": budget, "best config": describe_config(best),
-                         cost: best[cost], quality: best[quality]})
-    return pd.DataFrame(rows)
+            best = within.iloc[0]
+            combined = np.sqrt(within[se].fillna(0) ** 2 + (0 if pd.isna(best[se]) else best[se]) ** 2)
+            tied = within.iloc[1:][(within[quality] - best[quality]).iloc[1:] <= tie_z * combined.iloc[1:]]
+            names = [describe_config(row) for row in tied.itertuples()]
+            rows.append({"model": model, "exec_mode": mode, f"{cost} budget": budget, "best config": describe_config(best),
+                         cost: best[cost], quality: best[quality], se: best[se], "ties": len(tied),
+                         "tied with (not significantly worse)": "; ".join(names[:listed])
+                         + (f"; and {len(names) - listed} more" if len(names) > listed else "")})
+    table = pd.DataFrame(rows)
+    if not table.empty and (table.exec_mode == "eager").all():
+        table = table.drop(columns="exec_mode")
+    return table
 
 
 def fitted_order(nfe, error) -> float:
@@ -122,7 +158,7 @@ def seed_std(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0) -> pd.DataFrame:
     """``quality`` at eta ``low`` and ``high`` side by side, per model, solver, spacing and NFE, for the solvers
     run at both (the comparison of DDIM's Table 1, Song et al. 2021): columns low, high and gap = high - low,
-    averaged over seeds."""
+    averaged over seeds, and the gap's standard error (the two SEs combined) where the rows have them."""
     ok = df[(df.status == "ok") & df[quality].notna() & df.eta.isin([low, high])]
     keys = ["model", "solver", "options", "spacing", "exec_mode", "nfe"]
     table = ok.pivot_table(index=keys, columns="eta", values=quality, aggfunc="mean")
@@ -131,6 +167,11 @@ def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0)
     table = table[[low, high]].dropna().rename(columns={low: f"eta {low:g}", high: f"eta {high:g}"})
     table.columns.name = None
     table["gap"] = table[f"eta {high:g}"] - table[f"eta {low:g}"]
+    se = f"{quality}_se"
+    if se in ok and ok[se].notna().any():
+        errors = ok.pivot_table(index=keys, columns="eta", values=se,
+                                aggfunc=lambda v: np.sqrt((v**2).sum()) / len(v)).reindex(table.index)
+        table["gap_se"] = np.sqrt(errors[low] ** 2 + errors[high] ** 2)
     return table.reset_index()
 
 

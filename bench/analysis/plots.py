@@ -1,9 +1,11 @@
 """Plots of a results table: Pareto frontiers, convergence, step-doubling calibration, heatmaps, precision/recall.
 
 Every function takes the rows (a DataFrame as store.load_rows gives) and a folder, writes a PNG and an
-SVG, and returns the PNG's path (None when the table has nothing to show). Colours come from the
-solver registry's order, so a solver has the same colour in every plot and every run. Rendering is
-headless (Agg).
+SVG, and returns the PNG's path (None when the table has nothing to show). A solver's colour is its
+family's (the registry module it lives in: exponential integrators, Runge-Kutta, ...) and its marker
+its own within the family, both from the registry's order, so a solver looks the same in every plot and
+every run however many solvers a run has; an exec mode fills the marker its own way. Frontier points carry
+their standard errors as error bars and are named. Rendering is headless (Agg).
 """
 from __future__ import annotations
 
@@ -26,10 +28,32 @@ LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]",
           "precision": "precision", "recall": "recall", "kid": "KID"}
 
 
-def solver_colors() -> dict:
-    """A fixed colour per registered solver (registry order over a wide qualitative palette)."""
-    palette = sns.color_palette("husl", len(SOLVERS))
-    return dict(zip(SOLVERS, palette))
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
+MODE_FILLS = {"eager": "full", "bf16": "none", "compile": "left", "cuda_graph": "bottom"}
+FAMILY_NAMES = {"runge_kutta": "Runge-Kutta", "denoising": "DDIM / DDPM", "exponential": "exponential integrators",
+                "multistep": "linear multistep", "unipc": "UniPC", "sa_solver": "SA-Solver",
+                "stochastic": "stochastic (own noise)", "adaptive": "adaptive"}
+
+
+def solver_family(name: str) -> str:
+    """The family a solver belongs to: the solvers module its function lives in."""
+    return SOLVERS[name].fn.__module__.rsplit(".", 1)[-1]
+
+
+def solver_styles() -> dict:
+    """A fixed (colour, marker) per registered solver: the family's colour, lighter for members beyond the
+    markers; the member's marker in registry order."""
+    families = list(dict.fromkeys(solver_family(name) for name in SOLVERS))
+    palette = dict(zip(families, sns.color_palette("tab10", len(families))))
+    styles, seen = {}, {}
+    for name in SOLVERS:
+        family = solver_family(name)
+        index = seen[family] = seen.get(family, -1) + 1
+        lighter = index // len(MARKERS)
+        colour = tuple(c + (1 - c) * 0.45 * lighter for c in palette[family])
+        styles[name] = (colour, MARKERS[index % len(MARKERS)])
+    return styles
+
 
 
 def _save(fig, out_dir: Path, name: str) -> Path:
@@ -65,32 +89,63 @@ def _log_axes(ax, x=True, y=True):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def _points(ax, data: pd.DataFrame, x: str, y: str, size: float, alpha: float = 0.8, edge: str | None = None):
+    """``data``'s rows as points in their solver's colour and marker, filled as their exec mode is."""
+    styles = solver_styles()
+    modes = data.exec_mode if "exec_mode" in data else pd.Series("eager", index=data.index)
+    for (solver, mode), group in data.groupby([data.solver, modes]):
+        colour, marker = styles[solver]
+        ax.plot(group[x], group[y], linestyle="", marker=marker, markersize=size, color=colour, alpha=alpha,
+                fillstyle=MODE_FILLS.get(mode, "full"), markeredgecolor=edge or colour, markeredgewidth=0.7)
+
+
 def _model_scatter(data: pd.DataFrame, x: str, y: str, size: float, width: float, height: float):
-    """One panel per model with the rows as points coloured by solver; returns (fig, axes, models, colors)."""
-    colors = solver_colors()
+    """One panel per model with the rows as points in their solver's style; returns (fig, axes, models)."""
     models = sorted(data.model.unique())
     fig, axes = _panels(1, len(models), width=width, height=height)
     for ax, model in zip(axes[0], models):
-        group = data[data.model == model]
-        ax.scatter(group[x], group[y], c=[colors[s] for s in group.solver], s=size, alpha=0.7, linewidths=0)
-    return fig, axes, models, colors
+        _points(ax, data[data.model == model], x, y, size)
+    return fig, axes, models
 
 
-def _legend(fig, axes, colors, solvers, extra_handles=()):
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in solvers]
-    fig.legend(handles=[*extra_handles, *handles], loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               fontsize="small", title="solver")
+def _legend(fig, solvers, extra_handles=(), modes=()):
+    """The solvers shown, grouped by family (each family's name before its members), and the exec modes' fills."""
+    styles, handles, family = solver_styles(), list(extra_handles), None
+    for name in [s for s in SOLVERS if s in set(solvers)]:
+        if solver_family(name) != family:
+            family = solver_family(name)
+            handles.append(plt.Line2D([], [], linestyle="", label=FAMILY_NAMES.get(family, family)))
+        colour, marker = styles[name]
+        handles.append(plt.Line2D([], [], marker=marker, linestyle="", color=colour, label=f"  {name}"))
+    if len(set(modes)) > 1:
+        handles.append(plt.Line2D([], [], linestyle="", label="exec mode (fill)"))
+        handles += [plt.Line2D([], [], marker="o", linestyle="", color="0.3", fillstyle=MODE_FILLS.get(m, "full"),
+                               label=f"  {m}") for m in MODE_FILLS if m in set(modes)]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="small",
+               title="solver by family")
+
+
+def _point_name(row, varying: set) -> str:
+    """A frontier point's name: its solver, and whichever of spacing, eta and exec mode vary in its panel."""
+    parts = [row.solver]
+    if "spacing" in varying and isinstance(row.spacing, str):
+        parts.append(row.spacing if ":" not in row.spacing else "explicit")
+    if "eta" in varying:
+        parts.append(f"eta {row.eta:g}")
+    if "exec_mode" in varying and getattr(row, "exec_mode", "eager") != "eager":
+        parts.append(row.exec_mode)
+    return " ".join(parts)
 
 
 def plot_frontier(df: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nfe", facet: str | None = None):
     """Quality against cost, one panel per model (and per ``facet`` value): all configs faded, the
-    Pareto frontier drawn as a step line with its points in full colour."""
+    Pareto frontier drawn as a step line with its points in full colour, named, with +-1 standard error bars
+    (of the quality; of the repeated timings for wall time)."""
     data = _ok(df, quality, cost)
     if data.empty:
         return None
     models = sorted(data.model.unique())
     facets = [None] if facet is None else sorted(data[facet].dropna().unique())
-    colors = solver_colors()
     fig, axes = _panels(len(facets), len(models))
     for r, facet_value in enumerate(facets):
         for c, model in enumerate(models):
@@ -101,20 +156,25 @@ def plot_frontier(df: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nf
                 continue
             marked = frontier(group, cost, quality, by=("model",))
             faded, front = marked[~marked.on_frontier], marked[marked.on_frontier].sort_values(cost)
-            ax.scatter(faded[cost], faded[quality], c=[colors[s] for s in faded.solver], alpha=0.18, s=14, linewidths=0)
+            _points(ax, faded, cost, quality, 3.5, alpha=0.25)
             ax.step(front[cost], front[quality], where="post", color="black", linewidth=1.2, zorder=3)
-            ax.scatter(front[cost], front[quality], c=[colors[s] for s in front.solver], s=42, edgecolors="black",
-                       linewidths=0.6, zorder=4)
-            for point in front.itertuples():  # name the frontier configs: 20+ hues are hard to tell apart
-                ax.annotate(point.solver, (getattr(point, cost), getattr(point, quality)), xytext=(4, 3),
+            y_error = front.get(f"{quality}_se")
+            x_error = front.get("wall_s_std") if cost == "wall_s" else None
+            if y_error is not None or x_error is not None:
+                ax.errorbar(front[cost], front[quality], yerr=y_error, xerr=x_error, fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=2, zorder=3)
+            _points(ax, front, cost, quality, 6.5, alpha=1.0, edge="black")
+            varying = {column for column in ("spacing", "eta", "exec_mode") if column in group and group[column].nunique() > 1}
+            for point in front.itertuples():  # name every frontier point: colours alone are hard to tell apart
+                ax.annotate(_point_name(point, varying), (getattr(point, cost), getattr(point, quality)), xytext=(4, 3),
                             textcoords="offset points", fontsize=6.5, zorder=5)
             _log_axes(ax, y=quality in LOWER_IS_BETTER)
             title = model if facet is None else f"{model}, {facet} = {facet_value}"
             ax.set_title(title)
             ax.set_xlabel(LABELS.get(cost, cost))
             ax.set_ylabel(LABELS.get(quality, quality) if c == 0 else "")
-    frontier_handle = plt.Line2D([], [], color="black", label="Pareto frontier")
-    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(data.solver)], [frontier_handle])
+    handles = [plt.Line2D([], [], color="black", label="Pareto frontier (bars: +-1 SE)")]
+    _legend(fig, set(data.solver), handles, modes=data.exec_mode if "exec_mode" in data else ())
     fig.suptitle(f"{LABELS.get(quality, quality)} vs {LABELS.get(cost, cost)} (lower left is better; "
                  "faded: dominated configs)")
     fig.tight_layout()
@@ -130,7 +190,7 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
         data = data[data.spacing == spacing]
     if data.empty:
         return None
-    colors = solver_colors()
+    styles = solver_styles()
     models = sorted(data.model.unique())
     fig, axes = _panels(1, len(models), width=5.2, height=4.2)
     labels = {}
@@ -139,13 +199,13 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
         for solver in [s for s in SOLVERS if s in set(group.solver)]:
             line = group[group.solver == solver].groupby("nfe")[error].median().sort_index()
             order = fitted_order(line.index, line.values)
-            ax.plot(line.index, line.values, marker="o", markersize=4, color=colors[solver])
+            ax.plot(line.index, line.values, marker=styles[solver][1], markersize=4, color=styles[solver][0])
             labels.setdefault(solver, []).append(f"{order:.1f}" if np.isfinite(order) else "-")
         _log_axes(ax)
         ax.set_title(f"{model} ({spacing} spacing, eta = 0)")
         ax.set_xlabel(LABELS["nfe"])
         ax.set_ylabel(LABELS.get(error, error) if ax is axes[0][0] else "")
-    handles = [plt.Line2D([], [], marker="o", color=colors[s], label=f"{s}: {' / '.join(orders)}")
+    handles = [plt.Line2D([], [], marker=styles[s][1], color=styles[s][0], label=f"{s}: {' / '.join(orders)}")
                for s, orders in labels.items()]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="small",
                title="solver: fitted order per panel")
@@ -159,7 +219,7 @@ def plot_calibration(df: pd.DataFrame, out_dir: Path):
     pairs = pairs[(pairs.err_stepdoubling > 0) & (pairs.err_reference > 0)]
     if pairs.empty:
         return None
-    fig, axes, models, colors = _model_scatter(pairs, "err_reference", "err_stepdoubling", 16, 4.4, 4.2)
+    fig, axes, models = _model_scatter(pairs, "err_reference", "err_stepdoubling", 4.5, 4.4, 4.2)
     for ax, model in zip(axes[0], models):
         group = pairs[pairs.model == model]
         lo = min(group.err_reference.min(), group.err_stepdoubling.min())
@@ -173,7 +233,7 @@ def plot_calibration(df: pd.DataFrame, out_dir: Path):
         ax.set_xlabel("true error of the 2n-step solve")
         ax.set_ylabel("step-doubling estimate (n vs 2n)" if ax is axes[0][0] else "")
         ax.legend(fontsize="x-small", loc="upper left")
-    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(pairs.solver)])
+    _legend(fig, set(pairs.solver))
     return _save(fig, out_dir, "calibration_stepdoubling")
 
 
@@ -213,14 +273,14 @@ def plot_precision_recall(df: pd.DataFrame, out_dir: Path, budget: float):
     data = data[data.nfe <= budget]
     if data.empty:
         return None
-    fig, axes, models, colors = _model_scatter(data, "recall", "precision", 18, 4.2, 4.0)
+    fig, axes, models = _model_scatter(data, "recall", "precision", 4.5, 4.2, 4.0)
     for ax, model in zip(axes[0], models):
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{model}, NFE <= {budget:g}")
         ax.set_xlabel("recall")
         ax.set_ylabel("precision" if ax is axes[0][0] else "")
-    _legend(fig, axes, colors, [s for s in SOLVERS if s in set(data.solver)])
+    _legend(fig, set(data.solver), modes=data.exec_mode)
     return _save(fig, out_dir, f"precision_recall_nfe{budget:g}")
 
 

@@ -8,21 +8,33 @@ import pandas as pd
 
 from bench.analysis import plots
 from bench.analysis.document import Document
-from bench.analysis.frontier import (QUALITY_PREFERENCE, budget_table, default_quality, eta_gap, exec_mode_table, quality_across,
+from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, budget_table, default_quality, eta_gap, exec_mode_table, quality_across,
                             seed_std, table1_shape)
+from bench.metrics.uncertainty import BOOTSTRAP_REPLICATES, JACKKNIFE_GROUPS
 from bench.run.store import STATUSES, load_rows
 
 DEFAULT_BUDGET = 20
 
 
+ENVIRONMENT = ["run_id", "git_commit", "git_dirty", "device", "host", "torch_version", "cuda_version", "cudnn_version",
+               "driver_version", "diffusers_version", "torch_fidelity_version", "tf32_matmul", "tf32_cudnn",
+               "matmul_precision", "cudnn_benchmark", "deterministic", "threads"]
+
+
 def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
-    columns = ["run_id", "git_commit", "git_dirty", "device", "torch_version", "host"]
-    env = df[columns].drop_duplicates().copy()
+    """Where, from which code and under which execution policy the rows ran (columns that are all empty dropped)."""
+    env = df[[c for c in ENVIRONMENT if c in df]].drop_duplicates().copy()
     env["git_commit"] = env.git_commit.str[:10]
-    return env
+    return env.dropna(axis="columns", how="all")
 
 
 SPREAD_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
+UNCERTAINTY = (f"Every sample-based figure has its standard error in the column `<metric>_se` (bench.metrics.uncertainty): "
+               f"medians and means of per-sample values by the bootstrap over samples ({BOOTSTRAP_REPLICATES} "
+               f"resamples), distances between the sample set and its reference set (FID, KID, precision, recall, the "
+               f"Frechet and sliced Wasserstein distances) by the delete-a-group jackknife ({JACKKNIFE_GROUPS} groups), "
+               f"the reference held fixed. Frontier plots show them as error bars. wall_s is the median of "
+               f"timing_repeats timings where a solve took under a second (wall_s_std their spread).")
 
 
 def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,6 +73,10 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         doc.paragraph(f"FID, KID and precision/recall on {int(n)} samples per configuration against {reference} "
                       f"({int(size)} images). FID is biased upwards at few samples: compare configurations at "
                       f"equal sample counts, as here.")
+    dirty = int(df.git_dirty.fillna(False).astype(bool).sum())
+    if dirty:
+        doc.paragraph(f"**Warning: {dirty} of {len(df)} rows were run from a checkout with uncommitted changes** "
+                      "(git_dirty): the commit they name is not all the code that made them.")
     commits = df.git_commit.dropna().value_counts()
     if len(commits) > 1:
         doc.paragraph("**Warning: these rows come from more than one commit** ("
@@ -77,7 +93,12 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
 
     quality = default_quality(df)
     qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
+    doc.heading("Uncertainty")
+    doc.paragraph(UNCERTAINTY)
     doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
+    doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest {quality} "
+                  f"among those within the budget, its standard error, and every configuration within "
+                  f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
     doc.table(budget_table(df, quality))
 
     across_eta = quality_across(df, quality, "eta")

@@ -29,12 +29,38 @@ def test_frontier_is_computed_per_model():
     assert frontier(df, "nfe", "q").on_frontier.tolist() == [True, False, True, True]
 
 
+def _rows(**columns):
+    """Result rows as the store gives them (one seed, eager), with ``columns``."""
+    return pd.DataFrame({"model": "m", "seed": 0, "exec_mode": "eager", "spacing": "logsnr", "eta": 0.0,
+                         "tolerance": np.nan, **columns})
+
+
 def test_budget_table_takes_the_best_config_within_each_budget():
-    df = pd.DataFrame({"model": "m", "status": ["ok", "ok", "ok", "failed"], "nfe": [5, 10, 20, 8],
-                       "err_reference": [0.5, 0.1, 0.2, 0.0], "solver": ["euler", "heun", "rk4", "x"],
-                       "steps": [5, 5, 5, 8], "spacing": "logsnr", "eta": 0.0, "tolerance": np.nan})
+    df = _rows(status=["ok", "ok", "ok", "failed"], nfe=[5, 10, 20, 8], err_reference=[0.5, 0.1, 0.2, 0.0],
+               solver=["euler", "heun", "rk4", "x"], steps=[5, 5, 5, 8])
     table = budget_table(df, "err_reference", budgets=(5, 10, 50))
     assert table["best config"].tolist() == ["euler (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)", "heun (5 logsnr, eta 0)"]
+    assert (table.ties == 0).all()  # without standard errors nothing ties with the best
+
+
+def test_budget_table_shows_ties_and_ranks_exec_modes_apart():
+    """rk4 is 0.03 worse than heun with SEs of 0.02 each: within 1.96 x 0.028, a tie; euler is 0.4 worse, no tie.
+    A bf16 row that looks better than every eager one is ranked among the bf16 rows only."""
+    df = _rows(status="ok", nfe=[10, 10, 10, 10], solver=["heun", "rk4", "euler", "heun"], steps=5,
+               err_reference=[0.10, 0.13, 0.50, 0.09], err_reference_se=[0.02, 0.02, 0.02, 0.02],
+               exec_mode=["eager", "eager", "eager", "bf16"])
+    table = budget_table(df, "err_reference", budgets=(10,)).set_index("exec_mode")
+    assert table.loc["eager", "best config"].startswith("heun") and table.loc["eager", "ties"] == 1
+    assert table.loc["eager", "tied with (not significantly worse)"] == "rk4 (5 logsnr, eta 0)"
+    assert table.loc["bf16", "err_reference"] == 0.09 and table.loc["bf16", "ties"] == 0
+
+
+def test_budget_table_averages_seeds_and_their_standard_errors():
+    df = _rows(status="ok", nfe=10, solver="heun", steps=5, seed=[0, 1], err_reference=[0.1, 0.3],
+               err_reference_se=[0.03, 0.04], schedule="VPLinear", options="{}", n_samples=8, batch_size=8,
+               dtype="float32", reference_size=np.nan, fid_reference=None)
+    row = budget_table(df, "err_reference", budgets=(10,)).iloc[0]
+    assert row.err_reference == pytest.approx(0.2) and row.err_reference_se == pytest.approx(0.025)
 
 
 def test_default_quality_prefers_fid_then_err_reference():
