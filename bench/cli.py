@@ -1,4 +1,4 @@
-"""Command line: python -m bench run | report | compare | train | list."""
+"""Command line: python -m bench run | report | compare | conformance | train | list | docs | ..."""
 from __future__ import annotations
 
 import argparse
@@ -218,6 +218,14 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from bench import docs
+
+    for path in docs.write(Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cuda() -> bool:
     import torch
 
@@ -290,6 +298,9 @@ def main(argv=None) -> int:
     conformance.add_argument("--out", default="results/conformance", help="folder for conformance.md and .csv")
     conformance.set_defaults(func=cmd_conformance)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
+    docs = sub.add_parser("docs", help="write the reference tables of docs/ from the registries")
+    docs.add_argument("--out", default="docs", help="folder (default: docs)")
+    docs.set_defaults(func=cmd_docs)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)

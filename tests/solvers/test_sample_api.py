@@ -170,9 +170,9 @@ def test_python_m_solvers_prints_the_registry_table():
     assert "| `pc` | 1 | none (corrector) |" in result.stdout and "| `ddpm` | 1 | 1 |" in result.stdout
 
 
-def test_readme_shows_the_registry_table_as_it_is():
+def test_the_solver_docs_show_the_registry_table_as_it_is():
     from pathlib import Path
 
     from solvers.__main__ import registry_table
 
-    assert registry_table() in Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    assert registry_table() in Path(__file__).resolve().parents[2].joinpath("docs", "solvers.md").read_text()
