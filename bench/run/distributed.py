@@ -100,6 +100,7 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
         bar.close()
     finally:
         ray.shutdown()
+    store.remove_stale_temp_files(run_dir)  # a killed task's half-written row; live writers' (other shards) stay
     store.compact(run_dir)  # what killed tasks left loose; no task writes any more
     return {k: v for k, v in counts.items() if v}
 

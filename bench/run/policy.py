@@ -44,7 +44,10 @@ class ExecutionPolicy:
         torch.backends.cudnn.allow_tf32 = self.tf32_cudnn
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cudnn.deterministic = self.deterministic
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        if (torch.are_deterministic_algorithms_enabled() != self.deterministic
+                or torch.is_deterministic_algorithms_warn_only_enabled() != self.deterministic):
+            # Only on a change: the call imports torch._inductor, 2.5 s of a CLI run's start on the 2-core CPU.
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 

@@ -49,7 +49,7 @@ def test_a_sweep_computes_it_beside_fid_from_one_inception_pass(tmp_path, monkey
                         or original(self, images))
     spec = parse_spec({"models": ["python:support:image_mixture_32"], "solvers": ["ddim"], "steps": [3],
                        "n_samples": 16, "metrics": ["fid", "density_coverage"], "fid_reference": "fashion_mnist_test",
-                       "time_limit_s": 0}, str(tmp_path / "s.toml"))
+                       "time_limit_s": 0, "reference_time_limit_s": 0}, str(tmp_path / "s.toml"))
     run_sweep(expand(spec), tmp_path / "run", store.open_run(tmp_path / "run", spec)["run_id"], progress=False)
     row = store.load_rows(tmp_path / "run").iloc[0]
     assert row.status == "ok", row.message

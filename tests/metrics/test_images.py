@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from bench.metrics import fid_weights
 from bench.models.data import fashion_mnist, read_idx
-from support import HAVE_FASHION, have_fid_weights, needs_fashion, needs_weights, sweep_and_resample
+from support import HAVE_FASHION, have_fid_weights, needs_fashion, sweep_and_resample
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
@@ -82,6 +81,9 @@ def test_image_mixture_exact_score_matches_autograd():
         (grad,) = torch.autograd.grad(mixture.log_prob(x, schedule, t).sum(), x)
         torch.testing.assert_close(mixture.score(x.detach(), schedule, t), grad, rtol=1e-8, atol=1e-8)
     assert x.shape == (3, 1, 32, 32)
+
+
+pytestmark = pytest.mark.xdist_group("images")  # one pytest-xdist worker computes the module fixtures once
 
 
 @pytest.fixture(scope="module")

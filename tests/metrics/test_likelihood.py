@@ -101,7 +101,8 @@ def test_bits_per_dim_of_the_uniform_density_over_8_bit_bins_is_8():
 def test_nll_rows_on_the_runners_path(tmp_path):
     spec = parse_spec({"models": ["ring2d"], "solvers": ["dopri5", "heun", "dpmpp_2m", "euler"], "steps": [16],
                        "spacings": ["logsnr"], "etas": [0.0, 1.0], "tolerances": [1e-5], "n_samples": 64,
-                       "metrics": ["nll"], "time_limit_s": 0})
+                       "metrics": ["nll"], "time_limit_s": 0,
+                       "reference_time_limit_s": 0})
     meta = store.open_run(tmp_path, spec)
     run_sweep(expand(spec), tmp_path, meta["run_id"], progress=False)
     rows = store.load_rows(tmp_path)
@@ -122,7 +123,8 @@ def test_nll_rows_on_the_runners_path(tmp_path):
 def test_nll_of_test_images_under_the_shipped_unet_on_the_runners_path(tmp_path):
     """Dequantised Fashion-MNIST test images, Hutchinson divergence through the UNet's gradients, bits/dim."""
     spec = parse_spec({"models": ["fmnist_unet"], "solvers": ["heun"], "steps": [10], "spacings": ["logsnr"],
-                       "n_samples": 2, "metrics": ["nll"], "time_limit_s": 0})
+                       "n_samples": 2, "metrics": ["nll"], "time_limit_s": 0,
+                       "reference_time_limit_s": 0})
     meta = store.open_run(tmp_path, spec)
     run_sweep(expand(spec), tmp_path, meta["run_id"], progress=False)
     row = store.load_rows(tmp_path).iloc[0]

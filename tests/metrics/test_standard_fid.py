@@ -228,7 +228,8 @@ def test_the_shipped_model_samples_in_a_sweep(tmp_path):
 
     spec = parse_spec({"models": ["fmnist_unet"], "solvers": ["ddim", "dpmpp_2m"], "steps": [4], "n_samples": 4,
                        "metrics": ["fid", "lpips_reference"], "fid_reference": "fashion_mnist_test",
-                       "reference_tolerance": 1e-3, "time_limit_s": 0}, str(tmp_path / "s.toml"))
+                       "reference_tolerance": 1e-3, "time_limit_s": 0,
+                       "reference_time_limit_s": 0}, str(tmp_path / "s.toml"))
     meta = store.open_run(tmp_path / "run", spec)
     run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
     rows = store.load_rows(tmp_path / "run")

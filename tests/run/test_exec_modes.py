@@ -19,7 +19,8 @@ def _unet(path, size=8):
 
 
 def _sweep(tmp_path, **spec):
-    parsed = parse_spec({"n_samples": 8, "time_limit_s": 0, **spec}, str(tmp_path / "s.toml"))
+    in_process = {"time_limit_s": 0, "reference_time_limit_s": 0, "timing_repeats": 1}
+    parsed = parse_spec({"n_samples": 8, **in_process, **spec}, str(tmp_path / "s.toml"))
     meta = store.open_run(tmp_path / "run", parsed)
     run_sweep(expand(parsed), tmp_path / "run", meta["run_id"], progress=False)
     return store.load_rows(tmp_path / "run")
@@ -132,3 +133,20 @@ def test_cuda_graph_replays_the_solve_on_cuda_and_matches_eager(tmp_path):
     graphed = ok.xs("cuda_graph", level="exec_mode")
     assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager
     assert (graphed.nfe == ok.xs("eager", level="exec_mode").nfe).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True])
+def test_an_eager_row_on_cuda_does_not_depend_on_the_modes_that_ran_before_it(tmp_path, tf32):
+    """TF32 is the sweep's policy, set once: an eager config run after bf16 and cuda_graph configs (which once
+    switched TF32 on for the rest of the sweep) gives the same samples, to the bit, as the same config alone."""
+    unet = _unet(tmp_path / "unet", size=16)
+    spec = {"models": [unet], "solvers": ["dpmpp_2m", "ddim"], "steps": [4], "device": "cuda", "n_samples": 8,
+            "metrics": ["err_reference"], "tf32_matmul": tf32, "tf32_cudnn": tf32}
+    after = _sweep(tmp_path / "after", **spec, exec_modes=["bf16", "cuda_graph", "eager"])
+    alone = _sweep(tmp_path / "alone", **spec, exec_modes=["eager"])
+    first = after[after.exec_mode == "eager"].set_index("config_id").sort_index()
+    second = alone.set_index("config_id").sort_index()
+    assert (first.status == "ok").all() and list(first.index) == list(second.index)
+    assert (first.err_reference == second.err_reference).all()
+    assert (first.tf32_matmul == tf32).all() and (first.tf32_cudnn == tf32).all()

@@ -16,14 +16,15 @@ from bench.spec.config import expand, load_spec
 from bench.run.distributed import config_groups
 
 pytest.importorskip("ray", reason="the Ray backend's tests need Ray: make setup-ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one pytest-xdist worker: the serial twin runs once, one Ray at a time
 
 TESTS = Path(__file__).parents[1]  # where support.py is
-# The default grid's CPU-sized twin: its three models, ODE, SDE, multistep and adaptive solvers, two spacings,
-# eta 0 and 1, its metrics.
+# The default grid's CPU-sized twin: its three models, ODE, SDE, multistep and adaptive solvers, one step count, two
+# spacings, eta 0 and 1, its metrics.
 TWIN = ('name = "twin"\nmodels = ["ring2d", "gmm_hd", "digits"]\n'
         'solvers = ["euler", "heun", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc_2", "dopri5"]\n'
-        'steps = [4, 8]\nspacings = ["uniform", "logsnr"]\netas = [0.0, 1.0]\ntolerances = [1e-2]\n'
-        'n_samples = 32\nbatch_size = 32\ndevice = "cpu"\n'
+        'steps = [6]\nspacings = ["uniform", "logsnr"]\netas = [0.0, 1.0]\ntolerances = [1e-2]\n'
+        'n_samples = 32\nbatch_size = 32\ndevice = "cpu"\ntiming_repeats = 1\n'
         'metrics = ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall", '
         '"sliced_wasserstein"]\n')
 # What differs between two runs of the same configs by nature: where, when and how fast.
@@ -60,25 +61,21 @@ def serial_twin(tmp_path_factory):
     return spec_path, folder / "serial"
 
 
-def test_two_ray_workers_give_the_serial_table(serial_twin, tmp_path):
-    spec_path, serial = serial_twin
-    stdout = _bench_run(spec_path, tmp_path / "ray", "--backend", "ray", "--workers", "2")
-    ray_table, serial_table = _comparable(tmp_path / "ray"), _comparable(serial)
-    assert len(ray_table) == len(expand(load_spec(spec_path))) and ray_table.config_id.is_unique
-    assert (ray_table.status != "failed").all(), ray_table[ray_table.status == "failed"].message.tolist()
-    pd.testing.assert_frame_equal(ray_table, serial_table)  # every value, stochastic solvers' included
-    assert "rows in" in stdout
-    assert [p.name for p in (tmp_path / "ray" / "rows").iterdir() if not p.name.startswith("part-")] == []
-
-
-def test_a_ray_worker_killed_mid_sweep_loses_and_duplicates_nothing(serial_twin, tmp_path):
+def test_two_ray_workers_one_of_them_killed_mid_sweep_give_the_serial_table(serial_twin, tmp_path):
+    """One Ray run (a cluster's start is most of its time): a group task's process is killed once rows exist, and
+    the table still has every config once, with every value equal to the serial run's."""
     spec_path, serial = serial_twin
     process = _bench_run(spec_path, tmp_path / "ray", "--backend", "ray", "--workers", "2", wait=False)
     killed = _kill_a_group_task_once_rows_exist(tmp_path / "ray" / "rows", process)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, (stdout, stderr)
     assert killed is not None, "no Ray task was running while rows were being written"
-    pd.testing.assert_frame_equal(_comparable(tmp_path / "ray"), _comparable(serial))
+    ray_table, serial_table = _comparable(tmp_path / "ray"), _comparable(serial)
+    assert len(ray_table) == len(expand(load_spec(spec_path))) and ray_table.config_id.is_unique
+    assert (ray_table.status != "failed").all(), ray_table[ray_table.status == "failed"].message.tolist()
+    pd.testing.assert_frame_equal(ray_table, serial_table)  # every value, stochastic solvers' included
+    assert "rows in" in stdout
+    assert [p.name for p in (tmp_path / "ray" / "rows").iterdir() if not p.name.startswith("part-")] == []
 
 
 def _kill_a_group_task_once_rows_exist(rows: Path, process) -> int | None:
@@ -94,11 +91,13 @@ def _kill_a_group_task_once_rows_exist(rows: Path, process) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a second local Ray start, about 35 s; the same limits in the serial worker: test_reliability.py
 def test_time_limits_and_out_of_memory_hold_inside_ray_tasks(tmp_path):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text('name = "s"\nmodels = ["python:support:sleeps_forever", "python:support:oom_above_8", '
                          '"python:support:oom_always", "ring2d"]\nsolvers = ["euler"]\nsteps = [2]\nn_samples = 16\n'
-                         'batch_size = 16\nmetrics = ["err_reference"]\ntime_limit_s = 3\nreference_time_limit_s = 3\n')
+                         'batch_size = 16\nmetrics = ["err_reference"]\ntime_limit_s = 3\nreference_time_limit_s = 3\n'
+                         'timing_repeats = 1\n')
     _bench_run(spec_path, tmp_path / "ray", "--backend", "ray", "--workers", "2")
     table = store.load_rows(tmp_path / "ray").set_index("model")
     assert table.loc["python:support:sleeps_forever", "status"] == "timeout"

@@ -25,7 +25,7 @@ from support import prior_sample, single_gaussian
 
 
 def _sweep(tmp_path, retry=(), **spec):
-    parsed = parse_spec({"name": "t", "n_samples": 16, **spec}, str(tmp_path / "t.toml"))
+    parsed = parse_spec({"name": "t", "n_samples": 16, "timing_repeats": 1, **spec}, str(tmp_path / "t.toml"))
     run_dir = tmp_path / "run"
     meta = store.open_run(run_dir, parsed)
     counts = run_sweep(expand(parsed), run_dir, meta["run_id"], progress=False, retry=retry)
@@ -99,7 +99,7 @@ def test_retry_failed_runs_only_the_unfinished_configs_again(tmp_path):
 def test_resume_on_another_commit_warns_and_the_report_says_rows_mix_commits(tmp_path):
     spec_path = tmp_path / "t.toml"
     spec_path.write_text('models = ["ring2d"]\nsolvers = ["heun", "euler"]\nsteps = [2]\nn_samples = 8\n'
-                         'metrics = ["err_reference"]\n')
+                         'metrics = ["err_reference"]\ntime_limit_s = 0\nreference_time_limit_s = 0\n')  # in-process
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "bench", "run", str(spec_path), "--out", str(run_dir), "--no-progress"]
     subprocess.run(command, check=True, capture_output=True)
@@ -118,7 +118,8 @@ def test_resume_on_another_commit_warns_and_the_report_says_rows_mix_commits(tmp
 def test_two_shards_started_together_finish_and_equal_the_serial_run(tmp_path):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text('name = "s"\nmodels = ["ring2d", "gmm_hd"]\nsolvers = ["heun", "euler", "ddim", "dpmpp_2m"]\n'
-                         'steps = [2, 4, 8]\nn_samples = 16\nmetrics = ["err_reference"]\n')
+                         'steps = [2, 4, 8]\nn_samples = 16\nmetrics = ["err_reference"]\ntime_limit_s = 0\n'
+                         'reference_time_limit_s = 0\n')  # in-process: the shards' concurrency is the point
     shared, serial = tmp_path / "shared", tmp_path / "serial"
     base = [sys.executable, "-m", "bench", "run", str(spec_path), "--no-progress"]
     shards = [subprocess.Popen([*base, "--out", str(shared), "--shard", f"{i}/2"], stdout=subprocess.PIPE,
@@ -147,7 +148,8 @@ def test_opening_a_run_keeps_live_writers_temp_files_and_removes_dead_ones(tmp_p
 
 def test_the_cache_keeps_only_step_doubling_partners_and_drops_them_once_used():
     spec = parse_spec({"models": ["ring2d"], "solvers": ["heun", "euler"], "steps": [2, 4, 8], "n_samples": 8,
-                       "metrics": ["err_stepdoubling"], "time_limit_s": 0})
+                       "metrics": ["err_stepdoubling"], "time_limit_s": 0,
+                       "reference_time_limit_s": 0})
     configs = expand(spec)
     cache = SweepCache(needed_partners=partner_keys(configs))
     assert len(cache.needed_partners) == 6  # every config's 2n solve; 8 -> 16 is never run as a config

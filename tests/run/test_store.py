@@ -66,7 +66,8 @@ def test_a_retried_config_counts_with_its_latest_row(tmp_path):
 def test_a_sweep_compacts_what_it_wrote(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "COMPACT_EVERY", 4)
     spec = parse_spec({"models": ["ring2d"], "solvers": ["euler", "heun", "ddim"], "steps": [2, 4, 8], "n_samples": 4,
-                       "metrics": ["err_reference"], "time_limit_s": 0})
+                       "metrics": ["err_reference"], "time_limit_s": 0,
+                       "reference_time_limit_s": 0})
     meta = store.open_run(tmp_path, spec)
     foreign = store.write_row(tmp_path, _row("f" * 16))  # another writer's row: not this sweep's to merge
     run_sweep(expand(spec), tmp_path, meta["run_id"], progress=False)

@@ -16,6 +16,9 @@ ENDS = timesteps("uniform", 1, SCHEDULE)
 ADAPTIVE = [name for name, s in SOLVERS.items() if s.adaptive]
 
 
+pytestmark = pytest.mark.xdist_group("adaptive")  # one pytest-xdist worker computes the module fixtures once
+
+
 @pytest.fixture(scope="module")
 def problem():
     model = ring2d(std=0.25).model(SCHEDULE)

@@ -96,7 +96,8 @@ def _runner_samples(cfg, steps, cache=None):
     return sampling.solve(cfg, model, x_T, steps, CPU).samples
 
 
-FAST_STRONG_ORDER = {"euler_maruyama-eta1", "dpmpp_2m_sde-eta1", "edm_stochastic-eta1", "pc-eta1"}
+# Three in the default suite (10-12 s each on the 2-core CPU); pc (two evaluations a step, 20 s) and the rest: -m slow.
+FAST_STRONG_ORDER = {"euler_maruyama-eta1", "dpmpp_2m_sde-eta1", "edm_stochastic-eta1"}
 
 
 @pytest.mark.parametrize("run", [pytest.param(r, id=_run_id(r), marks=() if _run_id(r) in FAST_STRONG_ORDER
@@ -110,7 +111,7 @@ def test_strong_order_on_the_runners_brownian_path_matches_the_registry(run):
     2.03 (its noise is a fixed number of jumps at fixed times: Heun's order), seeds_2 eta 1 / 0.5 0.80 / 0.86,
     seeds_3 eta 1 / 0.5 0.82 / 0.94 (additive noise: order 1, still approaching it from below), er_sde 0.99,
     er_sde max_stage 1 1.04, sa_solver with noise to the end 0.98 (with its default interval none, see
-    sa_solver_strong_order);
+    sa_solver_order);
     pc with a corrector does not converge pathwise (its Langevin step does not shrink with the step).
     """
     name, options, eta = run
@@ -141,7 +142,7 @@ def test_stepdoubling_column_is_within_3x_of_the_true_error(tmp_path, name, opti
     and the order-2 estimate is 4-5x above the truth there (conservative; the old p = 4 was not).
     """
     raw = {"name": "t", "models": [SMOOTH_RING], "solvers": [name], "steps": [64, 128], "etas": [eta],
-           "n_samples": 200, "dtype": "float64", "metrics": ["err_stepdoubling"],
+           "n_samples": 200, "dtype": "float64", "metrics": ["err_stepdoubling"], "timing_repeats": 1,
            "options": {name: options} if options else {}, **grid}
     spec = parse_spec(raw, str(tmp_path / "t.toml"))
     run_dir = tmp_path / "run"

@@ -15,6 +15,9 @@ N_SAMPLES, N_STEPS = 20_000, 500
 SCHEDULE = VPLinear()
 
 
+pytestmark = pytest.mark.xdist_group("stochastic")  # one pytest-xdist worker computes the module fixtures once
+
+
 @pytest.fixture(scope="module")
 def setup():
     mixture = ring2d()
