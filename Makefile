@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 # Test-only peers, installed without their dependencies: k-diffusion's package __init__ pulls in heavy
-# extras (clean-fid, wandb, ...); bench/peers.py loads its sampling.py alone (the tests, make conformance).
+# extras (clean-fid, wandb, ...); bench/conformance/peers.py loads its sampling.py alone (the tests, make conformance).
 PEER_PINS ?= k-diffusion==0.1.1.post1
 
 FID_DIR := .cache/fid

@@ -4,7 +4,7 @@ The shipped Fashion-MNIST UNet (bench/checkpoints/fmnist_unet) samples 10 steps 
 ``scheduler.step`` loop and through ``solvers.sample`` on the same discrete timesteps:
 DPMSolverMultistepScheduler (order 2, lower_order_final, its default below 15 steps) against
 ``dpmpp_2m`` with ``lower_order_final``, and EulerDiscreteScheduler (Euler in sigma) against ``ddim``
-(the same update, tested in tests/test_peers.py). pytest-benchmark prints each pair in one group; the
+(the same update, tested in tests/conformance/test_peers.py). pytest-benchmark prints each pair in one group; the
 ratio is the speed of the harness's solver loop relative to the peer's. Both run under inference mode
 at the batch sizes of CASES; the samples are checked to agree before anything is timed.
 On a CUDA machine the group also runs there, with a third loop: the harness's solve captured in a CUDA

@@ -49,7 +49,7 @@ def gradient_estimation(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float,
 
     In x~ = x / alpha and sigma~ = sigma / alpha, where DDIM is x~_s = x~_t + (sigma~_s - sigma~_t) eps. 1 NFE
     per step; gamma = 1 is DDIM. Order 1 as an ODE solver: the extrapolation changes the error constant, not
-    its order (measured in tests/test_convergence.py).
+    its order (measured in tests/solvers/test_convergence.py).
     """
     schedule = model.schedule
     times = ts.tolist()

@@ -55,7 +55,7 @@ def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_or
     x~_s = x~_t + (sigma~_s - sigma~_t) sum_j w_j eps_{i-j}, with the weights of ADAMS_BASHFORTH at
     order min(max_order, i + 1) (the history builds up at lower order, no extra NFE). The weights assume
     equal steps in sigma~; on the smoothly varying grids of the spacings their error is one order of h
-    per step ratio away from 1, which caps the global order at 2 (measured: tests/test_convergence.py).
+    per step ratio away from 1, which caps the global order at 2 (measured: tests/solvers/test_convergence.py).
     1 NFE per step.
     """
     if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order not in ADAMS_BASHFORTH:

@@ -2,7 +2,7 @@
 grid and x_T, with the largest difference and, where they differ on purpose, why.
 
 Job: the conformance report (report.py, `python -m bench conformance`) and the peers' loaders and loops it runs
-(peers.py; also used by tests/test_peers.py).
+(peers.py; also used by tests/conformance/test_peers.py).
 
 May import: solvers, bench.models. Nothing else of the harness.
 """

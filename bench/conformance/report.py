@@ -294,7 +294,7 @@ COMPARISONS = [
 
 
 # ComfyUI does not install as a package here, so it has no rows above: its published updates are restated in
-# tests/test_peers.py and compared on the same draws. Where its conventions differ from ours, they are these.
+# tests/conformance/test_peers.py and compared on the same draws. Where its conventions differ from ours, they are these.
 COMFYUI_CONVENTIONS = [
     ("sa_solver", "two-node steps: simple_order_2=False by default, the plain Lagrange integrals",
      "the paper's O(h^3) modification always (diffusers applies it too): ComfyUI's simple_order_2=True",
@@ -359,7 +359,7 @@ def markdown(table: pd.DataFrame) -> str:
     lines += ["", "## Conventions where ComfyUI differs", "",
               "ComfyUI does not install as a package here, so its samplers are not in the table above: ipndm, "
               "res_multistep, seeds_2/3, er_sde and sa_solver are compared with its published updates, restated in "
-              "tests/test_peers.py, on the same draws (to 1e-8 relative). Where its conventions differ from ours:", "",
+              "tests/conformance/test_peers.py, on the same draws (to 1e-8 relative). Where its conventions differ from ours:", "",
               "| ours | ComfyUI | ours by default | ComfyUI's choice in ours | checked by |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {' | '.join(entry)} |" for entry in COMFYUI_CONVENTIONS]
     return "\n".join(lines) + "\n"

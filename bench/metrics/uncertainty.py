@@ -1,7 +1,7 @@
 """Standard errors of the metrics from the one sample set a row has: every figure with its uncertainty.
 
 Two resampling schemes, each where it is right (both checked against the spread of the metric over
-independently drawn sample sets in tests/test_uncertainty.py):
+independently drawn sample sets in tests/metrics/test_uncertainty.py):
 
 - Per-sample statistics (the median or mean of per-sample errors, distances, log-densities, LPIPS):
   the bootstrap over samples, ``BOOTSTRAP_REPLICATES`` = 200 resamples (the SE's own Monte Carlo error

@@ -1,6 +1,6 @@
-"""Our solvers against the code users run, beyond the conformance table (bench/conformance.py, checked in
-tests/test_conformance.py): ComfyUI's published updates (ComfyUI does not install here), the identities
-between our solvers that the peers' settings rely on, and step-for-step agreement of dpm_adaptive.
+"""Our solvers against the code users run, beyond the conformance table (bench/conformance/report.py, checked in
+test_conformance.py): ComfyUI's published updates (ComfyUI does not install here), the identities between our
+solvers that the peers' settings rely on, and step-for-step agreement of dpm_adaptive.
 
 k-diffusion works in EDM's variables: x~ = x / alpha_t and sigma~ = sigma_t / alpha_t = exp(-lambda_t),
 with a denoiser D(x~, sigma~) = x0 (bench.conformance.peers.k_diffusion_run maps between them).
