@@ -6,6 +6,8 @@ missing cost or quality are never on it. Exact ties are all kept: neither domina
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -89,7 +91,7 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
     cost <= budget (averaged over seeds), its standard error, and every other configuration within ``tie_z``
     combined standard errors of it: a tie, not significantly worse (the SEs combined as if independent, which
     for paired configurations of one x_T errs towards more ties). Exec modes are ranked separately, so that a
-    faster mode cannot win through its drift from eager."""
+    faster mode cannot win through its drift from eager. Budgets stop at the first that holds every configuration."""
     rows = []
     se = f"{quality}_se"
     ok = per_config(df, quality)
@@ -107,6 +109,8 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
                          cost: best[cost], quality: best[quality], se: best[se], "ties": len(tied),
                          "tied with (not significantly worse)": "; ".join(names[:listed])
                          + (f"; and {len(names) - listed} more" if len(names) > listed else "")})
+            if budget >= group[cost].max():
+                break  # larger budgets would repeat this row
     table = pd.DataFrame(rows)
     if not table.empty and (table.exec_mode == "eager").all():
         table = table.drop(columns="exec_mode")
@@ -177,21 +181,29 @@ def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0)
 
 def table1_shape(gaps: pd.DataFrame) -> list[str]:
     """One sentence per (model, solver, spacing) with at least two NFE values: does DDIM's Table 1 shape hold,
-    i.e. is eta 0 better than eta 1 at the lowest NFE, and is the gap at the highest NFE smaller?"""
+    i.e. is eta 0 better than eta 1 at the lowest NFE, and is the gap at the highest NFE smaller? Each judgement
+    counts only beyond TIE_Z combined standard errors (where the rows have them); within them the sentence says so."""
     sentences = []
     for (model, solver, options, spacing, mode), group in gaps.groupby(["model", "solver", "options", "spacing",
                                                                        "exec_mode"]):
         if group.nfe.nunique() < 2:
             continue
         first, last = group.loc[group.nfe.idxmin()], group.loc[group.nfe.idxmax()]
-        better_low = first.gap > 0
-        closing = abs(last.gap) < abs(first.gap)
-        verdict = "holds" if better_low and closing else "does not hold"
+        se_first, se_last = (float(row.get("gap_se", 0.0)) for row in (first, last))
+        se_first, se_last = (0.0 if math.isnan(se) else se for se in (se_first, se_last))
+        se_both = math.hypot(se_first, se_last)
+        low = ("better" if first.gap > TIE_Z * se_first else "worse" if first.gap < -TIE_Z * se_first
+               else "not distinguishable from eta 1")
+        shrink = abs(first.gap) - abs(last.gap)
+        closing = "closing" if shrink > TIE_Z * se_both else "widening" if shrink < -TIE_Z * se_both else "unchanged"
+        verdict = ("holds" if low == "better" and closing == "closing" else "does not hold" if low == "worse"
+                   or closing == "widening" or (low == "better" and closing == "unchanged") else "cannot be told here")
         name = solver + ("" if options in ("{}", None) else f" {options}") + ("" if mode == "eager" else f", {mode}")
+        within = f" within {TIE_Z} standard errors" if se_both > 0 else ""
         sentences.append(
             f"{model}, {name} ({spacing}): the shape of DDIM's Table 1 {verdict}: at NFE {int(first.nfe)} eta 0 is "
-            f"{'better' if better_low else 'not better'} (gap eta 1 - eta 0 = {first.gap:.3g}), at NFE "
-            f"{int(last.nfe)} the gap is {last.gap:.3g} ({'closing' if closing else 'not closing'}).")
+            f"{low} (gap eta 1 - eta 0 = {first.gap:.3g} +- {se_first:.2g}), at NFE {int(last.nfe)} the gap is "
+            f"{last.gap:.3g} ({closing}{within if closing == 'unchanged' else ''}).")
     return sentences
 
 

@@ -90,8 +90,18 @@ def test_the_ddim_table1_shape_is_judged_from_the_gaps():
     widening = _eta_rows({(10, 0.0): 13.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 30.0})
     assert "does not hold" in table1_shape(eta_gap(widening, "fid"))[0]
     noise_wins = _eta_rows({(10, 0.0): 30.0, (10, 1.0): 20.0, (100, 0.0): 4.0, (100, 1.0): 4.5})
-    assert "does not hold: at NFE 10 eta 0 is not better" in table1_shape(eta_gap(noise_wins, "fid"))[0]
+    assert "does not hold: at NFE 10 eta 0 is worse" in table1_shape(eta_gap(noise_wins, "fid"))[0]
     assert eta_gap(_eta_rows({(10, 0.0): 1.0}), "fid").empty
+
+
+def test_the_table1_shape_is_not_judged_within_the_standard_errors():
+    """Gaps of -22.4 and -22.2 with SEs of about 5.5 (the image example's ddim): neither closing nor widening."""
+    rows = _eta_rows({(5, 0.0): 129.2, (5, 1.0): 106.8, (20, 0.0): 110.9, (20, 1.0): 88.7}).assign(fid_se=3.9)
+    [sentence] = table1_shape(eta_gap(rows, "fid"))
+    assert "at NFE 5 eta 0 is worse" in sentence and "(unchanged within 1.96 standard errors)" in sentence
+    close = _eta_rows({(5, 0.0): 100.0, (5, 1.0): 103.0, (20, 0.0): 90.0, (20, 1.0): 91.0}).assign(fid_se=3.0)
+    [sentence] = table1_shape(eta_gap(close, "fid"))
+    assert "cannot be told here: at NFE 5 eta 0 is not distinguishable from eta 1" in sentence
 
 
 def _mode_rows(wall_s: dict) -> pd.DataFrame:
