@@ -33,7 +33,7 @@ DEVICES = ("cpu", "cuda", "auto")
 # How the network runs, a grid axis: its names are the spec's, bench.run.execution implements each one.
 EXEC_MODES = ("eager", "bf16", "compile", "cuda_graph")
 METRICS = named_in_spec()
-TIMING_REPEATS = 5  # the default of timing_repeats: the measurement behind it is in results/example-default/README.md
+TIMING_REPEATS = 3  # the default of timing_repeats: the measurement behind it is in results/example-default/README.md
 DTYPES = ("float32", "float64")
 FID_REFERENCES = ("exact", "fashion_mnist_test", "fashion_mnist")
 IMAGE_RESIZES = ("pad", "bilinear")
