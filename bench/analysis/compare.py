@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.analysis.frontier import CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, seed_std
+from bench.analysis.frontier import CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, mean_se, seed_label, seed_std
 from bench.run.store import load_rows
 
 SAMPLE_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
@@ -93,11 +93,11 @@ def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
     errors = [f"{m}_se" for m in JUDGED if f"{m}_se" in df]
     grouped = df.groupby(MATCH_KEYS, dropna=False)
     out = grouped[numeric].mean()
-    for column in errors:  # the SE of a mean of k independent values
-        out[column] = grouped[column].agg(lambda se: math.sqrt((se**2).sum()) / len(se))
+    for column in errors:
+        out[column] = grouped[column].agg(mean_se)
     out["wall_s_std"] = np.nan  # timings of different seeds are not repeats of one measurement
     out["status"] = grouped.status.agg(lambda s: "ok" if (s == "ok").all() else s[s != "ok"].iloc[0])
-    out["seed"] = grouped.seed.agg(lambda s: ",".join(map(str, sorted(set(s)))))
+    out["seed"] = grouped.seed.agg(seed_label)
     for column in ("config_id", *COMPARABLE_TIMING):
         out[column] = grouped[column].first()
     return out.reset_index()

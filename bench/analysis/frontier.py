@@ -67,6 +67,16 @@ def describe_config(row) -> str:
 TIE_Z = 1.96  # a configuration within this many combined standard errors of the best is not significantly worse
 
 
+def mean_se(standard_errors: pd.Series) -> float:
+    """The standard error of a mean of k independent figures from theirs: sqrt(sum se^2) / k."""
+    return math.sqrt((standard_errors**2).sum()) / len(standard_errors)
+
+
+def seed_label(seeds: pd.Series) -> str:
+    """The seeds a per-config average was taken over, as one label ("0,1,2")."""
+    return ",".join(map(str, sorted(set(seeds))))
+
+
 def per_config(df: pd.DataFrame, quality: str) -> pd.DataFrame:
     """The ok rows with ``quality``, one per configuration: over several seeds its mean, with the standard error
     of that mean (from the rows' own SEs, sqrt(sum se^2) / k) in ``<quality>_se``."""
@@ -80,8 +90,8 @@ def per_config(df: pd.DataFrame, quality: str) -> pd.DataFrame:
     grouped = ok.groupby(keys, dropna=False)
     merged = grouped.first()
     merged[quality] = grouped[quality].mean()
-    merged[se] = grouped[se].agg(lambda v: np.sqrt((v**2).sum()) / len(v))
-    merged["seed"] = grouped.seed.agg(lambda v: ",".join(map(str, sorted(set(v)))))
+    merged[se] = grouped[se].agg(mean_se)
+    merged["seed"] = grouped.seed.agg(seed_label)
     return merged.reset_index()
 
 
@@ -196,8 +206,9 @@ def table1_shape(gaps: pd.DataFrame) -> list[str]:
                else "not distinguishable from eta 1")
         shrink = abs(first.gap) - abs(last.gap)
         closing = "closing" if shrink > TIE_Z * se_both else "widening" if shrink < -TIE_Z * se_both else "unchanged"
-        verdict = ("holds" if low == "better" and closing == "closing" else "does not hold" if low == "worse"
-                   or closing == "widening" or (low == "better" and closing == "unchanged") else "cannot be told here")
+        undecided = low.startswith("not distinguishable") and closing != "widening"
+        verdict = ("holds" if low == "better" and closing == "closing" else "cannot be told here" if undecided
+                   else "does not hold")
         name = solver + ("" if options in ("{}", None) else f" {options}") + ("" if mode == "eager" else f", {mode}")
         within = f" within {TIE_Z} standard errors" if se_both > 0 else ""
         sentences.append(
