@@ -127,18 +127,20 @@ def _latest_run(root: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from bench.models.data import fashion_mnist
+    from bench.models.data import FASHION_CLASSES, fashion_mnist, fashion_mnist_labels
     from bench.models.train import train
 
     try:
         data = fashion_mnist("train", data_dir=args.data_dir, size=args.size)
+        labels = fashion_mnist_labels("train", data_dir=args.data_dir) if args.class_conditional else None
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 2
     started = time.perf_counter()
     train(data, Path(args.out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, prediction=args.prediction,
           checkpoint_every=args.checkpoint_every, device=args.device, widths=tuple(args.widths),
-          ema_decay=args.ema_decay, seed=args.seed)
+          ema_decay=args.ema_decay, seed=args.seed, labels=labels, class_names=FASHION_CLASSES,
+          label_dropout=args.label_dropout)
     from bench.run import store
     from bench.analysis.plots import plot_training_loss
     from bench.models.train import write_record
@@ -279,6 +281,10 @@ def main(argv=None) -> int:
     train.add_argument("--widths", type=int, nargs="+", default=[32, 64, 64], help="channels per UNet level")
     train.add_argument("--ema-decay", type=float, default=0.999)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--class-conditional", action="store_true",
+                       help="condition on the class label (null class for classifier-free guidance)")
+    train.add_argument("--label-dropout", type=float, default=0.1,
+                       help="with --class-conditional: how often the label is replaced by the null class")
     train.add_argument("--size", type=int, default=32, help="pad the 28x28 images to this size")
     train.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
     train.add_argument("--device", default="cuda" if _cuda() else "cpu")

@@ -18,6 +18,10 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_DIR = Path("data/FashionMNIST/raw")
 ENV_VAR = "BENCH_FASHION_MNIST"
 _FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+_LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
+# The ten classes, in label order (Xiao, Rasul & Vollgraf 2017, Table 1).
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -50,16 +54,27 @@ def fashion_mnist(split: str = "train", data_dir=None, size: int = 32, resize: s
         raise ValueError(f"fashion_mnist: split must be one of {tuple(_FILES)}, got {split!r}")
     if resize not in ("pad", "bilinear"):
         raise ValueError(f"fashion_mnist: resize must be 'pad' or 'bilinear', got {resize!r}")
+    images = torch.from_numpy(_read_split(_FILES[split], data_dir).copy()).float()[:, None] / 127.5 - 1
+    return _to_size(images, size, resize)
+
+
+def fashion_mnist_labels(split: str = "train", data_dir=None) -> torch.Tensor:
+    """The class labels (int64, 0-9, named by FASHION_CLASSES) of ``fashion_mnist(split)``, in the same order."""
+    if split not in _LABEL_FILES:
+        raise ValueError(f"fashion_mnist_labels: split must be one of {tuple(_LABEL_FILES)}, got {split!r}")
+    return torch.from_numpy(_read_split(_LABEL_FILES[split], data_dir).astype(np.int64))
+
+
+def _read_split(file_name: str, data_dir) -> np.ndarray:
     looked = []
     for directory in _candidates(data_dir):
-        for name in (_FILES[split] + ".gz", _FILES[split]):
+        for name in (file_name + ".gz", file_name):
             looked.append(str(directory / name))
             if (directory / name).is_file():
-                images = torch.from_numpy(read_idx(directory / name).copy()).float()[:, None] / 127.5 - 1
-                return _to_size(images, size, resize)
-    raise FileNotFoundError(f"Fashion-MNIST {split} images not found; looked for {', '.join(looked)}. Install "
-                            f"them with `apt-get install dataset-fashion-mnist`, or point {ENV_VAR} or the spec's "
-                            f"data_dir at a folder holding {_FILES[split]}[.gz].")
+                return read_idx(directory / name)
+    raise FileNotFoundError(f"Fashion-MNIST file {file_name} not found; looked for {', '.join(looked)}. Install "
+                            f"it with `apt-get install dataset-fashion-mnist`, or point {ENV_VAR} or the spec's "
+                            f"data_dir at a folder holding {file_name}[.gz].")
 
 
 def _to_size(images: torch.Tensor, size: int, resize: str) -> torch.Tensor:
