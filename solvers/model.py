@@ -70,6 +70,10 @@ class DiffusionModel:
         """One network evaluation, converted to both eps and x0."""
         out = self.net(x, self._time_batch(x, t))
         self.nfe += 1
+        return self.convert(x, t, out)
+
+    def convert(self, x: torch.Tensor, t, out: torch.Tensor):
+        """(eps, x0) at (x, t) from the network output ``out`` in this model's prediction type."""
         alpha, sigma = self.coefficients(x, t)
         if self.prediction == "eps":
             eps = out
@@ -84,6 +88,11 @@ class DiffusionModel:
             return x + (1 - sigma) * out, x - sigma * out
         norm = alpha * alpha + sigma * sigma  # v-prediction: invert v = alpha eps - sigma x0
         return (sigma * x + alpha * out) / norm, (alpha * x - sigma * out) / norm
+
+    def with_network(self, transform) -> "DiffusionModel":
+        """The same model with its network replaced by ``transform(network)`` (an execution mode: autocast,
+        torch.compile); a guided model transforms its conditional network and keeps its guidance."""
+        return DiffusionModel(transform(self.net), self.schedule, self.prediction)
 
     def eps(self, x, t):
         return self.eps_and_x0(x, t)[0]

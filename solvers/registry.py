@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from solvers import adaptive, denoising, exponential, multistep, runge_kutta, sa_solver, stochastic, unipc
+from solvers import adaptive, cfg_pp, denoising, exponential, multistep, runge_kutta, sa_solver, stochastic, unipc
 from solvers.model import DiffusionModel
 from solvers.noise import GaussianNoise
 
@@ -43,7 +43,8 @@ class Solver:
     (``nfe_note`` says what the extra is, for the registry table). ``order`` is the ODE order with
     default options; ``order_for(eta, options)`` is the order a run converges at as its steps are refined,
     from ``order_rule(eta, options)`` where a solver has one, else the default rule (``_default_order``).
-    ``noise`` says what a run draws (NoisePlan). ``check_options(options, schedule or None)`` raises a
+    ``noise`` says what a run draws (NoisePlan). ``needs_guidance``: the solver reads the unconditional prediction
+    beside the guided one (CFG++), so it runs on classifier-free guided models only. ``check_options(options, schedule or None)`` raises a
     ValueError naming a bad option before any compute.
     """
 
@@ -64,6 +65,7 @@ class Solver:
     noise: NoisePlan = NoisePlan()
     min_steps: int = 1  # fewer steps give a skipped row with the reason
     check_options: Callable[[dict, object], None] | None = None
+    needs_guidance: bool = False  # CFG++: needs a classifier-free guided model (its unconditional prediction)
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -151,6 +153,11 @@ class Solver:
 
 def _solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs) -> tuple[str, Solver]:
     return name, Solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs)
+
+
+def _NO_ORDER(eta: float, options: dict) -> None:
+    """CFG++ samplers add an O(1) guidance term per step: no limit as the grid is refined, so no order."""
+    return None
 
 
 _ETA_FAMILY = "DESIGN.md's eta: 0 probability-flow ODE, 1 reverse SDE"
@@ -280,6 +287,19 @@ SOLVERS: dict[str, Solver] = dict([
               adaptive=True, fixed={"method": name})
       for name, order, ref in [("dopri5", 5, "Dormand & Prince 1980"), ("bosh3", 3, "Bogacki & Shampine 1989"),
                                ("adaptive_heun", 2, "Heun-Euler 2(1)"), ("dopri8", 8, "Prince & Dormand 1981")]],
+    *[_solver(name, fn, 1, kind, nfe, eta, reference, order_rule=_NO_ORDER, needs_guidance=True,
+              peers=f"= ComfyUI's sample_{name} (not installable here: compared with its published code restated, "
+                    f"tests/conformance/test_cfg_pp.py); no ODE limit, so no order")
+      for name, fn, kind, nfe, eta, reference in [
+          ("euler_cfg_pp", cfg_pp.euler_cfg_pp, "ode", 1, _ODE_ONLY, "Chung et al. 2024, arXiv:2406.08070, Alg. 1"),
+          ("euler_ancestral_cfg_pp", cfg_pp.euler_cfg_pp, "sde", 1, _ANCESTRAL_ETA,
+           "Chung et al. 2024, arXiv:2406.08070, Alg. 1 with DDIM's ancestral noise"),
+          ("dpmpp_2m_cfg_pp", cfg_pp.dpmpp_2m_cfg_pp, "ode", 1, _ODE_ONLY,
+           "ComfyUI's CFG++ form of DPM-Solver++(2M), arXiv:2211.01095, Alg. 2"),
+          ("dpmpp_2s_ancestral_cfg_pp", cfg_pp.dpmpp_2s_ancestral_cfg_pp, "sde", 2, _ANCESTRAL_ETA,
+           "ComfyUI's CFG++ form of DPM-Solver++(2S) ancestral, arXiv:2211.01095, Alg. 1"),
+          ("res_multistep_cfg_pp", cfg_pp.res_multistep_cfg_pp, "ode", 1, _ODE_ONLY,
+           "ComfyUI's CFG++ form of RES multistep, arXiv:2308.02157")]],
     # torchdiffeq's explicit_adams is not registered: on the non-uniform grids used here it measured order 2
     # (VP, logsnr) and diverged on VE; lms is the variable-step Adams-Bashforth instead.
     _solver("midpoint", runge_kutta.midpoint, 2, "ode", 2, _ODE_ONLY, "explicit midpoint; Hairer et al. 1993, II.1",
@@ -340,6 +360,10 @@ def sample(name: str, model: DiffusionModel, x: torch.Tensor, ts: torch.Tensor, 
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed options: {allowed}")
     ts = _check_time_grid(model, ts)
     solver.validate_options(options, model.schedule)
+    if solver.needs_guidance and not callable(getattr(model, "guided_and_unconditional", None)):
+        raise ValueError(f"{name} is a CFG++ sampler: it needs a classifier-free guided model "
+                         f"(solvers.guidance.GuidedModel), which gives the unconditional prediction beside the guided "
+                         f"one; got {type(model).__name__}")
     if noise is None:
         noise = GaussianNoise(generator)
     return solver.fn(model, x, ts, eta=eta, noise=noise, **solver.fixed, **options)

@@ -22,6 +22,20 @@ def prior_sample(schedule, n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return scale * torch.randn(n, dim, generator=g, dtype=torch.float64)
 
 
+def guided_ring(schedule, batch: int, scale: float = 2.0, seed: int = 0):
+    """The 8-mode ring with std 0.25 as two classes (even and odd modes), classifier-free guided at ``scale`` towards
+    labels drawn from ``seed`` for a batch of ``batch``: exact conditional and unconditional scores."""
+    from bench.models import ring2d
+    from bench.models.analytic import GaussianMixture
+    from solvers.guidance import GuidedModel
+
+    ring = ring2d(std=0.25)
+    classes = GaussianMixture(ring.means, ring.variances, component_classes=torch.arange(8) % 2)
+    model = GuidedModel(classes.conditional_net(schedule), schedule, "eps", null=torch.tensor(2), scale=scale)
+    model.condition_on(torch.randint(2, (batch,), generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
 # Models for runner tests, named in specs as python:support:<name> so that the sweep's worker
 # processes build them too.
 def smooth_ring():

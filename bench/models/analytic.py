@@ -5,6 +5,10 @@ sum_k w_k N(alpha_t mu_k, diag(alpha_t^2 v_k + sigma_t^2)), so p_t, its score, t
 prediction eps = -sigma_t score, exact samples of p_0 and the moments of p_t are all closed form.
 Quadratic forms are computed with matrix products, so memory is O(batch x components), which
 keeps the 1,797-component digits mixture cheap.
+
+A mixture whose components carry class labels is class-conditional: p(x | y) is the mixture of class y's
+components (weights renormalised), p(x) the whole mixture, so the conditional and unconditional scores, and any
+classifier-free guided combination of them, are exact too.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 
 import torch
 
+from bench.models.conditioning import ClassConditioning
 from solvers.model import DiffusionModel
 from solvers.schedules import Schedule
 
@@ -20,12 +25,15 @@ class GaussianMixture:
     """sum_k weights[k] N(means[k], diag(variances[k])) over events of shape ``event_shape``.
 
     ``means``: (K, D); ``variances``: a number, (K,) isotropic or (K, D) diagonal; ``weights``: (K,)
-    or None for uniform. All math runs in the means' dtype (float64 by default).
+    or None for uniform; ``component_classes``: (K,) class labels 0..C-1 that make it class-conditional, named by
+    ``class_names``. All math runs in the means' dtype (float64 by default).
     """
 
     dataset = "synthetic"  # what the means come from; presets name their data
+    prediction = "eps"  # of conditional_net
 
-    def __init__(self, means, variances, weights=None, event_shape: tuple[int, ...] | None = None):
+    def __init__(self, means, variances, weights=None, event_shape: tuple[int, ...] | None = None,
+                 component_classes=None, class_names=None):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (components, dim), got {tuple(means.shape)}")
@@ -47,6 +55,18 @@ class GaussianMixture:
         self.event_shape = tuple(event_shape) if event_shape is not None else (d,)
         if math.prod(self.event_shape) != d:
             raise ValueError(f"event_shape {self.event_shape} does not hold {d} values")
+        self.conditioning, self.component_classes = None, None
+        if component_classes is not None:
+            classes = torch.as_tensor(component_classes, dtype=torch.int64)
+            n_classes = int(classes.max()) + 1
+            if classes.shape != (k,) or int(classes.min()) < 0 or len(torch.unique(classes)) != n_classes:
+                raise ValueError(f"component_classes must label each of the {k} components with 0..C-1, every "
+                                 f"class used, got {classes.tolist()}")
+            names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(n_classes))
+            if len(names) != n_classes:
+                raise ValueError(f"{len(names)} class names for {n_classes} classes")
+            self.component_classes = classes
+            self.conditioning = ClassConditioning(n_classes, names, null_class=n_classes)
 
     @property
     def dim(self) -> int:
@@ -102,21 +122,29 @@ class GaussianMixture:
         log_norm = 0.5 * (log_det_precision - self.dim * math.log(2 * math.pi))
         return log_weights + log_norm - 0.5 * quad, precision, alpha * means * precision
 
-    def _per_time(self, x: torch.Tensor, t, schedule: Schedule | None, fn):
-        """Apply fn(x_rows, alpha, sigma) per distinct time (one group when t is a scalar)."""
+    def _per_time(self, x: torch.Tensor, t, schedule: Schedule | None, fn, labels: torch.Tensor | None = None):
+        """Apply fn(x_rows, alpha, sigma) per distinct time (one group when t is a scalar); with ``labels`` (one per
+        sample), fn(x_rows, alpha, sigma, labels_rows)."""
         x = self._flat(x)
+
+        def call(rows_x, alpha, sigma, rows=None):
+            if labels is None:
+                return fn(rows_x, alpha, sigma)
+            return fn(rows_x, alpha, sigma, labels if rows is None else labels[rows.to(labels.device)])
+
         if schedule is None:
-            return fn(x, 1.0, 0.0)
+            return call(x, 1.0, 0.0)
         if not (isinstance(t, torch.Tensor) and t.ndim > 0):
             t = float(t)
-            return fn(x, float(schedule.alpha(t)), float(schedule.sigma(t)))
+            return call(x, float(schedule.alpha(t)), float(schedule.sigma(t)))
         t = t.detach().to("cpu", torch.float64)
         if bool((t == t[0]).all()):  # the usual case: every sample at the same time
-            return self._per_time(x, float(t[0]), schedule, fn)
+            t = float(t[0])
+            return call(x, float(schedule.alpha(t)), float(schedule.sigma(t)))
         out = None
         for value in torch.unique(t).tolist():
             rows = (t == value).to(x.device)
-            part = fn(x[rows], float(schedule.alpha(value)), float(schedule.sigma(value)))
+            part = call(x[rows], float(schedule.alpha(value)), float(schedule.sigma(value)), rows)
             if out is None:
                 out = part.new_empty((x.shape[0],) + part.shape[1:])
             out[rows] = part
@@ -130,8 +158,13 @@ class GaussianMixture:
         """Exact log p_t(x) per sample (log p_0 without a schedule)."""
         return torch.logsumexp(self.component_log_joint(x, schedule, t), 1)
 
-    def _score_rows(self, rows: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    def _score_rows(self, rows: torch.Tensor, alpha: float, sigma: float, labels: torch.Tensor | None = None):
+        """The score of the rows; with ``labels``, of p(x | y) for each row's label (the null class: p(x))."""
         log_joint, precision, scaled_means = self._log_resp_and_terms(rows, alpha, sigma)
+        if labels is not None:
+            classes = self.component_classes.to(labels.device)
+            allowed = (classes[None, :] == labels[:, None]) | (labels[:, None] == self.conditioning.null_class)
+            log_joint = log_joint.masked_fill(~allowed.to(log_joint.device), -math.inf)
         resp = torch.softmax(log_joint, dim=1)
         return resp @ scaled_means - rows * (resp @ precision)
 
@@ -145,6 +178,27 @@ class GaussianMixture:
             return -sigma * self._score_rows(rows, alpha, sigma)
 
         return self._per_time(x, t, schedule, eps_rows).reshape(x.shape)
+
+    def conditional_eps(self, x: torch.Tensor, schedule: Schedule, t, labels: torch.Tensor) -> torch.Tensor:
+        """The exact eps of p_t(x | y) per sample, y = ``labels`` (the null class: of p_t(x))."""
+        if self.conditioning is None:
+            raise ValueError("conditional_eps: this mixture has no component classes")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"conditional_eps: need one label per sample ({x.shape[0]},), got {tuple(labels.shape)}")
+
+        def eps_rows(rows, alpha, sigma, rows_labels):
+            return -sigma * self._score_rows(rows, alpha, sigma, rows_labels)
+
+        return self._per_time(x, t, schedule, eps_rows, labels).reshape(x.shape)
+
+    def conditional_net(self, schedule: Schedule):
+        """The exact class-conditional network ``net(x, t, labels)`` (eps prediction) under ``schedule``."""
+        return lambda x, t, labels: self.conditional_eps(x, schedule, t, labels)
+
+    def class_mixture(self, label: int) -> "GaussianMixture":
+        """p_0(x | y = label): the mixture of that class's components (its exact samples, density and score)."""
+        return self.subset(torch.nonzero(self.component_classes == label)[:, 0])
 
     def subset(self, components) -> "GaussianMixture":
         """The mixture restricted to ``components`` (weights renormalised): a class-conditional p(x | y)."""

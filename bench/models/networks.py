@@ -4,7 +4,10 @@ A spec's model entry ``diffusers:PATH`` loads a local ``UNet2DModel`` (a folder 
 or a pipeline folder with unet/ and scheduler/) and its scheduler config: the betas become a
 ``DiscreteVP``, ``prediction_type`` the prediction (epsilon -> eps, v_prediction -> v, sample -> x0); a
 FlowMatchEulerDiscreteScheduler config gives a ``FlowMatching`` schedule with its shift and the flow prediction;
-``sample_size`` and ``in_channels`` the sample shape. ``python:module:function`` calls a function
+``sample_size`` and ``in_channels`` the sample shape. A UNet with a class embedding (``num_class_embeds``) is
+class-conditional: ``classes.json`` beside it (what ``python -m bench train --class-conditional`` writes) names the
+classes and the null class learned by label dropout; without it every embedding is a class and there is no
+unconditional prediction (no guidance). ``python:module:function`` calls a function
 that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: the spec's
 ``schedule`` key does not apply to them.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench.models.conditioning import ClassConditioning
 from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP, FlowMatching
 
@@ -34,9 +38,21 @@ class NetworkSource:
     dataset: str | None = None  # a checkpoint does not say what it was trained on
     module: torch.nn.Module | None = None  # the network's weights, moved by ``to``
     weights_sha256: str | None = None  # of the weight files the network was loaded from
+    conditioning: ClassConditioning | None = None  # class-conditional networks: their classes
+    conditional: object = None  # and the network as net(x, t, labels)
+
+    @property
+    def prediction(self) -> str:
+        return self.diffusion.prediction
 
     def model(self, schedule=None) -> DiffusionModel:
         return self.diffusion
+
+    def conditional_net(self, schedule=None):
+        """The class-conditional network ``net(x, t, labels)`` (its own schedule; the argument is ignored)."""
+        if self.conditional is None:
+            raise ValueError("this network is unconditional")
+        return self.conditional
 
     def to(self, device) -> "NetworkSource":
         """Move the network's weights (a diffusers UNet) to ``device``; a python: function's model is its own."""
@@ -93,14 +109,43 @@ def load_diffusers(path: str | Path) -> NetworkSource:
     # weights frozen, so a forward builds no graph unless x asks for one (the nll metric's divergence does)
     unet = UNet2DModel.from_pretrained(str(unet_dir)).eval().requires_grad_(False)
     schedule = _schedule_from_config(config, path)
+    conditioning = read_conditioning(path)
+
+    def conditional_net(x, t, labels=None):
+        return unet(x.to(unet.dtype), schedule.network_time(t).to(x.device, unet.dtype),
+                    class_labels=labels).sample.to(x.dtype)
 
     def net(x, t):
-        return unet(x.to(unet.dtype), schedule.network_time(t).to(x.device, unet.dtype)).sample.to(x.dtype)
+        if conditioning is None:
+            return conditional_net(x, t)
+        if not conditioning.guidable:
+            raise ValueError(f"diffusers:{path} is class-conditional without a null class: it has no unconditional "
+                             f"prediction; give the spec class_labels")
+        return conditional_net(x, t, torch.full((x.shape[0],), conditioning.null_class, device=x.device))
 
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
-                         module=unet, weights_sha256=files_digest(unet_dir))
+                         module=unet, weights_sha256=files_digest(unet_dir), conditioning=conditioning,
+                         conditional=conditional_net if conditioning is not None else None)
+
+
+def read_conditioning(path) -> ClassConditioning | None:
+    """A diffusers UNet folder's class conditioning, from its config.json and classes.json alone (no weights)."""
+    path = Path(path)
+    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    embeddings = json.loads((unet_dir / "config.json").read_text()).get("num_class_embeds")
+    if not embeddings:
+        return None
+    record = path / "classes.json"
+    if not record.is_file():
+        return ClassConditioning(int(embeddings), tuple(str(k) for k in range(embeddings)), None)
+    classes = json.loads(record.read_text())
+    null = classes.get("null_class")
+    if null is not None and not (null == len(classes["names"]) and embeddings == null + 1):
+        raise ValueError(f"{record}: null_class {null} with {len(classes['names'])} names does not fit the UNet's "
+                         f"{embeddings} class embeddings (expected names 0..{embeddings - 2} and null {embeddings - 1})")
+    return ClassConditioning(len(classes["names"]), tuple(classes["names"]), null)
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")

@@ -27,6 +27,18 @@ def gmm_hd(dim: int = 64, n_modes: int = 16, scale: float = 0.5, std: float = 0.
     return _named(GaussianMixture(means, std**2, weights), f"synthetic: {n_modes} random Gaussians ({dim}-D)")
 
 
+def gmm_classes(dim: int = 16, n_modes: int = 16, n_classes: int = 4, scale: float = 0.5, std: float = 0.2,
+                seed: int = 0) -> GaussianMixture:
+    """A class-conditional mixture: ``n_modes`` equal-weight isotropic Gaussians with means N(0, scale^2 I) drawn
+    from ``seed``, component k in class k mod ``n_classes`` (so every class is a mixture of several modes that
+    interleave with the other classes'); equal class probabilities, so uniformly drawn labels sample p_0 exactly."""
+    g = torch.Generator().manual_seed(seed)
+    means = scale * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    mixture = GaussianMixture(means, std**2, component_classes=torch.arange(n_modes) % n_classes,
+                              class_names=[f"class {c}" for c in range(n_classes)])
+    return _named(mixture, f"synthetic: {n_modes} random Gaussians in {n_classes} classes ({dim}-D)")
+
+
 def digits(std: float = 0.1) -> GaussianMixture:
     """Means are the 1,797 8x8 handwritten digits shipped in scikit-learn, scaled to [-1, 1]; shape (1, 8, 8)."""
     from sklearn.datasets import load_digits
@@ -73,8 +85,18 @@ def fmnist_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_unet"):
     return source
 
 
-ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "digits": digits, "fashion_gmm": fashion_gmm}
-NETWORK_PRESETS = {"fmnist_unet": fmnist_unet}
+def fmnist_cond_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_cond_unet"):
+    """The project's class-conditional UNet on Fashion-MNIST (the ten classes, and the null class learned by label
+    dropout, so it guides), checked and loaded like ``fmnist_unet`` (its folder's README tells the rest)."""
+    source = fmnist_unet(directory)
+    source.dataset = "Fashion-MNIST train, class-conditional (the project's UNet, bench/checkpoints/fmnist_cond_unet)"
+    return source
+
+
+ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "gmm_classes": gmm_classes, "digits": digits,
+                    "fashion_gmm": fashion_gmm}
+NETWORK_PRESETS = {"fmnist_unet": fmnist_unet, "fmnist_cond_unet": fmnist_cond_unet}
+CONDITIONAL_ANALYTIC = {"gmm_classes"}  # analytic presets with component classes (cheap to build)
 DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
 
 # Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
@@ -100,6 +122,24 @@ def build_model(name: str, data_dir=None, image_resize: str = "pad"):
     if sep and prefix in LOADERS:
         return LOADERS[prefix](rest)
     return MODELS[name](**({"data_dir": data_dir, "resize": image_resize} if name in DATA_MODELS else {}))
+
+
+def model_conditioning(name: str):
+    """A model's ClassConditioning (None: unconditional) from its name, without loading weights; "unknown" for a
+    python: function's model, which says only once built, and for a diffusers folder that is not there (yet: its
+    rows say what is missing)."""
+    from bench.models.networks import read_conditioning
+
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix == "diffusers":
+        return read_conditioning(rest) if Path(rest).is_dir() else "unknown"
+    if sep:
+        return "unknown"
+    if name in CONDITIONAL_ANALYTIC:
+        return MODELS[name]().conditioning
+    if name in NETWORK_PRESETS:
+        return read_conditioning(CHECKPOINTS_DIR / name)
+    return None
 
 
 def is_model_name(name: str) -> bool:

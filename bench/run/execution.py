@@ -27,9 +27,9 @@ from solvers.model import DiffusionModel
 
 
 def _autocast_bf16(net, device: torch.device):
-    def net_bf16(x, t):
+    def net_bf16(x, t, *condition):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return net(x, t).to(x.dtype)
+            return net(x, t, *condition).to(x.dtype)
 
     return net_bf16
 
@@ -39,9 +39,9 @@ def in_mode(model: DiffusionModel, mode: str, device: torch.device) -> Diffusion
     if mode not in EXEC_MODES:
         raise ValueError(f"unknown exec mode {mode!r}; allowed: {', '.join(EXEC_MODES)}")
     if mode == "bf16":
-        return DiffusionModel(_autocast_bf16(model.net, device), model.schedule, model.prediction)
+        return model.with_network(lambda net: _autocast_bf16(net, device))
     if mode == "compile":
-        return DiffusionModel(torch.compile(model.net, dynamic=False), model.schedule, model.prediction)
+        return model.with_network(lambda net: torch.compile(net, dynamic=False))
     return model  # eager, and cuda_graph: the network as in eager, the solve captured (CapturedSolve)
 
 
@@ -52,7 +52,7 @@ class CapturedSolve:
     (allocations and kernel choices happen outside the graph), then once under capture into static buffers: x
     and ``noise``'s pre-drawn tensors (a PrecomputedNoise, or NoNoise for a deterministic run). A call copies the
     batch's x_T and its own pre-drawn noise into those buffers, replays the graph and returns a copy of the
-    output. ``nfe`` is the network evaluations of one solve (the graph replays them without counting);
+    output. ``nfe`` (``passes``) is the network evaluations (passes) of one solve (the graph replays them without counting);
     ``capture_s`` the seconds the warm-up and capture took (untimed, recorded in the row).
     """
 
@@ -71,6 +71,7 @@ class CapturedSolve:
                 self.out = solve(self.x, self.noise)
         torch.cuda.synchronize(x.device)
         self.nfe, self.capture_s = model.nfe, time.perf_counter() - started
+        self.passes = getattr(model, "passes", None)  # a guided model's network passes per solve
 
     def __call__(self, x: torch.Tensor, noise) -> torch.Tensor:
         self.x.copy_(x)

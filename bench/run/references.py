@@ -36,9 +36,13 @@ FOLDER = "references"
 
 def key(cfg: RunConfig) -> tuple:
     """What a config's reference solve depends on: the eager network, x_T (model, seed, sample count, dtype), the
-    batch it is solved in (adaptive step control takes norms over a batch; the spec has one) and the tolerance."""
-    return (cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype,
+    batch it is solved in (adaptive step control takes norms over a batch; the spec has one), the tolerance and, for
+    a conditional model, its conditions and guidance (an unconditional config's key is as before guidance existed)."""
+    base = (cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype,
             cfg.reference_tolerance)
+    if cfg.guidance_scale is None:
+        return base
+    return base + (cfg.guidance_scale, cfg.conditions, cfg.guidance_interval)
 
 
 def needed(cfg: RunConfig) -> bool:
@@ -102,14 +106,19 @@ def _write_record(run_dir: Path, reference_key: tuple, status: str, **fields) ->
     files.atomic_write(record, lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
 
 
-def solve(model, x_T: torch.Tensor, batch: int, tolerance: float) -> torch.Tensor:
+def solve(model, x_T: torch.Tensor, batch: int, tolerance: float, conditions: torch.Tensor | None = None) -> torch.Tensor:
     """The high-accuracy solve from x_T (dopri5, rtol = atol = ``tolerance``, float64) in batches of ``batch``,
-    halved on a CUDA out-of-memory error."""
+    halved on a CUDA out-of-memory error; a guided model gets each batch's ``conditions``."""
     s = model.schedule
+
+    def solve_chunk(rows: slice):
+        if conditions is not None:
+            model.condition_on(conditions[rows])
+        return reference_solve(model, x_T[rows].double(), s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
+
     while True:
         try:
-            return torch.cat([reference_solve(model, chunk, s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
-                              for chunk in x_T.double().split(batch)])
+            return torch.cat([solve_chunk(slice(start, start + batch)) for start in range(0, len(x_T), batch)])
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise
@@ -117,13 +126,13 @@ def solve(model, x_T: torch.Tensor, batch: int, tolerance: float) -> torch.Tenso
             torch.cuda.empty_cache()
 
 
-def solve_and_store(cfg: RunConfig, run_dir: Path, model, x_T: torch.Tensor) -> str:
-    """Solve ``cfg``'s reference (``model``: the eager network, ``x_T``: the config's) and store it, or record the
-    exception that ended it; returns the status written (ok or failed)."""
+def solve_and_store(cfg: RunConfig, run_dir: Path, model, x_T: torch.Tensor, conditions=None) -> str:
+    """Solve ``cfg``'s reference (``model``: the eager network, ``x_T`` and ``conditions``: the config's) and store
+    it, or record the exception that ended it; returns the status written (ok or failed)."""
     reference_key = key(cfg)
     started = time.perf_counter()
     try:
-        solution = solve(model, x_T, cfg.batch_size, cfg.reference_tolerance).cpu()
+        solution = solve(model, x_T, cfg.batch_size, cfg.reference_tolerance, conditions).cpu()
     except Exception as err:  # noqa: BLE001 - any failure is recorded for the rows, not raised
         _write_record(run_dir, reference_key, "failed", message=f"{type(err).__name__}: {err}")
         return "failed"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench import metrics
-from bench.models import build_model, weights_digest
+from bench.models import build_model, draw_labels, guided_model, weights_digest
 from bench.run import execution, policy, references, sampling, store
 from bench.spec import RunConfig
 from solvers import SOLVERS, SolverDiverged
@@ -46,9 +46,11 @@ class SweepCache:
     needed_partners: frozenset = frozenset()
     needed_eager: frozenset = frozenset()
     run_dir: Path | None = None
+    sources: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     digests: dict = field(default_factory=dict)
     priors: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
     references: dict = field(default_factory=dict)
     finals: dict = field(default_factory=dict)
     eager: dict = field(default_factory=dict)
@@ -57,20 +59,37 @@ class SweepCache:
 
     def model(self, cfg: RunConfig, exec_mode: str | None = None):
         """(source, DiffusionModel) of a config, its network executed in the config's exec mode (or
-        ``exec_mode``); a network's weights are moved to the config's device."""
+        ``exec_mode``); a network's weights are moved to the config's device. A conditional model's is its
+        classifier-free guided model at the config's scale (solvers.guidance.GuidedModel)."""
         key = (cfg.model, cfg.schedule, cfg.image_resize, cfg.device)
-        if key not in self.models:
+        if key not in self.sources:
             source = build_model(cfg.model, cfg.data_dir, cfg.image_resize)
             if callable(getattr(source, "to", None)):
                 source.to(resolve_device(cfg.device))
-            schedule = SCHEDULES[cfg.schedule]()
-            self.models[key] = {"eager": (source, source.model(schedule))}
+            self.sources[key] = source
             self.digests[key[:3]] = weights_digest(source)
-        modes, mode = self.models[key], exec_mode or cfg.exec_mode
+        source = self.sources[key]
+        guided_key = key + (cfg.guidance_scale, cfg.guidance_interval)
+        if guided_key not in self.models:
+            schedule = SCHEDULES[cfg.schedule]()
+            eager = (source.model(schedule) if cfg.guidance_scale is None
+                     else guided_model(source, schedule, cfg.guidance_scale, cfg.guidance_interval))
+            self.models[guided_key] = {"eager": eager}
+        modes, mode = self.models[guided_key], exec_mode or cfg.exec_mode
         if mode not in modes:
-            source, eager = modes["eager"]
-            modes[mode] = (source, execution.in_mode(eager, mode, resolve_device(cfg.device)))
-        return modes[mode]
+            modes[mode] = execution.in_mode(modes["eager"], mode, resolve_device(cfg.device))
+        return source, modes[mode]
+
+    def conditions(self, cfg: RunConfig, device) -> torch.Tensor | None:
+        """The class labels of a conditional config's samples (None for an unconditional one), from its seed: the
+        same sample index gets the same label in every config with that seed and conditions, like x_T."""
+        if cfg.conditions is None:
+            return None
+        key = (cfg.model, cfg.conditions, cfg.seed, cfg.n_samples, str(device))
+        if key not in self.labels:
+            source, _ = self.model(cfg)
+            self.labels[key] = draw_labels(cfg.conditions, source.conditioning, cfg.seed, cfg.n_samples).to(device)
+        return self.labels[key]
 
     def prior(self, cfg: RunConfig, shape, device, dtype) -> torch.Tensor:
         """x_T ~ N(0, sigma_T^2 I) from the seed alone: paired across every config with that seed."""
@@ -85,7 +104,8 @@ class SweepCache:
 
 def _sampling_key(cfg: RunConfig, steps, exec_mode: str | None = None) -> tuple:
     return (cfg.model, cfg.schedule, cfg.solver, cfg.options, steps, cfg.spacing, cfg.eta, cfg.tolerance, cfg.seed,
-            cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype, exec_mode or cfg.exec_mode)
+            cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype, exec_mode or cfg.exec_mode, cfg.guidance_scale,
+            cfg.conditions, cfg.guidance_interval)
 
 
 def partner_keys(configs: list[RunConfig]) -> frozenset:
@@ -110,13 +130,15 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
             "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
             "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
             "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
-            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode}
+            "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode,
+            "guidance_scale": cfg.guidance_scale, "conditions": cfg.conditions,
+            "guidance_interval": None if cfg.guidance_interval is None else json.dumps(list(cfg.guidance_interval))}
 
 
 WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
 
 
-def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> float | None:
+def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, conditions, device) -> float | None:
     """One untimed short solve of one batch at the timed batch shape, once per (model, solver, device, batch)
     in a sweep, so first-call costs (imports, allocations, kernel selection, compilation) stay out of wall_s. A few
     steps run every kernel a long solve runs: on a network, warming up with all 50 steps would double the cost.
@@ -129,7 +151,8 @@ def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, device) -> float | N
             cfg = dataclasses.replace(cfg, spacing="uniform")  # short uniform grid, which runs the same kernels
         last = len(x_T) % cfg.batch_size  # a smaller last batch is another shape (compile: another graph)
         for shape in {cfg.batch_size, last} - {0}:
-            sampling.solve(cfg, model, x_T[:shape], steps, device)
+            sampling.solve(cfg, model, x_T[:shape], steps, device,
+                           conditions=None if conditions is None else conditions[:shape])
         cache.warmed_up.add(key)
         return time.perf_counter() - started
     return None
@@ -147,13 +170,16 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         row["dataset"] = getattr(source, "dataset", None)
         row["weights_sha256"] = cache.digests[(cfg.model, cfg.schedule, cfg.image_resize)]
         x_T = cache.prior(cfg, source.event_shape, device, dtype)
-        row["warmup_s"] = _warm_up(cfg, cache, model, x_T, device)
-        result = sampling.solve(cfg, model, x_T, cfg.steps, device, repeats=cfg.timing_repeats)
+        conditions = cache.conditions(cfg, device)
+        row["warmup_s"] = _warm_up(cfg, cache, model, x_T, conditions, device)
+        result = sampling.solve(cfg, model, x_T, cfg.steps, device, repeats=cfg.timing_repeats, conditions=conditions)
         x, seconds = result.samples, result.seconds
         # the bare network at the same shape, right after the config's own solve: the conditions its wall_s saw
-        # (one measurement per sweep measured 0.62 s per forward where the solves ran at 0.45 s per evaluation)
-        forward_s = sampling.forward_seconds(model, x_T[:result.batch_used], float(model.schedule.t_max), device)
-        row.update(nfe=result.nfe, wall_s=seconds, wall_s_std=result.seconds_std, timing_repeats=result.repeats,
+        # (one measurement per sweep measured 0.62 s per forward where the solves ran at 0.45 s per evaluation);
+        # a guided model's forward is its guided evaluation (both halves), which nfe counts once
+        forward_s = sampling.forward_seconds(model, x_T[:result.batch_used], float(model.schedule.t_max), device,
+                                             None if conditions is None else conditions[:result.batch_used])
+        row.update(nfe=result.nfe, network_passes=result.passes, wall_s=seconds, wall_s_std=result.seconds_std, timing_repeats=result.repeats,
                    capture_s=result.capture_s if cfg.exec_mode == "cuda_graph" else None,
                    samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
                    batch_used=result.batch_used, forward_s=forward_s,
@@ -198,16 +224,20 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, n
             return None
         return found
 
+    conditions = cache.conditions(cfg, device)
+
     def partner():
         finals_key = _sampling_key(cfg, 2 * cfg.steps)
         kept = cache.finals.pop(finals_key, None)
-        return kept if kept is not None else sampling.solve(cfg, model, x_T, 2 * cfg.steps, device).samples
+        return kept if kept is not None else sampling.solve(cfg, model, x_T, 2 * cfg.steps, device,
+                                                            conditions=conditions).samples
 
     def eager_twin():
         key = _sampling_key(cfg, cfg.steps, "eager")
         if key not in cache.eager:  # no row of this sweep left it: solved here, untimed
             _, eager = cache.model(cfg, "eager")
-            cache.eager[key] = sampling.solve(cfg, eager, x_T, cfg.steps, device, "eager").samples.cpu()
+            cache.eager[key] = sampling.solve(cfg, eager, x_T, cfg.steps, device, "eager",
+                                              conditions=conditions).samples.cpu()
         return cache.eager[key]
 
     inputs = metrics.Inputs(cfg, source, model, x_T, x, device, reference, partner, eager_twin, cache.metrics,
@@ -237,10 +267,12 @@ def make_reference(cfg: RunConfig, cache: SweepCache):
     """Solve ``cfg``'s reference with the eager network from the config's x_T: stored in the run folder when the
     cache has one (the reference stage; returns its status), else returned (a tensor or a Failure)."""
     source, model = cache.model(cfg, "eager")
-    x_T = cache.prior(cfg, source.event_shape, resolve_device(cfg.device), getattr(torch, cfg.dtype))
+    device = resolve_device(cfg.device)
+    x_T = cache.prior(cfg, source.event_shape, device, getattr(torch, cfg.dtype))
+    conditions = cache.conditions(cfg, device)
     if cache.run_dir is not None:
-        return references.solve_and_store(cfg, cache.run_dir, model, x_T)
+        return references.solve_and_store(cfg, cache.run_dir, model, x_T, conditions)
     try:
-        return references.solve(model, x_T, cfg.batch_size, cfg.reference_tolerance).to(x_T.device)
+        return references.solve(model, x_T, cfg.batch_size, cfg.reference_tolerance, conditions).to(x_T.device)
     except Exception as err:  # noqa: BLE001 - recorded in the rows, not raised again
         return references.Failure("failed", f"{type(err).__name__}: {err}")

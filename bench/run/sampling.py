@@ -12,6 +12,9 @@ halves the batch, or when its pre-drawn noise would exceed ``NOISE_BUDGET_BYTES`
 batch 2,000 of 3x32x32 images would hold 25 GB). A part takes its rows of its noise batch's path
 (``RowsOf``), so every sample sees the same noise whatever the part it is solved in.
 
+A conditional config's labels go with its x_T: each part's rows of them are set on the guided model
+(``condition_on``) before the part is solved, outside the clock.
+
 A solve shorter than ``REPEAT_BELOW_S`` is timed ``timing_repeats`` times (the same x_T and noise,
 so the same samples); ``wall_s`` is the median and ``wall_s_std`` the spread of those timings.
 """
@@ -98,14 +101,16 @@ def grid(cfg: RunConfig, schedule, steps: int | None) -> torch.Tensor:
 @dataclass
 class Solve:
     """All samples of one config and what it cost: time (the median over repeated timings, their standard
-    deviation, how many), NFE and adaptive steps per part, the part size used and the number of parts (for the
-    overhead against the bare network forward), and the untimed CUDA-graph capture."""
+    deviation, how many), NFE, network passes (a guided evaluation: 1 NFE, 2 passes; None for an unguided model) and
+    adaptive steps per part, the part size used and the number of parts (for the overhead against the bare network
+    forward), and the untimed CUDA-graph capture."""
 
     samples: torch.Tensor
     seconds: float
     seconds_std: float
     repeats: int
     nfe: float
+    passes: float | None
     accepted: float
     rejected: float
     batch_used: int
@@ -116,10 +121,13 @@ class Solve:
 FORWARD_REPEATS = 5
 
 
-def forward_seconds(model, like: torch.Tensor, t: float, device: torch.device) -> float:
-    """The bare network forward at ``like``'s batch shape, device and dtype: the median of
-    FORWARD_REPEATS timed calls after one untimed call, under no_grad, as the solve runs it."""
+def forward_seconds(model, like: torch.Tensor, t: float, device: torch.device, conditions=None) -> float:
+    """The bare network forward at ``like``'s batch shape, device and dtype (a guided model's: one guided evaluation
+    on ``conditions``): the median of FORWARD_REPEATS timed calls after one untimed call, under no_grad, as the
+    solve runs it."""
     times = torch.full((like.shape[0],), t, device=like.device, dtype=like.dtype)
+    if conditions is not None:
+        model.condition_on(conditions)
     seconds = []
     with torch.no_grad():
         model.net(like, times)
@@ -131,9 +139,9 @@ def forward_seconds(model, like: torch.Tensor, t: float, device: torch.device) -
 
 
 def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: torch.device,
-          exec_mode: str | None = None, repeats: int = 1) -> Solve:
+          exec_mode: str | None = None, repeats: int = 1, conditions: torch.Tensor | None = None) -> Solve:
     """Sample every x_T of a config (``steps`` overrides its step count, for the step-doubling partner;
-    ``exec_mode`` the config's, for its eager twin). ``model`` is already in the mode (bench.run.execution.in_mode);
+    ``exec_mode`` the config's, for its eager twin; ``conditions``: a conditional config's labels, one per x_T). ``model`` is already in the mode (bench.run.execution.in_mode);
     cuda_graph captures the solve here. A solve faster than REPEAT_BELOW_S is timed up to ``repeats`` times.
 
     On a CUDA out-of-memory error the part size halves and the whole config starts again.
@@ -153,13 +161,15 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
         return sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options, **extra)
 
     def timed_pass(drawn: list | None):
-        """Every part once: (outputs, seconds, NFE, accepted, rejected) summed over parts, and the parts with their
-        noise while the pass is still short enough to be repeated (a repeat reuses them; None after that)."""
-        outputs, seconds, nfe, accepted, rejected = [], 0.0, 0, 0, 0
+        """Every part once: (outputs, seconds, NFE, passes, accepted, rejected) summed over parts, and the parts with
+        their noise while the pass is still short enough to be repeated (a repeat reuses them; None after that)."""
+        outputs, seconds, nfe, passes, accepted, rejected = [], 0.0, 0, 0, 0, 0
         parts = drawn if drawn is not None else _parts()
         kept = []
-        for part, noise in parts:
+        for part, noise, labels in parts:
             extra = {"stats": {}} if adaptive else {}  # adaptive solvers fill it
+            if labels is not None:
+                model.condition_on(labels)
             if graphed and part.shape not in captured:
                 captured[part.shape] = CapturedSolve(solve_part, model, part, noise)
             model.reset_nfe()
@@ -169,31 +179,35 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
             outputs.append(out)
             seconds += timer.seconds
             nfe += captured[part.shape].nfe if graphed else model.nfe
+            passes += captured[part.shape].passes if graphed else getattr(model, "passes", 0)
             if adaptive:
                 accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
             if kept is not None and repeats > 1 and seconds < REPEAT_BELOW_S:
-                kept.append((part, noise))
+                kept.append((part, noise, labels))
             else:
                 kept = None
-        return (outputs, seconds, nfe, accepted, rejected), kept
+        return (outputs, seconds, nfe, passes, accepted, rejected), kept
 
     def _parts():
-        """(part, its pre-drawn noise) for every part of every noise batch, drawn as the pass reaches it."""
+        """(part, its pre-drawn noise, its labels) for every part of every noise batch, drawn as the pass reaches it."""
         for index, noise_batch in enumerate(x_T.split(cfg.batch_size)):
             for start in range(0, len(noise_batch), batch):
                 rows = slice(start, min(start + batch, len(noise_batch)))
-                yield noise_batch[rows], noise_source(cfg, noise_batch, schedule, index, ts, rows)
+                first = index * cfg.batch_size + rows.start
+                labels = None if conditions is None else conditions[first:first + rows.stop - rows.start]
+                yield noise_batch[rows], noise_source(cfg, noise_batch, schedule, index, ts, rows), labels
 
     while True:
         try:
-            (outputs, seconds, nfe, accepted, rejected), drawn = timed_pass(None)
+            (outputs, seconds, nfe, passes, accepted, rejected), drawn = timed_pass(None)
             timings = [seconds]
             while drawn is not None and len(timings) < repeats:  # a short solve, timed again on the same noise
                 timings.append(timed_pass(drawn)[0][1])
             n = len(outputs)
             spread = statistics.stdev(timings) if len(timings) > 1 else float("nan")
-            return Solve(torch.cat(outputs), statistics.median(timings), spread, len(timings), nfe / n, accepted / n,
-                         rejected / n, batch, n, sum(c.capture_s for c in captured.values()))
+            return Solve(torch.cat(outputs), statistics.median(timings), spread, len(timings), nfe / n,
+                         passes / n if hasattr(model, "passes") else None, accepted / n, rejected / n, batch, n,
+                         sum(c.capture_s for c in captured.values()))
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise

@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.metrics import named_in_spec, needing
-from bench.models import ANALYTIC_PRESETS, MODELS, is_model_name
+from bench.models import ANALYTIC_PRESETS, MODELS, conditioning_label, is_model_name, model_conditioning
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
@@ -74,6 +74,9 @@ class RunConfig:
     skip_reason: str | None = None
     reference_time_limit_s: float = 3600.0
     timing_repeats: int = 1
+    guidance_scale: float | None = None  # conditional models: the classifier-free guidance scale (1: none)
+    conditions: str | None = None  # conditional models: where the conditions come from (conditioning_label)
+    guidance_interval: tuple | None = None  # (lo, hi] in sigma~ where guidance applies; None: everywhere
 
     @property
     def config_id(self) -> str:
@@ -89,6 +92,9 @@ class RunConfig:
             key["image_resize"] = self.image_resize
         if self.exec_mode == "eager":  # keeps the ids of specs from before the exec_modes axis
             del key["exec_mode"]
+        for name in ("guidance_scale", "conditions", "guidance_interval"):  # unconditional configs keep their ids
+            if key[name] is None:
+                del key[name]
         if self.reference_tolerance != DEFAULTS["reference_tolerance"] and set(self.metrics) & REFERENCE_METRICS:
             key["reference_tolerance"] = self.reference_tolerance
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -97,7 +103,8 @@ class RunConfig:
     def label(self) -> str:
         grid = f"{self.steps} steps {self.spacing}" if self.tolerance is None else f"tol {self.tolerance:g}"
         mode = "" if self.exec_mode == "eager" else f" {self.exec_mode}"
-        return f"{self.model} {self.solver} {grid} eta={self.eta:g} seed={self.seed}{mode}"
+        guidance = "" if self.guidance_scale is None else f" cfg={self.guidance_scale:g}"
+        return f"{self.model} {self.solver} {grid} eta={self.eta:g}{guidance} seed={self.seed}{mode}"
 
 
 # key: (type check, description of what is allowed)
@@ -112,6 +119,11 @@ _LIST_KEYS = {
     "seeds": (int, "integers >= 0"),
     "metrics": (str, "metrics: " + ", ".join(METRICS)),
     "exec_modes": (str, "how the network runs: " + ", ".join(EXEC_MODES)),
+    "guidance_scales": ((int, float), "classifier-free guidance scales >= 0 (1: the conditional model, no guidance; "
+                                      "0: the unconditional one), for class-conditional models"),
+    "guidance_interval": ((int, float), "[lo, hi] with 0 <= lo < hi: guide only where lo < sigma/alpha <= hi "
+                                        "(Kynkaanniemi et al. 2024), the conditional model elsewhere"),
+    "prompts": (str, "text prompts, for text-conditional models"),
 }
 _SCALAR_KEYS = {
     "name": (str, "a string"),
@@ -138,6 +150,9 @@ _SCALAR_KEYS = {
     "cudnn_benchmark": (bool, "true or false: cuDNN's autotuner (torch's default: false)"),
     "deterministic": (bool, "true or false: torch.use_deterministic_algorithms and deterministic cuDNN"),
     "threads": (int, "an integer >= 1: torch threads in every process of the sweep (--threads overrides it)"),
+    "class_labels": ((str, list), "'random' (one label per sample, uniform, from the seed) or a list of class labels "
+                                  "cycled over the samples"),
+    "prompts_file": (str, "a text file with one prompt per line, for text-conditional models"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
@@ -149,7 +164,8 @@ DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas":
             "reference_size": 500, "fid_reference": "exact", "image_resize": "pad", "fid_weights": None,
             "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8, "reference_time_limit_s": 3600,
             "timing_repeats": TIMING_REPEATS, "tf32_matmul": None, "tf32_cudnn": None, "cudnn_benchmark": None,
-            "deterministic": None, "threads": None}
+            "deterministic": None, "threads": None, "guidance_scales": None, "guidance_interval": None,
+            "class_labels": "random", "prompts": None, "prompts_file": None}
 REFERENCE_METRICS = needing("reference")  # the metrics measured against the reference solve
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
@@ -287,6 +303,7 @@ def _validate(raw: dict, where: str) -> list[str]:
             and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
         errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
                       f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
+    errors += _conditioning_errors(raw, where)
     for solver, steps in raw.get("steps_by_solver", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
@@ -307,6 +324,59 @@ def _validate(raw: dict, where: str) -> list[str]:
                     allowed = ", ".join(SOLVERS[solver].options) or "none"
                     errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, SOLVERS[solver].options)}; "
                                   f"allowed: {allowed}")
+    return errors
+
+
+def _conditioning_errors(raw: dict, where: str) -> list[str]:
+    """Conditions and guidance against what each model takes, read from its configs (no weights loaded)."""
+    errors = []
+    scales, interval = raw.get("guidance_scales"), raw.get("guidance_interval")
+    labels = raw.get("class_labels")
+    if scales is not None:
+        if not scales:
+            errors.append(f"{where}: key 'guidance_scales' must not be empty")
+        elif bad := [v for v in scales if not v >= 0]:
+            errors.append(f"{where}: key 'guidance_scales' must hold numbers >= 0, got {bad[0]!r}")
+    if interval is not None and (len(interval) != 2 or not 0 <= interval[0] < interval[1]):
+        errors.append(f"{where}: key 'guidance_interval' must be [lo, hi] with 0 <= lo < hi (sigma/alpha), got {interval!r}")
+    if isinstance(labels, str) and labels != "random":
+        errors.append(f"{where}: key 'class_labels' must be 'random' or a list of class labels, got {labels!r}")
+    if isinstance(labels, list) and (not labels or not all(_is_type(v, int) for v in labels)):
+        errors.append(f"{where}: key 'class_labels' must be a non-empty list of integer class labels, got {labels!r}")
+    prompts = "prompts" if "prompts" in raw else "prompts_file" if "prompts_file" in raw else None
+    cfg_pp = [s for s in raw.get("solvers", []) if s in SOLVERS and SOLVERS[s].needs_guidance]
+    for model in [m for m in raw.get("models", []) if is_model_name(m)]:
+        try:
+            conditioning = model_conditioning(model)
+        except (OSError, ValueError) as err:
+            errors.append(f"{where}: key 'models': {model!r}: {err}")
+            continue
+        if conditioning == "unknown":  # a python: function's model says what it takes once built
+            continue
+        if conditioning is None:
+            for key in ("guidance_scales", "guidance_interval", "class_labels"):
+                if key in raw:
+                    errors.append(f"{where}: key {key!r}: model {model!r} is unconditional (no conditions to guide "
+                                  f"towards); drop the key or use a conditional model (gmm_classes, fmnist_cond_unet)")
+            if prompts:
+                errors.append(f"{where}: key {prompts!r}: model {model!r} is unconditional and takes no prompts")
+            if cfg_pp:
+                errors.append(f"{where}: key 'solvers': {cfg_pp[0]!r} is a CFG++ sampler and needs a classifier-free "
+                              f"guided model, but {model!r} is unconditional")
+            continue
+        if prompts:
+            errors.append(f"{where}: key {prompts!r}: model {model!r} is class-conditional ({conditioning.n_classes} "
+                          f"classes); give class_labels, not prompts")
+        if isinstance(labels, list) and (bad := [v for v in labels if _is_type(v, int) and not 0 <= v < conditioning.n_classes]):
+            errors.append(f"{where}: key 'class_labels': label {bad[0]} is outside model {model!r}'s classes "
+                          f"0..{conditioning.n_classes - 1}")
+        if not conditioning.guidable:
+            if scales and any(v != 1 for v in scales):
+                errors.append(f"{where}: key 'guidance_scales': model {model!r} has no null class (no unconditional "
+                              f"prediction), so only scale 1 applies")
+            if cfg_pp:
+                errors.append(f"{where}: key 'solvers': {cfg_pp[0]!r} needs the unconditional prediction, which "
+                              f"model {model!r} lacks (no null class)")
     return errors
 
 
@@ -347,6 +417,11 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
     v = spec.values
     configs = []
     for model in v["models"]:
+        conditioning = model_conditioning(model)
+        conditional = conditioning not in (None, "unknown")
+        guidance = [float(g) for g in (v["guidance_scales"] or [1.0])] if conditional else [None]
+        conditions = conditioning_label(v["class_labels"]) if conditional else None
+        interval = tuple(float(b) for b in v["guidance_interval"]) if conditional and v["guidance_interval"] else None
         for solver_name in v["solvers"]:
             solver = SOLVERS[solver_name]
             options = tuple(sorted(v["options"].get(solver_name, {}).items()))
@@ -359,7 +434,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                          for sp in v["spacings"] if isinstance(sp, dict) for unit, values in sp.items()]
             for seed in v["seeds"]:
                 for steps, spacing, tolerance in grid:
-                    for eta, exec_mode in itertools.product(v["etas"], v["exec_modes"]):
+                    for scale, eta, exec_mode in itertools.product(guidance, v["etas"], v["exec_modes"]):
                         try:
                             solver.check_eta(float(eta))
                             reason = None
@@ -378,7 +453,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             time_limit_s=float(v["time_limit_s"]), reference_tolerance=v["reference_tolerance"],
                             exec_mode=exec_mode, skip_reason=reason,
                             reference_time_limit_s=float(v["reference_time_limit_s"]),
-                            timing_repeats=v["timing_repeats"]))
+                            timing_repeats=v["timing_repeats"], guidance_scale=scale, conditions=conditions,
+                            guidance_interval=interval))
     return configs
 
 

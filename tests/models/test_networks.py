@@ -139,3 +139,42 @@ def test_a_flow_matching_checkpoint_loads_with_its_shift(tmp_path):
         {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}))
     with pytest.raises(ValueError, match="use_dynamic_shifting sets the shift from the image's token count"):
         build_model(f"diffusers:{tmp_path}")
+
+
+def _save_class_conditional_unet(path):
+    """A tiny class-conditional UNet (3 classes and the null class) trained for 2 steps, saved as train() saves it."""
+    data = torch.randn(48, 1, 8, 8, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    labels = torch.arange(48) % 3
+    train(data, path, steps=2, batch_size=16, widths=(8, 16), labels=labels, class_names=["a", "b", "c"], log=lambda *a: None)
+
+
+def test_a_class_conditional_checkpoint_loads_its_classes_and_guides_in_one_batched_call(tmp_path):
+    from bench.models import guided_model, model_conditioning
+
+    _save_class_conditional_unet(tmp_path)
+    source = build_model(f"diffusers:{tmp_path}")
+    assert source.conditioning.n_classes == 3 and source.conditioning.null_class == 3
+    assert source.conditioning.names == ("a", "b", "c") and model_conditioning(f"diffusers:{tmp_path}") == source.conditioning
+    unet = source.module
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 0])
+    guided = guided_model(source, source.model().schedule, 4.0)
+    guided.condition_on(labels)
+    t = torch.full((4,), 0.4)
+    with torch.no_grad():
+        conditional = unet(x, torch.full((4,), 1000 * 0.4 - 1), class_labels=labels).sample
+        unconditional = unet(x, torch.full((4,), 1000 * 0.4 - 1), class_labels=torch.full((4,), 3)).sample
+        torch.testing.assert_close(guided.net(x, t), unconditional + 4 * (conditional - unconditional), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(source.model().net(x, t), unconditional, rtol=1e-5, atol=1e-5)  # the null class
+
+
+def test_classes_that_do_not_fit_the_unet_are_refused(tmp_path):
+    from bench.models.networks import read_conditioning
+
+    build_unet(8, 1, widths=(8, 16), n_classes=3).save_pretrained(tmp_path)
+    (tmp_path / "classes.json").write_text(json.dumps({"names": ["a", "b"], "null_class": 2}))
+    with pytest.raises(ValueError, match="null_class 2 with 2 names does not fit the UNet's 4 class embeddings"):
+        read_conditioning(tmp_path)
+    (tmp_path / "classes.json").unlink()  # without classes.json: every embedding a class, no null, no guidance
+    conditioning = read_conditioning(tmp_path)
+    assert conditioning.n_classes == 4 and not conditioning.guidable

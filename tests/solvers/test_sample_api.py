@@ -9,7 +9,7 @@ from bench.models import ring2d
 from solvers import SOLVERS, sample
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from support import prior_sample
+from support import guided_ring, prior_sample
 
 SCHEDULE = VPLinear()
 TS = timesteps("logsnr", 10, SCHEDULE)
@@ -25,6 +25,11 @@ def x_T():
     return prior_sample(SCHEDULE, 8, 2)
 
 
+def _model_for(name, model):
+    """``model``, or for a CFG++ sampler (which reads the unconditional prediction) the guided two-class ring."""
+    return guided_ring(SCHEDULE, 8) if SOLVERS[name].needs_guidance else model
+
+
 def test_registry_metadata_is_complete():
     for name, solver in SOLVERS.items():
         assert solver.name == name
@@ -35,6 +40,7 @@ def test_registry_metadata_is_complete():
 @pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if not s.adaptive])
 @pytest.mark.parametrize("n", [1, 3, 10])
 def test_nfe_matches_registry_formula(model, x_T, name, n):
+    model = _model_for(name, model)
     if n < SOLVERS[name].min_steps:
         with pytest.raises(ValueError, match=f"{name}: the grid needs at least {SOLVERS[name].min_steps} steps"):
             sample(name, model, x_T, timesteps("uniform", n, SCHEDULE), generator=torch.Generator().manual_seed(0))
@@ -42,6 +48,8 @@ def test_nfe_matches_registry_formula(model, x_T, name, n):
     model.reset_nfe()
     sample(name, model, x_T, timesteps("uniform", n, SCHEDULE), generator=torch.Generator().manual_seed(0))
     assert model.nfe == SOLVERS[name].nfe(n)
+    if SOLVERS[name].needs_guidance:  # one batched call of conditional and unconditional inputs per evaluation
+        assert model.passes == 2 * model.nfe
 
 
 @pytest.mark.parametrize("order, warmup, n, expected", [(4, "rk4", 10, 19), (4, "rk4", 2, 8), (3, "rk4", 10, 16),
@@ -54,11 +62,14 @@ def test_lms_nfe_counts_its_warmup(model, x_T, order, warmup, n, expected):
 
 @pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.stochastic != "sde"])
 def test_ode_solvers_are_bit_reproducible(model, x_T, name):
+    model = _model_for(name, model)
     assert torch.equal(sample(name, model, x_T, TS), sample(name, model, x_T.clone(), TS))
 
 
 @pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.stochastic != "ode"])
 def test_stochastic_solvers_reproduce_under_the_same_seed(model, x_T, name):
+    model = _model_for(name, model)
+
     def run(seed):
         return sample(name, model, x_T, TS, eta=1.0, generator=torch.Generator().manual_seed(seed))
 
@@ -70,9 +81,16 @@ def test_same_seed_gives_the_same_x_T_for_every_solver(model):
     x_T = prior_sample(SCHEDULE, 8, 2, seed=9)
     before = x_T.clone()
     for name in SOLVERS:
-        sample(name, model, x_T, TS, generator=torch.Generator().manual_seed(0))
+        sample(name, _model_for(name, model), x_T, TS, generator=torch.Generator().manual_seed(0))
         assert torch.equal(x_T, before), name
     assert torch.equal(prior_sample(SCHEDULE, 8, 2, seed=9), before)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SOLVERS.items() if s.needs_guidance])
+def test_cfg_pp_samplers_refuse_an_unguided_model_before_any_evaluation(model, x_T, name):
+    with pytest.raises(ValueError, match=f"{name} is a CFG.. sampler: it needs a classifier-free guided model"):
+        sample(name, model, x_T, TS, generator=torch.Generator().manual_seed(0))
+    assert model.nfe == 0
 
 
 def test_euler_with_eta_zero_is_the_ode_path(model, x_T):

@@ -58,6 +58,22 @@ MALFORMED = [
 ]
 
 
+GUIDED = {"name": "g", "models": ["gmm_classes"], "solvers": ["ddim", "euler_cfg_pp"], "steps": [4], "n_samples": 8}
+MALFORMED += [
+    (_with(guidance_scales=[1, 4]), "key 'guidance_scales': model 'ring2d' is unconditional (no conditions to guide "
+                                    "towards); drop the key or use a conditional model"),
+    (_with(class_labels=[0, 1]), "key 'class_labels': model 'ring2d' is unconditional"),
+    (_with(solvers=["euler_cfg_pp"]), "key 'solvers': 'euler_cfg_pp' is a CFG++ sampler and needs a classifier-free "
+                                      "guided model, but 'ring2d' is unconditional"),
+    ({**GUIDED, "prompts": ["a shirt"]}, "key 'prompts': model 'gmm_classes' is class-conditional (4 classes); give "
+                                         "class_labels, not prompts"),
+    ({**GUIDED, "class_labels": [0, 4]}, "key 'class_labels': label 4 is outside model 'gmm_classes''s classes 0..3"),
+    ({**GUIDED, "class_labels": "balanced"}, "key 'class_labels' must be 'random' or a list of class labels, got 'balanced'"),
+    ({**GUIDED, "guidance_scales": [1, -2]}, "key 'guidance_scales' must hold numbers >= 0, got -2"),
+    ({**GUIDED, "guidance_interval": [3.0, 1.0]}, "key 'guidance_interval' must be [lo, hi] with 0 <= lo < hi"),
+]
+
+
 @pytest.mark.parametrize("raw, message", MALFORMED, ids=[m for _, m in MALFORMED])
 def test_malformed_spec_gives_its_specific_message(raw, message, tmp_path):
     path = tmp_path / "bad.toml"
@@ -143,7 +159,8 @@ def test_shipped_specs_are_valid():
 
 
 def test_the_zoo_spec_runs_every_registered_solver():
-    assert load_spec("bench/configs/zoo.toml").values["solvers"] == list(SOLVERS)
+    """Every solver that runs on an unconditional model (the CFG++ samplers need a guided one)."""
+    assert load_spec("bench/configs/zoo.toml").values["solvers"] == [n for n, s in SOLVERS.items() if not s.needs_guidance]
 
 
 def test_network_model_entries_pass_validation():
@@ -198,3 +215,30 @@ def test_solver_options_out_of_range_are_spec_errors_for_networks_too(solver, op
     spec = {**GOOD, "models": ["fmnist_unet"], "solvers": [solver], "etas": [1.0], "options": {solver: options}}
     with pytest.raises(SpecError, match=f"key 'options.{solver}': {message}$"):
         parse_spec(spec)
+
+
+def test_guidance_scales_are_an_axis_of_conditional_models_only():
+    spec = parse_spec({**GUIDED, "models": ["gmm_classes"], "guidance_scales": [1, 2, 4], "class_labels": [3, 1],
+                       "guidance_interval": [0.3, 5.0]})
+    configs = expand(spec)
+    assert sorted({c.guidance_scale for c in configs}) == [1.0, 2.0, 4.0] and len(configs) == 2 * 3
+    assert {c.conditions for c in configs} == {"labels:3,1"} and {c.guidance_interval for c in configs} == {(0.3, 5.0)}
+    assert len({c.config_id for c in configs}) == len(configs)
+    assert "cfg=4" in next(c for c in configs if c.guidance_scale == 4).label
+    default = expand(parse_spec(GUIDED))  # a conditional model without guidance_scales: scale 1, random labels
+    assert {(c.guidance_scale, c.conditions, c.guidance_interval) for c in default} == {(1.0, "labels:random", None)}
+
+
+def test_unconditional_configs_keep_their_ids():
+    """The guidance fields are left out of an unconditional config's id, so runs from before the axis still match."""
+    import dataclasses
+    import hashlib
+    import json
+
+    cfg = expand(parse_spec(GOOD))[0]
+    key = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+           if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir", "reference_size",
+                             "time_limit_s", "reference_tolerance", "reference_time_limit_s", "timing_repeats",
+                             "exec_mode", "guidance_scale", "conditions", "guidance_interval")}
+    assert cfg.guidance_scale is None and cfg.config_id == hashlib.sha1(
+        json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
