@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup setup-ray docs data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
+.PHONY: setup setup-ray docs data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-guided bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -90,6 +90,12 @@ bench: setup
 # The first real frontier: the shipped Fashion-MNIST UNet, standard FID, then its report (see results/example-images/).
 bench-images: setup
 	$(PY) -m bench run bench/configs/images.toml $(BENCH_ARGS)
+	$(MAKE) --no-print-directory report
+
+# Guidance as a grid axis: the shipped class-conditional UNet, guidance scales 1-8 x solvers (CFG++ included) x NFE
+# 5-20, FID/KID/precision/recall, then its report (see results/example-guided/; about 20 min on 2 cores).
+bench-guided: setup
+	$(PY) -m bench run bench/configs/guided.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
 
 # The GPU grid (bench/configs/gpu.toml, one CUDA device): sweep, then report (its cost model: the spec's comment).

@@ -51,6 +51,9 @@ def cmd_run(args) -> int:
         print(f"warning: {run_dir} was started at commit {meta['git_commit'][:10]}, this checkout is at {commit[:10]}: "
               "its rows will mix commits (the report says so)", file=sys.stderr)
     retry = store.RETRYABLE if args.retry_failed else ()
+    runnable = sum(1 for c in configs if c.skip_reason is None)
+    print(f"{spec.name}: {len(configs)} configs ({runnable} runnable), N = {spec.values['n_samples']} samples each "
+          f"in batches of {spec.values['batch_size']} -> {run_dir}", file=sys.stderr)
     execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
     if args.backend == "ray":
         from bench.run.distributed import run_sweep_on_ray
@@ -205,6 +208,23 @@ def cmd_conformance(args) -> int:
     return 1 if len(failed) else 0
 
 
+def cmd_plan(args) -> int:
+    """What a spec will compute and about how long it takes here, before anything runs (bench.run.plan)."""
+    from bench.run.plan import make_plan
+    from bench.spec import config
+
+    try:
+        spec = config.load_spec(args.spec)
+    except config.SpecError as err:
+        print(err, file=sys.stderr)
+        return 2
+    configs = config.expand(spec, device=args.device)
+    print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")
+    for line in make_plan(configs, measure=not args.no_measure).lines():
+        print(line)
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.metrics import named_in_spec
     from bench.models import MODELS
@@ -303,6 +323,12 @@ def main(argv=None) -> int:
                                  "on the same model, grid and x_T (float64): the table and why they differ")
     conformance.add_argument("--out", default="results/conformance", help="folder for conformance.md and .csv")
     conformance.set_defaults(func=cmd_conformance)
+    plan = sub.add_parser("plan", help="configurations, network evaluations, metric passes and a time estimate, "
+                                       "before anything runs")
+    plan.add_argument("spec")
+    plan.add_argument("--device", help="override the spec's device")
+    plan.add_argument("--no-measure", action="store_true", help="counts only: no model is built, nothing timed")
+    plan.set_defaults(func=cmd_plan)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     docs = sub.add_parser("docs", help="write the reference tables of docs/ from the registries")
     docs.add_argument("--out", default="docs", help="folder (default: docs)")

@@ -61,7 +61,9 @@ def frontier(df: pd.DataFrame, cost: str, quality: str, by=("model",)) -> pd.Dat
 def describe_config(row) -> str:
     grid = f"{int(row.steps)} {row.spacing}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
     mode = getattr(row, "exec_mode", "eager")
-    return f"{row.solver} ({grid}, eta {row.eta:g}{'' if mode in ('eager', None) else ', ' + mode})"
+    scale = getattr(row, "guidance_scale", None)
+    guidance = "" if scale is None or pd.isna(scale) else f", cfg {scale:g}"
+    return f"{row.solver} ({grid}, eta {row.eta:g}{guidance}{'' if mode in ('eager', None) else ', ' + mode})"
 
 
 TIE_Z = 1.96  # a configuration within this many combined standard errors of the best is not significantly worse
@@ -101,12 +103,16 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
     cost <= budget (averaged over seeds), its standard error, and every other configuration within ``tie_z``
     combined standard errors of it: a tie, not significantly worse (the SEs combined as if independent, which
     for paired configurations of one x_T errs towards more ties). Exec modes are ranked separately, so that a
-    faster mode cannot win through its drift from eager. Budgets stop at the first that holds every configuration."""
+    faster mode cannot win through its drift from eager; so are guidance scales, where a run sweeps them (the best
+    solver at a budget may change with the scale). Budgets stop at the first that holds every configuration."""
     rows = []
     se = f"{quality}_se"
     ok = per_config(df, quality)
     ok = ok[ok[cost].notna()]
-    for (model, mode), group in ok.groupby(["model", "exec_mode"]):
+    guided = "guidance_scale" in ok and ok.guidance_scale.notna().any()
+    if not guided:
+        ok = ok.assign(guidance_scale=np.nan)
+    for (model, mode, scale), group in ok.groupby(["model", "exec_mode", "guidance_scale"], dropna=False):
         for budget in budgets:
             within = group[group[cost] <= budget].sort_values(quality)
             if within.empty:
@@ -115,7 +121,8 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
             combined = np.sqrt(within[se].fillna(0) ** 2 + (0 if pd.isna(best[se]) else best[se]) ** 2)
             tied = within.iloc[1:][(within[quality] - best[quality]).iloc[1:] <= tie_z * combined.iloc[1:]]
             names = [describe_config(row) for row in tied.itertuples()]
-            rows.append({"model": model, "exec_mode": mode, f"{cost} budget": budget, "best config": describe_config(best),
+            rows.append({"model": model, "exec_mode": mode, "guidance_scale": scale, f"{cost} budget": budget,
+                         "best solver": best.solver, "best config": describe_config(best),
                          cost: best[cost], quality: best[quality], se: best[se], "ties": len(tied),
                          "tied with (not significantly worse)": "; ".join(names[:listed])
                          + (f"; and {len(names) - listed} more" if len(names) > listed else "")})
@@ -124,7 +131,86 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
     table = pd.DataFrame(rows)
     if not table.empty and (table.exec_mode == "eager").all():
         table = table.drop(columns="exec_mode")
+    if not guided and not table.empty:
+        table = table.drop(columns="guidance_scale")
     return table
+
+
+def best_solver_by_scale(table: pd.DataFrame, cost: str = "nfe") -> list[str]:
+    """From a budget_table over guidance scales: per model and budget, whether the best solver is the same at every
+    scale, and where it is not, whether the winner at one scale is tied with (not significantly better than) the
+    other scales' winners there."""
+    lines = []
+    if table.empty or "guidance_scale" not in table:
+        return lines
+    for (model, budget), group in table.groupby(["model", f"{cost} budget"]):
+        if group.guidance_scale.nunique() < 2:
+            continue
+        winners = {f"{scale:g}": solver for scale, solver in zip(group.guidance_scale, group["best solver"])}
+        listing = ", ".join(f"scale {scale}: {solver}" for scale, solver in winners.items())
+        if len(set(winners.values())) == 1:
+            lines.append(f"{model}, NFE <= {budget:g}: the same best solver at every scale ({next(iter(winners.values()))}).")
+            continue
+        contested = []
+        for scale, solver, tied in zip(group.guidance_scale, group["best solver"],
+                                       group["tied with (not significantly worse)"]):
+            others = set(winners.values()) - {solver}
+            if any(other in tied for other in others):
+                contested.append(f"{scale:g}")
+        note = (f"; at scale {', '.join(contested)} the other scales' winners are within the standard errors (a tie)"
+                if contested else "; each winner beats the other scales' winners there beyond the standard errors")
+        lines.append(f"{model}, NFE <= {budget:g}: the best solver changes with the scale ({listing}){note}.")
+    return lines
+
+
+GUIDANCE_METRICS = ("fid", "kid", "precision", "recall")
+
+
+def guidance_table(df: pd.DataFrame, metrics=GUIDANCE_METRICS) -> pd.DataFrame:
+    """The guidance trade-off: per model, solver and NFE, each sample metric (with its standard error) at every
+    guidance scale of the run, averaged over seeds; empty where the run has fewer than two scales."""
+    if "guidance_scale" not in df or df.guidance_scale.nunique() < 2:
+        return pd.DataFrame()
+    present = [m for m in metrics if m in df and df[m].notna().any()]
+    if not present:
+        return pd.DataFrame()
+    merged = None
+    for metric in present:
+        table = per_config(df, metric)[["model", "solver", "eta", "nfe", "guidance_scale", metric, f"{metric}_se"]]
+        merged = table if merged is None else merged.merge(table, on=["model", "solver", "eta", "nfe", "guidance_scale"],
+                                                           how="outer")
+    return merged.sort_values(["model", "solver", "eta", "nfe", "guidance_scale"]).reset_index(drop=True)
+
+
+def guidance_trends(table: pd.DataFrame) -> list[str]:
+    """What the trade-off shows, per model at each solver's largest NFE: how many solver curves have precision
+    rising and recall falling from the lowest to the highest scale (beyond 1.96 combined standard errors), and the
+    scale with the lowest FID."""
+    lines = []
+    if table.empty:
+        return lines
+    for model, group in table.groupby("model"):
+        top = group[group.nfe == group.groupby(["solver", "eta"]).nfe.transform("max")]
+        curves = list(top.groupby(["solver", "eta"]))
+        for metric, direction in (("precision", "rises"), ("recall", "falls")):
+            if metric not in top:
+                continue
+            moved = 0
+            for _, curve in curves:
+                curve = curve.sort_values("guidance_scale")
+                first, last = curve.iloc[0], curve.iloc[-1]
+                change = last[metric] - first[metric]
+                combined = math.hypot(first[f"{metric}_se"], last[f"{metric}_se"])
+                moved += (change > TIE_Z * combined) if direction == "rises" else (change < -TIE_Z * combined)
+            lines.append(f"{model}: {metric} {direction} from scale {top.guidance_scale.min():g} to "
+                         f"{top.guidance_scale.max():g} beyond the standard errors for {moved} of {len(curves)} "
+                         f"solver curves (each at its largest NFE).")
+        if "fid" in top:
+            best = top.loc[top.groupby(["solver", "eta"]).fid.idxmin()]
+            counts = best.guidance_scale.value_counts().sort_index()
+            lines.append(f"{model}: the scale with the lowest FID, per solver curve: "
+                         + ", ".join(f"{scale:g} for {n}" for scale, n in counts.items()) + ".")
+    return lines
 
 
 def fitted_order(nfe, error) -> float:
@@ -139,7 +225,8 @@ def fitted_order(nfe, error) -> float:
 # Everything that defines a config's result except its seed (the FID reference set included): rows equal on
 # these differ only in sampling noise. Compare matches runs on them; the seed spread groups by them.
 CONFIG_KEYS_WITHOUT_SEED = ["model", "schedule", "solver", "options", "steps", "spacing", "eta", "tolerance",
-                            "n_samples", "batch_size", "dtype", "exec_mode", "reference_size", "fid_reference"]
+                            "n_samples", "batch_size", "dtype", "exec_mode", "reference_size", "fid_reference",
+                            "guidance_scale", "conditions", "guidance_interval"]
 SAMPLE_DISTANCES = ("fid", "frechet", "sliced_wasserstein")
 
 
@@ -230,9 +317,10 @@ def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df.status == "ok") & df.wall_s.notna()].copy()
     if ok.exec_mode.nunique() < 2:
         return pd.DataFrame()
-    ok[TWIN_KEYS] = ok[TWIN_KEYS].astype(str)  # NaN steps/tolerance compare equal as text
-    eager = ok[ok.exec_mode == "eager"].drop_duplicates(TWIN_KEYS).set_index(TWIN_KEYS).wall_s
-    ok["speedup"] = eager.reindex(pd.MultiIndex.from_frame(ok[TWIN_KEYS])).to_numpy() / ok.wall_s.to_numpy()
+    keys = [key for key in TWIN_KEYS if key in ok]  # rows from before a key column existed lack it
+    ok[keys] = ok[keys].astype(str)  # NaN steps/tolerance compare equal as text
+    eager = ok[ok.exec_mode == "eager"].drop_duplicates(keys).set_index(keys).wall_s
+    ok["speedup"] = eager.reindex(pd.MultiIndex.from_frame(ok[keys])).to_numpy() / ok.wall_s.to_numpy()
     rows = []
     for (model, device, batch, mode), group in ok.groupby(["model", "device", "batch_used", "exec_mode"]):
         drift = group.drift_vs_eager.dropna()

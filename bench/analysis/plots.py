@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.analysis.frontier import LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, quality_across  # noqa: E402
+from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier,  # noqa: E402
+                                     guidance_table, quality_across)
 from solvers import SOLVERS  # noqa: E402
 
 LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
@@ -282,6 +283,35 @@ def plot_precision_recall(df: pd.DataFrame, out_dir: Path, budget: float):
         ax.set_ylabel("precision" if ax is axes[0][0] else "")
     _legend(fig, set(data.solver), modes=data.exec_mode)
     return _save(fig, out_dir, f"precision_recall_nfe{budget:g}")
+
+
+def plot_guidance(df: pd.DataFrame, out_dir: Path):
+    """The guidance trade-off: FID, KID, precision and recall (those measured) against the guidance scale, one line
+    per solver (and eta) at its largest NFE, +-1 standard error; one row of panels per model."""
+    table = guidance_table(df)
+    if table.empty:
+        return None
+    metrics = [m for m in ("fid", "kid", "precision", "recall") if m in table and table[m].notna().any()]
+    models = sorted(table.model.unique())
+    fig, axes = _panels(len(models), len(metrics), width=4.0, height=3.4)
+    styles = solver_styles()
+    for r, model in enumerate(models):
+        group = table[table.model == model]
+        top = group[group.nfe == group.groupby(["solver", "eta"]).nfe.transform("max")]
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            for (solver, eta), curve in top.groupby(["solver", "eta"]):
+                curve = curve.sort_values("guidance_scale")
+                colour, marker = styles[solver]
+                ax.errorbar(curve.guidance_scale, curve[metric], yerr=curve[f"{metric}_se"], color=colour, marker=marker,
+                            markersize=4.5, linewidth=1.1, capsize=2, linestyle="-" if eta == 0 else "--")
+            if metric in LOWER_IS_BETTER:
+                ax.set_yscale("log")
+            ax.set_title(f"{model}: {metric}" if len(models) > 1 else metric)
+            ax.set_xlabel("guidance scale")
+    _legend(fig, set(table.solver))
+    fig.tight_layout()
+    return _save(fig, out_dir, "guidance_tradeoff")
 
 
 def plot_frontier_overlay(base: pd.DataFrame, head: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nfe"):

@@ -8,8 +8,9 @@ import pandas as pd
 
 from bench.analysis import plots
 from bench.analysis.document import Document
-from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, budget_table, default_quality, eta_gap, exec_mode_table, quality_across,
-                            seed_std, table1_shape)
+from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, best_solver_by_scale, budget_table, default_quality,
+                                     eta_gap, exec_mode_table, guidance_table, guidance_trends, quality_across, seed_std,
+                                     table1_shape)
 from bench.metrics.uncertainty import BOOTSTRAP_REPLICATES, JACKKNIFE_GROUPS
 from bench.run.store import STATUSES, load_rows
 
@@ -99,7 +100,21 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest {quality} "
                   f"among those within the budget, its standard error, and every configuration within "
                   f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
-    doc.table(budget_table(df, quality))
+    budgets = budget_table(df, quality)
+    doc.table(budgets)
+
+    trade_off = guidance_table(df)
+    if not trade_off.empty:
+        doc.heading("Guidance: the trade-off, and the best solver at each scale")
+        doc.paragraph("Classifier-free guidance (Ho & Salimans 2022) trades diversity for fidelity: as the scale grows, "
+                      "precision should rise and recall fall, with FID lowest at a moderate scale. Per solver at its "
+                      "largest NFE (standard errors as everywhere; scale 1 is the conditional model, unguided):")
+        doc.bullets(guidance_trends(trade_off))
+        doc.paragraph("Does the best solver at a budget change with the guidance scale? (DPM-Solver++, Lu et al. "
+                      "2022b, Sec. 1 and 6: high-order singlestep solvers degrade at large scales, multistep ones "
+                      "hold.) From the budget table above, which ranks each scale on its own:")
+        doc.bullets(best_solver_by_scale(budgets))
+        doc.table(trade_off)
 
     across_eta = quality_across(df, quality, "eta")
     gaps = eta_gap(df, across_eta)
@@ -130,11 +145,14 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         figures.append((f"Pareto frontier: {q} vs NFE", plots.plot_frontier(df, plot_dir, q, "nfe")))
     figures.append((f"Pareto frontier: {quality} vs wall time", plots.plot_frontier(df, plot_dir, quality, "wall_s")))
     sample_quality = next((q for q in qualities if q != "err_reference"), quality)
+    if "guidance_scale" in df and df.guidance_scale.nunique() > 1:
+        facets = (*facets, "guidance_scale")
     for facet in facets:
         if df[facet].nunique() > 1:
             figures.append((f"Pareto frontier by {facet}: {sample_quality} vs NFE",
                             plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet=facet)))
     figures += [
+        ("Guidance trade-off: FID, KID, precision and recall vs guidance scale", plots.plot_guidance(df, plot_dir)),
         ("Convergence: error vs NFE with fitted orders", plots.plot_convergence(df, plot_dir)),
         ("Step-doubling estimate vs true error", plots.plot_calibration(df, plot_dir)),
         (f"Best {quality} per solver and spacing / eta at NFE <= {budget:g}", plots.plot_heatmaps(df, plot_dir, quality, budget)),

@@ -1,8 +1,10 @@
 """Models: what the samplers sample, by the name a spec gives it.
 
 Job: build a model source from a spec entry: the analytic Gaussian mixtures (exact score, samples and density:
-the ground truth), the shipped Fashion-MNIST UNet, a diffusers folder (``diffusers:PATH``) or a function
-(``python:module:function``); the datasets they need (Fashion-MNIST) and the UNet's training.
+the ground truth; ``gmm_classes`` class-conditional), the shipped Fashion-MNIST UNets (unconditional and
+class-conditional), a diffusers folder (``diffusers:PATH``) or a function (``python:module:function``); what a
+conditional model takes, its conditions and its guided model (conditioning.py); the datasets they need
+(Fashion-MNIST) and the UNets' training.
 
 May import: solvers, bench.files. Nothing else of the harness (every later stage imports this).
 """

@@ -134,6 +134,8 @@ _SCALAR_KEYS = {
     "dtype": (str, "one of " + ", ".join(DTYPES)),
     "options": (dict, "a table of per-solver option tables, e.g. [options.lms] order = 3"),
     "steps_by_solver": (dict, "a table of per-solver step lists replacing 'steps', e.g. [steps_by_solver] heun = [3, 5]"),
+    "etas_by_solver": (dict, "a table of per-solver eta lists replacing 'etas', e.g. [etas_by_solver] "
+                             "euler_ancestral = [1.0]"),
     "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
     "fid_reference": (str, "'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
                            "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
@@ -157,7 +159,7 @@ _SCALAR_KEYS = {
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
 DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas": [0.0], "tolerances": [],
-            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {}, "steps_by_solver": {},
+            "seeds": [0], "batch_size": None, "device": "cpu", "dtype": "float32", "options": {}, "steps_by_solver": {}, "etas_by_solver": {},
             "exec_modes": ["eager"],
             "metrics": ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall",
                         "sliced_wasserstein"],
@@ -313,6 +315,13 @@ def _validate(raw: dict, where: str) -> list[str]:
               or len(set(steps)) != len(steps)):
             errors.append(f"{where}: key 'steps_by_solver.{solver}' must be a non-empty list of distinct integers "
                           f">= 1, got {steps!r}")
+    for solver, etas in raw.get("etas_by_solver", {}).items():
+        if solver not in solvers:
+            errors.append(f"{where}: key 'etas_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        elif (not isinstance(etas, list) or not etas or not all(_is_type(e, (int, float)) and e >= 0 for e in etas)
+              or len(set(etas)) != len(etas)):
+            errors.append(f"{where}: key 'etas_by_solver.{solver}' must be a non-empty list of distinct numbers >= 0, "
+                          f"got {etas!r}")
     for solver, options in raw.get("options", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
@@ -367,6 +376,9 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
         if prompts:
             errors.append(f"{where}: key {prompts!r}: model {model!r} is class-conditional ({conditioning.n_classes} "
                           f"classes); give class_labels, not prompts")
+        if "nll" in raw.get("metrics", []):
+            errors.append(f"{where}: key 'metrics': 'nll' integrates held-out points through an unconditional model's "
+                          f"ODE; {model!r} is class-conditional (a guided model has no likelihood of its own)")
         if isinstance(labels, list) and (bad := [v for v in labels if _is_type(v, int) and not 0 <= v < conditioning.n_classes]):
             errors.append(f"{where}: key 'class_labels': label {bad[0]} is outside model {model!r}'s classes "
                           f"0..{conditioning.n_classes - 1}")
@@ -434,7 +446,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                          for sp in v["spacings"] if isinstance(sp, dict) for unit, values in sp.items()]
             for seed in v["seeds"]:
                 for steps, spacing, tolerance in grid:
-                    for scale, eta, exec_mode in itertools.product(guidance, v["etas"], v["exec_modes"]):
+                    etas = v["etas_by_solver"].get(solver_name, v["etas"])
+                    for scale, eta, exec_mode in itertools.product(guidance, etas, v["exec_modes"]):
                         try:
                             solver.check_eta(float(eta))
                             reason = None

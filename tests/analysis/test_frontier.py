@@ -126,3 +126,39 @@ def test_the_exec_mode_table_compares_each_config_with_its_own_eager_twin():
     assert table.loc["compile", "drift_vs_eager (median)"] == 0.5 and np.isnan(table.loc["eager", "drift_vs_eager (median)"])
     assert "fid_vs_eager (median)" not in table  # no FID in these rows
     assert exec_mode_table(rows[rows.exec_mode == "eager"]).empty
+
+
+def _guided_rows():
+    """Two solvers at NFE 10 and 20 over guidance scales 1, 3, 6: precision rises and recall falls with the scale for
+    'a' (beyond the SEs), FID is lowest at 3; 'b' wins at scale 1, 'a' at 3 and 6."""
+    rows = []
+    for solver, fids in (("a", {1: 30.0, 3: 20.0, 6: 25.0}), ("b", {1: 22.0, 3: 26.0, 6: 40.0})):
+        for scale, fid in fids.items():
+            for nfe in (10, 20):
+                rows.append({"solver": solver, "guidance_scale": float(scale), "nfe": nfe, "steps": nfe,
+                             "fid": fid + (5 if nfe == 10 else 0), "fid_se": 0.5, "precision": 0.5 + 0.05 * scale,
+                             "precision_se": 0.01, "recall": 0.8 - 0.05 * scale, "recall_se": 0.01, "status": "ok"})
+    return _rows(**{key: [row[key] for row in rows] for key in rows[0]})
+
+
+def test_guidance_table_and_trends_read_the_trade_off():
+    from bench.analysis.frontier import guidance_table, guidance_trends
+
+    table = guidance_table(_guided_rows())
+    assert len(table) == 12 and {"fid", "fid_se", "precision", "recall_se"} <= set(table.columns)
+    lines = guidance_trends(table)
+    assert "precision rises from scale 1 to 6 beyond the standard errors for 2 of 2 solver curves" in lines[0]
+    assert "recall falls from scale 1 to 6 beyond the standard errors for 2 of 2" in lines[1]
+    assert lines[2].endswith("1 for 1, 3 for 1.")  # the scale with the lowest FID: b at 1, a at 3
+    assert guidance_table(_guided_rows().assign(guidance_scale=2.0)).empty  # one scale: no trade-off to show
+
+
+def test_budget_table_ranks_each_guidance_scale_and_says_when_the_best_solver_changes():
+    from bench.analysis.frontier import best_solver_by_scale
+
+    table = budget_table(_guided_rows(), "fid", budgets=(20,))
+    assert table.set_index("guidance_scale")["best solver"].to_dict() == {1.0: "b", 3.0: "a", 6.0: "a"}
+    assert "cfg 3" in table.set_index("guidance_scale").loc[3.0, "best config"]
+    (line,) = best_solver_by_scale(table)
+    assert line.startswith("m, NFE <= 20: the best solver changes with the scale (scale 1: b, scale 3: a, scale 6: a)")
+    assert "beyond the standard errors" in line

@@ -71,6 +71,9 @@ MALFORMED += [
     ({**GUIDED, "class_labels": "balanced"}, "key 'class_labels' must be 'random' or a list of class labels, got 'balanced'"),
     ({**GUIDED, "guidance_scales": [1, -2]}, "key 'guidance_scales' must hold numbers >= 0, got -2"),
     ({**GUIDED, "guidance_interval": [3.0, 1.0]}, "key 'guidance_interval' must be [lo, hi] with 0 <= lo < hi"),
+    (_with(etas_by_solver={"pc": [1.0]}), "key 'etas_by_solver.pc': 'pc' is not in 'solvers'"),
+    (_with(etas_by_solver={"ddpm": [-1.0]}), "key 'etas_by_solver.ddpm' must be a non-empty list of distinct numbers >= 0"),
+    ({**GUIDED, "metrics": ["nll"]}, "key 'metrics': 'nll' integrates held-out points through an unconditional"),
 ]
 
 
@@ -242,3 +245,9 @@ def test_unconditional_configs_keep_their_ids():
                              "exec_mode", "guidance_scale", "conditions", "guidance_interval")}
     assert cfg.guidance_scale is None and cfg.config_id == hashlib.sha1(
         json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_etas_by_solver_replaces_etas_for_that_solver():
+    configs = expand(parse_spec({**GOOD, "etas": [0.0], "etas_by_solver": {"ddpm": [1.0]}}))
+    assert {c.eta for c in configs if c.solver == "ddpm"} == {1.0} and {c.eta for c in configs if c.solver == "heun"} == {0.0}
+    assert all(c.skip_reason is None for c in configs)

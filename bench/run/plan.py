@@ -1,0 +1,180 @@
+"""The plan of a sweep, before it runs: what it will compute, and about how long that takes on this machine.
+
+Counted from the spec and the registry (exact for fixed-step solvers): configurations (runnable, skipped by rule),
+the network's image-forwards (one sample through the network once: a guided evaluation is 1 NFE and 2 passes) of
+the solves, their repeated timings, the warm-ups, the step-doubling partners the grid does not hold, the eager twins
+of other exec modes and the reference solves (dopri5: its NFE measured on a few samples), and the metric passes
+(Inception images, LPIPS pairs). Adaptive solvers decide their NFE as they go: they are counted as configurations,
+and their NFE is taken as the reference solve's (at their looser tolerance they take fewer: an upper bound).
+
+Time: the network's seconds per image-forward and the Inception network's seconds per image, measured here at the
+spec's batch (a few untimed then timed calls), times the counts. What is not in it: the harness's own work per
+configuration (solver arithmetic, metric arithmetic, writing rows), which dominates on the analytic mixtures (cheap
+networks) and which the plan measures as ``per_config_s`` by running one configuration of the grid in full.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bench import metrics
+from bench.run import references, sampling
+from bench.run.runner import WARM_UP_STEPS, SweepCache, resolve_device, run_config
+from bench.spec import RunConfig
+from solvers import SOLVERS
+from solvers.reference import reference_solve
+
+REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
+
+
+@dataclass
+class Plan:
+    configs: int = 0
+    skipped: int = 0
+    adaptive: int = 0
+    forwards: dict = field(default_factory=dict)  # what -> image-forwards
+    inception_images: int = 0
+    lpips_pairs: int = 0
+    reference_solves: int = 0
+    seconds: dict = field(default_factory=dict)  # what -> estimated seconds
+    measured: dict = field(default_factory=dict)  # what was measured, per model
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+    def lines(self) -> list[str]:
+        out = [f"{self.configs} configurations: {self.configs - self.skipped} runnable, {self.skipped} skipped by rule"
+               + (f" ({self.adaptive} adaptive: NFE bounded by the reference solve's)" if self.adaptive else "")]
+        out.append("network image-forwards: " + ", ".join(f"{k} {v:,.0f}" for k, v in self.forwards.items() if v))
+        out.append(f"reference solves: {self.reference_solves}; metric passes: {self.inception_images:,} Inception "
+                   f"images, {self.lpips_pairs:,} LPIPS pairs")
+        if not self.measured:
+            return out + ["estimate: not measured (the NFE of reference solves and adaptive solvers, the repeated "
+                          "timings and the seconds need the measurement: drop --no-measure)"]
+        out += [f"measured: {line}" for line in self.measured.values()]
+        out.append(f"estimate: {self.total_s / 60:.1f} min")
+        for what, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
+            if seconds > 0:
+                out.append(f"  {what}: {seconds / 60:.1f} min ({100 * seconds / max(self.total_s, 1e-9):.0f}%)")
+        return out
+
+
+def passes_per_evaluation(cfg: RunConfig) -> int:
+    """Network passes of one evaluation: 2 for a guided one (both halves; CFG++ at every scale), else 1."""
+    if cfg.guidance_scale is None:
+        return 1
+    return 2 if SOLVERS[cfg.solver].needs_guidance or cfg.guidance_scale not in (0.0, 1.0) else 1
+
+
+def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
+    solver = SOLVERS[cfg.solver]
+    return reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
+
+
+def _measure(cfg: RunConfig, cache: SweepCache) -> dict:
+    """Per model of the grid: seconds per image-forward at the spec's batch, the reference solve's NFE per sample,
+    Inception seconds per image (when a metric needs it), and one whole configuration's seconds."""
+    device = resolve_device(cfg.device)
+    one_pass = dataclasses.replace(cfg, guidance_scale=cfg.guidance_scale and 1.0, exec_mode="eager")
+    source, model = cache.model(one_pass)
+    x_T = cache.prior(cfg, source.event_shape, device, getattr(torch, cfg.dtype))
+    conditions = cache.conditions(cfg, device)
+    batch = min(cfg.batch_size, len(x_T))
+    forward_s = sampling.forward_seconds(model, x_T[:batch], float(model.schedule.t_max), device,
+                                         None if conditions is None else conditions[:batch])
+    out = {"image_forward_s": forward_s / batch}
+    probe = x_T[:REFERENCE_PROBE].double()
+    if conditions is not None:
+        model.condition_on(conditions[:REFERENCE_PROBE])
+    model.reset_nfe()
+    with torch.no_grad():
+        reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
+                        atol=cfg.reference_tolerance)
+    out["reference_nfe"] = model.nfe
+    if metrics.needing("inception") & set(cfg.metrics):
+        from bench.metrics.fid import InceptionFeatures
+
+        extractor = InceptionFeatures(cfg.fid_weights, str(device))
+        images = torch.rand((50, *source.event_shape)) * 2 - 1
+        extractor(images[:5])
+        started = time.perf_counter()
+        extractor(images)
+        out["inception_image_s"] = (time.perf_counter() - started) / len(images)
+    return out
+
+
+def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
+    """Count what ``configs`` will compute and (``measure``) estimate its time from short measurements here."""
+    plan = Plan(configs=len(configs))
+    runnable = [c for c in configs if c.skip_reason is None]
+    plan.skipped = len(configs) - len(runnable)
+    plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
+    cache, measured = SweepCache(), {}
+    for cfg in runnable:
+        if measure and cfg.model not in measured:
+            measured[cfg.model] = _measure(cfg, cache)
+    keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
+            for c in runnable}
+    counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
+              "eager twins": 0.0, "reference solves": 0.0}
+    warmed, solved_references = set(), set()
+    for cfg in runnable:
+        m = measured.get(cfg.model, {"image_forward_s": 0.0, "reference_nfe": 0})
+        passes, n = passes_per_evaluation(cfg), cfg.n_samples
+        forwards = solve_nfe(cfg, cfg.steps, m["reference_nfe"]) * passes * n
+        counts["solves"] += forwards
+        if measure and cfg.timing_repeats > 1 and forwards * m["image_forward_s"] < sampling.REPEAT_BELOW_S:
+            counts["timing repeats"] += (cfg.timing_repeats - 1) * forwards
+        warm_key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
+        if warm_key not in warmed:
+            warmed.add(warm_key)
+            steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
+            counts["warm-ups"] += solve_nfe(cfg, steps, m["reference_nfe"]) * passes * min(cfg.batch_size, n)
+        partner = (cfg.model, cfg.solver, cfg.options, None if cfg.steps is None else 2 * cfg.steps, cfg.spacing,
+                   cfg.eta, cfg.seed, cfg.guidance_scale, cfg.exec_mode)
+        if (metrics.needing("partner") & set(cfg.metrics) and cfg.steps is not None and partner not in keys
+                and SOLVERS[cfg.solver].order_for(cfg.eta, dict(cfg.options)) is not None):
+            counts["step-doubling partners"] += 2 * forwards
+        if cfg.exec_mode != "eager" and (*partner[:3], cfg.steps, *partner[4:8], "eager") not in keys:
+            counts["eager twins"] += forwards
+        if references.needed(cfg) and references.key(cfg) not in solved_references:
+            solved_references.add(references.key(cfg))
+            plan.reference_solves += 1
+            counts["reference solves"] += m["reference_nfe"] * (2 if passes == 2 else 1) * n
+        if metrics.needing("inception") & set(cfg.metrics):
+            plan.inception_images += n
+        plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
+    plan.forwards = counts
+    if measure:
+        forward_s = statistics.mean(m["image_forward_s"] for m in measured.values()) if measured else 0.0
+        inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
+        plan.seconds = {f"network: {what}": count * forward_s for what, count in counts.items()}
+        plan.seconds["Inception"] = plan.inception_images * inception_s
+        for model, m in measured.items():
+            plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch, "
+                                    f"reference solve {m['reference_nfe']} NFE per sample"
+                                    + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
+                                       if "inception_image_s" in m else ""))
+        if runnable:
+            plan.seconds["harness per configuration"] = len(runnable) * _per_config_seconds(runnable, cache, inception_s)
+    return plan
+
+
+def _per_config_seconds(runnable: list[RunConfig], cache: SweepCache, inception_s: float) -> float:
+    """The harness's own seconds per configuration: the cheapest configuration of the grid run in full, without the
+    metrics that solve again (reference, partner: counted above), less its solve, warm-up and Inception time."""
+    cfg = min(runnable, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
+    solving_again = metrics.needing("reference") | metrics.needing("partner")
+    cfg = dataclasses.replace(cfg, timing_repeats=1, metrics=tuple(m for m in cfg.metrics if m not in solving_again))
+    started = time.perf_counter()
+    row = run_config(cfg, cache, {"device": cfg.device}, "plan")
+    elapsed = time.perf_counter() - started
+    if row["status"] != "ok":
+        return 0.0
+    inception = cfg.n_samples * inception_s if metrics.needing("inception") & set(cfg.metrics) else 0.0
+    return max(0.0, elapsed - row["wall_s"] - (row.get("warmup_s") or 0.0) - inception)

@@ -1,0 +1,48 @@
+"""python -m bench plan: the counts of what a sweep computes, exact from the spec and the registry."""
+import subprocess
+import sys
+
+from bench.run.plan import make_plan
+from bench.spec.config import expand, parse_spec
+
+
+def _plan(measure=False, **spec):
+    return make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "timing_repeats": 1, **spec})), measure=measure)
+
+
+def test_solves_warm_ups_and_partners_are_counted_per_image_forward():
+    plan = _plan(models=["ring2d"], solvers=["ddim", "heun", "ddpm"], steps=[4, 8], etas=[0.0],
+                 metrics=["err_stepdoubling"])
+    # ddim 4 + 8 steps, heun 2 NFE per step; ddpm is skipped (eta is fixed at 1)
+    assert (plan.configs, plan.skipped) == (6, 2)
+    assert plan.forwards["solves"] == 10 * (4 + 8 + 2 * 4 + 2 * 8)
+    assert plan.forwards["warm-ups"] == 10 * (3 + 2 * 3)  # once per solver, WARM_UP_STEPS steps
+    assert plan.forwards["step-doubling partners"] == 10 * 2 * (8 + 2 * 8)  # only the 8-step configs lack their 2n
+    assert plan.reference_solves == 0 and plan.inception_images == 0
+
+
+def test_guided_evaluations_count_two_passes_and_cfg_pp_always_does():
+    plan = _plan(models=["gmm_classes"], solvers=["ddim", "euler_cfg_pp"], steps=[5], guidance_scales=[1, 3],
+                 metrics=["err_reference"])
+    # ddim: 5 NFE x (1 pass at scale 1 + 2 at scale 3); euler_cfg_pp: 2 passes at both scales
+    assert plan.forwards["solves"] == 10 * 5 * (1 + 2 + 2 + 2)
+    assert plan.reference_solves == 2  # one guided reference solve per scale
+
+
+def test_the_estimate_is_the_measured_costs_times_the_counts():
+    plan = _plan(measure=True, models=["ring2d"], solvers=["dpmpp_2m"], steps=[5, 10], metrics=["err_reference"])
+    (measured,) = plan.measured.values()
+    assert "ms per image-forward" in measured and "reference solve" in measured
+    assert plan.forwards["reference solves"] > 0 and plan.total_s > 0
+    assert set(plan.seconds) >= {"network: solves", "network: reference solves", "harness per configuration"}
+
+
+def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\n')
+    out = subprocess.run([sys.executable, "-m", "bench", "plan", str(spec), "--no-measure"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "N = 8 samples per configuration" in out and "1 configurations: 1 runnable" in out
+    spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\nguidance_scales = [2]\n')
+    bad = subprocess.run([sys.executable, "-m", "bench", "plan", str(spec)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "'ring2d' is unconditional" in bad.stderr
