@@ -150,3 +150,34 @@ def test_an_eager_row_on_cuda_does_not_depend_on_the_modes_that_ran_before_it(tm
     assert (first.status == "ok").all() and list(first.index) == list(second.index)
     assert (first.err_reference == second.err_reference).all()
     assert (first.tf32_matmul == tf32).all() and (first.tf32_cudnn == tf32).all()
+
+
+def _class_conditional_unet(path, size=8):
+    """A tiny UNet with 3 classes and the null class (classes.json as train() writes it)."""
+    build_unet(size, 1, widths=(8, 16), n_classes=3).save_pretrained(path)
+    (path / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100}))
+    (path / "classes.json").write_text(json.dumps({"names": ["a", "b", "c"], "null_class": 3}))
+    return f"diffusers:{path}"
+
+
+def test_guided_configs_run_in_every_cpu_exec_mode_with_the_same_labels(tmp_path):
+    """bf16 autocast and compile transform the guided model's conditional network and keep its labels: each mode's
+    samples stay close to eager's on the same x_T and labels (bf16: its rounding; compile: float32 rounding)."""
+    rows = _sweep(tmp_path, models=[_class_conditional_unet(tmp_path / "unet")], solvers=["dpmpp_2m", "euler_cfg_pp"],
+                  steps=[3], guidance_scales=[3.0], exec_modes=["eager", "bf16"], metrics=[], batch_size=4)
+    assert (rows.status == "ok").all(), rows[["solver", "exec_mode", "status", "message"]].to_string()
+    bf16 = rows[rows.exec_mode == "bf16"]
+    assert (bf16.drift_vs_eager < 0.1).all() and (bf16.network_passes == 2 * bf16.nfe).all()
+
+
+@pytest.mark.gpu
+def test_a_guided_solve_captures_in_a_cuda_graph_and_replays_each_batchs_labels(tmp_path):
+    """The labels live in a per-batch-size buffer that the captured graph reads: a replay on the next batch uses its
+    labels (batch 8 of 12: two shapes, two graphs), so the graphed samples equal eager's to float32 rounding."""
+    rows = _sweep(tmp_path, models=[_class_conditional_unet(tmp_path / "unet")],
+                  solvers=["dpmpp_2m", "euler_cfg_pp", "ddim"], steps=[4], guidance_scales=[1.0, 4.0],
+                  exec_modes=["eager", "cuda_graph"], device="cuda", n_samples=12, batch_size=8, metrics=[])
+    assert (rows.status == "ok").all(), rows[["solver", "exec_mode", "status", "message"]].to_string()
+    graphed = rows[rows.exec_mode == "cuda_graph"]
+    assert (graphed.drift_vs_eager < 1e-3).all(), graphed.drift_vs_eager.sort_values().tail()
+    assert (graphed.network_passes.to_numpy() == rows[rows.exec_mode == "eager"].network_passes.to_numpy()).all()
