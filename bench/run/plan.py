@@ -76,9 +76,10 @@ def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
     return reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
 
 
-def _measure(cfg: RunConfig, cache: SweepCache) -> dict:
-    """Per model of the grid: seconds per image-forward at the spec's batch, the reference solve's NFE per sample,
-    Inception seconds per image (when a metric needs it), and one whole configuration's seconds."""
+def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
+    """Per model of the grid: seconds per image-forward at the spec's batch, the reference solve's NFE per sample
+    (``probe_reference``: where a config needs a reference solve or runs an adaptive solver; else 0) and Inception
+    seconds per image (when a metric needs it)."""
     device = resolve_device(cfg.device)
     one_pass = dataclasses.replace(cfg, guidance_scale=cfg.guidance_scale and 1.0, exec_mode="eager")
     source, model = cache.model(one_pass)
@@ -87,15 +88,16 @@ def _measure(cfg: RunConfig, cache: SweepCache) -> dict:
     batch = min(cfg.batch_size, len(x_T))
     forward_s = sampling.forward_seconds(model, x_T[:batch], float(model.schedule.t_max), device,
                                          None if conditions is None else conditions[:batch])
-    out = {"image_forward_s": forward_s / batch}
-    probe = x_T[:REFERENCE_PROBE].double()
-    if conditions is not None:
-        model.condition_on(conditions[:REFERENCE_PROBE])
-    model.reset_nfe()
-    with torch.no_grad():
-        reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
-                        atol=cfg.reference_tolerance)
-    out["reference_nfe"] = model.nfe
+    out = {"image_forward_s": forward_s / batch, "reference_nfe": 0}
+    if probe_reference:
+        probe = x_T[:REFERENCE_PROBE].double()
+        if conditions is not None:
+            model.condition_on(conditions[:REFERENCE_PROBE])
+        model.reset_nfe()
+        with torch.no_grad():
+            reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
+                            atol=cfg.reference_tolerance)
+        out["reference_nfe"] = model.nfe
     if metrics.needing("inception") & set(cfg.metrics):
         from bench.metrics.fid import InceptionFeatures
 
@@ -117,7 +119,9 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
     cache, measured = SweepCache(), {}
     for cfg in runnable:
         if measure and cfg.model not in measured:
-            measured[cfg.model] = _measure(cfg, cache)
+            same_model = [c for c in runnable if c.model == cfg.model]
+            probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
+            measured[cfg.model] = _measure(cfg, cache, probe)
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
@@ -156,8 +160,8 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
         plan.seconds = {f"network: {what}": count * forward_s for what, count in counts.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
         for model, m in measured.items():
-            plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch, "
-                                    f"reference solve {m['reference_nfe']} NFE per sample"
+            plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch"
+                                    + (f", reference solve {m['reference_nfe']} NFE per sample" if m["reference_nfe"] else "")
                                     + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
                                        if "inception_image_s" in m else ""))
         if runnable:
