@@ -183,28 +183,31 @@ def guidance_table(df: pd.DataFrame, metrics=GUIDANCE_METRICS) -> pd.DataFrame:
 
 
 def guidance_trends(table: pd.DataFrame) -> list[str]:
-    """What the trade-off shows, per model at each solver's largest NFE: how many solver curves have precision
-    rising and recall falling from the lowest to the highest scale (beyond 1.96 combined standard errors), and the
+    """What the trade-off shows, per model, for each solver curve at its largest NFE, against the curve's lowest
+    scale (the least guided), each change judged beyond 1.96 combined standard errors: how many curves reach a higher
+    precision at some larger scale (and where precision peaks), how many lose recall at the largest scale, and the
     scale with the lowest FID."""
     lines = []
     if table.empty:
         return lines
     for model, group in table.groupby("model"):
         top = group[group.nfe == group.groupby(["solver", "eta"]).nfe.transform("max")]
-        curves = list(top.groupby(["solver", "eta"]))
-        for metric, direction in (("precision", "rises"), ("recall", "falls")):
-            if metric not in top:
-                continue
-            moved = 0
-            for _, curve in curves:
-                curve = curve.sort_values("guidance_scale")
-                first, last = curve.iloc[0], curve.iloc[-1]
-                change = last[metric] - first[metric]
-                combined = math.hypot(first[f"{metric}_se"], last[f"{metric}_se"])
-                moved += (change > TIE_Z * combined) if direction == "rises" else (change < -TIE_Z * combined)
-            lines.append(f"{model}: {metric} {direction} from scale {top.guidance_scale.min():g} to "
-                         f"{top.guidance_scale.max():g} beyond the standard errors for {moved} of {len(curves)} "
-                         f"solver curves (each at its largest NFE).")
+        curves = [curve.sort_values("guidance_scale") for _, curve in top.groupby(["solver", "eta"])]
+        low, high = top.guidance_scale.min(), top.guidance_scale.max()
+
+        def beyond(first, other, metric):
+            return (other[metric] - first[metric]) / math.hypot(first[f"{metric}_se"], other[f"{metric}_se"])
+
+        if "precision" in top:
+            risen = [c for c in curves if any(beyond(c.iloc[0], row, "precision") > TIE_Z for _, row in c.iloc[1:].iterrows())]
+            peaks = pd.Series([c.loc[c.precision.idxmax(), "guidance_scale"] for c in curves]).value_counts().sort_index()
+            lines.append(f"{model}: precision rises above its scale-{low:g} value beyond the standard errors at some "
+                         f"larger scale for {len(risen)} of {len(curves)} solver curves (each at its largest NFE); it "
+                         f"peaks at scale " + ", ".join(f"{scale:g} for {n}" for scale, n in peaks.items()) + ".")
+        if "recall" in top:
+            fallen = [c for c in curves if beyond(c.iloc[0], c.iloc[-1], "recall") < -TIE_Z]
+            lines.append(f"{model}: recall at scale {high:g} is below its scale-{low:g} value beyond the standard "
+                         f"errors for {len(fallen)} of {len(curves)} solver curves.")
         if "fid" in top:
             best = top.loc[top.groupby(["solver", "eta"]).fid.idxmin()]
             counts = best.guidance_scale.value_counts().sort_index()

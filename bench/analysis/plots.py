@@ -33,7 +33,7 @@ MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
 MODE_FILLS = {"eager": "full", "bf16": "none", "compile": "left", "cuda_graph": "bottom"}
 FAMILY_NAMES = {"runge_kutta": "Runge-Kutta", "denoising": "DDIM / DDPM", "exponential": "exponential integrators",
                 "multistep": "linear multistep", "unipc": "UniPC", "sa_solver": "SA-Solver",
-                "stochastic": "stochastic (own noise)", "adaptive": "adaptive"}
+                "stochastic": "stochastic (own noise)", "adaptive": "adaptive", "cfg_pp": "CFG++"}
 
 
 def solver_family(name: str) -> str:

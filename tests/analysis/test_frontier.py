@@ -147,8 +147,9 @@ def test_guidance_table_and_trends_read_the_trade_off():
     table = guidance_table(_guided_rows())
     assert len(table) == 12 and {"fid", "fid_se", "precision", "recall_se"} <= set(table.columns)
     lines = guidance_trends(table)
-    assert "precision rises from scale 1 to 6 beyond the standard errors for 2 of 2 solver curves" in lines[0]
-    assert "recall falls from scale 1 to 6 beyond the standard errors for 2 of 2" in lines[1]
+    assert "precision rises above its scale-1 value beyond the standard errors at some larger scale for 2 of 2" in lines[0]
+    assert lines[0].endswith("it peaks at scale 6 for 2.")
+    assert "recall at scale 6 is below its scale-1 value beyond the standard errors for 2 of 2 solver curves" in lines[1]
     assert lines[2].endswith("1 for 1, 3 for 1.")  # the scale with the lowest FID: b at 1, a at 3
     assert guidance_table(_guided_rows().assign(guidance_scale=2.0)).empty  # one scale: no trade-off to show
 
