@@ -87,11 +87,16 @@ def seed_noise(df: pd.DataFrame, metric: str) -> dict:
     return seed_std(df, metric).groupby(level="model")["std"].median().to_dict()
 
 
+def _keys(*tables: pd.DataFrame) -> list[str]:
+    """The match keys the tables have (a table made by hand, not by the store, may lack the guidance columns)."""
+    return [k for k in MATCH_KEYS if all(k in table for table in tables)]
+
+
 def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """One row per config: metrics averaged over its seeds; ok only if every seed was ok."""
     numeric = [m for m in (*JUDGED, "forward_s") if m in df]
     errors = [f"{m}_se" for m in JUDGED if f"{m}_se" in df]
-    grouped = df.groupby(MATCH_KEYS, dropna=False)
+    grouped = df.groupby(_keys(df), dropna=False)
     out = grouped[numeric].mean()
     for column in errors:
         out[column] = grouped[column].agg(mean_se)
@@ -108,8 +113,8 @@ def match(base: pd.DataFrame, head: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     shared = set(base.seed) & set(head.seed)
     if shared:
         base, head = base[base.seed.isin(shared)], head[head.seed.isin(shared)]
-        return base.merge(head, on=[*MATCH_KEYS, "seed"], suffixes=("_base", "_head")), True
-    merged = _average_seeds(base).merge(_average_seeds(head), on=MATCH_KEYS, suffixes=("_base", "_head"))
+        return base.merge(head, on=[*_keys(base, head), "seed"], suffixes=("_base", "_head")), True
+    merged = _average_seeds(base).merge(_average_seeds(head), on=_keys(base, head), suffixes=("_base", "_head"))
     return merged.assign(seed=merged.seed_base + " vs " + merged.seed_head), False
 
 
@@ -202,7 +207,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
                 records.append({**described, "metric": metric, "base": b, "head": h, "change": change,
                                 "threshold": threshold, "verdict": verdict})
     changes = pd.DataFrame(records, columns=[*_DESCRIBE, "metric", "base", "head", "change", "threshold", "verdict"])
-    keys = [*MATCH_KEYS, "seed"] if paired else MATCH_KEYS
+    keys = [*_keys(base, head), "seed"] if paired else _keys(base, head)
     added = head[~head.set_index(keys).index.isin(base.set_index(keys).index)]
     removed = base[~base.set_index(keys).index.isin(head.set_index(keys).index)]
     return {"changes": changes, "regressions": changes[changes.verdict == "regression"],

@@ -161,13 +161,31 @@ def _class_conditional_unet(path, size=8):
 
 
 def test_guided_configs_run_in_every_cpu_exec_mode_with_the_same_labels(tmp_path):
-    """bf16 autocast and compile transform the guided model's conditional network and keep its labels: each mode's
-    samples stay close to eager's on the same x_T and labels (bf16: its rounding; compile: float32 rounding)."""
-    rows = _sweep(tmp_path, models=[_class_conditional_unet(tmp_path / "unet")], solvers=["dpmpp_2m", "euler_cfg_pp"],
-                  steps=[3], guidance_scales=[3.0], exec_modes=["eager", "bf16"], metrics=[], batch_size=4)
+    """bf16 autocast wraps the guided model's conditional network and keeps its labels and guidance: its guided eps
+    stays within bf16's rounding of eager's (2.4% here against 1.1% unguided: guidance at scale 3 scales the
+    conditional-unconditional difference up), the labels reach the network, and the sweep's bf16 rows run with two
+    passes per evaluation (on this random network the samples' drift is large in absolute terms: x0 divides by
+    alpha at t_max)."""
+    import torch
+
+    from bench.models import build_model, guided_model
+    from bench.run.execution import in_mode
+
+    model = _class_conditional_unet(tmp_path / "unet")
+    source = build_model(model)
+    eager = guided_model(source, source.model().schedule, 3.0)
+    bf16 = in_mode(eager, "bf16", torch.device("cpu"))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    eager.condition_on(torch.tensor([0, 1, 2, 0]))  # the modes share the conditions' buffers
+    with torch.no_grad():
+        reference, rounded = eager.eps(x, 0.5), bf16.eps(x, 0.5)
+        assert ((reference - rounded).norm() / reference.norm()).item() < 0.05
+        bf16.condition_on(torch.tensor([1, 1, 1, 1]))
+        assert (bf16.eps(x, 0.5) - rounded).norm() > 0.1 * rounded.norm()
+    rows = _sweep(tmp_path, models=[model], solvers=["dpmpp_2m", "euler_cfg_pp"], steps=[3], guidance_scales=[3.0],
+                  exec_modes=["eager", "bf16"], metrics=[], batch_size=4)
     assert (rows.status == "ok").all(), rows[["solver", "exec_mode", "status", "message"]].to_string()
-    bf16 = rows[rows.exec_mode == "bf16"]
-    assert (bf16.drift_vs_eager < 0.1).all() and (bf16.network_passes == 2 * bf16.nfe).all()
+    assert (rows.network_passes == 2 * rows.nfe).all() and rows[rows.exec_mode == "bf16"].drift_vs_eager.notna().all()
 
 
 @pytest.mark.gpu

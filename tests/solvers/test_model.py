@@ -125,4 +125,4 @@ def test_digits_preset_holds_the_scikit_learn_images():
 
 
 def test_presets_are_registered():
-    assert set(ANALYTIC_PRESETS) == {"ring2d", "gmm_hd", "digits", "fashion_gmm"}
+    assert set(ANALYTIC_PRESETS) == {"ring2d", "gmm_hd", "gmm_classes", "digits", "fashion_gmm"}

@@ -13,7 +13,7 @@ from solvers import SOLVERS, sample
 from solvers.noise import BrownianNoise, NoNoise, PrecomputedNoise
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from support import fitted_slope, prior_sample
+from support import guided_ring, fitted_slope, prior_sample
 
 SCHEDULE = VPLinear()
 CPU = torch.device("cpu")
@@ -68,6 +68,8 @@ def test_draws_noise_says_exactly_when_a_solver_draws(name):
     """The registry decides which runs get a seeded path and which get NoNoise: check both directions."""
     solver = SOLVERS[name]
     model, x_T = ring2d().model(SCHEDULE), prior_sample(SCHEDULE, 4, 2)
+    if solver.needs_guidance:  # CFG++ reads the unconditional prediction: the guided two-class ring
+        model = guided_ring(SCHEDULE, 4)
     runs = [(eta, options) for n, options, eta in STOCHASTIC_RUNS if n == name]
     if solver.stochastic != "sde":
         runs.append((0.0, {"rtol": 1e-3, "atol": 1e-3} if solver.adaptive else {}))
