@@ -25,10 +25,8 @@ def cmd_run(args) -> int:
     from bench.run import store, sweep
     from bench.run.policy import ExecutionPolicy
 
-    try:
-        spec = config.load_spec(args.spec)
-    except config.SpecError as err:
-        print(err, file=sys.stderr)
+    spec = _load_spec(args.spec)
+    if spec is None:
         return 2
     problem = _run_options_problem(args)
     if problem:
@@ -68,6 +66,17 @@ def cmd_run(args) -> int:
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
     print(f"load it with: bench.run.store.load_rows('{run_dir}')  (one row per config, the latest)")
     return 1 if counts.get("lost") else 0
+
+
+def _load_spec(path):
+    """The validated spec, or None after printing its problems (one line each) to stderr."""
+    from bench.spec import config
+
+    try:
+        return config.load_spec(path)
+    except config.SpecError as err:
+        print(err, file=sys.stderr)
+        return None
 
 
 def _run_options_problem(args) -> str | None:
@@ -213,10 +222,8 @@ def cmd_plan(args) -> int:
     from bench.run.plan import make_plan
     from bench.spec import config
 
-    try:
-        spec = config.load_spec(args.spec)
-    except config.SpecError as err:
-        print(err, file=sys.stderr)
+    spec = _load_spec(args.spec)
+    if spec is None:
         return 2
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")

@@ -19,7 +19,7 @@ import math
 import torch
 
 from solvers.coefficients import log_snr, phi
-from solvers.denoising import ancestral_noise_std
+from solvers.denoising import ancestral_noise_std, ddim_step
 
 
 def _predictions(model, x: torch.Tensor, t: float):
@@ -39,15 +39,10 @@ def euler_cfg_pp(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise)
     DDIM's step with the guided x0 and the unconditional eps: x_s = alpha_s D + sqrt(sigma_s^2 - c^2) eps_U + c z,
     c = ancestral_noise_std (k-diffusion's sigma_up times alpha_s). 1 NFE per step.
     """
-    schedule = model.schedule
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         guided_x0, _, unconditional_eps = _predictions(model, x, t)
-        alpha_s, sigma_s = schedule.alpha_sigma(s)
-        c = ancestral_noise_std(schedule, t, s, eta)
-        x = alpha_s * guided_x0 + math.sqrt(sigma_s**2 - c**2) * unconditional_eps
-        if eta > 0:
-            x = x + c * noise(t, s, x)
+        x = ddim_step(model.schedule, guided_x0, unconditional_eps, t, s, eta, noise)
     return x
 
 

@@ -30,15 +30,21 @@ def ddim(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torc
     posterior sampler. To first order in h, c^2 = 2 eta^2 sigma^2 h equals the eta family's noise
     variance eta^2 g^2 |dt|, so DDIM's eta is DESIGN.md's eta.
     """
-    schedule = model.schedule
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         eps, x0 = model.eps_and_x0(x, t)
-        alpha_s, sigma_s = schedule.alpha_sigma(s)
-        c = ancestral_noise_std(schedule, t, s, eta)
-        x = alpha_s * x0 + math.sqrt(sigma_s**2 - c**2) * eps
-        if eta > 0:
-            x = x + c * noise(t, s, x)
+        x = ddim_step(model.schedule, x0, eps, t, s, eta, noise)
+    return x
+
+
+def ddim_step(schedule, x0: torch.Tensor, eps: torch.Tensor, t: float, s: float, eta: float, noise) -> torch.Tensor:
+    """One step of DDIM's eq. 12 from t to s given the x0 and the eps it re-noises with:
+    x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c = ancestral_noise_std (no draw at eta 0)."""
+    alpha_s, sigma_s = schedule.alpha_sigma(s)
+    c = ancestral_noise_std(schedule, t, s, eta)
+    x = alpha_s * x0 + math.sqrt(sigma_s**2 - c**2) * eps
+    if eta > 0:
+        x = x + c * noise(t, s, x)
     return x
 
 
