@@ -1,5 +1,5 @@
 # Targets are verbs; `bench` and `results` are also folder names, hence .PHONY.
-.PHONY: setup setup-ray docs data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-guided bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
+.PHONY: setup setup-ray docs data fid-weights lpips-weights fid-reference test test-all bench bench-images bench-guided bench-fitted bench-gpu gpu-check report compare conformance perf perf-compare chaos train clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -96,6 +96,17 @@ bench-images: setup
 # 5-20, FID/KID/precision/recall, then its report (see results/example-guided/; about 20 min on 2 cores).
 bench-guided: setup
 	$(PY) -m bench run bench/configs/guided.toml $(BENCH_ARGS)
+	$(MAKE) --no-print-directory report
+
+# Fitted time grids against the formulas (bench/configs/fitted.toml): fit grids for ddim, dpmpp_2m, unipc_2 and ipndm at
+# NFE 5, 6, 8, 10 on seed 1000 (the UNet: 16 samples, one refinement round; the 64-d mixture: 64 samples, a 1e-8
+# teacher), then sweep them beside the formula spacings on seed 0 and report (see results/example-fitted/).
+FITTED_DIR := results/scratch/fitted-grids
+FIT_ARGS := --solvers ddim dpmpp_2m unipc_2 ipndm --nfe 5 6 8 10 --seeds 1000 --out $(FITTED_DIR)
+bench-fitted: setup
+	$(PY) -m bench fit-schedule fmnist_unet $(FIT_ARGS) --n-samples 16 --refine-rounds 1 --teacher-tolerance 1e-5
+	$(PY) -m bench fit-schedule gmm_hd $(FIT_ARGS) --n-samples 64 --refine-rounds 2 --teacher-tolerance 1e-8
+	$(PY) -m bench run bench/configs/fitted.toml $(BENCH_ARGS)
 	$(MAKE) --no-print-directory report
 
 # The GPU grid (bench/configs/gpu.toml, one CUDA device): sweep, then report (its cost model: the spec's comment).

@@ -232,6 +232,34 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_fit_schedule(args) -> int:
+    """Fit time grids to a model (bench.fit): check everything, print the sizes, fit, write one file per grid."""
+    from bench.fit import FitRequest, Fitter, check, step_counts
+    from bench.run.policy import ExecutionPolicy
+
+    request = FitRequest(model=args.model, solvers=args.solvers, steps=args.steps or [], nfe=args.nfe or [],
+                         seeds=args.seeds, n_samples=args.n_samples, candidates=args.candidates,
+                         teacher_tolerance=args.teacher_tolerance, refine_rounds=args.refine_rounds,
+                         formulas=tuple(args.formulas), schedule=args.schedule, guidance_scale=args.guidance_scale,
+                         device=args.device, dtype=args.dtype, threads=args.threads)
+    problems = check(request)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    ExecutionPolicy(threads=args.threads).apply()
+    plan = ", ".join(f"{s} at {step_counts(request, s)} steps" for s in request.solvers)
+    print(f"fit-schedule {request.model}: {plan}; training seeds {request.seeds} x {request.n_samples} samples, "
+          f"{request.candidates + 1} candidate times, {request.refine_rounds} refinement rounds, compared with "
+          f"{', '.join(request.formulas)} -> {args.out}", file=sys.stderr)
+    fitter = Fitter(request, log=lambda line: print(line, file=sys.stderr))
+    started = time.perf_counter()
+    for solver in request.solvers:
+        for fitted in fitter.fit(solver):
+            print(fitter.write(fitted, Path(args.out)))
+    print(f"fit-schedule: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.metrics import named_in_spec
     from bench.models import MODELS
@@ -253,6 +281,12 @@ def cmd_docs(args) -> int:
     for path in docs.write(Path(args.out)):
         print(f"wrote {path}")
     return 0
+
+
+def FIT_FORMULAS():
+    from bench.fit import FORMULAS
+
+    return FORMULAS
 
 
 def _cuda() -> bool:
@@ -336,6 +370,29 @@ def main(argv=None) -> int:
     plan.add_argument("--device", help="override the spec's device")
     plan.add_argument("--no-measure", action="store_true", help="counts only: no model is built, nothing timed")
     plan.set_defaults(func=cmd_plan)
+    fit = sub.add_parser("fit-schedule", help="fit time grids to a model for solvers and step counts (GITS-style "
+                         "dynamic programme + coordinate descent), one file each for spacings = [\"fitted:PATH\"]")
+    fit.add_argument("model", help="a spec's model name (preset, diffusers:PATH, python:module:function)")
+    fit.add_argument("--solvers", nargs="+", required=True, help="deterministic fixed-step solvers")
+    fit.add_argument("--steps", type=int, nargs="+", help="step counts to fit")
+    fit.add_argument("--nfe", type=int, nargs="+", help="NFE budgets to fit (each: the most steps within it)")
+    fit.add_argument("--seeds", type=int, nargs="+", default=[1000], help="training seeds of x_T (default 1000; "
+                     "evaluate on others)")
+    fit.add_argument("--n-samples", type=int, default=32, help="training samples per seed (default 32)")
+    fit.add_argument("--candidates", type=int, default=40, help="candidate steps: M + 1 times uniform in log-SNR "
+                     "(default M = 40)")
+    fit.add_argument("--teacher-tolerance", type=float, default=1e-5, help="rtol = atol of the teacher's dopri5 solve")
+    fit.add_argument("--refine-rounds", type=int, default=2, help="coordinate-descent rounds on the whole-solve "
+                     "error (0: the best of the DP grid and the formulas)")
+    fit.add_argument("--formulas", nargs="+", default=list(FIT_FORMULAS()), help="spacings to compare with (and "
+                     "start from when one is better than the DP grid)")
+    fit.add_argument("--schedule", default="VPLinear", help="the analytic models' schedule (networks bring theirs)")
+    fit.add_argument("--guidance-scale", type=float, help="conditional models: the guidance scale to fit at")
+    fit.add_argument("--device", default="cpu")
+    fit.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    fit.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    fit.add_argument("--out", default="results/scratch/fitted-grids", help="folder for the grid files")
+    fit.set_defaults(func=cmd_fit_schedule)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     docs = sub.add_parser("docs", help="write the reference tables of docs/ from the registries")
     docs.add_argument("--out", default="docs", help="folder (default: docs)")

@@ -19,13 +19,22 @@ from solvers.model import DiffusionModel
 def reference_solve(model: DiffusionModel, x: torch.Tensor, t_start: float, t_end: float, *,
                     rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5") -> torch.Tensor:
     """The probability-flow ODE solution at ``t_end`` from x at ``t_start``, to ~rtol."""
+    return reference_trajectory(model, x, [t_start, t_end], rtol=rtol, atol=atol, method=method)[-1]
+
+
+def reference_trajectory(model: DiffusionModel, x: torch.Tensor, times, *, rtol: float = 1e-10, atol: float = 1e-10,
+                         method: str = "dopri5") -> torch.Tensor:
+    """The probability-flow ODE solution from x at ``times[0]`` at every one of ``times`` (decreasing), stacked:
+    shape (len(times), *x.shape), the first x itself. One adaptive solve; the states between its own steps come
+    from dopri5's dense output (4th-order interpolation, within the tolerance)."""
     schedule = model.schedule
-    alpha_start, alpha_end = float(schedule.alpha(t_start)), float(schedule.alpha(t_end))
+    times = [float(t) for t in times]
+    alphas = torch.tensor([float(schedule.alpha(t)) for t in times], dtype=x.dtype, device=x.device)
 
     def rhs(lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = float(schedule.t_of_lambda(lam.to(torch.float64)))
         return -math.exp(-float(lam)) * model.eps(float(schedule.alpha(t)) * y, t)
 
-    lams = torch.tensor([float(schedule.lambda_(t_start)), float(schedule.lambda_(t_end))], dtype=x.dtype, device=x.device)
-    y_end = torchdiffeq.odeint(rhs, x / alpha_start, lams, rtol=rtol, atol=atol, method=method)[-1]
-    return alpha_end * y_end
+    lams = torch.tensor([float(schedule.lambda_(t)) for t in times], dtype=x.dtype, device=x.device)
+    ys = torchdiffeq.odeint(rhs, x / alphas[0], lams, rtol=rtol, atol=atol, method=method)
+    return alphas.reshape(-1, *([1] * x.ndim)) * ys

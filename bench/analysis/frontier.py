@@ -6,6 +6,7 @@ missing cost or quality are never on it. Exact ties are all kept: neither domina
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -58,8 +59,15 @@ def frontier(df: pd.DataFrame, cost: str, quality: str, by=("model",)) -> pd.Dat
     return out
 
 
+def spacing_label(spacing) -> str:
+    """A spacing as tables and plots name it: fitted:PATH is "fitted", an explicit grid "explicit"."""
+    if isinstance(spacing, str) and spacing.startswith("fitted:"):
+        return "fitted"
+    return "explicit" if isinstance(spacing, str) and ":" in spacing else spacing
+
+
 def describe_config(row) -> str:
-    grid = f"{int(row.steps)} {row.spacing}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
+    grid = f"{int(row.steps)} {spacing_label(row.spacing)}" if pd.notna(row.steps) else f"tol {row.tolerance:g}"
     mode = getattr(row, "exec_mode", "eager")
     scale = getattr(row, "guidance_scale", None)
     guidance = "" if scale is None or pd.isna(scale) else f", cfg {scale:g}"
@@ -336,3 +344,66 @@ def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:
                      "fid_vs_eager (median)": group.fid_vs_eager.median()})
     table = pd.DataFrame(rows)
     return table.dropna(axis="columns", how="all")
+
+
+FITTED_METRICS = ("err_reference", "fid", "kid")
+
+
+def fitted_vs_formulas(df: pd.DataFrame, metrics=FITTED_METRICS, tie_z: float = TIE_Z) -> pd.DataFrame:
+    """Per model, solver and NFE (and eta, exec mode, guidance scale) with a row on a fitted grid: for each metric,
+    the fitted grid's value against the best formula spacing's at the same NFE (seeds averaged as per_config does),
+    the change, and whether it is significant (|change| > ``tie_z`` combined standard errors, combined as if
+    independent: conservative for these paired configurations of one x_T), with what the fit cost and what the row
+    says about the grid (fitted for another solver; evaluated on a training seed)."""
+    if "fitted_solver" not in df or df.fitted_solver.isna().all():
+        return pd.DataFrame()
+    keys = ["model", "solver", "nfe", "eta", "exec_mode", "guidance_scale"]
+    rows = []
+    for metric in (m for m in metrics if m in df and df[m].notna().any()):
+        se = f"{metric}_se"
+        ok = per_config(df, metric)
+        ok = ok.assign(guidance_scale=ok.guidance_scale if "guidance_scale" in ok else np.nan)
+        is_fitted = ok.spacing.astype(str).str.startswith("fitted:")
+        for key, group in ok.groupby(keys, dropna=False):
+            fitted, formulas = group[is_fitted[group.index]], group[~is_fitted[group.index]]
+            if fitted.empty or formulas.empty:
+                continue
+            best = formulas.sort_values(metric).iloc[0]
+            for grid in fitted.itertuples():
+                value, error = getattr(grid, metric), getattr(grid, se)
+                combined = math.hypot(0 if pd.isna(error) else error, 0 if pd.isna(best[se]) else best[se])
+                change = value - best[metric]
+                z = change / combined if combined > 0 else math.nan
+                verdict = ("fitted better" if z < -tie_z else "formula better" if z > tie_z else
+                           "tie" if math.isfinite(z) else "no standard error")
+                notes = []
+                if grid.fitted_solver != grid.solver:
+                    notes.append(f"fitted for {grid.fitted_solver}")
+                seeds = set(json.loads(grid.fitted_seeds)) if isinstance(grid.fitted_seeds, str) else set()
+                if seeds & {int(s) for s in str(grid.seed).split(",")}:
+                    notes.append("evaluated on a training seed")
+                rows.append({**dict(zip(keys, key)), "metric": metric, "fitted": value, "fitted se": error,
+                             "best formula": spacing_label(best.spacing), "formula": best[metric],
+                             "formula se": best[se], "change": change / best[metric] if best[metric] else math.nan,
+                             "z": z, "verdict": verdict, "fit evaluations": grid.fitted_cost_evaluations,
+                             "fit s": grid.fitted_cost_s, "notes": "; ".join(notes)})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for column, default in (("exec_mode", "eager"), ("guidance_scale", None), ("eta", 0.0)):
+        if table[column].isna().all() or (table[column] == default).all():
+            table = table.drop(columns=column)
+    return table.sort_values(["model", "metric", "solver", "nfe"]).reset_index(drop=True)
+
+
+def fitted_summary(table: pd.DataFrame) -> list[str]:
+    """One sentence per model and metric: in how many (solver, NFE) cells the fitted grid wins, ties and loses."""
+    lines = []
+    for (model, metric), group in table.groupby(["model", "metric"]):
+        counts = group.verdict.value_counts()
+        wins = group[group.verdict == "fitted better"]
+        gain = f", by {-wins.change.median():.0%} (median)" if len(wins) else ""
+        lines.append(f"{model}, {metric}: the fitted grid beats the best formula significantly in "
+                     f"{counts.get('fitted better', 0)} of {len(group)} solver/NFE cells{gain}, ties in "
+                     f"{counts.get('tie', 0)}, loses in {counts.get('formula better', 0)}.")
+    return lines

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier,  # noqa: E402
+from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, spacing_label,  # noqa: E402
                                      guidance_table, quality_across)
 from solvers import SOLVERS  # noqa: E402
 
@@ -130,7 +130,7 @@ def _point_name(row, varying: set) -> str:
     """A frontier point's name: its solver, and whichever of spacing, eta and exec mode vary in its panel."""
     parts = [row.solver]
     if "spacing" in varying and isinstance(row.spacing, str):
-        parts.append(row.spacing if ":" not in row.spacing else "explicit")
+        parts.append(spacing_label(row.spacing))
     if "eta" in varying:
         parts.append(f"eta {row.eta:g}")
     if "exec_mode" in varying and getattr(row, "exec_mode", "eager") != "eager":

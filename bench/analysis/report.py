@@ -9,7 +9,7 @@ import pandas as pd
 from bench.analysis import plots
 from bench.analysis.document import Document
 from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, best_solver_by_scale, budget_table, default_quality,
-                                     eta_gap, exec_mode_table, guidance_table, guidance_trends, quality_across, seed_std,
+                                     eta_gap, exec_mode_table, fitted_summary, fitted_vs_formulas, guidance_table, guidance_trends, quality_across, seed_std,
                                      table1_shape)
 from bench.metrics.uncertainty import BOOTSTRAP_REPLICATES, JACKKNIFE_GROUPS
 from bench.run.store import STATUSES, load_rows
@@ -115,6 +115,19 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
                       "hold.) From the budget table above, which ranks each scale on its own:")
         doc.bullets(best_solver_by_scale(budgets))
         doc.table(trade_off)
+
+    fitted = fitted_vs_formulas(df)
+    if not fitted.empty:
+        doc.heading("Fitted grids against the formulas")
+        doc.paragraph("Each fitted grid (spacing fitted:PATH, python -m bench fit-schedule) against the best formula "
+                      "spacing of the same solver at the same NFE, per metric: change = (fitted - formula) / formula, "
+                      f"significant where it exceeds {TIE_Z:g} combined standard errors (combined as if independent, "
+                      "which for configurations sharing x_T errs towards ties). fit evaluations: network calls of the "
+                      "fit, each on its training batch, with its seconds. A grid is evaluated honestly only on seeds "
+                      "it was not fitted on: the notes say where that does not hold, and where a grid was fitted for "
+                      "another solver.")
+        doc.bullets(fitted_summary(fitted))
+        doc.table(fitted)
 
     across_eta = quality_across(df, quality, "eta")
     gaps = eta_gap(df, across_eta)

@@ -15,7 +15,6 @@ networks) and which the plan measures as ``per_config_s`` by running one configu
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -98,7 +97,8 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
             reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
                             atol=cfg.reference_tolerance)
         out["reference_nfe"] = model.nfe
-    if metrics.needing("inception") & set(cfg.metrics):
+    out["images"] = len(source.event_shape) == 3  # the image metrics skip other models
+    if metrics.needing("inception") & set(cfg.metrics) and out["images"]:
         from bench.metrics.fid import InceptionFeatures
 
         extractor = InceptionFeatures(cfg.fid_weights, str(device))
@@ -126,11 +126,13 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
               "eager twins": 0.0, "reference solves": 0.0}
+    seconds = dict.fromkeys(counts, 0.0)
     warmed, solved_references = set(), set()
     for cfg in runnable:
         m = measured.get(cfg.model, {"image_forward_s": 0.0, "reference_nfe": 0})
         passes, n = passes_per_evaluation(cfg), cfg.n_samples
         forwards = solve_nfe(cfg, cfg.steps, m["reference_nfe"]) * passes * n
+        before = dict(counts)
         counts["solves"] += forwards
         if measure and cfg.timing_repeats > 1 and forwards * m["image_forward_s"] < sampling.REPEAT_BELOW_S:
             counts["timing repeats"] += (cfg.timing_repeats - 1) * forwards
@@ -150,22 +152,26 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
             solved_references.add(references.key(cfg))
             plan.reference_solves += 1
             counts["reference solves"] += m["reference_nfe"] * (2 if passes == 2 else 1) * n
-        if metrics.needing("inception") & set(cfg.metrics):
+        if metrics.needing("inception") & set(cfg.metrics) and m.get("images", True):
             plan.inception_images += n
         plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
+        for what in counts:  # each model's forwards at its own speed
+            seconds[what] += (counts[what] - before[what]) * m["image_forward_s"]
     plan.forwards = counts
     if measure:
-        forward_s = statistics.mean(m["image_forward_s"] for m in measured.values()) if measured else 0.0
         inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
-        plan.seconds = {f"network: {what}": count * forward_s for what, count in counts.items()}
+        plan.seconds = {f"network: {what}": value for what, value in seconds.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
         for model, m in measured.items():
             plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch"
                                     + (f", reference solve {m['reference_nfe']} NFE per sample" if m["reference_nfe"] else "")
                                     + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
                                        if "inception_image_s" in m else ""))
-        if runnable:
-            plan.seconds["harness per configuration"] = len(runnable) * _per_config_seconds(runnable, cache, inception_s)
+        per_model = {}
+        for cfg in runnable:
+            per_model.setdefault(cfg.model, []).append(cfg)
+        plan.seconds["harness per configuration"] = sum(  # each model's own: it times its network's forward
+            len(group) * _per_config_seconds(group, cache, inception_s) for group in per_model.values())
     return plan
 
 

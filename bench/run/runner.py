@@ -132,7 +132,22 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
             "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode,
             "guidance_scale": cfg.guidance_scale, "conditions": cfg.conditions,
-            "guidance_interval": None if cfg.guidance_interval is None else json.dumps(list(cfg.guidance_interval))}
+            "guidance_interval": None if cfg.guidance_interval is None else json.dumps(list(cfg.guidance_interval)),
+            **(cfg.fitted.row() if cfg.fitted is not None else {})}
+
+
+def _fitted_notes(cfg: RunConfig, weights_sha256: str | None) -> list[str]:
+    """What a row on a fitted grid says when the grid was fitted for another solver or model, or on its seed."""
+    grid, notes = cfg.fitted, []
+    if grid is None:
+        return notes
+    if grid.solver != cfg.solver:
+        notes.append(f"grid fitted for {grid.solver}, not {cfg.solver}")
+    if grid.weights_sha256 is not None and weights_sha256 is not None and grid.weights_sha256 != weights_sha256:
+        notes.append(f"grid fitted for model {grid.model} (other weights)")
+    if cfg.seed in grid.seeds:
+        notes.append(f"evaluated on seed {cfg.seed}, one the grid was fitted on (not held out)")
+    return notes
 
 
 WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
@@ -147,8 +162,8 @@ def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, conditions, device) 
     if key not in cache.warmed_up:
         started = time.perf_counter()
         steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
-        if cfg.spacing is not None and ":" in cfg.spacing:  # an explicit grid has its own step count: warm up on a
-            cfg = dataclasses.replace(cfg, spacing="uniform")  # short uniform grid, which runs the same kernels
+        if cfg.spacing is not None and ":" in cfg.spacing:  # an explicit or fitted grid has its own step count: warm
+            cfg = dataclasses.replace(cfg, spacing="uniform", fitted=None)  # up on a short uniform grid (same kernels)
         last = len(x_T) % cfg.batch_size  # a smaller last batch is another shape (compile: another graph)
         for shape in {cfg.batch_size, last} - {0}:
             sampling.solve(cfg, model, x_T[:shape], steps, device,
@@ -193,7 +208,7 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             cache.finals[key] = x.cpu()
         if key in cache.needed_eager:
             cache.eager[key] = x.cpu()
-        notes = []
+        notes = _fitted_notes(cfg, row["weights_sha256"])
         row.update(_metrics(cfg, cache, source, model, x_T, x, device, notes))
         if result.batch_used != cfg.batch_size:
             noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)

@@ -94,7 +94,10 @@ def noise_source(cfg: RunConfig, noise_batch: torch.Tensor, schedule, batch_inde
 
 
 def grid(cfg: RunConfig, schedule, steps: int | None) -> torch.Tensor:
-    """The time grid a config is solved on with ``steps`` steps (adaptive solvers: t_max and t_min only)."""
+    """The time grid a config is solved on with ``steps`` steps (adaptive solvers: t_max and t_min only; a fitted
+    grid: its own values, on the model's schedule)."""
+    if cfg.fitted is not None:
+        return cfg.fitted.times(schedule)
     return timesteps(cfg.spacing, steps, schedule) if steps is not None else timesteps("uniform", 1, schedule)
 
 

@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.metrics import named_in_spec, needing
+import bench.spec.fitted as fitted_grids
 from bench.models import ANALYTIC_PRESETS, MODELS, conditioning_label, is_model_name, model_conditioning
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
@@ -77,6 +78,7 @@ class RunConfig:
     guidance_scale: float | None = None  # conditional models: the classifier-free guidance scale (1: none)
     conditions: str | None = None  # conditional models: where the conditions come from (conditioning_label)
     guidance_interval: tuple | None = None  # (lo, hi] in sigma~ where guidance applies; None: everywhere
+    fitted: fitted_grids.FittedGrid | None = None  # spacing fitted:PATH: the grid the file gave (its values, its origin)
 
     @property
     def config_id(self) -> str:
@@ -92,9 +94,11 @@ class RunConfig:
             key["image_resize"] = self.image_resize
         if self.exec_mode == "eager":  # keeps the ids of specs from before the exec_modes axis
             del key["exec_mode"]
-        for name in ("guidance_scale", "conditions", "guidance_interval"):  # unconditional configs keep their ids
+        for name in ("guidance_scale", "conditions", "guidance_interval", "fitted"):  # older configs keep their ids
             if key[name] is None:
                 del key[name]
+        if self.fitted is not None:  # the grid's values define the result, not the file's name, folder or notes
+            key["fitted"], key["spacing"] = list(self.fitted.sigmas), "fitted"
         if self.reference_tolerance != DEFAULTS["reference_tolerance"] and set(self.metrics) & REFERENCE_METRICS:
             key["reference_tolerance"] = self.reference_tolerance
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -112,8 +116,9 @@ _LIST_KEYS = {
     "models": (str, "model names (" + ", ".join(MODELS) + "), diffusers:PATH or python:module:function"),
     "solvers": (str, "solver names (python -m solvers lists them)"),
     "steps": (int, "integers >= 1"),
-    "spacings": ((str, dict), "spacings (" + ", ".join(SPACINGS) + ") or explicit grids {times = [...]} / "
-                              "{sigmas = [...]}"),
+    "spacings": ((str, dict), "spacings (" + ", ".join(SPACINGS) + "), explicit grids {times = [...]} / "
+                              "{sigmas = [...]}, or fitted:PATH (a grid file or a folder of them written by "
+                              "python -m bench fit-schedule)"),
     "etas": ((int, float), "numbers >= 0"),
     "tolerances": ((int, float), "numbers > 0"),
     "seeds": (int, "integers >= 0"),
@@ -224,9 +229,14 @@ def _validate(raw: dict, where: str) -> list[str]:
         return errors
     for grid in (g for g in raw.get("spacings", []) if isinstance(g, dict)):
         errors += _explicit_grid_errors(grid, raw, where)
+    for spacing in (g for g in raw.get("spacings", []) if fitted_grids.is_fitted(g)):
+        try:
+            fitted_grids.grids(spacing)
+        except (OSError, ValueError) as err:
+            errors.append(f"{where}: key 'spacings': {err}")
     for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS),
                          ("exec_modes", EXEC_MODES)):
-        for name in (n for n in raw.get(key, []) if not isinstance(n, dict)):
+        for name in (n for n in raw.get(key, []) if not isinstance(n, dict) and not fitted_grids.is_fitted(n)):
             if key == "models" and is_model_name(name):
                 continue
             if key == "metrics" and name in RENAMED_METRICS:
@@ -438,14 +448,17 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
             solver = SOLVERS[solver_name]
             options = tuple(sorted(v["options"].get(solver_name, {}).items()))
             if solver.adaptive:
-                grid = [(None, None, tol) for tol in v["tolerances"]]
+                grid = [(None, None, tol, None, None) for tol in v["tolerances"]]
             else:  # larger step counts first, so a step-doubling partner (2n) is run before n
                 steps = v["steps_by_solver"].get(solver_name, v["steps"])
-                grid = [(n, sp, None) for sp in v["spacings"] if isinstance(sp, str) for n in sorted(steps, reverse=True)]
-                grid += [(len(values) - 1, explicit_name(values, unit), None)  # an explicit grid sets its own steps
+                named = [sp for sp in v["spacings"] if isinstance(sp, str)]
+                grid = [(n, sp, None, None, None) for sp in named if not fitted_grids.is_fitted(sp)
+                        for n in sorted(steps, reverse=True)]
+                grid += [(len(values) - 1, explicit_name(values, unit), None, None, None)  # sets its own steps
                          for sp in v["spacings"] if isinstance(sp, dict) for unit, values in sp.items()]
+                grid += _fitted_cells([sp for sp in named if fitted_grids.is_fitted(sp)], model, solver_name, steps)
             for seed in v["seeds"]:
-                for steps, spacing, tolerance in grid:
+                for steps, spacing, tolerance, fitted, fitted_reason in grid:
                     etas = v["etas_by_solver"].get(solver_name, v["etas"])
                     for scale, eta, exec_mode in itertools.product(guidance, etas, v["exec_modes"]):
                         try:
@@ -453,6 +466,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             reason = None
                         except ValueError as err:
                             reason = str(err)
+                        reason = reason or fitted_reason
                         if reason is None and steps is not None and steps < solver.min_steps:
                             reason = f"{solver_name} needs at least {solver.min_steps} steps, got {steps}"
                         if reason is None and exec_mode == "cuda_graph":
@@ -467,8 +481,19 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             exec_mode=exec_mode, skip_reason=reason,
                             reference_time_limit_s=float(v["reference_time_limit_s"]),
                             timing_repeats=v["timing_repeats"], guidance_scale=scale, conditions=conditions,
-                            guidance_interval=interval))
+                            guidance_interval=interval, fitted=fitted))
     return configs
+
+
+def _fitted_cells(spacings: list[str], model: str, solver: str, steps: list[int]) -> list[tuple]:
+    """(steps, spacing, tolerance, grid, skip reason) of a solver's fitted spacings: a file's grid once at its own
+    step count, a folder's per step count of the spec (skipped with the reason where it has none)."""
+    cells = {}
+    for spacing in spacings:
+        for n in sorted(steps, reverse=True):
+            grid, n, reason = fitted_grids.for_cell(spacing, model, solver, n)
+            cells[(n, spacing)] = (n, spacing, None, grid, reason)
+    return list(cells.values())
 
 
 def _cuda_graph_skip(solver, device: str) -> str | None:

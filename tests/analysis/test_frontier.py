@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from bench.analysis.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order, frontier, pareto_mask,
-                            table1_shape)
+from bench.analysis.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order,
+                                     fitted_summary, fitted_vs_formulas, frontier, pareto_mask, table1_shape)
 
 
 def test_dominated_points_are_off_the_frontier():
@@ -163,3 +163,39 @@ def test_budget_table_ranks_each_guidance_scale_and_says_when_the_best_solver_ch
     (line,) = best_solver_by_scale(table)
     assert line.startswith("m, NFE <= 20: the best solver changes with the scale (scale 1: b, scale 3: a, scale 6: a)")
     assert "beyond the standard errors" in line
+
+
+def _grid_rows(solver, nfe, values, fitted_solver=None, fitted_seeds="[1000]", seed=0):
+    """Rows of one solver and NFE: (spacing, err_reference, its se) each; a fitted: spacing gets the fit's columns."""
+    rows = []
+    for spacing, value, se in values:
+        fitted = spacing.startswith("fitted:")
+        rows.append({"model": "m", "solver": solver, "nfe": nfe, "eta": 0.0, "exec_mode": "eager", "steps": nfe,
+                     "spacing": spacing, "seed": seed, "status": "ok", "err_reference": value, "err_reference_se": se,
+                     "fitted_solver": (fitted_solver or solver) if fitted else None,
+                     "fitted_seeds": fitted_seeds if fitted else None, "fitted_cost_evaluations": 500 if fitted else None,
+                     "fitted_cost_s": 9.0 if fitted else None})
+    return rows
+
+
+def test_a_fitted_grid_is_judged_against_the_best_formula_at_its_nfe_with_the_combined_error():
+    df = pd.DataFrame(
+        _grid_rows("ddim", 5, [("logsnr", 1.0, 0.05), ("karras", 0.8, 0.05), ("fitted:g", 0.5, 0.05)])
+        + _grid_rows("ddim", 10, [("logsnr", 0.30, 0.02), ("fitted:g", 0.28, 0.02)])
+        + _grid_rows("unipc_2", 5, [("logsnr", 0.4, 0.01), ("fitted:g", 0.6, 0.01)], fitted_solver="ddim", seed=1000))
+    table = fitted_vs_formulas(df).set_index(["solver", "nfe"])
+    assert table.loc[("ddim", 5), "best formula"] == "karras"
+    assert table.loc[("ddim", 5), "verdict"] == "fitted better"  # 0.3 below, 4.2 combined SEs
+    assert table.loc[("ddim", 5), "change"] == pytest.approx(-0.375)
+    assert table.loc[("ddim", 10), "verdict"] == "tie"  # 0.02 below at a combined SE of 0.028
+    assert table.loc[("unipc_2", 5), "verdict"] == "formula better"
+    assert table.loc[("unipc_2", 5), "notes"] == "fitted for ddim; evaluated on a training seed"
+    assert table.loc[("ddim", 5), "fit evaluations"] == 500
+    (line,) = fitted_summary(fitted_vs_formulas(df))
+    assert line.startswith("m, err_reference: the fitted grid beats the best formula significantly in 1 of 3 "
+                           "solver/NFE cells, by 38% (median), ties in 1, loses in 1")
+
+
+def test_runs_without_fitted_grids_have_no_fitted_table():
+    df = pd.DataFrame(_grid_rows("ddim", 5, [("logsnr", 1.0, 0.05)]))
+    assert fitted_vs_formulas(df.drop(columns="fitted_solver")).empty and fitted_vs_formulas(df).empty

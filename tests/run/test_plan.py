@@ -46,3 +46,15 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\nguidance_scales = [2]\n')
     bad = subprocess.run([sys.executable, "-m", "bench", "plan", str(spec)], capture_output=True, text=True)
     assert bad.returncode == 2 and "'ring2d' is unconditional" in bad.stderr
+
+
+def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_inception(monkeypatch):
+    from bench.run import plan as plan_module
+
+    speeds = {"ring2d": {"image_forward_s": 1.0, "reference_nfe": 0, "images": False},
+              "gmm_hd": {"image_forward_s": 0.0, "reference_nfe": 0, "images": False}}
+    monkeypatch.setattr(plan_module, "_measure", lambda cfg, cache, probe: speeds[cfg.model])
+    monkeypatch.setattr(plan_module, "_per_config_seconds", lambda group, cache, inception_s: 0.0)
+    plan = _plan(measure=True, models=["ring2d", "gmm_hd"], solvers=["ddim"], steps=[4], metrics=["fid"])
+    assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards only: gmm_hd's cost nothing
+    assert plan.inception_images == 0  # neither makes images: the image metrics skip them

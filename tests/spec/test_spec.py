@@ -242,7 +242,7 @@ def test_unconditional_configs_keep_their_ids():
     key = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
            if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir", "reference_size",
                              "time_limit_s", "reference_tolerance", "reference_time_limit_s", "timing_repeats",
-                             "exec_mode", "guidance_scale", "conditions", "guidance_interval")}
+                             "exec_mode", "guidance_scale", "conditions", "guidance_interval", "fitted")}
     assert cfg.guidance_scale is None and cfg.config_id == hashlib.sha1(
         json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
