@@ -249,7 +249,8 @@ def plot_heatmaps(df: pd.DataFrame, out_dir: Path, quality: str, budget: float):
     eta_quality = quality_across(data, quality, "eta")
     if data[quality].isna().all():
         return None
-    models = sorted(data.model.unique())
+    data = data.assign(spacing=data.spacing.map(spacing_label))
+    models = sorted(data[data[quality].notna()].model.unique())  # a model without the metric has no panel
     fig, axes = _panels(2, len(models), width=5.6, height=0.3 * data.solver.nunique() + 1.6)
     for c, model in enumerate(models):
         group = data[data.model == model]
@@ -258,6 +259,10 @@ def plot_heatmaps(df: pd.DataFrame, out_dir: Path, quality: str, budget: float):
             table = table.reindex([s for s in SOLVERS if s in table.index])
             log_scale = metric in LOWER_IS_BETTER and bool((table.fillna(1) > 0).all().all())
             ax = axes[r][c]
+            if table.empty:
+                ax.set_axis_off()
+                ax.set_title(f"{model}: no {metric}")
+                continue
             sns.heatmap(np.log10(table) if log_scale else table, ax=ax, cmap="viridis_r",
                         annot=table.map(lambda v: f"{v:.2g}" if pd.notna(v) else ""), fmt="", annot_kws={"fontsize": 6},
                         cbar_kws={"label": f"log10 {metric}" if log_scale else metric, "shrink": 0.8},
