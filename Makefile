@@ -27,13 +27,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	else \
 		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q $(TORCH_PIN); \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,text]'
 	$(PY) -m pip install -q --no-deps $(PEER_PINS)
 	@touch $@
 
 # The optional Ray backend (--backend ray) and its tests; CI installs it, make setup does not.
 setup-ray: setup
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,text,ray]'
 
 # Fashion-MNIST for the image grids and tests: Debian's dataset-fashion-mnist where apt-get can install it
 # (as root), else the command to run. The harness also reads BENCH_FASHION_MNIST or ./data/FashionMNIST/raw.

@@ -168,14 +168,16 @@ class DiscreteVP(VariancePreserving):
     Step n = 0..N-1 sits at t_n = (n + 1)/N with alpha_{t_n}^2 = prod_{i<=n} (1 - beta_i), the
     convention of DPM-Solver (Lu et al. 2022, arXiv:2206.00927, App. D.1); log alpha is piecewise
     linear in t between those points and 0 at t = 0. ``network_time(t) = N t - 1`` maps back to the
-    step index the network was trained on.
+    step index the network was trained on. ``steps_offset`` is the diffusers scheduler config's, which the
+    ``leading`` spacing adds to its timesteps (1 for Stable Diffusion's configs, the default; 0 for diffusers').
     """
 
-    def __init__(self, betas, t_min: float | None = None, t_max: float = 1.0):
+    def __init__(self, betas, t_min: float | None = None, t_max: float = 1.0, steps_offset: int = 1):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("DiscreteVP: betas must be a 1-D sequence of at least 2 values in (0, 1)")
         self.n_train = betas.numel()
+        self.steps_offset = int(steps_offset)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self._grid_t = torch.arange(self.n_train + 1, dtype=torch.float64) / self.n_train

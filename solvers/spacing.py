@@ -22,8 +22,9 @@ The names users pick in ComfyUI and diffusers (sigma~ = sigma_t / alpha_t = exp(
 diffusers' discrete timestep spacings, for a model trained on N steps (DiscreteVP; step k sits at
 t = (k + 1)/N), each ending with a step to timestep 0 (t_min; diffusers' final_sigmas_type="sigma_min"):
 - ``linspace``: timesteps round(linspace(0, N - 1, n + 1)) from N - 1 down (DPMSolverMultistepScheduler)
-- ``leading``: timesteps (n - 1 - i) floor(N / n) + 1 for i < n (Stable Diffusion's steps_offset = 1), then
-  0: the grid starts below t_max, as in diffusers
+- ``leading``: timesteps (n - 1 - i) floor(N / n) + offset for i < n, then 0: the grid starts below t_max, as in
+  diffusers (offset: the schedule's steps_offset, 1 as in Stable Diffusion's configs unless a diffusers folder's
+  scheduler config gives another)
 - ``trailing``: timesteps round(N - i N / n) - 1 for i < n, then 0 (Lin et al. 2024, arXiv:2305.08891)
 - ``simple``: ComfyUI's, timesteps N - 1 - floor(i N / n) for i < n, then 0
 
@@ -139,7 +140,7 @@ def _linspace(s, t_min, t_max, schedule, **_):
 
 def _leading(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "leading"), len(s) - 1
-    steps = (n - 1 - torch.arange(n, dtype=torch.float64)) * (n_train // n) + 1
+    steps = (n - 1 - torch.arange(n, dtype=torch.float64)) * (n_train // n) + schedule.steps_offset
     return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
 
 

@@ -35,9 +35,10 @@ def density_coverage(features: torch.Tensor, reference: torch.Tensor, k: int = N
 
 
 def _density_coverage(inputs: Inputs) -> dict:
-    if inputs.samples.ndim != 4:
+    images = inputs.images(inputs.samples)
+    if images.ndim != 4:
         return {}
-    return density_coverage(sample_features(inputs, inputs.samples), reference_features(inputs))
+    return density_coverage(sample_features(inputs, images), reference_features(inputs))
 
 
 register(Metric(

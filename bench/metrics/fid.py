@@ -196,13 +196,18 @@ def write_shipped_reference(name: str, images: torch.Tensor, extractor: "Incepti
     return manifest
 
 
+def image_shape(source) -> tuple:
+    """The shape of a source's images: its samples', or a latent model's decoded images' (``image_shape``)."""
+    return tuple(getattr(source, "image_shape", source.event_shape))
+
+
 def reference_images(source, fid_reference: str, count: int, seed: int, data_dir=None, resize: str = "pad"):
     """(images, description) of a FID reference set: ``count`` exact samples of an image mixture
     (``"exact"``) or a seeded subset of the Fashion-MNIST training images brought to the model's size."""
     from bench.models.analytic import GaussianMixture
     from bench.models.data import fashion_mnist
 
-    size = source.event_shape[-1]
+    size = image_shape(source)[-1]
     generator = torch.Generator().manual_seed(seed)
     if fid_reference == "fashion_mnist":
         resize = resize if size >= 28 else "bilinear"  # 28x28 cannot be padded down
@@ -219,6 +224,45 @@ def images_digest(images: torch.Tensor) -> str:
     """sha256 of the uint8 RGB pixels the extractor sees, with their shape: what reference features depend on."""
     pixels = to_uint8_rgb(images).contiguous()
     return hashlib.sha256(str(tuple(pixels.shape)).encode() + pixels.numpy().tobytes()).hexdigest()
+
+
+FOLDER_PREFIX = "folder:"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def folder_files(path) -> list[Path]:
+    """The image files of a user's reference folder (sorted; not recursive)."""
+    return sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_reference(path, shape: tuple, extractor: InceptionFeatures,
+                     cache_dir: Path = CACHE_DIR) -> tuple[torch.Tensor, str, str]:
+    """(features, digest, description) of every image in a user's folder, brought to ``shape`` (channels, size):
+    converted to RGB or greyscale and resized (bilinear, antialiased) as the samples are sized. Its features are
+    computed once and cached on disk by the sha256 of the files' names and bytes, the size and the extractor."""
+    from PIL import Image
+
+    files_in = folder_files(path)
+    digest = hashlib.sha256()
+    for file in files_in:
+        digest.update(file.name.encode() + file.read_bytes())
+    digest = digest.hexdigest()
+    channels, size = shape[0], shape[-1]
+    cache = Path(cache_dir) / f"folder-{digest[:16]}-{channels}x{size}-{extractor.weights_digest[:12]}.pt"
+    description = f"folder {path}: {len(files_in)} images, resized to {size}px"
+    if cache.is_file():
+        return torch.load(cache), digest, description
+    images = []
+    for file in files_in:
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.float32)
+        tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)[None] / 127.5 - 1
+        images.append(torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True,
+                                                      align_corners=False))
+    features = extractor(torch.cat(images).clamp(-1, 1))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(cache, lambda handle: torch.save(features, handle))
+    return features, digest, description
 
 
 def cached_reference(images: torch.Tensor, extractor: InceptionFeatures, cache_dir: Path = CACHE_DIR) -> tuple[torch.Tensor, str]:
@@ -263,6 +307,14 @@ def _reference_set(inputs: Inputs) -> dict:
             shipped = ShippedReference(cfg.fid_reference, extractor.weights_digest)
             references[key] = {"set": shipped.reference_set, "protocol": shipped.protocol()}
         return references[key]
+    if cfg.fid_reference.startswith(FOLDER_PREFIX):
+        shape = image_shape(source)
+        key = (cfg.fid_reference, shape, extractor.weights_digest)
+        if key not in references:
+            features, digest, description = folder_reference(cfg.fid_reference[len(FOLDER_PREFIX):], shape, extractor)
+            references[key] = {"set": ReferenceSet.of_features(features),
+                               "protocol": protocol(extractor, description, digest, len(features), shape[-1])}
+        return references[key]
     seed = FID_REFERENCE_SEED + cfg.seed
     key = (cfg.model, cfg.image_resize, cfg.fid_reference, cfg.reference_size, seed, cfg.fid_weights)
     if key not in references:
@@ -270,14 +322,14 @@ def _reference_set(inputs: Inputs) -> dict:
                                                cfg.image_resize)
         features, digest = cached_reference(images, extractor)
         references[key] = {"set": ReferenceSet.of_features(features),
-                           "protocol": protocol(extractor, description, digest, len(images), source.event_shape[-1])}
+                           "protocol": protocol(extractor, description, digest, len(images), image_shape(source)[-1])}
     return references[key]
 
 
 def sample_features(inputs: Inputs, samples: torch.Tensor) -> torch.Tensor:
     """Inception features of ``samples`` as the config's reference set is compared (the standard reference at
     28px); the row's own samples' are computed once and shared by every metric of the row that uses them."""
-    own = samples is inputs.samples
+    own = samples is inputs.images(inputs.samples)
     if own and "inception" in inputs.row:
         return inputs.row["inception"]
     images = samples.float().cpu()
@@ -304,16 +356,17 @@ def image_metrics_of(inputs: Inputs, samples: torch.Tensor) -> dict:
 def _fid(inputs: Inputs) -> dict:
     """The image metrics of the row, and for a non-eager exec mode the FID difference to its eager twin (whose FID
     an eager row of the sweep left in ``inputs.sweep``, or computed here)."""
-    if inputs.samples.ndim != 4:
+    images = inputs.images(inputs.samples)
+    if images.ndim != 4:
         return {}
-    out = image_metrics_of(inputs, inputs.samples)
+    out = image_metrics_of(inputs, images)
     fids = inputs.sweep.setdefault("fid_of", {})
     if inputs.cfg.exec_mode == "eager":
         fids[inputs.row["key"]] = out["fid"], out["fid_se"]
     else:
         twin = inputs.row["eager_key"]
         if twin not in fids:
-            twin_metrics = image_metrics_of(inputs, inputs.eager_twin())
+            twin_metrics = image_metrics_of(inputs, inputs.images(inputs.eager_twin()))
             fids[twin] = twin_metrics["fid"], twin_metrics["fid_se"]
         out["fid_vs_eager"] = out["fid"] - fids[twin][0]
         out["fid_vs_eager_se"] = math.hypot(out["fid_se"], fids[twin][1])  # as if independent: they share x_T

@@ -146,7 +146,7 @@ LPIPS_MIN_SIZE = 32  # AlexNet's strides and pools need at least this many pixel
 def _network(inputs: Inputs):
     """The sweep's AlexNet LPIPS on the config's device, or None (with a note, once per row) for samples that are
     not images of 32 px and up."""
-    x = inputs.samples
+    x = inputs.images(inputs.samples)
     if x.ndim != 4:
         return None
     if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
@@ -166,8 +166,8 @@ def _lpips_reference(inputs: Inputs) -> dict:
     reference = inputs.reference() if network is not None else None
     if reference is None:
         return {}
-    images = inputs.samples.float().clamp(-1, 1)
-    target = reference.to(device=images.device, dtype=torch.float32).clamp(-1, 1)
+    images = inputs.images(inputs.samples).float().clamp(-1, 1)
+    target = inputs.images(reference.to(inputs.samples.device, inputs.samples.dtype)).float().clamp(-1, 1)
     per_sample = torch.cat([network(a, b) for a, b in zip(images.split(256), target.split(256))])
     return {"lpips_reference": per_sample.median().item(),
             "lpips_reference_se": bootstrap_se(per_sample, "median", inputs.seed)}
@@ -178,7 +178,7 @@ def _lpips_diversity(inputs: Inputs) -> dict:
     network = _network(inputs)
     if network is None:
         return {}
-    distances = network.pairwise(inputs.samples.float().clamp(-1, 1))
+    distances = network.pairwise(inputs.images(inputs.samples).float().clamp(-1, 1))
     everyone = torch.ones(len(distances), dtype=torch.bool, device=distances.device)
     replicates = [_mean_over_pairs(distances, keep.to(distances.device)) for keep in leave_one_group_out(len(distances))]
     return {"lpips_diversity": _mean_over_pairs(distances, everyone), "lpips_diversity_se": jackknife_se(replicates)}

@@ -64,10 +64,22 @@ class Inputs:
     sweep: dict
     row: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # a latent model's decoder (latents -> images)
 
     @property
     def seed(self) -> int:
         return self.cfg.seed
+
+    def images(self, samples: torch.Tensor) -> torch.Tensor:
+        """What the image metrics see of ``samples`` (the row's own, its reference solve, its eager twin): the
+        samples themselves, or a latent model's decoded images (the row's own decoded once, shared by its metrics)."""
+        if self.decode is None:
+            return samples
+        if samples is self.samples:
+            if "images" not in self.row:
+                self.row["images"] = self.decode(samples)
+            return self.row["images"]
+        return self.decode(samples)
 
 
 METRICS: dict[str, Metric] = {}

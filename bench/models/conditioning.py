@@ -7,9 +7,14 @@ network as ``net(x, t, labels)`` in ``prediction``. Unconditional sources have `
 A spec's ``class_labels`` is "random" (one label per sample, uniform over the classes, drawn from the config's
 seed: the same sample index gets the same label in every config with that seed, like x_T) or a list cycled over
 the samples (``[0, 1, ..., 9]`` gives balanced classes in order).
+
+A text-conditional source (a Stable Diffusion pipeline) has a TextConditioning: its conditions are rows of the
+table of prompts it has encoded (``prompt_indices``), row 0 the empty prompt (its unconditional prediction); a
+spec's prompts are cycled over the samples.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +35,20 @@ class ClassConditioning:
         return self.null_class is not None
 
 
+@dataclass(frozen=True)
+class TextConditioning:
+    """Prompts: encoded by the source; the empty prompt (row 0 of its table) is the unconditional prediction."""
+
+    null_class: int = 0
+    guidable: bool = True
+
+
+def prompts_label(prompts) -> str:
+    """The conditions' source of a prompt list as a row records it: 'prompts:<count>:<sha256 prefix>'."""
+    digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:12]
+    return f"prompts:{len(prompts)}:{digest}"
+
+
 def conditioning_label(class_labels) -> str:
     """The conditions' source as a row records it: 'labels:random' or 'labels:0,3,7'."""
     if class_labels == "random":
@@ -37,11 +56,16 @@ def conditioning_label(class_labels) -> str:
     return "labels:" + ",".join(str(int(label)) for label in class_labels)
 
 
-def draw_labels(conditions: str, conditioning: ClassConditioning, seed: int, n: int) -> torch.Tensor:
-    """The n labels (int64) of ``conditions`` (a conditioning_label) for a config with ``seed``."""
+def draw_labels(conditions: str, source, seed: int, n: int, prompts=None) -> torch.Tensor:
+    """The n conditions (int64) of ``conditions`` (a conditioning_label or prompts_label) for a config with ``seed``:
+    class labels, or for prompts the rows of ``source``'s prompt table, the prompts cycled over the samples."""
     kind, _, value = conditions.partition(":")
+    if kind == "prompts":
+        rows = source.prompt_indices(list(prompts))
+        return rows.repeat((n + len(rows) - 1) // len(rows))[:n]
     if kind != "labels":
-        raise ValueError(f"conditions {conditions!r}: only class labels are supported")
+        raise ValueError(f"conditions {conditions!r}: class labels or prompts are supported")
+    conditioning = source.conditioning
     if value == "random":
         generator = torch.Generator().manual_seed(seed + LABEL_SEED_OFFSET)
         return torch.randint(conditioning.n_classes, (n,), generator=generator)

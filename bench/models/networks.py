@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
+from bench.models import pipelines
 from bench.models.conditioning import ClassConditioning
 from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP, FlowMatching
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow": "flow"}
+# pipeline folders whose network is a plain UNet2DModel with unet/ and scheduler/ (what make train writes)
+PLAIN_UNET_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 
 
 @dataclass
@@ -89,11 +92,14 @@ def _schedule_from_config(config: dict, path) -> DiscreteVP | FlowMatching:
     return FlowMatching(shift=config.get("shift", 1.0), n_train=config.get("num_train_timesteps", 1000))
 
 
-def load_diffusers(path: str | Path) -> NetworkSource:
-    """A local diffusers UNet2DModel and its scheduler config as a NetworkSource."""
+def load_diffusers(path: str | Path):
+    """A local diffusers UNet2DModel and its scheduler config as a NetworkSource; a latent pipeline folder (DiT,
+    Stable Diffusion: model_index.json) as a bench.models.pipelines.PipelineSource."""
     from diffusers import UNet2DModel
 
     path = Path(path)
+    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+        return pipelines.PipelineSource(path)
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
     candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
     scheduler_config = next((c for c in candidates if c.is_file()), None)
@@ -130,9 +136,15 @@ def load_diffusers(path: str | Path) -> NetworkSource:
                          conditional=conditional_net if conditioning is not None else None)
 
 
-def read_conditioning(path) -> ClassConditioning | None:
-    """A diffusers UNet folder's class conditioning, from its config.json and classes.json alone (no weights)."""
+def read_conditioning(path):
+    """A diffusers folder's conditioning from its configs alone (no weights): a UNet's class conditioning from its
+    config.json and classes.json, a latent pipeline's (bench.models.pipelines)."""
     path = Path(path)
+    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+        found = pipelines.problems(path)
+        if found:
+            raise ValueError("; ".join(found))
+        return pipelines.read_conditioning(path)
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
     embeddings = json.loads((unet_dir / "config.json").read_text()).get("num_class_embeds")
     if not embeddings:

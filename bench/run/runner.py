@@ -71,9 +71,10 @@ class SweepCache:
         source = self.sources[key]
         guided_key = key + (cfg.guidance_scale, cfg.guidance_interval)
         if guided_key not in self.models:
-            schedule = SCHEDULES[cfg.schedule]()
-            eager = (source.model(schedule) if cfg.guidance_scale is None
-                     else guided_model(source, schedule, cfg.guidance_scale, cfg.guidance_interval))
+            # the model's own schedule: the spec's for an analytic mixture, a network's from its checkpoint
+            unconditional = source.model(SCHEDULES[cfg.schedule]())
+            eager = (unconditional if cfg.guidance_scale is None
+                     else guided_model(source, unconditional.schedule, cfg.guidance_scale, cfg.guidance_interval))
             self.models[guided_key] = {"eager": eager}
         modes, mode = self.models[guided_key], exec_mode or cfg.exec_mode
         if mode not in modes:
@@ -88,7 +89,7 @@ class SweepCache:
         key = (cfg.model, cfg.conditions, cfg.seed, cfg.n_samples, str(device))
         if key not in self.labels:
             source, _ = self.model(cfg)
-            self.labels[key] = draw_labels(cfg.conditions, source.conditioning, cfg.seed, cfg.n_samples).to(device)
+            self.labels[key] = draw_labels(cfg.conditions, source, cfg.seed, cfg.n_samples, cfg.prompts).to(device)
         return self.labels[key]
 
     def prior(self, cfg: RunConfig, shape, device, dtype) -> torch.Tensor:
@@ -255,12 +256,22 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, n
                                               conditions=conditions).samples.cpu()
         return cache.eager[key]
 
+    decoding = []  # a latent model's decoder calls, timed apart from the solve (the row's decode_s)
+
+    def decode(latents):
+        with sampling.Timer(device) as timer:
+            images = source.decode(latents)
+        decoding.append(timer.seconds)
+        return images
+
     inputs = metrics.Inputs(cfg, source, model, x_T, x, device, reference, partner, eager_twin, cache.metrics,
                             row={"key": _sampling_key(cfg, cfg.steps), "eager_key": _sampling_key(cfg, cfg.steps, "eager")},
-                            notes=notes)
+                            notes=notes, decode=decode if callable(getattr(source, "decode", None)) else None)
     out = {}
     for metric in metrics.for_config(cfg.metrics):
         out.update(metric.compute(inputs))
+    if decoding:
+        out["decode_s"] = sum(decoding)
     return out
 
 

@@ -77,6 +77,8 @@ RUN_COLUMNS = {
     "capture_s": (F, "the untimed CUDA graph capture (cuda_graph)"),
     "forward_s": (F, "the bare network forward at the row's batch, median of 5"),
     "overhead_ratio": (F, "wall_s / (nfe x forward_s x batches)"),
+    "decode_s": (F, "seconds decoding latents to images for the image metrics (latent pipelines: the VAE decoder; "
+                    "the samples', the reference solve's and eager twin's where used; never part of wall_s)"),
     "accepted_steps": (F, "accepted steps per batch (adaptive solvers)"),
     "rejected_steps": (F, "rejected steps per batch (adaptive solvers)"),
 }

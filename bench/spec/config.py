@@ -25,7 +25,8 @@ else:  # pragma: no cover
 
 from bench.metrics import named_in_spec, needing
 import bench.spec.fitted as fitted_grids
-from bench.models import ANALYTIC_PRESETS, MODELS, conditioning_label, is_model_name, model_conditioning
+from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
+                          model_conditioning, prompts_label)
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
@@ -79,6 +80,8 @@ class RunConfig:
     conditions: str | None = None  # conditional models: where the conditions come from (conditioning_label)
     guidance_interval: tuple | None = None  # (lo, hi] in sigma~ where guidance applies; None: everywhere
     fitted: fitted_grids.FittedGrid | None = None  # spacing fitted:PATH: the grid the file gave (its values, its origin)
+    prompts: tuple | None = None  # text-conditional models: the prompts, cycled over the samples (conditions: their digest)
+    clip_model: str | None = None  # metric clip_score: a local CLIP folder (its weights' digest is in the row)
 
     @property
     def config_id(self) -> str:
@@ -87,7 +90,7 @@ class RunConfig:
         key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir",
                                  "reference_size", "time_limit_s", "reference_tolerance", "reference_time_limit_s",
-                                 "timing_repeats")}
+                                 "timing_repeats", "prompts", "clip_model")}
         if "fid" in self.metrics:  # the reference set changes FID; it is part of the key only where used
             key["reference_size"], key["fid_reference"] = self.reference_size, self.fid_reference
         if self.image_resize != "pad":  # keeps the ids of specs that never set it
@@ -142,7 +145,8 @@ _SCALAR_KEYS = {
     "etas_by_solver": (dict, "a table of per-solver eta lists replacing 'etas', e.g. [etas_by_solver] "
                              "euler_ancestral = [1.0]"),
     "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
-    "fid_reference": (str, "'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
+    "fid_reference": (str, "'folder:PATH' (every image of your folder, resized to the samples' size; features cached "
+                           "by the files' hash), 'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
                            "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
     "fid_weights": (str, "a path to converted FID Inception weights (see make fid-weights)"),
     "data_dir": (str, "a folder with the dataset's IDX files"),
@@ -160,6 +164,7 @@ _SCALAR_KEYS = {
     "class_labels": ((str, list), "'random' (one label per sample, uniform, from the seed) or a list of class labels "
                                   "cycled over the samples"),
     "prompts_file": (str, "a text file with one prompt per line, for text-conditional models"),
+    "clip_model": (str, "a local folder with a transformers CLIPModel and its CLIPProcessor, for the clip_score metric"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
@@ -172,7 +177,7 @@ DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas":
             "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8, "reference_time_limit_s": 3600,
             "timing_repeats": TIMING_REPEATS, "tf32_matmul": None, "tf32_cudnn": None, "cudnn_benchmark": None,
             "deterministic": None, "threads": None, "guidance_scales": None, "guidance_interval": None,
-            "class_labels": "random", "prompts": None, "prompts_file": None}
+            "class_labels": "random", "prompts": None, "prompts_file": None, "clip_model": None}
 REFERENCE_METRICS = needing("reference")  # the metrics measured against the reference solve
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
@@ -268,6 +273,9 @@ def _validate(raw: dict, where: str) -> list[str]:
                          ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
+        if key == "fid_reference" and str(raw.get(key, "")).startswith("folder:"):
+            errors += _folder_reference_errors(raw[key], where)
+            continue
         if key in raw and raw[key] not in allowed:
             errors.append(f"{where}: key {key!r}: unknown value {raw[key]!r}{_suggest(raw[key], allowed)}; "
                           f"allowed: {', '.join(allowed)}")
@@ -310,12 +318,17 @@ def _validate(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key 'options.{solver}': {err}{on}")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
-                      f"network; set fid_reference = \"fashion_mnist_test\"")
+                      f"network; set fid_reference = \"fashion_mnist_test\" (Fashion-MNIST models) or \"folder:PATH\" (your images)")
     if ("fid" in raw.get("metrics", []) and raw.get("fid_reference") == "fashion_mnist_test"
             and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
         errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
                       f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
     errors += _conditioning_errors(raw, where)
+    if "clip_score" in raw.get("metrics", []) and "clip_model" not in raw:
+        errors.append(f"{where}: key 'clip_model': metric 'clip_score' needs a local CLIP folder (a transformers "
+                      f"CLIPModel and its CLIPProcessor); nothing is downloaded")
+    if "clip_model" in raw and not (Path(raw["clip_model"]) / "config.json").is_file():
+        errors.append(f"{where}: key 'clip_model': {raw['clip_model']!r} is not a CLIP folder (no config.json)")
     for solver, steps in raw.get("steps_by_solver", {}).items():
         if solver not in solvers:
             errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
@@ -346,6 +359,23 @@ def _validate(raw: dict, where: str) -> list[str]:
     return errors
 
 
+def _folder_reference_errors(reference: str, where: str) -> list[str]:
+    from bench.metrics.fid import folder_files
+
+    folder = Path(reference[len("folder:"):])
+    if not folder.is_dir():
+        return [f"{where}: key 'fid_reference': {reference!r}: no such folder"]
+    if len(folder_files(folder)) < 2:
+        return [f"{where}: key 'fid_reference': {reference!r} holds fewer than 2 images (.png, .jpg, .jpeg, .webp, "
+                f".bmp)"]
+    return []
+
+
+def _read_prompts(path) -> list[str]:
+    """The prompts of a prompts file: one per line, blank lines skipped."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def _conditioning_errors(raw: dict, where: str) -> list[str]:
     """Conditions and guidance against what each model takes, read from its configs (no weights loaded)."""
     errors = []
@@ -363,6 +393,16 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
     if isinstance(labels, list) and (not labels or not all(_is_type(v, int) for v in labels)):
         errors.append(f"{where}: key 'class_labels' must be a non-empty list of integer class labels, got {labels!r}")
     prompts = "prompts" if "prompts" in raw else "prompts_file" if "prompts_file" in raw else None
+    if "prompts" in raw and "prompts_file" in raw:
+        errors.append(f"{where}: keys 'prompts' and 'prompts_file': give one of them")
+    if "prompts" in raw and (not raw["prompts"] or not all(p.strip() for p in raw["prompts"])):
+        errors.append(f"{where}: key 'prompts' must be a non-empty list of non-empty prompts, got {raw['prompts']!r}")
+    if "prompts_file" in raw:
+        try:
+            if not _read_prompts(raw["prompts_file"]):
+                errors.append(f"{where}: key 'prompts_file': {raw['prompts_file']!r} holds no prompts (one per line)")
+        except OSError as err:
+            errors.append(f"{where}: key 'prompts_file': cannot read {raw['prompts_file']!r}: {err.strerror}")
     cfg_pp = [s for s in raw.get("solvers", []) if s in SOLVERS and SOLVERS[s].needs_guidance]
     for model in [m for m in raw.get("models", []) if is_model_name(m)]:
         try:
@@ -382,6 +422,17 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
             if cfg_pp:
                 errors.append(f"{where}: key 'solvers': {cfg_pp[0]!r} is a CFG++ sampler and needs a classifier-free "
                               f"guided model, but {model!r} is unconditional")
+            continue
+        if isinstance(conditioning, TextConditioning):
+            if not prompts:
+                errors.append(f"{where}: key 'prompts': model {model!r} is text-conditional; give prompts (or "
+                              f"prompts_file)")
+            if "class_labels" in raw:
+                errors.append(f"{where}: key 'class_labels': model {model!r} is text-conditional; give prompts, not "
+                              f"class_labels")
+            if "nll" in raw.get("metrics", []):
+                errors.append(f"{where}: key 'metrics': 'nll' integrates held-out points through an unconditional "
+                              f"model's ODE; {model!r} is text-conditional")
             continue
         if prompts:
             errors.append(f"{where}: key {prompts!r}: model {model!r} is class-conditional ({conditioning.n_classes} "
@@ -428,6 +479,8 @@ def parse_spec(raw: dict, where: str = "<spec>", text: str | None = None) -> Spe
     if errors:
         raise SpecError("\n".join(errors))
     values = {**DEFAULTS, **raw}
+    if values["prompts_file"] is not None:
+        values["prompts"] = _read_prompts(values["prompts_file"])
     if values["batch_size"] is None:
         values["batch_size"] = values["n_samples"]
     canonical = text if text is not None else json.dumps(raw, sort_keys=True)
@@ -441,8 +494,10 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
     for model in v["models"]:
         conditioning = model_conditioning(model)
         conditional = conditioning not in (None, "unknown")
+        text = isinstance(conditioning, TextConditioning)
         guidance = [float(g) for g in (v["guidance_scales"] or [1.0])] if conditional else [None]
-        conditions = conditioning_label(v["class_labels"]) if conditional else None
+        conditions = (prompts_label(v["prompts"]) if text else conditioning_label(v["class_labels"])) if conditional else None
+        prompts = tuple(v["prompts"]) if text else None
         interval = tuple(float(b) for b in v["guidance_interval"]) if conditional and v["guidance_interval"] else None
         for solver_name in v["solvers"]:
             solver = SOLVERS[solver_name]
@@ -481,7 +536,8 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             exec_mode=exec_mode, skip_reason=reason,
                             reference_time_limit_s=float(v["reference_time_limit_s"]),
                             timing_repeats=v["timing_repeats"], guidance_scale=scale, conditions=conditions,
-                            guidance_interval=interval, fitted=fitted))
+                            guidance_interval=interval, fitted=fitted, prompts=prompts,
+                            clip_model=v["clip_model"]))
     return configs
 
 

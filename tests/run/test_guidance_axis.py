@@ -43,7 +43,7 @@ def test_a_guided_config_samples_what_the_guided_model_gives_on_its_x_T_and_labe
     assert row["status"] == "ok", row["message"]
     mixture = gmm_classes()
     x_T = cache.prior(cfg, mixture.event_shape, torch.device("cpu"), torch.float32)
-    labels = draw_labels("labels:random", mixture.conditioning, cfg.seed, cfg.n_samples)
+    labels = draw_labels("labels:random", mixture, cfg.seed, cfg.n_samples)
     assert torch.equal(cache.conditions(cfg, torch.device("cpu")), labels) and len(set(labels.tolist())) == 4
     model = guided_model(mixture, VPLinear(), 3.0)
     model.condition_on(labels)
@@ -59,8 +59,21 @@ def test_a_guided_config_samples_what_the_guided_model_gives_on_its_x_T_and_labe
 
 def test_labels_are_paired_across_configs_and_drawn_apart_from_x_T():
     mixture = gmm_classes()
-    first = draw_labels("labels:random", mixture.conditioning, 0, 64)
-    assert torch.equal(first, draw_labels("labels:random", mixture.conditioning, 0, 64))
-    assert not torch.equal(first, draw_labels("labels:random", mixture.conditioning, 1, 64))
-    assert torch.equal(draw_labels("labels:random", mixture.conditioning, 0, 40), first[:40])  # a prefix, like x_T
-    assert draw_labels("labels:2,0", mixture.conditioning, 0, 5).tolist() == [2, 0, 2, 0, 2]
+    first = draw_labels("labels:random", mixture, 0, 64)
+    assert torch.equal(first, draw_labels("labels:random", mixture, 0, 64))
+    assert not torch.equal(first, draw_labels("labels:random", mixture, 1, 64))
+    assert torch.equal(draw_labels("labels:random", mixture, 0, 40), first[:40])  # a prefix, like x_T
+    assert draw_labels("labels:2,0", mixture, 0, 5).tolist() == [2, 0, 2, 0, 2]
+
+
+def test_a_guided_network_steps_on_its_own_schedule_not_the_specs():
+    """A checkpoint brings its schedule (DiscreteVP from its betas); the spec's `schedule` is the analytic models'.
+    Guided configs once took the spec's VPLinear for the solver's alpha and sigma (sigma/alpha up to 4.9% off)."""
+    from bench.run.runner import SweepCache
+    from bench.spec.config import expand, parse_spec
+    from solvers.schedules import DiscreteVP
+
+    (cfg,) = expand(parse_spec({"name": "g", "models": ["fmnist_cond_unet"], "solvers": ["ddim"], "steps": [2],
+                                "n_samples": 2, "guidance_scales": [2.0], "metrics": []}))
+    source, model = SweepCache().model(cfg)
+    assert isinstance(model.schedule, DiscreteVP) and model.schedule is source.model().schedule
