@@ -236,7 +236,9 @@ def cmd_fit_schedule(args) -> int:
     """Fit time grids to a model (bench.fit): check everything, print the sizes, fit, write one file per grid."""
     from bench.fit import FitRequest, Fitter, check, step_counts
     from bench.run.policy import ExecutionPolicy
+    from bench.spec.fitted import DEFAULT_DIR
 
+    out = Path(args.out) if args.out else DEFAULT_DIR
     request = FitRequest(model=args.model, solvers=args.solvers, steps=args.steps or [], nfe=args.nfe or [],
                          seeds=args.seeds, n_samples=args.n_samples, candidates=args.candidates,
                          teacher_tolerance=args.teacher_tolerance, refine_rounds=args.refine_rounds,
@@ -250,12 +252,12 @@ def cmd_fit_schedule(args) -> int:
     plan = ", ".join(f"{s} at {step_counts(request, s)} steps" for s in request.solvers)
     print(f"fit-schedule {request.model}: {plan}; training seeds {request.seeds} x {request.n_samples} samples, "
           f"{request.candidates + 1} candidate times, {request.refine_rounds} refinement rounds, compared with "
-          f"{', '.join(request.formulas)} -> {args.out}", file=sys.stderr)
+          f"{', '.join(request.formulas)} -> {out}", file=sys.stderr)
     fitter = Fitter(request, log=lambda line: print(line, file=sys.stderr))
     started = time.perf_counter()
     for solver in request.solvers:
         for fitted in fitter.fit(solver):
-            print(fitter.write(fitted, Path(args.out)))
+            print(fitter.write(fitted, out))
     print(f"fit-schedule: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
@@ -391,7 +393,8 @@ def main(argv=None) -> int:
     fit.add_argument("--device", default="cpu")
     fit.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     fit.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    fit.add_argument("--out", default="results/scratch/fitted-grids", help="folder for the grid files")
+    fit.add_argument("--out", help="folder for the grid files (default: bench.spec.fitted.DEFAULT_DIR, "
+                     "results/scratch/fitted-grids, where a spec's fitted:NAME looks)")
     fit.set_defaults(func=cmd_fit_schedule)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     docs = sub.add_parser("docs", help="write the reference tables of docs/ from the registries")

@@ -25,6 +25,8 @@ t = (k + 1)/N), each ending with a step to timestep 0 (t_min; diffusers' final_s
 - ``leading``: timesteps (n - 1 - i) floor(N / n) + offset for i < n, then 0: the grid starts below t_max, as in
   diffusers (offset: the schedule's steps_offset, 1 as in Stable Diffusion's configs unless a diffusers folder's
   scheduler config gives another)
+- ``leading_multistep``: diffusers' multistep schedulers' (DPM-Solver++, UniPC, DEIS) leading, which divides by
+  n + 1: timesteps (n - i) floor(N / (n + 1)) + offset for i < n, then 0 (901, 811, ... at n = 10, N = 1000, offset 1)
 - ``trailing``: timesteps round(N - i N / n) - 1 for i < n, then 0 (Lin et al. 2024, arXiv:2305.08891)
 - ``simple``: ComfyUI's, timesteps N - 1 - floor(i N / n) for i < n, then 0
 
@@ -144,6 +146,12 @@ def _leading(s, t_min, t_max, schedule, **_):
     return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
 
 
+def _leading_multistep(s, t_min, t_max, schedule, **_):
+    n_train, n = _discrete_steps(schedule, "leading_multistep"), len(s) - 1
+    steps = torch.arange(n, 0, -1, dtype=torch.float64) * (n_train // (n + 1)) + schedule.steps_offset
+    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+
+
 def _trailing(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "trailing"), len(s) - 1
     steps = torch.round(n_train - torch.arange(n, dtype=torch.float64) * n_train / n) - 1
@@ -199,11 +207,12 @@ SPACINGS = {
     "sgm_uniform": _uniform,
     "linspace": _linspace,
     "leading": _leading,
+    "leading_multistep": _leading_multistep,
     "trailing": _trailing,
     "simple": _simple,
     **{name: _align_your_steps(name) for name in AYS_LEVELS},
 }
-DISCRETE = {"linspace", "leading", "trailing", "simple"}  # on the training steps of a DiscreteVP model
+DISCRETE = {"linspace", "leading", "leading_multistep", "trailing", "simple"}  # on the training steps of a DiscreteVP model
 # name -> (the grid, where it comes from): the spacing table of docs/spacings.md is generated from this.
 _AYS_NOTE = ("Align Your Steps' published 10-step sigma~ levels, log sigma~ linear in the step index to n steps; only on "
              "a schedule with the family's sigma~ range (SD 1.x/XL: DiscreteVP with scaled_linear betas 0.00085-0.012, "
@@ -232,6 +241,9 @@ SPACING_NOTES = {
               "diffusers timestep_spacing (tested equal to DDIMScheduler's and DPMSolverMultistepScheduler's, leading "
               "with steps_offset 1)") for name in ("linspace", "leading", "trailing")},
     "simple": ("ComfyUI's: timesteps N - 1 - floor(i N / n), then 0", "ComfyUI"),
+    "leading_multistep": ("diffusers' multistep schedulers' leading: timesteps (n - i) floor(N / (n + 1)) + offset, "
+                          "then 0 (DDIM's leading divides by n)", "diffusers DPMSolverMultistepScheduler, "
+                          "UniPCMultistepScheduler, DEISMultistepScheduler with timestep_spacing='leading' (tested)"),
     **{name: _AYS_NOTE for name in AYS_LEVELS},
 }
 

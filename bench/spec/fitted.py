@@ -10,7 +10,8 @@ A spec names them in ``spacings`` as ``"fitted:PATH"``:
 
 - PATH a file: that grid, for every solver of the spec (like an explicit grid, it sets its own step count);
 - PATH a folder: for each model, solver and step count of the spec, the grid in the folder fitted for exactly
-  those; a cell without one is a skipped row saying so.
+  those; a cell without one is a skipped row saying so;
+- a NAME that is neither: the file NAME(.toml) in DEFAULT_DIR, where fit-schedule writes by default.
 
 A config carries the grid's values (``RunConfig.fitted``), so its id and its samples follow the file's content,
 not its name: a changed file is a new config.
@@ -33,6 +34,7 @@ else:  # pragma: no cover
 import torch
 
 PREFIX = "fitted:"
+DEFAULT_DIR = Path("results/scratch/fitted-grids")  # python -m bench fit-schedule's default --out
 KIND = "fitted-grid"
 END_SNAP = 1e-6  # |log sigma~| within which a grid's first and last values are the schedule's own ends
 
@@ -134,9 +136,16 @@ def read(path) -> FittedGrid:
                       float(cost.get("seconds", math.nan)), str(path), hashlib.sha256(data).hexdigest())
 
 
+def location(spacing: str) -> Path:
+    """The file or folder ``fitted:PATH`` names: PATH itself, else the grid NAME in DEFAULT_DIR."""
+    path = Path(spacing[len(PREFIX):])
+    named = DEFAULT_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    return named if not path.exists() and len(path.parts) == 1 and named.is_file() else path
+
+
 def grids(spacing: str) -> list[FittedGrid]:
     """Every grid that ``fitted:PATH`` names (a file: one; a folder: its fitted-grid files), or a ValueError."""
-    path = Path(spacing[len(PREFIX):])
+    path = location(spacing)
     if path.is_file():
         return [read(path)]
     if path.is_dir():
@@ -150,14 +159,14 @@ def grids(spacing: str) -> list[FittedGrid]:
             raise ValueError(f"spacing {spacing!r}: the folder holds no fitted-grid files (python -m bench "
                              f"fit-schedule writes them)")
         return found
-    raise ValueError(f"spacing {spacing!r}: no such file or folder")
+    raise ValueError(f"spacing {spacing!r}: no such file or folder (nor a grid of that name in {DEFAULT_DIR})")
 
 
 def for_cell(spacing: str, model: str, solver: str, steps: int | None) -> tuple[FittedGrid | None, int | None, str | None]:
     """(grid, step count, skip reason) of one grid cell: a file's grid whatever the cell (its own steps); a folder's
     grid fitted for this model, solver and step count, or None with the reason there is none."""
     found = grids(spacing)
-    if Path(spacing[len(PREFIX):]).is_file():
+    if location(spacing).is_file():
         return found[0], found[0].steps, None
     for grid in found:
         if (grid.model, grid.solver, grid.steps) == (model, solver, steps):

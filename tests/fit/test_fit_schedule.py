@@ -202,3 +202,12 @@ def test_the_request_reaches_the_spec_validation_of_a_guided_model():
     fitter.prepare("ddim")
     assert fitter.seeds[0].conditions is not None and fitter.model.scale == 2.0
     assert fitter.seeds[0].cfg.guidance_scale == 2.0
+
+
+def test_a_grid_is_found_by_name_in_the_default_folder(grid_folder, tmp_path, monkeypatch):
+    (path,) = grid_folder.glob("gmm_hd-*.toml")
+    monkeypatch.setattr(fitted_grids, "DEFAULT_DIR", grid_folder)
+    by_name = expand(_spec(solvers=["ddim"], spacings=[f"fitted:{path.stem}"]))
+    assert by_name[0].fitted.path == str(path) and by_name[0].steps == 3
+    with pytest.raises(SpecError, match="no such file or folder \\(nor a grid of that name in"):
+        _spec(spacings=["fitted:no-such-grid"])

@@ -52,17 +52,21 @@ def _relative(ours, theirs):
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
 
-# (diffusers scheduler, its config changes, our solver, its options, what differs by design)
+# (diffusers scheduler, its config changes, our solver, its options, our spacing for the scheduler's grid); the
+# folders' configs are Stable Diffusion's (leading, steps_offset 1, set_alpha_to_one false)
 DIT_SCHEDULERS = [
-    ("DDIMScheduler", {}, "ddim", {}),
+    ("DDIMScheduler", {}, "ddim", {}, "leading"),
     # below 15 steps diffusers' DPM-Solver++ takes its last step at first order: our lower_order_final
     ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min", "timestep_spacing": "linspace"}, "dpmpp_2m",
-     {"lower_order_final": True}),
+     {"lower_order_final": True}, "linspace"),
+    # the multistep schedulers' leading grid divides by n + 1: 901, 811, ...
+    ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min"}, "dpmpp_2m", {"lower_order_final": True},
+     "leading_multistep"),
 ]
 
 
-@pytest.mark.parametrize("scheduler, config, solver, options", DIT_SCHEDULERS)
-def test_dit_pipeline_output_is_the_harness_solve(dit, scheduler, config, solver, options):
+@pytest.mark.parametrize("scheduler, config, solver, options, spacing", DIT_SCHEDULERS)
+def test_dit_pipeline_output_is_the_harness_solve(dit, scheduler, config, solver, options, spacing):
     import diffusers
 
     pipe = diffusers.DiTPipeline.from_pretrained(dit)
@@ -74,19 +78,20 @@ def test_dit_pipeline_output_is_the_harness_solve(dit, scheduler, config, solver
                   generator=torch.Generator().manual_seed(3)).images  # DiT draws its latents with torch.randn
     theirs = decoded["z"] * pipe.vae.config.scaling_factor
     source = PipelineSource(dit)
-    ours = _ours(source, torch.tensor([1, 7]), _latents(), solver, pipe.scheduler.config.timestep_spacing, options)
-    assert _relative(ours, theirs) < TOLERANCE
+    ours = _ours(source, torch.tensor([1, 7]), _latents(), solver, spacing, options)
+    assert _relative(ours, theirs) < TOLERANCE, _relative(ours, theirs)
     assert float((((source.decode(ours) + 1) / 2).clamp(0, 1) - images).abs().max()) < 1e-5  # the same decoder
 
 
 SD_SCHEDULERS = DIT_SCHEDULERS + [
     # diffusers' Euler is Euler in sigma~ on eps: our ddim (the conformance report); its latents are x / alpha
-    ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "ddim", {}),
+    ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}, "ddim", {}, "leading"),
 ]
 
 
-@pytest.mark.parametrize("scheduler, config, solver, options", SD_SCHEDULERS)
-def test_stable_diffusion_pipeline_output_is_the_harness_solve(stable_diffusion, scheduler, config, solver, options):
+@pytest.mark.parametrize("scheduler, config, solver, options, spacing", SD_SCHEDULERS)
+def test_stable_diffusion_pipeline_output_is_the_harness_solve(stable_diffusion, scheduler, config, solver, options,
+                                                             spacing):
     import diffusers
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(stable_diffusion)
@@ -96,8 +101,7 @@ def test_stable_diffusion_pipeline_output_is_the_harness_solve(stable_diffusion,
     theirs = pipe(prompt=PROMPTS, guidance_scale=SCALE, num_inference_steps=STEPS, latents=_latents(),
                   output_type="latent").images
     source = PipelineSource(stable_diffusion)
-    ours = _ours(source, source.prompt_indices(PROMPTS), _latents(), solver, pipe.scheduler.config.timestep_spacing,
-                 options)
+    ours = _ours(source, source.prompt_indices(PROMPTS), _latents(), solver, spacing, options)
     if scheduler == "EulerDiscreteScheduler":
         ours = ours / float(source.schedule.alpha(source.schedule.t_min))  # Euler's variable at its last sigma~
     assert _relative(ours, theirs) < TOLERANCE

@@ -42,6 +42,24 @@ def test_discrete_spacings_are_diffusers_timesteps(spacing, n):
     assert ours[:-1] == [int(t) for t in scheduler.timesteps] and ours[-1] == 0
 
 
+@pytest.mark.parametrize("scheduler_name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                            "DEISMultistepScheduler"])
+@pytest.mark.parametrize("n, offset", [(5, 1), (10, 1), (50, 1), (20, 0)])
+def test_leading_multistep_is_the_multistep_schedulers_leading(scheduler_name, n, offset):
+    """diffusers' multistep schedulers divide by n + 1 where DDIM's leading divides by n (901, 811, ... at 10 steps):
+    a Stable Diffusion config's DPM-Solver++ runs on this grid, not on DDIM's."""
+    import diffusers
+
+    schedule = DiscreteVP.linear(steps_offset=offset)
+    scheduler = getattr(diffusers, scheduler_name)(num_train_timesteps=1000, timestep_spacing="leading",
+                                                   steps_offset=offset)
+    scheduler.set_timesteps(n)
+    ours = (timesteps("leading_multistep", n, schedule) * schedule.n_train - 1).round().long().tolist()
+    assert ours[:-1] == [int(t) for t in scheduler.timesteps] and ours[-1] == 0
+    if offset:  # DDIM's leading at offset 0 ends on timestep 0 itself (refused: two steps would share it)
+        assert ours[:-1] != (timesteps("leading", n, schedule) * schedule.n_train - 1).round().long().tolist()[:-1]
+
+
 def test_the_names_users_pick():
     schedule = VPLinear()
     n = 8
