@@ -14,7 +14,7 @@ ALLOWED = {
     "run": {"bench.files", "bench.models", "bench.metrics", "bench.spec"},
     "analysis": {"bench.spec", "bench.metrics", "bench.run.store"},
     "conformance": {"bench.models"},
-    "fit": {"bench.files", "bench.models", "bench.spec", "bench.run"},
+    "fit": {"bench.files", "bench.models", "bench.metrics", "bench.spec", "bench.run"},
 }
 
 

@@ -4,7 +4,8 @@ Job: a teacher trajectory of the model on the training seeds, the cost of every 
 summed cost by dynamic programming (dynamic.py, GITS), refined on the whole-solve error, written as a file a spec
 names with ``fitted:PATH`` (bench.spec.fitted reads it; the sweep evaluates it like any spacing).
 
-May import: solvers, bench.files, bench.models, bench.spec, bench.run (the runner's model, x_T and solve path).
+May import: solvers, bench.files, bench.models, bench.metrics (per-sample errors), bench.spec, bench.run (the
+runner's model, x_T and solve path).
 Never the analysis stage.
 """
 from bench.fit.dynamic import cheapest_path

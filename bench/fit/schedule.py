@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.fit.dynamic import cheapest_path
+from bench.metrics.errors import per_sample_norms
 from bench.run import sampling
 from bench.run.runner import SweepCache, resolve_device
 from bench.spec import SpecError, expand, parse_spec
@@ -42,7 +43,7 @@ from bench.spec import fitted as fitted_grids
 from solvers import SOLVERS, sample
 from solvers.noise import NoNoise
 from solvers.reference import reference_trajectory
-from solvers.spacing import AYS_LEVELS, explicit_name, timesteps
+from solvers.spacing import AYS_LEVELS, SPACINGS, explicit_name, timesteps
 
 # What a fit compares its grid with by default: the spacings the issue that asked for fitting named, AYS where
 # its published range fits the model.
@@ -101,8 +102,8 @@ def check(request: FitRequest) -> list[str]:
         errors.append(f"fit-schedule: --candidates must be >= 2, got {request.candidates}")
     if request.refine_rounds < 0:
         errors.append(f"fit-schedule: --refine-rounds must be >= 0, got {request.refine_rounds}")
-    if bad := [s for s in request.formulas if s not in sampling_spacings()]:
-        errors.append(f"fit-schedule: --formulas: unknown spacing {bad[0]!r}; allowed: {', '.join(sampling_spacings())}")
+    if bad := [s for s in request.formulas if s not in SPACINGS]:
+        errors.append(f"fit-schedule: --formulas: unknown spacing {bad[0]!r}; allowed: {', '.join(SPACINGS)}")
     for name in request.solvers:
         if name not in SOLVERS:
             errors.append(f"fit-schedule: unknown solver {name!r} (python -m solvers lists them)")
@@ -144,12 +145,6 @@ def check(request: FitRequest) -> list[str]:
     return list(dict.fromkeys(errors))
 
 
-def sampling_spacings() -> list[str]:
-    from solvers.spacing import SPACINGS
-
-    return list(SPACINGS)
-
-
 class RememberedNetwork:
     """A network that counts its calls and, while ``remembering``, answers a call it has seen (the same times and
     exactly equal inputs) from memory: the step costs evaluate every step from a teacher state at the same state."""
@@ -189,10 +184,6 @@ class _Seed:
     x_T: torch.Tensor
     conditions: torch.Tensor | None
     teacher: torch.Tensor  # (M + 1, n, ...) float64
-
-
-def _per_sample_mean(difference: torch.Tensor) -> torch.Tensor:
-    return difference.reshape(difference.shape[0], -1).double().norm(dim=1)
 
 
 class Fitter:
@@ -250,7 +241,7 @@ class Fitter:
                         ts = self.candidates[[j, k]]
                         with torch.no_grad():
                             x = sample(solver, self.model, start, ts, eta=0.0, noise=NoNoise("fit-schedule: eta 0"))
-                        distance = _per_sample_mean(x.double() - seed.teacher[k]).mean()
+                        distance = per_sample_norms(x.double() - seed.teacher[k]).mean()
                         costs[j, k] = distance if seed is self.seeds[0] else costs[j, k] + distance
                     self.network.forget()  # the next j starts from other states
         finally:
@@ -265,7 +256,7 @@ class Fitter:
             cfg = dataclasses.replace(seed.cfg, solver=solver, spacing=explicit_name(ts.tolist(), "times"),
                                       steps=len(ts) - 1)
             x = sampling.solve(cfg, self.model, seed.x_T, len(ts) - 1, self.device, conditions=seed.conditions).samples
-            distances.append(_per_sample_mean(x.double() - seed.teacher[-1]))
+            distances.append(per_sample_norms(x.double() - seed.teacher[-1]))
         value = float(torch.cat(distances).mean())
         return value if math.isfinite(value) else float("inf")
 
