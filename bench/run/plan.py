@@ -97,12 +97,12 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
             reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
                             atol=cfg.reference_tolerance)
         out["reference_nfe"] = model.nfe
-    out["images"] = len(source.event_shape) == 3  # the image metrics skip other models
+    out["images"] = len(source.event_shape) == 3  # the image metrics skip other models (a latent model decodes)
     if metrics.needing("inception") & set(cfg.metrics) and out["images"]:
-        from bench.metrics.fid import InceptionFeatures
+        from bench.metrics.fid import InceptionFeatures, image_shape
 
         extractor = InceptionFeatures(cfg.fid_weights, str(device))
-        images = torch.rand((50, *source.event_shape)) * 2 - 1
+        images = torch.rand((50, *image_shape(source))) * 2 - 1
         extractor(images[:5])
         started = time.perf_counter()
         extractor(images)

@@ -12,6 +12,7 @@ import torch
 from bench.models import guided_model
 from bench.models.pipelines import PipelineSource, problems
 from bench.run import sampling
+from bench.run.plan import make_plan
 from bench.run.runner import SweepCache, run_config
 from bench.spec.config import SpecError, expand, parse_spec
 from solvers import sample
@@ -226,6 +227,8 @@ def test_the_stable_diffusion_example_spec_runs_on_a_tiny_pipeline(stable_diffus
     assert rows[0]["network_passes"] == 2 and rows[-1]["network_passes"] == 4  # scale 1: one pass; CFG++: two
     # the folder's features were computed once: a second sweep finds them cached by the files' hash
     assert list(Path(".cache/fid").glob("folder-*-3x32-*.pt"))
+    plan = make_plan(configs[:3])  # the plan measures the Inception pass on decoded-size images
+    assert plan.inception_images == 3 * 4 and "Inception" in next(iter(plan.measured.values()))
 
 
 def test_clip_score_is_the_cosine_of_clips_own_embeddings_of_each_image_and_its_prompt(stable_diffusion, tmp_path):
