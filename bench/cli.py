@@ -242,8 +242,9 @@ def cmd_fit_schedule(args) -> int:
     request = FitRequest(model=args.model, solvers=args.solvers, steps=args.steps or [], nfe=args.nfe or [],
                          seeds=args.seeds, n_samples=args.n_samples, candidates=args.candidates,
                          teacher_tolerance=args.teacher_tolerance, refine_rounds=args.refine_rounds,
-                         formulas=tuple(args.formulas), schedule=args.schedule, guidance_scale=args.guidance_scale,
-                         device=args.device, dtype=args.dtype, threads=args.threads)
+                         schedule=args.schedule, guidance_scale=args.guidance_scale, device=args.device,
+                         dtype=args.dtype, threads=args.threads, **({"formulas": tuple(args.formulas)} if args.formulas
+                                                                    else {}))
     problems = check(request)
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -283,12 +284,6 @@ def cmd_docs(args) -> int:
     for path in docs.write(Path(args.out)):
         print(f"wrote {path}")
     return 0
-
-
-def FIT_FORMULAS():
-    from bench.fit import FORMULAS
-
-    return FORMULAS
 
 
 def _cuda() -> bool:
@@ -386,8 +381,9 @@ def main(argv=None) -> int:
     fit.add_argument("--teacher-tolerance", type=float, default=1e-5, help="rtol = atol of the teacher's dopri5 solve")
     fit.add_argument("--refine-rounds", type=int, default=2, help="coordinate-descent rounds on the whole-solve "
                      "error (0: the best of the DP grid and the formulas)")
-    fit.add_argument("--formulas", nargs="+", default=list(FIT_FORMULAS()), help="spacings to compare with (and "
-                     "start from when one is better than the DP grid)")
+    fit.add_argument("--formulas", nargs="+", help="spacings to compare with, and start from when one is better than "
+                     "the DP grid (default: bench.fit.FORMULAS: uniform, logsnr, karras, time_quadratic, kl_optimal, "
+                     "AYS where its range fits)")
     fit.add_argument("--schedule", default="VPLinear", help="the analytic models' schedule (networks bring theirs)")
     fit.add_argument("--guidance-scale", type=float, help="conditional models: the guidance scale to fit at")
     fit.add_argument("--device", default="cpu")

@@ -135,6 +135,11 @@ def _from_timesteps(steps, n_train):
     return (torch.as_tensor(steps, dtype=torch.float64) + 1) / n_train
 
 
+def _then_timestep_zero(steps, n_train):
+    """The times of diffusers' timesteps ``steps`` followed by the final step to timestep 0."""
+    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+
+
 def _linspace(s, t_min, t_max, schedule, **_):
     n_train = _discrete_steps(schedule, "linspace")
     return _from_timesteps(torch.round((n_train - 1) * (1 - s)), n_train)
@@ -143,25 +148,25 @@ def _linspace(s, t_min, t_max, schedule, **_):
 def _leading(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "leading"), len(s) - 1
     steps = (n - 1 - torch.arange(n, dtype=torch.float64)) * (n_train // n) + schedule.steps_offset
-    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+    return _then_timestep_zero(steps, n_train)
 
 
 def _leading_multistep(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "leading_multistep"), len(s) - 1
     steps = torch.arange(n, 0, -1, dtype=torch.float64) * (n_train // (n + 1)) + schedule.steps_offset
-    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+    return _then_timestep_zero(steps, n_train)
 
 
 def _trailing(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "trailing"), len(s) - 1
     steps = torch.round(n_train - torch.arange(n, dtype=torch.float64) * n_train / n) - 1
-    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+    return _then_timestep_zero(steps, n_train)
 
 
 def _simple(s, t_min, t_max, schedule, **_):
     n_train, n = _discrete_steps(schedule, "simple"), len(s) - 1
     steps = n_train - 1 - torch.floor(torch.arange(n, dtype=torch.float64) * n_train / n)
-    return _from_timesteps(torch.cat([steps, torch.zeros(1, dtype=torch.float64)]), n_train)
+    return _then_timestep_zero(steps, n_train)
 
 
 AYS_LEVELS = {  # sigma~ at 11 points, t_max first

@@ -1,4 +1,6 @@
-"""Pareto frontiers and budget tables over result rows (pandas only; plots and reports build on this).
+"""Pareto frontiers and budget tables over result rows (pandas; which spacings are fitted grids: bench.spec.fitted).
+
+Plots and reports build on this.
 
 Cost and quality are both "lower is better" (NFE or seconds; FID, errors, distances). A row is on the
 frontier when no other row is at least as good on both and strictly better on one. Rows with a
@@ -11,6 +13,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from bench.spec.fitted import is_fitted
 
 # Quality columns in order of preference: the first one a table has values for is the default. Without
 # images, err_reference (deterministic, ODE configs) comes before the sample-based distances, whose
@@ -61,7 +65,7 @@ def frontier(df: pd.DataFrame, cost: str, quality: str, by=("model",)) -> pd.Dat
 
 def spacing_label(spacing) -> str:
     """A spacing as tables and plots name it: fitted:PATH is "fitted", an explicit grid "explicit"."""
-    if isinstance(spacing, str) and spacing.startswith("fitted:"):
+    if is_fitted(spacing):
         return "fitted"
     return "explicit" if isinstance(spacing, str) and ":" in spacing else spacing
 
@@ -363,9 +367,9 @@ def fitted_vs_formulas(df: pd.DataFrame, metrics=FITTED_METRICS, tie_z: float = 
         se = f"{metric}_se"
         ok = per_config(df, metric)
         ok = ok.assign(guidance_scale=ok.guidance_scale if "guidance_scale" in ok else np.nan)
-        is_fitted = ok.spacing.astype(str).str.startswith("fitted:")
+        on_fitted = ok.spacing.map(is_fitted)
         for key, group in ok.groupby(keys, dropna=False):
-            fitted, formulas = group[is_fitted[group.index]], group[~is_fitted[group.index]]
+            fitted, formulas = group[on_fitted[group.index]], group[~on_fitted[group.index]]
             if fitted.empty or formulas.empty:
                 continue
             best = formulas.sort_values(metric).iloc[0]

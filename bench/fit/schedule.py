@@ -154,16 +154,17 @@ class RememberedNetwork:
         self._seen: dict = {}
 
     def __call__(self, *args):
-        key = tuple(float(a.reshape(-1)[0]) for a in args[1:2])  # the time of the batch's first sample
-        if self.remembering:
-            for seen_args, output in self._seen.get(key, ()):
-                if all(_same(a, b) for a, b in zip(args, seen_args)):
-                    return output.clone()
+        if not self.remembering:  # the whole solves: a plain counted call (no key read from the device)
+            self.calls += 1
+            return self.net(*args)
+        key = float(args[1].reshape(-1)[0])  # the time of the batch's first sample
+        for seen_args, output in self._seen.get(key, ()):
+            if all(_same(a, b) for a, b in zip(args, seen_args)):
+                return output.clone()
         self.calls += 1
         output = self.net(*args)
-        if self.remembering:
-            self._seen.setdefault(key, []).append((tuple(a.clone() if torch.is_tensor(a) else a for a in args),
-                                                    output.clone()))
+        self._seen.setdefault(key, []).append((tuple(a.clone() if torch.is_tensor(a) else a for a in args),
+                                                output.clone()))
         return output
 
     def forget(self) -> None:
@@ -193,7 +194,6 @@ class Fitter:
         self.request, self.log = request, log
         self.cache = SweepCache()
         self.device, self.dtype = resolve_device(request.device), getattr(torch, request.dtype)
-        self.calls_so_far = 0
         self.seeds: list[_Seed] = []
 
     def _configs(self, solver: str, steps: list[int]):
@@ -229,7 +229,7 @@ class Fitter:
     def step_costs(self, solver: str) -> torch.Tensor:
         """costs[j, k]: the mean distance to the teacher at t_k of one step of ``solver`` from the teacher at t_j."""
         size = len(self.candidates)
-        costs = torch.full((size, size), float("inf"), dtype=torch.float64)
+        total = torch.zeros((size, size), dtype=torch.float64)
         self.network.remembering = True
         try:
             for seed in self.seeds:
@@ -241,13 +241,13 @@ class Fitter:
                         ts = self.candidates[[j, k]]
                         with torch.no_grad():
                             x = sample(solver, self.model, start, ts, eta=0.0, noise=NoNoise("fit-schedule: eta 0"))
-                        distance = per_sample_norms(x.double() - seed.teacher[k]).mean()
-                        costs[j, k] = distance if seed is self.seeds[0] else costs[j, k] + distance
+                        total[j, k] += per_sample_norms(x.double() - seed.teacher[k]).mean()
                     self.network.forget()  # the next j starts from other states
         finally:
             self.network.remembering = False
             self.network.forget()
-        return costs / len(self.seeds)
+        admissible = torch.ones_like(total, dtype=torch.bool).triu(diagonal=1)  # steps go forward, from j to k > j
+        return torch.where(admissible, total / len(self.seeds), float("inf"))
 
     def error(self, solver: str, ts: torch.Tensor) -> float:
         """The objective: mean over training samples of |x - x_teacher| at t_min, solved on the runner's path."""

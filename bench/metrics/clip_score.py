@@ -9,13 +9,11 @@ sampled with (the spec's prompts, cycled).
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import torch
 
 from bench.metrics.registry import F64, STR, Inputs, Metric, register
 from bench.metrics.uncertainty import bootstrap_se
+from bench.models.weights import files_digest
 
 
 def load_clip(path, device: str):
@@ -23,10 +21,7 @@ def load_clip(path, device: str):
     from transformers import CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(str(path)).eval().requires_grad_(False).to(device)
-    digest = hashlib.sha256()
-    for file in sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(path).glob(pattern)):
-        digest.update(file.read_bytes())
-    return model, CLIPProcessor.from_pretrained(str(path)), digest.hexdigest()
+    return model, CLIPProcessor.from_pretrained(str(path)), files_digest(path)
 
 
 @torch.no_grad()

@@ -60,19 +60,18 @@ def draw_labels(conditions: str, source, seed: int, n: int, prompts=None) -> tor
     """The n conditions (int64) of ``conditions`` (a conditioning_label or prompts_label) for a config with ``seed``:
     class labels, or for prompts the rows of ``source``'s prompt table, the prompts cycled over the samples."""
     kind, _, value = conditions.partition(":")
-    if kind == "prompts":
-        rows = source.prompt_indices(list(prompts))
-        return rows.repeat((n + len(rows) - 1) // len(rows))[:n]
-    if kind != "labels":
+    if kind not in ("labels", "prompts"):
         raise ValueError(f"conditions {conditions!r}: class labels or prompts are supported")
-    conditioning = source.conditioning
-    if value == "random":
+    if kind == "labels" and value == "random":
         generator = torch.Generator().manual_seed(seed + LABEL_SEED_OFFSET)
-        return torch.randint(conditioning.n_classes, (n,), generator=generator)
-    labels = torch.tensor([int(v) for v in value.split(",")], dtype=torch.int64)
-    if bool(((labels < 0) | (labels >= conditioning.n_classes)).any()):
-        raise ValueError(f"class labels {labels.tolist()} outside 0..{conditioning.n_classes - 1}")
-    return labels.repeat((n + len(labels) - 1) // len(labels))[:n]
+        return torch.randint(source.conditioning.n_classes, (n,), generator=generator)
+    if kind == "prompts":
+        listed = source.prompt_indices(list(prompts))
+    else:
+        listed = torch.tensor([int(v) for v in value.split(",")], dtype=torch.int64)
+        if bool(((listed < 0) | (listed >= source.conditioning.n_classes)).any()):
+            raise ValueError(f"class labels {listed.tolist()} outside 0..{source.conditioning.n_classes - 1}")
+    return listed.repeat((n + len(listed) - 1) // len(listed))[:n]  # cycled over the samples
 
 
 def guided_model(source, schedule, scale: float, interval: tuple[float, float] | None = None) -> GuidedModel:

@@ -13,7 +13,6 @@ that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: t
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import math
@@ -24,6 +23,7 @@ import torch
 
 from bench.models import pipelines
 from bench.models.conditioning import ClassConditioning
+from bench.models.weights import files_digest
 from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP, FlowMatching
 
@@ -158,23 +158,6 @@ def read_conditioning(path):
         raise ValueError(f"{record}: null_class {null} with {len(classes['names'])} names does not fit the UNet's "
                          f"{embeddings} class embeddings (expected names 0..{embeddings - 2} and null {embeddings - 1})")
     return ClassConditioning(len(classes["names"]), tuple(classes["names"]), null)
-
-
-WEIGHT_FILES = ("*.safetensors", "*.bin")
-
-
-def files_digest(folder: Path) -> str | None:
-    """sha256 over a folder's weight files (sorted by name, each name then its bytes): the file's own sha256
-    where there is one file."""
-    files = sorted(p for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern))
-    if not files:
-        return None
-    if len(files) == 1:
-        return hashlib.sha256(files[0].read_bytes()).hexdigest()
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def load_python(spec: str):

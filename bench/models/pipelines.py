@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.models.conditioning import ClassConditioning, TextConditioning
+from bench.models.weights import files_digest
 from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP
 
@@ -87,11 +88,12 @@ def read_conditioning(path):
 
 
 def weights_digest(path) -> str:
-    """sha256 over every component's weight files (component name, file name, bytes; sorted)."""
+    """sha256 over the components' weight digests (bench.models.weights.files_digest), by component name."""
     digest = hashlib.sha256()
     for folder in sorted(p for p in Path(path).iterdir() if p.is_dir()):
-        for file in sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)):
-            digest.update(f"{folder.name}/{file.name}".encode() + file.read_bytes())
+        component = files_digest(folder)
+        if component is not None:
+            digest.update(f"{folder.name}:{component}".encode())
     return digest.hexdigest()
 
 

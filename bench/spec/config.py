@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.metrics import named_in_spec, needing
+from bench.metrics.fid import FOLDER_PREFIX, folder_files
 import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
                           model_conditioning, prompts_label)
@@ -273,7 +274,7 @@ def _validate(raw: dict, where: str) -> list[str]:
                          ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
-        if key == "fid_reference" and str(raw.get(key, "")).startswith("folder:"):
+        if key == "fid_reference" and str(raw.get(key, "")).startswith(FOLDER_PREFIX):
             errors += _folder_reference_errors(raw[key], where)
             continue
         if key in raw and raw[key] not in allowed:
@@ -360,9 +361,7 @@ def _validate(raw: dict, where: str) -> list[str]:
 
 
 def _folder_reference_errors(reference: str, where: str) -> list[str]:
-    from bench.metrics.fid import folder_files
-
-    folder = Path(reference[len("folder:"):])
+    folder = Path(reference[len(FOLDER_PREFIX):])
     if not folder.is_dir():
         return [f"{where}: key 'fid_reference': {reference!r}: no such folder"]
     if len(folder_files(folder)) < 2:
