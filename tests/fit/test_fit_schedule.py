@@ -161,6 +161,9 @@ def test_a_changed_grid_is_a_new_config(grid_folder, tmp_path):
     (dict(solvers=["dddim"]), "unknown solver 'dddim'"),
     (dict(model="ring3d"), "unknown model 'ring3d'"),
     (dict(guidance_scale=2.0), "'gmm_hd' is unconditional"),
+    (dict(candidates=1), "--candidates must be >= 2, got 1"),
+    (dict(refine_rounds=-1), "--refine-rounds must be >= 0, got -1"),
+    (dict(formulas=("logsnr", "karas")), "--formulas: unknown spacing 'karas'"),
 ])
 def test_bad_requests_get_one_line_each_before_any_compute(changes, message):
     problems = check(_request(**changes))
@@ -181,6 +184,10 @@ def test_a_spec_names_a_missing_or_empty_fitted_path_before_any_compute(tmp_path
     bad.write_text('kind = "fitted-grid"\nmodel = "gmm_hd"\nsolver = "ddim"\nsteps = 2\nsigmas = [3.0, 1.0]\nseeds = [1]\n')
     with pytest.raises(SpecError, match="sigmas must be 3 strictly decreasing numbers > 0"):
         _spec(spacings=[f"fitted:{bad}"])
+    other = tmp_path / "other.toml"
+    other.write_text('kind = "spec"\n')
+    with pytest.raises(SpecError, match="kind is 'spec', expected 'fitted-grid'"):
+        _spec(spacings=[f"fitted:{other}"])
 
 
 def test_the_command_fits_writes_and_refuses(tmp_path):

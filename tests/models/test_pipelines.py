@@ -2,6 +2,7 @@
 pipeline output for the matching scheduler, guidance scale and latents, to 1e-5 of the largest latent in float32,
 on tiny random pipelines built here; a spec runs them; a bad folder or spec gets one line before compute."""
 import json
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -265,3 +266,24 @@ def test_clip_score_is_the_cosine_of_clips_own_embeddings_of_each_image_and_its_
     assert row["clip_score_se"] > 0 and len(row["clip_model_sha256"]) == 16
     with pytest.raises(SpecError, match="metric 'clip_score' needs a local CLIP folder"):
         _spec(stable_diffusion, prompts=PROMPTS, metrics=["clip_score"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(prompts=PROMPTS, prompts_file="x.txt"), "keys 'prompts' and 'prompts_file': give one of them"),
+    (dict(prompts=["a", " "]), "key 'prompts' must be a non-empty list of non-empty prompts"),
+    (dict(prompts=PROMPTS, clip_model="nowhere"), "key 'clip_model': 'nowhere' is not a CLIP folder (no config.json)"),
+    (dict(prompts=PROMPTS, metrics=["fid"], fid_reference="folder:nowhere"), "'folder:nowhere': no such folder"),
+])
+def test_bad_text_and_reference_keys_get_one_line_each(stable_diffusion, changes, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        _spec(stable_diffusion, **changes)
+
+
+def test_an_empty_prompts_file_or_a_reference_folder_of_one_image_is_refused(stable_diffusion, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(SpecError, match="holds no prompts \\(one per line\\)"):
+        _spec(stable_diffusion, prompts_file=str(empty))
+    folder = _reference_folder(tmp_path / "one", count=1)
+    with pytest.raises(SpecError, match="holds fewer than 2 images"):
+        _spec(stable_diffusion, prompts=PROMPTS, metrics=["fid"], fid_reference=f"folder:{folder}")
