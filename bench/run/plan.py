@@ -71,8 +71,10 @@ def passes_per_evaluation(cfg: RunConfig) -> int:
 
 
 def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
+    """A solve's NFE per sample, its final x0 step included."""
     solver = SOLVERS[cfg.solver]
-    return reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
+    nfe = reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
+    return nfe + (cfg.final_step == "x0")
 
 
 def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
@@ -151,7 +153,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
         if references.needed(cfg) and references.key(cfg) not in solved_references:
             solved_references.add(references.key(cfg))
             plan.reference_solves += 1
-            counts["reference solves"] += m["reference_nfe"] * (2 if passes == 2 else 1) * n
+            counts["reference solves"] += (m["reference_nfe"] + (cfg.final_step == "x0")) * (2 if passes == 2 else 1) * n
         if metrics.needing("inception") & set(cfg.metrics) and m.get("images", True):
             plan.inception_images += n
         plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))

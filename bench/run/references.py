@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bench import files
-from bench.run import store
+from bench.run import sampling, store
 from bench.spec.config import REFERENCE_METRICS, RunConfig
 from solvers import SOLVERS
 from solvers.reference import reference_solve
@@ -37,9 +37,11 @@ FOLDER = "references"
 def key(cfg: RunConfig) -> tuple:
     """What a config's reference solve depends on: the eager network, x_T (model, seed, sample count, dtype), the
     batch it is solved in (adaptive step control takes norms over a batch; the spec has one), the tolerance and, for
-    a conditional model, its conditions and guidance (an unconditional config's key is as before guidance existed)."""
+    a conditional model, its conditions and guidance, and a final x0 step (keys without these are as before them)."""
     base = (cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype,
             cfg.reference_tolerance)
+    if cfg.final_step != "none":
+        base += (f"final_step={cfg.final_step}",)
     if cfg.guidance_scale is None:
         return base
     return base + (cfg.guidance_scale, cfg.conditions, cfg.guidance_interval)
@@ -106,15 +108,17 @@ def _write_record(run_dir: Path, reference_key: tuple, status: str, **fields) ->
     files.atomic_write(record, lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
 
 
-def solve(model, x_T: torch.Tensor, batch: int, tolerance: float, conditions: torch.Tensor | None = None) -> torch.Tensor:
-    """The high-accuracy solve from x_T (dopri5, rtol = atol = ``tolerance``, float64) in batches of ``batch``,
-    halved on a CUDA out-of-memory error; a guided model gets each batch's ``conditions``."""
-    s = model.schedule
+def solve(cfg: RunConfig, model, x_T: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+    """The high-accuracy solve of ``cfg``'s reference from x_T (dopri5, rtol = atol = reference_tolerance, float64,
+    then the config's final step) in batches of its batch size, halved on a CUDA out-of-memory error; a guided model
+    gets each batch's ``conditions``."""
+    s, tolerance, batch = model.schedule, cfg.reference_tolerance, cfg.batch_size
 
     def solve_chunk(rows: slice):
         if conditions is not None:
             model.condition_on(conditions[rows])
-        return reference_solve(model, x_T[rows].double(), s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
+        x = reference_solve(model, x_T[rows].double(), s.t_max, s.t_min, rtol=tolerance, atol=tolerance)
+        return sampling.final_step(cfg, model, x, s.t_min)
 
     while True:
         try:
@@ -132,7 +136,7 @@ def solve_and_store(cfg: RunConfig, run_dir: Path, model, x_T: torch.Tensor, con
     reference_key = key(cfg)
     started = time.perf_counter()
     try:
-        solution = solve(model, x_T, cfg.batch_size, cfg.reference_tolerance, conditions).cpu()
+        solution = solve(cfg, model, x_T, conditions).cpu()
     except Exception as err:  # noqa: BLE001 - any failure is recorded for the rows, not raised
         _write_record(run_dir, reference_key, "failed", message=f"{type(err).__name__}: {err}")
         return "failed"

@@ -106,7 +106,7 @@ class SweepCache:
 def _sampling_key(cfg: RunConfig, steps, exec_mode: str | None = None) -> tuple:
     return (cfg.model, cfg.schedule, cfg.solver, cfg.options, steps, cfg.spacing, cfg.eta, cfg.tolerance, cfg.seed,
             cfg.n_samples, cfg.batch_size, cfg.device, cfg.dtype, exec_mode or cfg.exec_mode, cfg.guidance_scale,
-            cfg.conditions, cfg.guidance_interval)
+            cfg.conditions, cfg.guidance_interval, cfg.final_step)
 
 
 def partner_keys(configs: list[RunConfig]) -> frozenset:
@@ -134,7 +134,7 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode,
             "guidance_scale": cfg.guidance_scale, "conditions": cfg.conditions,
             "guidance_interval": None if cfg.guidance_interval is None else json.dumps(list(cfg.guidance_interval)),
-            **(cfg.fitted.row() if cfg.fitted is not None else {})}
+            "final_step": cfg.final_step, **(cfg.fitted.row() if cfg.fitted is not None else {})}
 
 
 def _fitted_notes(cfg: RunConfig, weights_sha256: str | None) -> list[str]:
@@ -299,6 +299,6 @@ def make_reference(cfg: RunConfig, cache: SweepCache):
     if cache.run_dir is not None:
         return references.solve_and_store(cfg, cache.run_dir, model, x_T, conditions)
     try:
-        return references.solve(model, x_T, cfg.batch_size, cfg.reference_tolerance, conditions).to(x_T.device)
+        return references.solve(cfg, model, x_T, conditions).to(x_T.device)
     except Exception as err:  # noqa: BLE001 - recorded in the rows, not raised again
         return references.Failure("failed", f"{type(err).__name__}: {err}")

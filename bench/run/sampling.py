@@ -101,6 +101,13 @@ def grid(cfg: RunConfig, schedule, steps: int | None) -> torch.Tensor:
     return timesteps(cfg.spacing, steps, schedule) if steps is not None else timesteps("uniform", 1, schedule)
 
 
+def final_step(cfg: RunConfig, model, x: torch.Tensor, t_last: float) -> torch.Tensor:
+    """A solve's sample from its state ``x`` at the grid's last time: x itself, or with ``final_step = "x0"`` the x0
+    prediction there (one network evaluation, counted: the step to sigma 0 that ends k-diffusion's and ComfyUI's
+    schedules and diffusers' FlowMatchEulerDiscreteScheduler; for DDIM it is exactly DDIM's step to sigma 0)."""
+    return model.x0(x, t_last) if cfg.final_step == "x0" else x
+
+
 @dataclass
 class Solve:
     """All samples of one config and what it cost: time (the median over repeated timings, their standard
@@ -161,7 +168,8 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     captured = {}  # cuda_graph: one captured solve per part shape (capture untimed)
 
     def solve_part(x, noise, **extra):
-        return sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options, **extra)
+        x = sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options, **extra)
+        return final_step(cfg, model, x, float(ts[-1]))
 
     def timed_pass(drawn: list | None):
         """Every part once: (outputs, seconds, NFE, passes, accepted, rejected) summed over parts, and the parts with

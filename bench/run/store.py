@@ -58,6 +58,7 @@ RUN_COLUMNS = {
     "guidance_scale": (F, "classifier-free guidance scale (conditional models; 1: the conditional model, no guidance)"),
     "conditions": (S, "where a conditional model's conditions came from: labels:random (from the seed) or labels:0,1,..."),
     "guidance_interval": (S, "[lo, hi] in sigma/alpha where guidance applied (JSON); empty: everywhere"),
+    "final_step": (S, "none: the sample is the state at the grid's last time; x0: the x0 prediction there (1 NFE more)"),
     "fitted_solver": (S, "spacing fitted:PATH: the solver the grid was fitted for"),
     "fitted_model": (S, "the model it was fitted on"),
     "fitted_weights_sha256": (S, "that model's weights_sha256"),

@@ -40,6 +40,8 @@ TIMING_REPEATS = 3  # the default of timing_repeats: the measurement behind it i
 DTYPES = ("float32", "float64")
 FID_REFERENCES = ("exact", "fashion_mnist_test", "fashion_mnist")
 IMAGE_RESIZES = ("pad", "bilinear")
+# What a solve returns: the state at the grid's last time, or then the x0 prediction there (one more evaluation)
+FINAL_STEPS = ("none", "x0")
 
 
 class SpecError(ValueError):
@@ -83,6 +85,7 @@ class RunConfig:
     fitted: fitted_grids.FittedGrid | None = None  # spacing fitted:PATH: the grid the file gave (its values, its origin)
     prompts: tuple | None = None  # text-conditional models: the prompts, cycled over the samples (conditions: their digest)
     clip_model: str | None = None  # metric clip_score: a local CLIP folder (its weights' digest is in the row)
+    final_step: str = "none"  # "x0": after the grid's last step, the x0 prediction there is the sample (FINAL_STEPS)
 
     @property
     def config_id(self) -> str:
@@ -98,6 +101,8 @@ class RunConfig:
             key["image_resize"] = self.image_resize
         if self.exec_mode == "eager":  # keeps the ids of specs from before the exec_modes axis
             del key["exec_mode"]
+        if self.final_step == "none":  # keeps the ids of specs from before final_step
+            del key["final_step"]
         for name in ("guidance_scale", "conditions", "guidance_interval", "fitted"):  # older configs keep their ids
             if key[name] is None:
                 del key[name]
@@ -166,6 +171,9 @@ _SCALAR_KEYS = {
                                   "cycled over the samples"),
     "prompts_file": (str, "a text file with one prompt per line, for text-conditional models"),
     "clip_model": (str, "a local folder with a transformers CLIPModel and its CLIPProcessor, for the clip_score metric"),
+    "final_step": (str, "'none' (the sample is the state at the grid's last time) or 'x0' (then one more network "
+                        "evaluation there, and the sample is its x0 prediction: the last step to sigma 0 of "
+                        "k-diffusion's and ComfyUI's schedules and of diffusers' FlowMatchEulerDiscreteScheduler)"),
 }
 _REQUIRED = ("models", "solvers", "n_samples")
 # Every optional key's default, in one place (batch_size None means n_samples).
@@ -178,7 +186,8 @@ DEFAULTS = {"schedule": "VPLinear", "steps": [], "spacings": ["logsnr"], "etas":
             "data_dir": None, "time_limit_s": 900, "reference_tolerance": 1e-8, "reference_time_limit_s": 3600,
             "timing_repeats": TIMING_REPEATS, "tf32_matmul": None, "tf32_cudnn": None, "cudnn_benchmark": None,
             "deterministic": None, "threads": None, "guidance_scales": None, "guidance_interval": None,
-            "class_labels": "random", "prompts": None, "prompts_file": None, "clip_model": None}
+            "class_labels": "random", "prompts": None, "prompts_file": None, "clip_model": None,
+            "final_step": "none"}
 REFERENCE_METRICS = needing("reference")  # the metrics measured against the reference solve
 RENAMED_METRICS = {"loglik": "sample_log_density"}
 
@@ -271,7 +280,8 @@ def _validate(raw: dict, where: str) -> list[str]:
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
-                         ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES)):
+                         ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES),
+                         ("final_step", FINAL_STEPS)):
         if key == "device" and re.fullmatch(r"cuda:\d+", str(raw.get(key, ""))):
             continue
         if key == "fid_reference" and str(raw.get(key, "")).startswith(FOLDER_PREFIX):
@@ -536,7 +546,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
                             reference_time_limit_s=float(v["reference_time_limit_s"]),
                             timing_repeats=v["timing_repeats"], guidance_scale=scale, conditions=conditions,
                             guidance_interval=interval, fitted=fitted, prompts=prompts,
-                            clip_model=v["clip_model"]))
+                            clip_model=v["clip_model"], final_step=v["final_step"]))
     return configs
 
 

@@ -1,4 +1,4 @@
-"""Latent diffusers pipelines from a folder (DiT, Stable Diffusion): the harness's solvers give diffusers' own
+"""Latent diffusers pipelines from a folder (DiT, Stable Diffusion 1.x and 3): the harness's solvers give diffusers' own
 pipeline output for the matching scheduler, guidance scale and latents, to 1e-5 of the largest latent in float32,
 on tiny random pipelines built here; a spec runs them; a bad folder or spec gets one line before compute."""
 import json
@@ -19,7 +19,7 @@ from bench.spec.config import SpecError, expand, parse_spec
 from solvers import sample
 from solvers.noise import NoNoise
 from solvers.spacing import timesteps
-from tiny_pipelines import LATENT, build_clip, build_dit, build_stable_diffusion
+from tiny_pipelines import LATENT, build_clip, build_dit, build_stable_diffusion, build_stable_diffusion_3
 from support import have_fid_weights
 
 pytestmark = pytest.mark.xdist_group("pipelines")
@@ -36,6 +36,11 @@ def dit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stable_diffusion(tmp_path_factory):
     return build_stable_diffusion(tmp_path_factory.mktemp("sd") / "pipeline")
+
+
+@pytest.fixture(scope="module")
+def stable_diffusion_3(tmp_path_factory):
+    return build_stable_diffusion_3(tmp_path_factory.mktemp("sd3") / "pipeline")
 
 
 def _latents(seed=3):
@@ -109,6 +114,80 @@ def test_stable_diffusion_pipeline_output_is_the_harness_solve(stable_diffusion,
     assert _relative(ours, theirs) < TOLERANCE
 
 
+def _sd3_ours(source, x_T, steps=STEPS, scale=SCALE, grid=None):
+    """diffusers' n-step FlowMatchEuler as the harness runs it: ddim on the n - 1 steps uniform in t from t_max to the
+    scheduler's last sigma (the schedule's t_min), then final_step = "x0" (the step to sigma 0)."""
+    ts = timesteps("uniform", steps - 1, source.schedule) if grid is None else grid
+    model = guided_model(source, source.schedule, scale)
+    model.condition_on(source.prompt_indices(PROMPTS))
+    with torch.no_grad():
+        return model.x0(_ours(source, source.prompt_indices(PROMPTS), x_T, "ddim", "uniform", scale=scale, grid=ts),
+                        float(ts[-1]))
+
+
+def test_stable_diffusion_3_pipeline_output_is_the_harness_solve(stable_diffusion_3):
+    import diffusers
+
+    source = PipelineSource(stable_diffusion_3)
+    assert source.prediction == "flow" and source.schedule.shift == 3.0 and source.shift_factor == 0.1
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(stable_diffusion_3)
+    pipe.scheduler.set_timesteps(STEPS)
+    assert float(source.schedule.sigma(source.schedule.t_min)) == pytest.approx(float(pipe.scheduler.sigmas[-2]))
+    ts = timesteps("uniform", STEPS - 1, source.schedule)
+    ours = _sd3_ours(source, _latents())
+    # SD3's latents as given; our grid as the pipeline's own `sigmas` (unshifted; the scheduler shifts them)
+    theirs = pipe(prompt=PROMPTS, guidance_scale=SCALE, num_inference_steps=STEPS, latents=_latents(),
+                  sigmas=ts.tolist(), output_type="latent").images
+    assert _relative(ours, theirs) < TOLERANCE
+    # diffusers' default grid starts at sigma 1 (alpha 0, where only Euler-type steps are defined), ours at
+    # t_max = 0.999 (sigma 0.9997) and so lies up to 1e-3 lower in t: measured 9.3e-4 apart at 10 steps here
+    default = pipe(prompt=PROMPTS, guidance_scale=SCALE, num_inference_steps=STEPS, latents=_latents(),
+                   output_type="latent").images
+    assert TOLERANCE < _relative(ours, default) < 5e-3
+    # the final step to sigma 0 is what diffusers' last step is: without it the latents move by 20 tolerances and
+    # more; guidance 4.01 moves them by 5 and more (this tiny network's prompts matter less than SD's)
+    unfinished = _ours(source, source.prompt_indices(PROMPTS), _latents(), "ddim", "uniform", grid=ts)
+    assert _relative(unfinished, theirs) > 20 * TOLERANCE
+    assert _relative(_sd3_ours(source, _latents(), scale=4.01), theirs) > 5 * TOLERANCE
+    decoded = pipe.vae.decode(theirs / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
+    assert float((source.decode(theirs) - decoded).abs().max()) < 1e-6  # the shift factor is applied
+
+
+def test_stable_diffusion_3_prompts_carry_the_pooled_projections(stable_diffusion_3):
+    source = PipelineSource(stable_diffusion_3)
+    assert source.prompt_indices(PROMPTS).tolist() == [1, 2]
+    embeddings, _, pooled, _ = source.pipeline.encode_prompt(["", "blue"], None, None, torch.device("cpu"), 1, False)
+    assert torch.equal(source._embeddings[[0, 2]], embeddings)
+    assert torch.allclose(source._pooled[[0, 2]], pooled, atol=1e-6)  # encoded in other batches: float rounding
+
+
+def test_a_spec_runs_stable_diffusion_3_with_the_final_step(stable_diffusion_3):
+    configs = expand(_spec(stable_diffusion_3, prompts=PROMPTS, spacings=["uniform"], solvers=["ddim"],
+                           guidance_scales=[4.0], final_step="x0", steps=[STEPS - 1], n_samples=2))
+    (cfg,) = configs
+    cache, device = SweepCache(), torch.device("cpu")
+    row = run_config(cfg, cache, {}, "test")
+    assert row["status"] == "ok", row["message"]
+    assert row["nfe"] == STEPS and row["final_step"] == "x0" and row["err_reference"] >= 0
+    source, model = cache.model(cfg)
+    x_T = cache.prior(cfg, source.event_shape, device, torch.float32)
+    solved = sampling.solve(cfg, model, x_T, cfg.steps, device, conditions=cache.conditions(cfg, device)).samples
+    assert torch.equal(solved, _sd3_ours(source, x_T))
+
+
+def test_the_stable_diffusion_3_example_spec_runs_on_a_tiny_pipeline(stable_diffusion_3):
+    raw = tomllib.loads(Path("bench/configs/sd3.toml").read_text())
+    del raw["fid_reference"]  # FID on decoded images: the SD 1.5 example's test runs it
+    raw.update(models=[f"diffusers:{stable_diffusion_3}"], steps=[2], n_samples=2, batch_size=2, device="cpu",
+               time_limit_s=0, timing_repeats=1, metrics=["err_reference"], guidance_scales=[4.0])
+    configs = expand(parse_spec(raw))
+    assert {c.final_step for c in configs} == {"x0"} and len(configs) == 5
+    cache = SweepCache()
+    rows = [run_config(c, cache, {}, "test") for c in configs if c.solver in ("ddim", "euler_cfg_pp")]
+    assert [row["status"] for row in rows] == ["ok", "ok"], [row["message"] for row in rows]
+    assert [row["nfe"] for row in rows] == [3, 3] and rows[0]["err_reference"] >= 0
+
+
 def test_the_offsets_that_hide_in_pipelines_move_the_latents_by_more_than_the_tolerance(stable_diffusion):
     source = PipelineSource(stable_diffusion)
     rows, x_T = source.prompt_indices(PROMPTS), _latents()
@@ -127,6 +206,20 @@ def test_a_prompt_is_encoded_once_and_keeps_its_row(stable_diffusion):
     assert source.prompt_indices(["green", "blue"]).tolist() == [3, 2]
     pipe_embeddings, _ = source.pipeline.encode_prompt(["blue"], torch.device("cpu"), 1, False)
     assert torch.equal(source._embeddings[2:3], pipe_embeddings)
+
+
+def test_a_text_pipeline_in_memory_is_the_same_source_as_its_folder(stable_diffusion, dit):
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(stable_diffusion)
+    in_memory, loaded = PipelineSource("in memory", pipeline=pipe), PipelineSource(stable_diffusion)
+    assert in_memory.weights_sha256 is None and len(loaded.weights_sha256) == 64
+    x_T = _latents()
+    assert torch.equal(_ours(in_memory, in_memory.prompt_indices(PROMPTS), x_T, "ddim", "leading"),
+                       _ours(loaded, loaded.prompt_indices(PROMPTS), x_T, "ddim", "leading"))
+    with pytest.raises(ValueError, match="an in-memory pipeline must be one of StableDiffusionPipeline, "
+                                         "StableDiffusion3Pipeline, got DiTPipeline"):
+        PipelineSource("in memory", pipeline=diffusers.DiTPipeline.from_pretrained(dit))
 
 
 def _spec(model, **changes):
@@ -193,9 +286,26 @@ def test_a_broken_folder_is_named_in_one_line_before_any_weights_load(stable_dif
     (line,) = problems(broken)
     assert "vae/config.json gives no scaling_factor" in line
     index = json.loads((broken / "model_index.json").read_text())
-    (broken / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
+    (broken / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
     (line,) = problems(broken)
-    assert "StableDiffusion3Pipeline is not supported: SD3 conditions its transformer on three text encoders" in line
+    assert "pipeline 'StableDiffusionXLPipeline' is not supported; supported: DiTPipeline, StableDiffusionPipeline, " \
+           "StableDiffusion3Pipeline" in line
+
+
+def test_a_broken_stable_diffusion_3_folder_is_named_before_any_weights_load(stable_diffusion_3, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(stable_diffusion_3, broken)
+    shutil.rmtree(broken / "text_encoder_3")
+    vae = json.loads((broken / "vae" / "config.json").read_text())
+    (broken / "vae" / "config.json").write_text(json.dumps({**vae, "shift_factor": None}))
+    scheduler = json.loads((broken / "scheduler" / "scheduler_config.json").read_text())
+    (broken / "scheduler" / "scheduler_config.json").write_text(json.dumps({**scheduler, "use_dynamic_shifting": True}))
+    lines = problems(broken)
+    assert len(lines) == 3 and "the pipeline's 'text_encoder_3' component is missing" in lines[0]
+    assert "vae/config.json gives no shift_factor (SD3 decodes latents / scaling_factor + shift_factor)" in lines[1]
+    assert "sets use_dynamic_shifting" in lines[2]
+    with pytest.raises(SpecError, match="'text_encoder_3' component is missing"):
+        _spec(broken, prompts=PROMPTS)
 
 
 def _reference_folder(folder, count=10):

@@ -154,7 +154,8 @@ def test_shards_partition_the_grid():
 
 
 # shipped specs that name what a make target makes (the fitted grids) or the user brings (their images)
-NEEDS_FILES = {"fitted.toml": "results/scratch/fitted-grids", "sd15.toml": "data/my-reference-images"}
+NEEDS_FILES = {"fitted.toml": "results/scratch/fitted-grids", "sd15.toml": "data/my-reference-images",
+              "sd3.toml": "data/my-reference-images"}
 
 
 def test_shipped_specs_are_valid():
@@ -252,7 +253,7 @@ def test_unconditional_configs_keep_their_ids():
            if f.name not in ("spec_name", "spec_hash", "skip_reason", "metrics", "fid_weights", "data_dir", "reference_size",
                              "time_limit_s", "reference_tolerance", "reference_time_limit_s", "timing_repeats",
                              "exec_mode", "guidance_scale", "conditions", "guidance_interval", "fitted", "prompts",
-                             "clip_model")}
+                             "clip_model", "final_step")}
     assert cfg.guidance_scale is None and cfg.config_id == hashlib.sha1(
         json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
