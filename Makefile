@@ -115,7 +115,9 @@ bench-gpu: setup
 	$(MAKE) --no-print-directory report
 
 # The GPU checks in one command (benchmarks/gpu_check.sh): the gpu-marked tests, `make perf`'s comparison with
-# diffusers on CUDA, the gpu-slice grid and its report, into results/scratch/gpu-check/ (5-8 min on an H200).
+# diffusers on CUDA, the SD-sized loop against StableDiffusionPipeline, the plan and sweep of bench/configs/gpu-fid.toml
+# (FID on 10,000 samples; needs the FID weights) with its report, and summary.md (each goal met or missed), into
+# results/scratch/gpu-check/. Stages: STAGES="..."; the CPU-sized twin: SPEC=bench/configs/gpu-fid-twin.toml.
 gpu-check: setup
 	PYTHON=$(PY) benchmarks/gpu_check.sh
 

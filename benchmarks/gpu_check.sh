@@ -2,19 +2,23 @@
 # The GPU checks in one command, for a CUDA machine (`make gpu-check`, or this script where
 # `make setup` cannot install: a machine with no network, PYTHON naming a python that has torch and the
 # project's dependencies). Each stage has its own time limit and the script goes on past a failed stage;
-# everything lands in OUT_DIR (default results/scratch/gpu-check): env.txt, one log per stage,
-# perf.json (pytest-benchmark), run.tgz (the gpu-slice run folder with its report) and stages.txt, one exit
-# code per stage. Exit status: the number of failed stages.
+# everything lands in OUT_DIR (default results/scratch/gpu-check): env.txt, one log per stage (plan.log: the plan of
+# the grid, measured on the device), perf.json and sd_loop.json (pytest-benchmark), run/ and run.tgz (the grid's
+# run folder with its report), stages.txt (one exit code and time per stage) and summary.md (each goal met or
+# missed, benchmarks/gpu_check_summary.py). Exit status: the number of failed stages.
+# The grid needs the FID weights on the machine (make fid-weights; results/baseline/README.md says how a lease
+# without network gets them). Without CUDA the same stages are their CPU-sized twins: SPEC=bench/configs/
+# gpu-fid-twin.toml, and the benchmarks run their CPU cases (a tiny UNet for the SD-sized loop).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT_DIR=${OUT_DIR:-results/scratch/gpu-check}
-SPEC=${SPEC:-bench/configs/gpu-slice.toml}
+SPEC=${SPEC:-bench/configs/gpu-fid.toml}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 failed=0
 
-STAGES=${STAGES:-gpu_tests perf grid report}  # a subset reruns some: STAGES="perf grid report"
+STAGES=${STAGES:-gpu_tests perf sd_loop plan grid report summary}  # a subset reruns some: STAGES="grid report"
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log, record the exit code
     local name=$1 limit=$2; shift 2
@@ -28,19 +32,28 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log, record t
 }
 
 { nvidia-smi; "$PYTHON" -c "import torch, diffusers, torch_fidelity; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-torch.cuda.get_device_name(0)); print('diffusers', diffusers.__version__, 'torch-fidelity', torch_fidelity.__version__)"
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device');
+print('diffusers', diffusers.__version__, 'torch-fidelity', torch_fidelity.__version__)"
   git log -1 --format='commit %H %s' 2>/dev/null; } >"$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 : >"$OUT_DIR/stages.txt"
-# 1. Correct on CUDA: every gpu-marked test (the UNet on CUDA vs the CPU, every fixed-step solver captured).
-stage gpu_tests "${GPU_TESTS_S:-240}" "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
+# 1. Correct on CUDA: every gpu-marked test (the UNet on CUDA vs the CPU, every fixed-step solver captured, eager
+# rows independent of the exec modes that ran before them); -rA lists each test's outcome for the summary.
+stage gpu_tests "${GPU_TESTS_S:-240}" "$PYTHON" -m pytest -q -rA -m gpu -p no:cacheprovider tests
 # 2. Against diffusers' own loop, side by side (CPU and CUDA cases, cuda_graph included).
 stage perf "${PERF_S:-180}" "$PYTHON" -m pytest benchmarks/test_against_diffusers.py -q --benchmark-only \
     -p no:cacheprovider -o addopts="" --benchmark-json="$OUT_DIR/perf.json" --benchmark-columns=min,median,mean,rounds \
     ${PERF_ARGS:-}  # e.g. PERF_ARGS="-k cuda": the CUDA cases alone
-# 3. The grid slice (rows are saved as they finish: a stage stopped at its limit still leaves its rows).
-stage grid "${GRID_S:-300}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress
+# 3. A Stable-Diffusion-sized UNet (random weights), guidance 7.5, 20 steps, batch 1/4/16: the harness's loop (eager
+# and cuda_graph) against diffusers' StableDiffusionPipeline on the same UNet, latents and embeddings.
+stage sd_loop "${SD_LOOP_S:-240}" "$PYTHON" -m pytest benchmarks/test_sd_loop.py -q --benchmark-only \
+    -p no:cacheprovider -o addopts="" --benchmark-json="$OUT_DIR/sd_loop.json" --benchmark-columns=min,median,mean,rounds
+# 4. The grid (FID on 10,000 samples): its plan on this device first, then the sweep (rows are saved as they
+# finish: a stage stopped at its limit still leaves its rows), then its report; the summary compares the two times.
+stage plan "${PLAN_S:-180}" "$PYTHON" -m bench plan "$SPEC"
+stage grid "${GRID_S:-600}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress
 stage report 120 "$PYTHON" -m bench report "$OUT_DIR/run"
 [ -d "$OUT_DIR/run" ] && tar czf "$OUT_DIR/run.tgz" -C "$OUT_DIR" run
+stage summary 60 "$PYTHON" benchmarks/gpu_check_summary.py "$OUT_DIR"
 cat "$OUT_DIR/stages.txt"
 exit $failed

@@ -1,0 +1,134 @@
+"""summary.md of a `make gpu-check` folder: each stage's exit code and time, and each goal of the GPU baseline (issue
+27) as met or missed, every number read from the folder's own files (named beside it, with the query).
+
+    python benchmarks/gpu_check_summary.py results/scratch/gpu-check      (gpu_check.sh runs it as its last stage)
+
+Goals: the FID grid (bench/configs/gpu-fid.toml) runs in at most 8 minutes on one H100/H200 and gives at least 60 rows
+with FID at 10,000 samples; `python -m bench plan`'s estimate is within 25% of the grid's real time; the SD-sized loop's
+samples agree with diffusers' (the benchmark asserts it before timing), with the speed-up of each harness loop over
+diffusers' pipeline; the gpu-marked tests, the eager-row order-independence test among them, pass. On a machine
+without CUDA (the CPU-sized twin of the stages) the time goals do not apply and say so.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+GRID_LIMIT_S = 8 * 60
+MIN_FID_ROWS, FID_SAMPLES = 60, 10_000
+PLAN_TOLERANCE = 0.25
+ORDER_TEST = "test_an_eager_row_on_cuda_does_not_depend_on_the_modes_that_ran_before_it"
+
+
+def stages(folder: Path) -> dict[str, tuple[int, int]]:
+    """stages.txt: name -> (exit code, seconds)."""
+    found = {}
+    for line in (folder / "stages.txt").read_text().splitlines() if (folder / "stages.txt").is_file() else []:
+        match = re.fullmatch(r"(\S+) rc=(-?\d+) (\d+)s", line.strip())
+        if match:
+            found[match[1]] = (int(match[2]), int(match[3]))
+    return found
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "missed")
+
+
+def grid_goals(folder: Path, ran: dict, on_gpu: bool) -> list[tuple[str, str, str, str]]:
+    """(goal, measured, verdict, source) of the FID grid and the plan."""
+    goals = []
+    rows_file = folder / "run"
+    grid_s = ran.get("grid", (None, None))[1]
+    if grid_s is not None:
+        goals.append((f"FID grid within {GRID_LIMIT_S // 60} min on one GPU", f"{grid_s} s",
+                      _verdict(grid_s <= GRID_LIMIT_S if on_gpu else None) + ("" if on_gpu else " (CPU twin)"),
+                      "stages.txt, line grid"))
+    if rows_file.is_dir():
+        from bench.run import store
+
+        rows = store.load_rows(rows_file)
+        with_fid = rows[(rows.status == "ok") & rows.fid.notna() & (rows.n_samples >= FID_SAMPLES)]
+        goals.append((f"at least {MIN_FID_ROWS} rows with FID at {FID_SAMPLES:,} samples", f"{len(with_fid)} rows "
+                      f"({(rows.status == 'ok').sum()} ok of {len(rows)})", _verdict(len(with_fid) >= MIN_FID_ROWS),
+                      "run/ rows: status == 'ok' and fid not null and n_samples >= 10000"))
+    plan = folder / "plan.log"
+    estimate = re.search(r"^estimate: ([\d.]+) min", plan.read_text(), re.M) if plan.is_file() else None
+    if estimate and grid_s:
+        estimated_s = 60 * float(estimate[1])
+        error = estimated_s / grid_s - 1
+        goals.append((f"plan's estimate within {PLAN_TOLERANCE:.0%} of the real grid", f"{estimated_s:.0f} s estimated, "
+                      f"{grid_s} s ran ({error:+.0%})", _verdict(abs(error) <= PLAN_TOLERANCE),
+                      "plan.log line 'estimate:', stages.txt line grid"))
+    return goals
+
+
+def loop_table(folder: Path) -> list[str]:
+    """The SD-sized loop (sd_loop.json, pytest-benchmark): medians per case and the speed-up over diffusers."""
+    path = folder / "sd_loop.json"
+    if not path.is_file():
+        return ["(no sd_loop.json: the sd_loop stage did not run)"]
+    cases: dict[str, dict] = {}
+    for bench in json.loads(path.read_text())["benchmarks"]:
+        loop = bench["params"]["loop"]
+        cases.setdefault(bench["group"], {})[loop] = (bench["stats"]["median"],
+                                                     bench["extra_info"]["relative_difference_to_diffusers"])
+    out = ["| case | diffusers | harness eager | harness cuda_graph | eager speed-up | cuda_graph speed-up | "
+           "agreement |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for group, loops in cases.items():
+        base = loops.get("diffusers", (None,))[0]
+
+        def cell(loop):
+            return f"{1000 * loops[loop][0]:.1f} ms" if loop in loops else "-"
+
+        def ratio(loop):
+            return f"{base / loops[loop][0]:.2f}x" if loop in loops and base else "-"
+        agreement = max(value[1] for value in loops.values())
+        out.append(f"| {group} | {cell('diffusers')} | {cell('harness')} | {cell('harness_cuda_graph')} | "
+                   f"{ratio('harness')} | {ratio('harness_cuda_graph')} | {agreement:.1e} |")
+    return out
+
+
+def tests_line(folder: Path) -> tuple[str, str]:
+    log = folder / "gpu_tests.log"
+    if not log.is_file():
+        return "(the gpu_tests stage did not run)", "n/a"
+    text = log.read_text()
+    summary = (re.findall(r"^=*\s*(\d+ passed.*|.*failed.*|.*no tests ran.*|.*skipped.*) in [\d.]+s", text, re.M)
+               or ["(no pytest summary line)"])[-1]
+    order = re.search(rf"(PASSED|FAILED|SKIPPED|ERROR)\S* .*{ORDER_TEST}|{ORDER_TEST}\S* (PASSED|FAILED|SKIPPED|ERROR)",
+                      text)
+    return summary.strip(" ="), (order[1] or order[2]) if order else "not listed"
+
+
+def summary(folder: Path) -> str:
+    ran = stages(folder)
+    env = (folder / "env.txt").read_text() if (folder / "env.txt").is_file() else ""
+    on_gpu = bool(env) and "no CUDA device" not in env
+    lines = [f"# gpu-check: {folder}", "", "Written by benchmarks/gpu_check_summary.py from this folder's files.", "",
+             "| stage | exit code | seconds |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {rc} | {seconds} |" for name, (rc, seconds) in ran.items()]
+    lines += ["", "## Goals", "", "| goal | measured | verdict | from |", "| --- | --- | --- | --- |"]
+    lines += [f"| {goal} | {measured} | {verdict} | {source} |" for goal, measured, verdict, source in
+              grid_goals(folder, ran, on_gpu)]
+    tests, order = tests_line(folder)
+    lines.append(f"| gpu-marked tests pass | {tests} | {_verdict('failed' not in tests and 'passed' in tests)} | "
+                 f"gpu_tests.log, pytest's summary line |")
+    lines.append(f"| eager rows do not depend on the order exec modes ran in (CUDA) | {order} | "
+                 f"{_verdict(order == 'PASSED') if order != 'not listed' else 'n/a'} | gpu_tests.log, {ORDER_TEST} |")
+    lines += ["", "## The SD-sized loop against diffusers' StableDiffusionPipeline", "",
+              "Medians of 3 rounds (sd_loop.json: benchmarks[].stats.median per group and params.loop); speed-up = "
+              "diffusers' median / the loop's; agreement = the largest relative difference of the latents to "
+              "diffusers' (extra_info), checked before timing.", ""]
+    lines += loop_table(folder)
+    if not on_gpu:
+        lines += ["", "No CUDA device in env.txt: this is the CPU-sized twin of the stages (tiny UNet, small grid); "
+                  "the time goals apply on one H100/H200."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "results/scratch/gpu-check")
+    (out / "summary.md").write_text(summary(out))
+    print((out / "summary.md").read_text())
