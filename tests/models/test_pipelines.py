@@ -153,6 +153,37 @@ def test_stable_diffusion_3_pipeline_output_is_the_harness_solve(stable_diffusio
     assert float((source.decode(theirs) - decoded).abs().max()) < 1e-6  # the shift factor is applied
 
 
+def test_stable_diffusion_3_with_dpm_solver_plus_plus_is_the_harness_dpmpp_2m(stable_diffusion_3):
+    """diffusers' DPM-Solver++ (2M) on flow sigmas: n steps from t = 0.999 down to 0.999 / n, uniform in the
+    unshifted time, then a first-order step to sigma 0 (its final_sigmas_type 'zero'): our dpmpp_2m on those n - 1
+    steps (second order after the first) and final_step = "x0". One offset hides there: the scheduler hands the
+    transformer its timesteps truncated to integers (999 for sigma 0.99967) while its update uses the exact sigma;
+    the harness evaluates the network at sigma x 1000. With the truncation applied to our network the two agree."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(stable_diffusion_3)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, solver_order=2,
+                                                           prediction_type="flow_prediction")
+    theirs = pipe(prompt=PROMPTS, guidance_scale=SCALE, num_inference_steps=STEPS, latents=_latents(),
+                  output_type="latent").images
+    grid = torch.tensor([0.999 * (STEPS - i) / STEPS for i in range(STEPS)], dtype=torch.float64)
+
+    def ours(truncate: bool):
+        source = PipelineSource(stable_diffusion_3)
+        if truncate:
+            exact = source.schedule.network_time
+            source.schedule.network_time = lambda t: torch.trunc(exact(t))
+        model = guided_model(source, source.schedule, SCALE)
+        model.condition_on(source.prompt_indices(PROMPTS))
+        with torch.no_grad():
+            x = sample("dpmpp_2m", model, _latents(), grid, eta=0.0, noise=NoNoise("deterministic"),
+                       lower_order_final=False)
+            return model.x0(x, float(grid[-1]))
+
+    assert _relative(ours(truncate=True), theirs) < TOLERANCE
+    assert _relative(ours(truncate=False), theirs) > 20 * TOLERANCE  # measured 2.7e-3: the integer timesteps
+
+
 def test_stable_diffusion_3_prompts_carry_the_pooled_projections(stable_diffusion_3):
     source = PipelineSource(stable_diffusion_3)
     assert source.prompt_indices(PROMPTS).tolist() == [1, 2]
