@@ -33,6 +33,11 @@ def cmd_run(args) -> int:
         print(problem, file=sys.stderr)
         return 2
     configs = config.expand(spec, device=args.device)
+    if args.max_minutes is not None:
+        spec = _fit_to_minutes(spec, configs, args.max_minutes)
+        if spec is None:
+            return 2
+        configs = config.expand(spec, device=args.device)
     if args.shard:
         configs = config.shard(configs, *args.shard)
     run_dir = Path(args.resume or args.out or store.new_run_dir(DEFAULT_RESULTS, spec.name))
@@ -68,6 +73,34 @@ def cmd_run(args) -> int:
     return 1 if counts.get("lost") else 0
 
 
+def _fit_to_minutes(spec, configs, minutes: float):
+    """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate fits ``minutes``
+    (the plan measured here first), or the spec as it is when it fits; None after printing why nothing fits."""
+    import dataclasses
+    import hashlib
+
+    from bench.run.plan import make_plan, samples_to_fit
+
+    plan = make_plan(configs)
+    n = spec.values["n_samples"]
+    try:
+        fitting = samples_to_fit(plan, n, 60 * minutes)
+    except ValueError as err:
+        print(f"--max-minutes {minutes:g}: {err}", file=sys.stderr)
+        return None
+    if fitting == n:
+        print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}: fits", file=sys.stderr)
+        return spec
+    fixed = plan.seconds.get("harness per configuration", 0.0)
+    estimate = fixed + (plan.total_s - fixed) * fitting / n
+    print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}; running N = {fitting} "
+          f"(estimated {estimate / 60:.1f} min; FID and the other sample statistics are noisier and FID is biased "
+          "upwards at smaller N)", file=sys.stderr)
+    values = {**spec.values, "n_samples": fitting, "batch_size": min(spec.values["batch_size"], fitting)}
+    digest = hashlib.sha1(f"{spec.hash}:n_samples={fitting}".encode()).hexdigest()[:12]
+    return dataclasses.replace(spec, values=values, hash=digest)
+
+
 def _load_spec(path):
     """The validated spec, or None after printing its problems (one line each) to stderr."""
     from bench.spec import config
@@ -83,6 +116,10 @@ def _run_options_problem(args) -> str | None:
     """What is wrong with --threads, --backend, --address and --workers together, before anything is computed."""
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        return f"--max-minutes must be a number of minutes > 0, got {args.max_minutes:g}"
+    if args.max_minutes is not None and args.resume:
+        return "--max-minutes sets the sample count of a new run; a resumed run keeps its own (drop one of them)"
     if args.backend != "ray":
         given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers)) if value is not None]
         return f"{' and '.join(given)} only apply to --backend ray" if given else None
@@ -302,6 +339,8 @@ def main(argv=None) -> int:
     where.add_argument("--resume", metavar="RUN", help="an existing run folder to complete")
     run.add_argument("--shard", type=_parse_shard, metavar="i/n", help="run only shard i of n (0-based)")
     run.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:1, auto)")
+    run.add_argument("--max-minutes", type=float, metavar="M", help="plan the grid here first and, if its estimate "
+                     "exceeds M minutes, run it with n_samples cut to fit (printed; the rows record it)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also run again the configs whose rows are failed, diverged, timeout or oom")
     run.add_argument("--backend", choices=["serial", "ray"], default="serial",

@@ -177,6 +177,22 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
     return plan
 
 
+def samples_to_fit(plan: Plan, n_samples: int, seconds: float) -> int:
+    """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the harness's
+    per-configuration seconds (taken as fixed); ``n_samples`` itself when the plan already fits. Raises ValueError
+    when no N >= 2 fits (the fixed part alone, or the grid at 2 samples, takes longer)."""
+    if plan.total_s <= seconds:
+        return n_samples
+    fixed = plan.seconds.get("harness per configuration", 0.0)
+    scaled = plan.total_s - fixed
+    fitting = int(n_samples * (seconds - fixed) / scaled) if scaled > 0 else 0
+    if fitting < 2:
+        raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "
+                         f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it the harness's own per configuration "
+                         f"whatever N; run fewer configurations (solvers, steps, spacings, exec modes)")
+    return fitting
+
+
 def _per_config_seconds(runnable: list[RunConfig], cache: SweepCache, inception_s: float) -> float:
     """The harness's own seconds per configuration: the cheapest configuration of the grid run in full, without the
     metrics that solve again (reference, partner: counted above), less its solve, warm-up and Inception time."""

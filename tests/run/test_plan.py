@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from bench.run.plan import make_plan
 from bench.spec.config import expand, parse_spec
 
@@ -58,3 +60,34 @@ def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_incept
     plan = _plan(measure=True, models=["ring2d", "gmm_hd"], solvers=["ddim"], steps=[4], metrics=["fid"])
     assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards only: gmm_hd's cost nothing
     assert plan.inception_images == 0  # neither makes images: the image metrics skip them
+
+
+def test_the_sample_count_that_fits_scales_everything_but_the_harness_per_configuration():
+    from bench.run.plan import Plan, samples_to_fit
+
+    plan = Plan(seconds={"network: solves": 500.0, "Inception": 400.0, "harness per configuration": 100.0})
+    assert samples_to_fit(plan, 1000, 1200.0) == 1000  # fits as it is
+    assert samples_to_fit(plan, 1000, 550.0) == 500  # 100 fixed + 900 x 500 / 1000 = 550
+    with pytest.raises(ValueError, match="no sample count fits 1.5 min: at N = 1000 the grid is estimated at 16.7 min, "
+                                         "1.67 min of it the harness's own per configuration whatever N"):
+        samples_to_fit(plan, 1000, 90.0)
+
+
+def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 4000\n'
+                    'metrics = ["frechet"]\ntime_limit_s = 0\ntiming_repeats = 1\n')
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out", str(tmp_path / "run"),
+                               "--no-progress", *flags], capture_output=True, text=True)
+
+    assert "--max-minutes must be a number of minutes > 0" in run("--max-minutes", "0").stderr
+    refused = run("--max-minutes", "1e-9")
+    assert refused.returncode == 2 and "--max-minutes 1e-09: no sample count fits" in refused.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything ran
+    fits = run("--max-minutes", "600")
+    assert fits.returncode == 0 and "at N = 4000: fits" in fits.stderr
+    assert "--max-minutes sets the sample count of a new run" in subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(spec), "--resume", str(tmp_path / "run"), "--max-minutes", "5"],
+        capture_output=True, text=True).stderr
