@@ -79,9 +79,11 @@ def _fit_to_minutes(spec, configs, minutes: float):
     import dataclasses
     import hashlib
 
-    from bench.run.plan import make_plan, samples_to_fit
+    from bench.run.plan import samples_to_fit
 
-    plan = make_plan(configs)
+    plan = _plan_or_none(configs, f"--max-minutes {minutes:g}")
+    if plan is None:
+        return None
     n = spec.values["n_samples"]
     try:
         fitting = samples_to_fit(plan, n, 60 * minutes)
@@ -256,7 +258,6 @@ def cmd_conformance(args) -> int:
 
 def cmd_plan(args) -> int:
     """What a spec will compute and about how long it takes here, before anything runs (bench.run.plan)."""
-    from bench.run.plan import make_plan
     from bench.spec import config
 
     spec = _load_spec(args.spec)
@@ -264,9 +265,25 @@ def cmd_plan(args) -> int:
         return 2
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")
-    for line in make_plan(configs, measure=not args.no_measure).lines():
+    plan = _plan_or_none(configs, "plan", measure=not args.no_measure)
+    if plan is None:
+        return 2
+    for line in plan.lines():
         print(line)
     return 0
+
+
+def _plan_or_none(configs, command: str, measure: bool = True):
+    """The grid's plan, or None after one line saying why it cannot be measured here (a model folder that is not
+    there, a device this machine lacks)."""
+    from bench.run.plan import make_plan
+
+    try:
+        return make_plan(configs, measure=measure)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"{command}: cannot measure the grid here: {err} (python -m bench plan --no-measure counts it without "
+              "building the models)", file=sys.stderr)
+        return None
 
 
 def cmd_fit_schedule(args) -> int:

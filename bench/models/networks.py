@@ -98,6 +98,8 @@ def load_diffusers(path: str | Path):
     from diffusers import UNet2DModel
 
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"diffusers:{path}: no such folder")
     if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
         return pipelines.PipelineSource(path)
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path

@@ -44,8 +44,11 @@ def test_pipeline_layout_and_missing_files(tmp_path):
     _save_random_unet(tmp_path / "unet")
     (tmp_path / "unet" / "scheduler_config.json").rename(tmp_path / "scheduler" / "scheduler_config.json")
     assert build_model(f"diffusers:{tmp_path}").event_shape == (1, 8, 8)
-    with pytest.raises(FileNotFoundError, match="need a UNet2DModel folder"):
+    with pytest.raises(FileNotFoundError, match="nothing: no such folder"):
         build_model(f"diffusers:{tmp_path / 'nothing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="need a UNet2DModel folder"):
+        build_model(f"diffusers:{tmp_path / 'empty'}")
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])

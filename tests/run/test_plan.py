@@ -91,3 +91,13 @@ def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_p
     assert "--max-minutes sets the sample count of a new run" in subprocess.run(
         [sys.executable, "-m", "bench", "run", str(spec), "--resume", str(tmp_path / "run"), "--max-minutes", "5"],
         capture_output=True, text=True).stderr
+
+
+def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'name = "s"\nmodels = ["diffusers:{tmp_path / "absent"}"]\nsolvers = ["ddim"]\nsteps = [4]\n'
+                    'n_samples = 8\nmetrics = ["err_reference"]\n')
+    for command in (["plan", str(spec)], ["run", str(spec), "--max-minutes", "5", "--out", str(tmp_path / "run")]):
+        result = subprocess.run([sys.executable, "-m", "bench", *command], capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in result.stderr
