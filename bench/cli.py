@@ -79,7 +79,7 @@ def _fit_to_minutes(spec, configs, minutes: float):
     import dataclasses
     import hashlib
 
-    from bench.run.plan import samples_to_fit
+    from bench.run.plan import estimate_at, samples_to_fit
 
     plan = _plan_or_none(configs, f"--max-minutes {minutes:g}")
     if plan is None:
@@ -93,8 +93,7 @@ def _fit_to_minutes(spec, configs, minutes: float):
     if fitting == n:
         print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}: fits", file=sys.stderr)
         return spec
-    fixed = plan.seconds.get("harness per configuration", 0.0)
-    estimate = fixed + (plan.total_s - fixed) * fitting / n
+    estimate = estimate_at(plan, n, fitting)
     print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}; running N = {fitting} "
           f"(estimated {estimate / 60:.1f} min; FID and the other sample statistics are noisier and FID is biased "
           "upwards at smaller N)", file=sys.stderr)

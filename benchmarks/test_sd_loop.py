@@ -27,7 +27,7 @@ from solvers.spacing import timesteps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_against_diffusers import _true_float32  # noqa: E402  (the same TF32 switch as the other comparison)
-from tiny_pipelines import byte_tokenizer  # noqa: E402  (the tests' offline tokenizer)
+from tiny_pipelines import byte_tokenizer, clip_text_config  # noqa: E402  (the tests' offline text encoder)
 
 STEPS, SCALE = 20, 7.5
 SD15_UNET = {"sample_size": 64, "cross_attention_dim": 768}  # UNet2DConditionModel's defaults are SD 1.x's otherwise
@@ -43,14 +43,12 @@ def _pipeline(size: str, folder: Path):
     """A StableDiffusionPipeline in memory: the UNet of ``size``, a 1-layer CLIP text encoder of width 768 over 77
     positions (so the embeddings have SD's shape), a tiny VAE (unused by the loops), SD 1.5's DDIM scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer, vocab = byte_tokenizer(folder, max_length=77)
-    end = vocab["<|endoftext|>"]
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=768, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=end, pad_token_id=end))
+    text_encoder = CLIPTextModel(clip_text_config(vocab, hidden_size=768, intermediate_size=64,
+                                                  max_position_embeddings=77))
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, scaling_factor=0.18215)
     unet = UNet2DConditionModel(**(SD15_UNET if size == "sd15" else TINY_UNET))
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False,

@@ -56,13 +56,15 @@ def byte_tokenizer(folder: Path, max_length: int):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length), vocab
 
 
-def _clip_text_config(vocab, hidden_size=16, **changes):
+def clip_text_config(vocab, hidden_size=16, **changes):
+    """A 1-layer CLIP text encoder's config on the byte tokenizer's ``vocab`` (16 positions unless ``changes`` say)."""
     from transformers import CLIPTextConfig
 
     end = vocab["<|endoftext|>"]
-    return CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                          bos_token_id=vocab["<|startoftext|>"], eos_token_id=end, pad_token_id=end, **changes)
+    values = dict(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                  bos_token_id=vocab["<|startoftext|>"], eos_token_id=end, pad_token_id=end)
+    return CLIPTextConfig(**{**values, **changes})
 
 
 def build_stable_diffusion(folder: Path) -> Path:
@@ -71,7 +73,7 @@ def build_stable_diffusion(folder: Path) -> Path:
 
     tokenizer, vocab = byte_tokenizer(folder.parent / f"{folder.name}-tokenizer-files", max_length=16)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_clip_text_config(vocab))
+    text_encoder = CLIPTextModel(clip_text_config(vocab))
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
@@ -106,7 +108,7 @@ def build_stable_diffusion_3(folder: Path, shift=3.0) -> Path:
     tokenizer, vocab = byte_tokenizer(folder.parent / f"{folder.name}-tokenizer-files", max_length=16)
     t5_tokenizer, t5_vocab = _character_t5_tokenizer(max_length=16)
     torch.manual_seed(0)
-    clips = [CLIPTextModelWithProjection(_clip_text_config(vocab, hidden_size=8, projection_dim=8)) for _ in range(2)]
+    clips = [CLIPTextModelWithProjection(clip_text_config(vocab, hidden_size=8, projection_dim=8)) for _ in range(2)]
     t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16))
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
@@ -124,12 +126,9 @@ def build_clip(folder: Path) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer, vocab = byte_tokenizer(folder.parent / f"{folder.name}-tokenizer-files", max_length=16)
-    end = vocab["<|endoftext|>"]
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=end, pad_token_id=end),
+        text_config=clip_text_config(vocab).to_dict(),
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
         projection_dim=8)

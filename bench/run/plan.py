@@ -74,7 +74,7 @@ def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
     """A solve's NFE per sample, its final x0 step included."""
     solver = SOLVERS[cfg.solver]
     nfe = reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
-    return nfe + (cfg.final_step == "x0")
+    return nfe + sampling.FINAL_STEP_NFE[cfg.final_step]
 
 
 def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
@@ -153,7 +153,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
         if references.needed(cfg) and references.key(cfg) not in solved_references:
             solved_references.add(references.key(cfg))
             plan.reference_solves += 1
-            counts["reference solves"] += (m["reference_nfe"] + (cfg.final_step == "x0")) * (2 if passes == 2 else 1) * n
+            counts["reference solves"] += (m["reference_nfe"] + sampling.FINAL_STEP_NFE[cfg.final_step]) * (2 if passes == 2 else 1) * n
         if metrics.needing("inception") & set(cfg.metrics) and m.get("images", True):
             plan.inception_images += n
         plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
@@ -177,14 +177,26 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
     return plan
 
 
+def _fixed_and_scaled(plan: Plan) -> tuple[float, float]:
+    """The plan's estimate split into the harness's per-configuration seconds (fixed whatever N) and the rest, which
+    scales with N: the model behind samples_to_fit and estimate_at."""
+    fixed = plan.seconds.get("harness per configuration", 0.0)
+    return fixed, plan.total_s - fixed
+
+
+def estimate_at(plan: Plan, n_samples: int, n: int) -> float:
+    """The estimated seconds of the planned grid (planned at ``n_samples``) run with ``n`` samples instead."""
+    fixed, scaled = _fixed_and_scaled(plan)
+    return fixed + scaled * n / n_samples
+
+
 def samples_to_fit(plan: Plan, n_samples: int, seconds: float) -> int:
     """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the harness's
     per-configuration seconds (taken as fixed); ``n_samples`` itself when the plan already fits. Raises ValueError
     when no N >= 2 fits (the fixed part alone, or the grid at 2 samples, takes longer)."""
     if plan.total_s <= seconds:
         return n_samples
-    fixed = plan.seconds.get("harness per configuration", 0.0)
-    scaled = plan.total_s - fixed
+    fixed, scaled = _fixed_and_scaled(plan)
     fitting = int(n_samples * (seconds - fixed) / scaled) if scaled > 0 else 0
     if fitting < 2:
         raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "

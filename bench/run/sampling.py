@@ -101,6 +101,9 @@ def grid(cfg: RunConfig, schedule, steps: int | None) -> torch.Tensor:
     return timesteps(cfg.spacing, steps, schedule) if steps is not None else timesteps("uniform", 1, schedule)
 
 
+FINAL_STEP_NFE = {"none": 0, "x0": 1}  # network evaluations a solve's final step adds (bench.spec.config.FINAL_STEPS)
+
+
 def final_step(cfg: RunConfig, model, x: torch.Tensor, t_last: float) -> torch.Tensor:
     """A solve's sample from its state ``x`` at the grid's last time: x itself, or with ``final_step = "x0"`` the x0
     prediction there (one network evaluation, counted: the step to sigma 0 that ends k-diffusion's and ComfyUI's
