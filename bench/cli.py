@@ -114,13 +114,17 @@ def _load_spec(path):
 
 
 def _run_options_problem(args) -> str | None:
-    """What is wrong with --threads, --backend, --address and --workers together, before anything is computed."""
+    """What is wrong with --threads, --max-minutes, --backend, --address and --workers together, before anything is
+    computed."""
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
     if args.max_minutes is not None and not args.max_minutes > 0:
         return f"--max-minutes must be a number of minutes > 0, got {args.max_minutes:g}"
     if args.max_minutes is not None and args.resume:
         return "--max-minutes sets the sample count of a new run; a resumed run keeps its own (drop one of them)"
+    if args.max_minutes is not None and args.shard:
+        return ("--max-minutes measures the sample count on each machine, so shards could each pick another N and "
+                "run different configurations; cut n_samples in the spec for a sharded run")
     if args.backend != "ray":
         given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers)) if value is not None]
         return f"{' and '.join(given)} only apply to --backend ray" if given else None

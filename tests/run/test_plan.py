@@ -91,6 +91,8 @@ def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_p
     assert "--max-minutes sets the sample count of a new run" in subprocess.run(
         [sys.executable, "-m", "bench", "run", str(spec), "--resume", str(tmp_path / "run"), "--max-minutes", "5"],
         capture_output=True, text=True).stderr
+    sharded = run("--max-minutes", "5", "--shard", "0/2")
+    assert sharded.returncode == 2 and "shards could each pick another N" in sharded.stderr
 
 
 def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
