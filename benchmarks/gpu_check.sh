@@ -51,7 +51,8 @@ stage sd_loop "${SD_LOOP_S:-240}" "$PYTHON" -m pytest benchmarks/test_sd_loop.py
 # 4. The grid (FID on 10,000 samples): its plan on this device first, then the sweep (rows are saved as they
 # finish: a stage stopped at its limit still leaves its rows), then its report; the summary compares the two times.
 stage plan "${PLAN_S:-180}" "$PYTHON" -m bench plan "$SPEC"
-stage grid "${GRID_S:-600}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress
+stage grid "${GRID_S:-600}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress \
+    ${GRID_ARGS:-}  # e.g. GRID_ARGS="--max-minutes 7": n_samples cut to fit when the plan says more (printed in grid.log)
 stage report 120 "$PYTHON" -m bench report "$OUT_DIR/run"
 [ -d "$OUT_DIR/run" ] && tar czf "$OUT_DIR/run.tgz" -C "$OUT_DIR" run
 stage summary 60 "$PYTHON" benchmarks/gpu_check_summary.py "$OUT_DIR"

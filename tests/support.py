@@ -36,6 +36,23 @@ def guided_ring(schedule, batch: int, scale: float = 2.0, seed: int = 0):
     return model
 
 
+def bench_cli(*args: str) -> tuple[int, str, str]:
+    """``python -m bench ARGS`` in this process: (exit status, stdout, stderr). For the CLI's own checks of its
+    arguments; what needs a process of its own (a main guard, signals, concurrency) runs as one."""
+    import contextlib
+    import io
+
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exit_:  # argparse's own refusals
+            status = exit_.code
+    return status, out.getvalue(), err.getvalue()
+
+
 # Models for runner tests, named in specs as python:support:<name> so that the sweep's worker
 # processes build them too.
 def smooth_ring():

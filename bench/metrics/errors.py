@@ -12,13 +12,6 @@ def per_sample_norms(difference):
     return difference.reshape(difference.shape[0], -1).double().norm(dim=1)
 
 
-def stepdoubling_error(x_n, x_2n, order: int) -> tuple[float, float]:
-    """(median, RMS) over samples of |x_n - x_2n| / (2^p - 1): Richardson's estimate of the error of x_2n
-    (for an order-p solver, x_n's error is about 2^p times that)."""
-    norms = per_sample_norms(x_n - x_2n) / (2**order - 1)
-    return norms.median().item(), norms.square().mean().sqrt().item()
-
-
 def _err_reference(inputs: Inputs) -> dict:
     reference = inputs.reference()
     if reference is None:

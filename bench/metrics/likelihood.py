@@ -29,8 +29,6 @@ from bench.metrics.registry import F64, Inputs, Metric, register
 INTEGRATORS = {"euler": "euler", "heun": "heun2", "midpoint": "midpoint", "rk4": "rk4", "dopri5": "dopri5",
                "bosh3": "bosh3", "adaptive_heun": "adaptive_heun", "dopri8": "dopri8"}
 EXACT_DIVERGENCE_MAX_DIM = 64
-DEQUANTIZATION = ("8-bit pixels k in [0, 255] as x = (k + u) / 127.5 - 1, u ~ U[0, 1) (uniform dequantisation); "
-                  "bits/dim = (NLL(x) + D ln 127.5) / (D ln 2)")
 
 
 def _divergence(drift: torch.Tensor, x: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:

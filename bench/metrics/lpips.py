@@ -112,10 +112,6 @@ class LPIPS(nn.Module):
             distances += gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram
         return distances
 
-    def pairwise_mean(self, x: torch.Tensor) -> float:
-        """Mean LPIPS over all pairs i < j of the batch."""
-        return _mean_over_pairs(self.pairwise(x), torch.ones(len(x), dtype=torch.bool, device=x.device))
-
 
 def _mean_over_pairs(distances: torch.Tensor, keep: torch.Tensor) -> float:
     kept = distances[keep][:, keep]

@@ -196,10 +196,6 @@ class GaussianMixture:
         """The exact class-conditional network ``net(x, t, labels)`` (eps prediction) under ``schedule``."""
         return lambda x, t, labels: self.conditional_eps(x, schedule, t, labels)
 
-    def class_mixture(self, label: int) -> "GaussianMixture":
-        """p_0(x | y = label): the mixture of that class's components (its exact samples, density and score)."""
-        return self.subset(torch.nonzero(self.component_classes == label)[:, 0])
-
     def subset(self, components) -> "GaussianMixture":
         """The mixture restricted to ``components`` (weights renormalised): a class-conditional p(x | y)."""
         return GaussianMixture(self.means[components], self.variances[components], self.log_weights[components].exp(),

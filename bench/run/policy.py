@@ -14,7 +14,7 @@ deterministic), the settings a user's script runs with unless it changes them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -50,9 +50,6 @@ class ExecutionPolicy:
             torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def in_effect() -> dict:

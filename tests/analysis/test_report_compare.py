@@ -14,6 +14,7 @@ from bench.analysis.compare import compare_runs, regressed, resolve_run, timing_
 from bench.spec.config import expand, parse_spec
 from bench.analysis.report import build_report
 from bench.run.sweep import run_sweep
+from support import bench_cli
 
 SPEC = {"name": "r", "models": ["ring2d"], "solvers": ["euler", "heun", "dpmpp_2m", "ddpm"], "steps": [3, 6],
         "spacings": ["logsnr", "uniform"], "etas": [0.0, 1.0], "n_samples": 48, "seeds": [0, 1],
@@ -124,9 +125,9 @@ def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
     rows["wall_s"] = rows.wall_s * 10
     for row in rows.to_dict("records"):
         store.write_row(slower, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
-    failing = subprocess.run([sys.executable, "-m", "bench", "compare", str(base_run), str(slower), "--out",
-                              str(tmp_path / "d"), "--fail-on-regression"], capture_output=True, text=True)
-    assert failing.returncode == 1 and "regressions" in failing.stdout
+    status, stdout, _ = bench_cli("compare", str(base_run), str(slower), "--out", str(tmp_path / "d"),
+                                  "--fail-on-regression")
+    assert status == 1 and "regressions" in stdout
 
 
 def test_resolve_run_by_folder_and_by_commit(base_run):
@@ -251,9 +252,9 @@ def test_cli_prints_the_regressed_configs_themselves(base_run, tmp_path):
     rows.loc[rows.solver == "heun", "err_reference"] *= 2
     for row in rows.to_dict("records"):
         store.write_row(worse, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
-    out = subprocess.run([sys.executable, "-m", "bench", "compare", str(base_run), str(worse), "--out",
-                          str(tmp_path / "c"), "--fail-on-regression"], capture_output=True, text=True)
+    status, stdout, _ = bench_cli("compare", str(base_run), str(worse), "--out", str(tmp_path / "c"),
+                                  "--fail-on-regression")
     heun_rows = rows[(rows.solver == "heun") & rows.err_reference.notna()]
-    assert out.returncode == 1 and len(heun_rows) >= 8
-    lines = [line for line in out.stdout.splitlines() if " heun " in line and "err_reference" in line]
+    assert status == 1 and len(heun_rows) >= 8
+    lines = [line for line in stdout.splitlines() if " heun " in line and "err_reference" in line]
     assert len(lines) >= len(heun_rows) - 2 and "(max of 5% and 3 SE)" in lines[0]  # doubled: beyond 3 SE in most

@@ -16,6 +16,7 @@ from bench.spec import fitted as fitted_grids
 from bench.spec.config import SpecError, expand, parse_spec
 from solvers import sample
 from solvers.noise import NoNoise
+from support import bench_cli
 
 
 def _request(**changes):
@@ -199,8 +200,8 @@ def test_the_command_fits_writes_and_refuses(tmp_path):
     grid = fitted_grids.read(path)
     assert (grid.model, grid.solver, grid.steps, grid.seeds) == ("ring2d", "ddim", 3, (1000,))
     assert grid.cost_evaluations > 0 and "training seeds [1000] x 8 samples" in done.stderr
-    bad = subprocess.run([*command[:6], "dopri5", *command[7:]], capture_output=True, text=True)
-    assert bad.returncode == 2 and "dopri5 is adaptive" in bad.stderr and not list(tmp_path.glob("*dopri5*"))
+    status, _, stderr = bench_cli(*command[3:6], "dopri5", *command[7:])
+    assert status == 2 and "dopri5 is adaptive" in stderr and not list(tmp_path.glob("*dopri5*"))
 
 
 def test_the_request_reaches_the_spec_validation_of_a_guided_model():

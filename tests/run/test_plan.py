@@ -4,8 +4,10 @@ import sys
 
 import pytest
 
-from bench.run.plan import make_plan
+from bench.run import store
+from bench.run.plan import Plan, make_plan
 from bench.spec.config import expand, parse_spec
+from support import bench_cli
 
 
 def _plan(measure=False, **spec):
@@ -46,8 +48,8 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
                          text=True, check=True).stdout
     assert "N = 8 samples per configuration" in out and "1 configurations: 1 runnable" in out
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\nguidance_scales = [2]\n')
-    bad = subprocess.run([sys.executable, "-m", "bench", "plan", str(spec)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "'ring2d' is unconditional" in bad.stderr
+    status, _, stderr = bench_cli("plan", str(spec))
+    assert status == 2 and "'ring2d' is unconditional" in stderr
 
 
 def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_inception(monkeypatch):
@@ -79,20 +81,19 @@ def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_p
                     'metrics = ["frechet"]\ntime_limit_s = 0\ntiming_repeats = 1\n')
 
     def run(*flags):
-        return subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out", str(tmp_path / "run"),
-                               "--no-progress", *flags], capture_output=True, text=True)
+        return bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", *flags)
 
-    assert "--max-minutes must be a number of minutes > 0" in run("--max-minutes", "0").stderr
-    refused = run("--max-minutes", "1e-9")
-    assert refused.returncode == 2 and "--max-minutes 1e-09: no sample count fits" in refused.stderr
+    assert "--max-minutes must be a number of minutes > 0" in run("--max-minutes", "0")[2]
+    status, _, stderr = run("--max-minutes", "1e-9")
+    assert status == 2 and "--max-minutes 1e-09: no sample count fits" in stderr
     assert not (tmp_path / "run").exists()  # refused before anything ran
-    fits = run("--max-minutes", "600")
-    assert fits.returncode == 0 and "at N = 4000: fits" in fits.stderr
-    assert "--max-minutes sets the sample count of a new run" in subprocess.run(
-        [sys.executable, "-m", "bench", "run", str(spec), "--resume", str(tmp_path / "run"), "--max-minutes", "5"],
-        capture_output=True, text=True).stderr
-    sharded = run("--max-minutes", "5", "--shard", "0/2")
-    assert sharded.returncode == 2 and "shards could each pick another N" in sharded.stderr
+    status, _, stderr = run("--max-minutes", "600")
+    assert status == 0 and "at N = 4000: fits" in stderr
+    assert set(store.load_rows(tmp_path / "run").n_samples) == {4000}
+    status, _, stderr = bench_cli("run", str(spec), "--resume", str(tmp_path / "run"), "--max-minutes", "5")
+    assert status == 2 and "--max-minutes sets the sample count of a new run" in stderr
+    status, _, stderr = run("--max-minutes", "5", "--shard", "0/2")
+    assert status == 2 and "shards could each pick another N" in stderr
 
 
 def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
@@ -100,6 +101,22 @@ def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
     spec.write_text(f'name = "s"\nmodels = ["diffusers:{tmp_path / "absent"}"]\nsolvers = ["ddim"]\nsteps = [4]\n'
                     'n_samples = 8\nmetrics = ["err_reference"]\n')
     for command in (["plan", str(spec)], ["run", str(spec), "--max-minutes", "5", "--out", str(tmp_path / "run")]):
-        result = subprocess.run([sys.executable, "-m", "bench", *command], capture_output=True, text=True)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in result.stderr
+        status, _, stderr = bench_cli(*command)  # an exception would end the test: one line, no traceback
+        assert status == 2 and len(stderr.strip().splitlines()) == 1
+        assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in stderr
+
+
+def test_run_max_minutes_runs_the_cut_sample_count_and_says_so(tmp_path, monkeypatch):
+    """The plan replaced by a known one (2 min at N = 4000, 6 s of it fixed per configuration): 1 minute fits
+    N = 4000 x (60 - 6) / 114 = 1894, which the run prints, runs and records."""
+    import bench.run.plan
+
+    known = Plan(configs=1, seconds={"network: solves": 100.0, "Inception": 14.0, "harness per configuration": 6.0})
+    monkeypatch.setattr(bench.run.plan, "make_plan", lambda configs, measure=True: known)
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 4000\n'
+                    'metrics = ["frechet"]\ntime_limit_s = 0\ntiming_repeats = 1\n')
+    status, _, stderr = bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", "--max-minutes", "1")
+    assert status == 0, stderr
+    assert "--max-minutes 1: estimated 2.0 min at N = 4000; running N = 1894 (estimated 1.0 min;" in stderr
+    assert set(store.load_rows(tmp_path / "run").n_samples) == {1894}

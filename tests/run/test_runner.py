@@ -17,6 +17,7 @@ from bench.run.runner import SweepCache
 from bench.run.sweep import run_sweep
 from solvers import SOLVERS
 from solvers.schedules import VPLinear
+from support import bench_cli
 
 
 def _sweep(tmp_path, **spec):
@@ -229,8 +230,8 @@ def test_rows_written_before_a_column_was_added_still_load(tmp_path):
     (["compare", "/nonexistent/base", "/nonexistent/head"], "neither a run folder"),
 ])
 def test_cli_rejects_bad_arguments_with_a_clear_message(args, message):
-    result = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+    status, _, stderr = bench_cli(*args)
+    assert status == 2 and message in stderr, stderr
 
 
 def test_batch_size_is_part_of_a_configs_identity():
