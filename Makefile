@@ -116,8 +116,10 @@ bench-gpu: setup
 
 # The GPU checks in one command (benchmarks/gpu_check.sh): the gpu-marked tests, `make perf`'s comparison with
 # diffusers on CUDA, the SD-sized loop against StableDiffusionPipeline, the plan and sweep of bench/configs/gpu-fid.toml
-# (FID on 10,000 samples; needs the FID weights) with its report, and summary.md (each goal met or missed), into
-# results/scratch/gpu-check/. Stages: STAGES="..."; the CPU-sized twin: SPEC=bench/configs/gpu-fid-twin.toml.
+# (FID on 10,000 samples; needs the FID weights) with its report, then bench/configs/gpu-fid-guided.toml's (the
+# class-conditional model at two guidance scales), and summary.md (each goal met or missed), into
+# results/scratch/gpu-check/. Stages: STAGES="..."; the CPU-sized twin: SPEC=bench/configs/gpu-fid-twin.toml
+# GUIDED_SPEC=bench/configs/gpu-fid-guided-twin.toml.
 gpu-check: setup
 	PYTHON=$(PY) benchmarks/gpu_check.sh
 

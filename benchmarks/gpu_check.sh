@@ -4,11 +4,13 @@
 # project's dependencies). Each stage has its own time limit and the script goes on past a failed stage;
 # everything lands in OUT_DIR (default results/scratch/gpu-check): env.txt, one log per stage (plan.log: the plan of
 # the grid, measured on the device), perf.json and sd_loop.json (pytest-benchmark), run/ and run.tgz (the grid's
-# run folder with its report), stages.txt (one exit code and time per stage) and summary.md (each goal met or
-# missed, benchmarks/gpu_check_summary.py). Exit status: the number of failed stages.
-# The grid needs the FID weights on the machine (make fid-weights; results/baseline/README.md says how a lease
+# run folder with its report), run-guided/ and run-guided.tgz (the class-conditional grid's), stages.txt (one exit
+# code and time per stage) and summary.md (each goal met or missed, benchmarks/gpu_check_summary.py). Exit status:
+# the number of failed stages.
+# The grids need the FID weights on the machine (make fid-weights; results/baseline/README.md says how a lease
 # without network gets them). Without CUDA the same stages are their CPU-sized twins: SPEC=bench/configs/
-# gpu-fid-twin.toml, and the benchmarks run their CPU cases (a tiny UNet for the SD-sized loop).
+# gpu-fid-twin.toml, GUIDED_SPEC=bench/configs/gpu-fid-guided-twin.toml, and the benchmarks run their CPU cases (a
+# tiny UNet for the SD-sized loop).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -18,7 +20,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 failed=0
 
-STAGES=${STAGES:-gpu_tests perf sd_loop plan grid report summary}  # a subset reruns some: STAGES="grid report"
+GUIDED_SPEC=${GUIDED_SPEC:-bench/configs/gpu-fid-guided.toml}
+STAGES=${STAGES:-gpu_tests perf sd_loop plan grid report guided_grid guided_report summary}  # a subset: STAGES="grid report"
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log, record the exit code
     local name=$1 limit=$2; shift 2
@@ -54,7 +57,10 @@ stage plan "${PLAN_S:-180}" "$PYTHON" -m bench plan "$SPEC"
 stage grid "${GRID_S:-600}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" --no-progress \
     ${GRID_ARGS:-}  # e.g. GRID_ARGS="--max-minutes 7": n_samples cut to fit when the plan says more (printed in grid.log)
 stage report 120 "$PYTHON" -m bench report "$OUT_DIR/run"
-[ -d "$OUT_DIR/run" ] && tar czf "$OUT_DIR/run.tgz" -C "$OUT_DIR" run
+# 5. The class-conditional model at guidance scales 1 and 3 (FID on 10,000 samples), its own spec and run folder.
+stage guided_grid "${GUIDED_S:-300}" "$PYTHON" -m bench run "$GUIDED_SPEC" --out "$OUT_DIR/run-guided" --no-progress
+stage guided_report 120 "$PYTHON" -m bench report "$OUT_DIR/run-guided"
+for run in run run-guided; do [ -d "$OUT_DIR/$run" ] && tar czf "$OUT_DIR/$run.tgz" -C "$OUT_DIR" "$run"; done
 stage summary 60 "$PYTHON" benchmarks/gpu_check_summary.py "$OUT_DIR"
 cat "$OUT_DIR/stages.txt"
 exit $failed

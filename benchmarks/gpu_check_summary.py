@@ -60,7 +60,29 @@ def grid_goals(folder: Path, ran: dict, on_gpu: bool) -> list[tuple[str, str, st
     estimated_s, source = planned_seconds(folder)
     if estimated_s is not None and grid_s:
         goals.append(plan_goal(estimated_s, grid_s, ran["grid"][0] == 0, source))
+    if (folder / "run-guided").is_dir():
+        goals.append(guided_goal(folder / "run-guided", ran.get("guided_grid", (None, None))[1], on_gpu))
     return goals
+
+
+def guided_goal(run: Path, seconds: int | None, on_gpu: bool) -> tuple[str, str, str, str]:
+    """The class-conditional grid (gpu-fid-guided.toml): met when every row is ok with FID at 10,000 samples and
+    there are two guidance scales or more."""
+    from bench.run import store
+
+    rows = store.load_rows(run)
+    with_fid = rows[(rows.status == "ok") & rows.fid.notna()]
+    at_size = with_fid[with_fid.n_samples >= FID_SAMPLES]
+    per_scale = at_size.groupby("guidance_scale").size()
+    scales = ", ".join(f"scale {scale:g}: {count}" for scale, count in per_scale.items())
+    sizes = ", ".join(f"N = {n}" for n in sorted(with_fid.n_samples.unique()))
+    complete = len(at_size) == len(rows) and len(per_scale) >= 2
+    return ("the class-conditional model at two guidance scales, FID at 10,000 samples",
+            f"{len(at_size)} of {len(rows)} rows ({scales or 'none'}; {len(with_fid)} with FID, {sizes or 'none'}); "
+            f"{seconds} s",
+            _verdict(complete if on_gpu else None) + ("" if on_gpu else " (CPU twin)"),
+            "run-guided/ rows: status == 'ok', fid not null and n_samples >= 10000, by guidance_scale; stages.txt "
+            "line guided_grid")
 
 
 def planned_seconds(folder: Path) -> tuple[float | None, str]:

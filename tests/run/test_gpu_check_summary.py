@@ -56,3 +56,29 @@ def test_the_committed_cpu_twin_summary_is_what_the_script_writes_from_its_files
     monkeypatch.chdir(ROOT)  # the summary names the folder as it was given: relative to the checkout
     folder = Path("results/baseline/cpu-twin")
     assert (folder / "summary.md").read_text() == summary_script.summary(folder)
+
+
+def _guided_rows(run, scales_and_sizes):
+    from bench.run import store
+    from bench.spec.config import expand, parse_spec
+
+    spec = parse_spec({"name": "g", "models": ["fmnist_cond_unet"], "solvers": ["ddim"], "steps": [5],
+                       "guidance_scales": [1.0, 3.0], "n_samples": 8, "metrics": ["fid"],
+                       "fid_reference": "fashion_mnist_test"})
+    store.open_run(run, spec)
+    for cfg, (status, n) in zip(expand(spec), scales_and_sizes):
+        store.write_row(run, {"config_id": cfg.config_id, "run_id": "r", "status": status, "n_samples": n,
+                              "guidance_scale": cfg.guidance_scale, "fid": 50.0 if status == "ok" else None})
+
+
+@pytest.mark.parametrize("rows, measured, verdict", [
+    ([("ok", 10000), ("ok", 10000)], "2 of 2 rows (scale 1: 1, scale 3: 1; 2 with FID, N = 10000); 150 s", "met"),
+    ([("ok", 10000), ("failed", 10000)], "1 of 2 rows (scale 1: 1; 1 with FID, N = 10000); 150 s", "missed"),
+    ([("ok", 10000), ("ok", 4000)], "1 of 2 rows (scale 1: 1; 2 with FID, N = 4000, N = 10000); 150 s", "missed"),
+])
+def test_the_class_conditional_grid_is_met_with_every_row_at_10000_and_two_scales(tmp_path, rows, measured, verdict):
+    _guided_rows(tmp_path / "run-guided", rows)
+    (tmp_path / "stages.txt").write_text("guided_grid rc=0 150s\n")
+    goals = summary_script.grid_goals(tmp_path, summary_script.stages(tmp_path), on_gpu=True)
+    (goal,) = [g for g in goals if g[0].startswith("the class-conditional model")]
+    assert (goal[1], goal[2]) == (measured, verdict)

@@ -262,3 +262,27 @@ def test_etas_by_solver_replaces_etas_for_that_solver():
     configs = expand(parse_spec({**GOOD, "etas": [0.0], "etas_by_solver": {"ddpm": [1.0]}}))
     assert {c.eta for c in configs if c.solver == "ddpm"} == {1.0} and {c.eta for c in configs if c.solver == "heun"} == {0.0}
     assert all(c.skip_reason is None for c in configs)
+
+
+def test_the_gpu_fid_specs_hold_what_the_gpu_baseline_asks():
+    """gpu-fid.toml: the shipped UNet, at least 10 solvers at NFE 5, 10 and 20 (two-evaluation solvers within one),
+    two spacings, eta 0 and 1 where a solver takes both, eager and compile, FID on 10,000 samples in at least 60 rows,
+    err_reference; gpu-fid-guided.toml: the class-conditional UNet at two guidance scales, FID on 10,000 samples.
+    Their twins: the same axes on the CPU at 64 samples (eager only)."""
+    runnable = [c for c in expand(load_spec("bench/configs/gpu-fid.toml")) if c.skip_reason is None]
+    assert {c.model for c in runnable} == {"fmnist_unet"} and len({c.solver for c in runnable}) >= 10
+    for solver in {c.solver for c in runnable}:
+        nfe = sorted({SOLVERS[solver].nfe(c.steps) for c in runnable if c.solver == solver})
+        assert len(nfe) == 3 and all(abs(n - goal) <= 1 for n, goal in zip(nfe, (5, 10, 20))), (solver, nfe)
+    assert {c.spacing for c in runnable} == {"logsnr", "karras"} and {c.exec_mode for c in runnable} == {"eager", "compile"}
+    both = {c.solver for c in runnable if c.eta == 1.0}
+    assert both == {s for s in both if SOLVERS[s].stochastic == "both"} and len(both) >= 2
+    assert all(c.n_samples == 10000 and {"fid", "err_reference"} <= set(c.metrics) for c in runnable)
+    assert len(runnable) >= 60
+    guided = [c for c in expand(load_spec("bench/configs/gpu-fid-guided.toml")) if c.skip_reason is None]
+    assert {c.model for c in guided} == {"fmnist_cond_unet"} and len({c.guidance_scale for c in guided}) == 2
+    assert all(c.n_samples == 10000 and "fid" in c.metrics for c in guided)
+    for spec, twin in (("gpu-fid", "gpu-fid-twin"), ("gpu-fid-guided", "gpu-fid-guided-twin")):
+        axes = [{(c.solver, c.steps, c.spacing, c.eta, c.guidance_scale, c.skip_reason is None)
+                 for c in expand(load_spec(f"bench/configs/{name}.toml"))} for name in (spec, twin)]
+        assert axes[0] == axes[1], spec
