@@ -16,17 +16,35 @@ independently drawn sample sets in tests/metrics/test_uncertainty.py):
   SE is that of the figure given the reference, which every configuration of a run shares.
 
 Replicates are computed in float64 with exact formulas (FID's trace term from the eigenvalues of the
-samples' Gram matrix in the reference's whitened coordinates), seeded from the config's seed, so a rerun
-gives the same standard errors.
+samples' whitened covariance), seeded from the config's seed, so a rerun gives the same standard errors; but
+for FID's trace term above ``EXACT_RANK`` dimensions with ``EXPANDED_FROM`` samples per dimension or more (the
+standard FID at 8,192 samples or more), which is expanded to second order about the whole set's: one
+eigendecomposition of 2,048 x 2,048 instead of 64 (see FrechetReference._primal_jackknife for how close).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 BOOTSTRAP_REPLICATES = 200
 JACKKNIFE_GROUPS = 64
+EXACT_RANK, EXPANDED_FROM = 256, 4  # FrechetReference: above that rank, from 4 samples per dimension, expanded
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    """float32 matmuls in full precision while metrics are computed (no TF32 on CUDA, whatever the sweep's policy
+    set): nearest-neighbour radii and distances in TF32 would move precision and recall. Restored after."""
+    precision, tf32 = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -119,8 +137,15 @@ class FrechetReference:
         return distance.tolist()
 
     def distance_and_se(self, features: torch.Tensor) -> tuple[float, float]:
+        """The distance and its delete-a-group jackknife SE. With fewer samples than the reference's rank, each
+        replicate's eigenvalues come from its own kept samples' Gram matrix; with more, from the r x r second
+        moments, the groups' own subtracted from the whole (no kept set is copied), exactly where the rank is at most
+        ``EXACT_RANK`` or there are fewer than ``EXPANDED_FROM`` samples per dimension, else to second order (see
+        _primal_jackknife)."""
         features = features.double().reshape(len(features), -1).to(self.mu.device)
         projected = features @ self.factor
+        if len(features) > projected.shape[1]:
+            return self._primal_jackknife(features, projected)
         value = self._distance(features, [projected])[0]
         masks = leave_one_group_out(len(features))
         replicates = torch.empty(len(masks), dtype=torch.float64)
@@ -130,6 +155,56 @@ class FrechetReference:
             replicates[chosen] = torch.tensor(self._distance(kept, [projected[masks[i]] for i in chosen]),
                                               dtype=torch.float64)
         return value, jackknife_se(replicates)
+
+    def _primal_jackknife(self, features: torch.Tensor, projected: torch.Tensor) -> tuple[float, float]:
+        """n > r: the whitened covariance A = Y^T Y / (n - 1) of the centred projected samples Y, and each
+        replicate's A_k = (Y^T Y - Y_g^T Y_g - s_g s_g^T / n_k) / (n_k - 1) from the sums less its group's (s_g: the
+        group's sum of Y, minus the kept samples'); each replicate's mean and trace exact. tr sqrt(A_k) is exact (an
+        eigendecomposition per replicate) up to rank ``EXACT_RANK`` or below ``EXPANDED_FROM`` r samples. Above,
+        one eigendecomposition A = V diag(l) V^T in all (at 2,048 Inception dimensions and 10,000 samples, 64 take
+        half a minute per row on 2 cores), and tr sqrt(A + D) to second order in D = A_k - A, in its basis (D' =
+        V^T D V): sum_j D'_jj / (2 sqrt l_j) - sum_jk D'_jk^2 / (4 sqrt l_j sqrt l_k (sqrt l_j + sqrt l_k)) (the
+        Daleckii-Krein expansion). D is about 1/64 of A, so the error is third order. Measured against the exact
+        replicates on Fashion-MNIST Inception features and the shipped test-split statistics: samples of the
+        shipped UNet (ddim, 5 steps; FID 70) and a mix with training images (FID 25) at 4,096 to 12,000 samples,
+        SE within 0.04%; training images alone (FID 3.4-4.4, where FID's first-order fluctuations cancel and its
+        spread is itself second order) 5.6% apart at 4,096 samples, 2.4% at 6,000, 0.3% and 0.4% at 8,192 and
+        9,000: hence 4 samples a dimension."""
+        n, rank = projected.shape
+        membership = torch.nn.functional.one_hot(groups(n).to(features.device)).double()  # (n, G)
+        kept = n - membership.sum(0)  # (G,)
+        mean = features.mean(0)
+        centred, whitened_samples = features - mean, projected - projected.mean(0)
+        kept_x = -(membership.T @ centred)  # the kept samples' sums (the centred ones sum to 0)
+        spread = centred.square().sum()
+        kept_spread = spread - membership.T @ centred.square().sum(1)
+        mean_term = (mean - self.mu).square().sum() + spread / (n - 1)
+        kept_mean_term = ((mean + kept_x / kept[:, None] - self.mu).square().sum(1)
+                          + (kept_spread - kept_x.square().sum(1) / kept) / (kept - 1))
+        second = whitened_samples.T @ whitened_samples
+        kept_root = torch.empty(len(kept), dtype=torch.float64, device=features.device)
+        if rank <= EXACT_RANK or n < EXPANDED_FROM * rank:
+            root = torch.linalg.eigvalsh(second / (n - 1)).clamp_min(0).sqrt().sum()
+            for g in range(len(kept)):
+                dropped = whitened_samples[membership[:, g] > 0]
+                kept_sum = -dropped.sum(0)
+                kept_second = second - dropped.T @ dropped - torch.outer(kept_sum, kept_sum) / kept[g]
+                kept_root[g] = torch.linalg.eigvalsh(kept_second / (kept[g] - 1)).clamp_min(0).sqrt().sum()
+        else:
+            values, vectors = torch.linalg.eigh(second / (n - 1))
+            roots = values.clamp_min(values[-1] * torch.finfo(torch.float64).eps).sqrt()
+            root = roots.sum()
+            curvature = 1 / (roots[:, None] * roots[None, :] * (roots[:, None] + roots[None, :]))
+            rotated = whitened_samples @ vectors  # Z = Y V: Z^T Z = (n - 1) diag(l)
+            for g in range(len(kept)):
+                dropped = rotated[membership[:, g] > 0]
+                kept_sum = -dropped.sum(0)
+                change = -(dropped.T @ dropped + torch.outer(kept_sum, kept_sum) / kept[g])
+                change.diagonal().add_(values * (n - kept[g]))
+                change /= kept[g] - 1  # D' = V^T (A_k - A) V
+                kept_root[g] = (root + (change.diagonal() / roots).sum() / 2
+                                - (change.square() * curvature).sum() / 4)
+        return float(mean_term + self.trace - 2 * root), jackknife_se(kept_mean_term + self.trace - 2 * kept_root)
 
 
 class KernelReference:
