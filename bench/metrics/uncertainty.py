@@ -167,7 +167,7 @@ class FrechetReference:
         Daleckii-Krein expansion). D is about 1/64 of A, so the error is third order. Measured against the exact
         replicates on Fashion-MNIST Inception features and the shipped test-split statistics: samples of the
         shipped UNet (ddim, 5 steps; FID 70) and a mix with training images (FID 25) at 4,096 to 12,000 samples,
-        SE within 0.04%; training images alone (FID 3.4-4.4, where FID's first-order fluctuations cancel and its
+        SE within 0.04%; training images alone (FID 2.7-4.4, where FID's first-order fluctuations cancel and its
         spread is itself second order) 5.6% apart at 4,096 samples, 2.4% at 6,000, 0.3% and 0.4% at 8,192 and
         9,000: hence 4 samples a dimension."""
         n, rank = projected.shape
