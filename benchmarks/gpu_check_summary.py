@@ -37,6 +37,21 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "missed")
 
 
+def _gpu_verdict(ok: bool, on_gpu: bool) -> str:
+    """A goal measured on the GPU: met or missed; on the CPU twin: n/a."""
+    return _verdict(ok) if on_gpu else "n/a (CPU twin)"
+
+
+def _fid_rows(run: Path):
+    """A run folder's rows, those ok with FID, those of them at FID_SAMPLES or more, and their sample counts."""
+    from bench.run import store
+
+    rows = store.load_rows(run)
+    with_fid = rows[(rows.status == "ok") & rows.fid.notna()]
+    sizes = ", ".join(f"N = {n}" for n in sorted(with_fid.n_samples.unique()))
+    return rows, with_fid, with_fid[with_fid.n_samples >= FID_SAMPLES], sizes or "none"
+
+
 def grid_goals(folder: Path, ran: dict, on_gpu: bool) -> list[tuple[str, str, str, str]]:
     """(goal, measured, verdict, source) of the FID grid and the plan."""
     goals = []
@@ -44,18 +59,12 @@ def grid_goals(folder: Path, ran: dict, on_gpu: bool) -> list[tuple[str, str, st
     grid_s = ran.get("grid", (None, None))[1]
     if grid_s is not None:
         goals.append((f"FID grid within {GRID_LIMIT_S // 60} min on one GPU", f"{grid_s} s",
-                      _verdict(grid_s <= GRID_LIMIT_S if on_gpu else None) + ("" if on_gpu else " (CPU twin)"),
-                      "stages.txt, line grid"))
+                      _gpu_verdict(grid_s <= GRID_LIMIT_S, on_gpu), "stages.txt, line grid"))
     if rows_file.is_dir():
-        from bench.run import store
-
-        rows = store.load_rows(rows_file)
-        with_fid = rows[(rows.status == "ok") & rows.fid.notna()]
-        at_size = with_fid[with_fid.n_samples >= FID_SAMPLES]
-        sizes = ", ".join(f"N = {n}" for n in sorted(with_fid.n_samples.unique()))
+        rows, with_fid, at_size, sizes = _fid_rows(rows_file)
         goals.append((f"at least {MIN_FID_ROWS} rows with FID at {FID_SAMPLES:,} samples", f"{len(at_size)} rows "
-                      f"({len(with_fid)} with FID, {sizes or 'none'}; {(rows.status == 'ok').sum()} ok of {len(rows)})",
-                      _verdict(len(at_size) >= MIN_FID_ROWS if on_gpu else None) + ("" if on_gpu else " (CPU twin)"),
+                      f"({len(with_fid)} with FID, {sizes}; {(rows.status == 'ok').sum()} ok of {len(rows)})",
+                      _gpu_verdict(len(at_size) >= MIN_FID_ROWS, on_gpu),
                       "run/ rows (bench.run.store.load_rows): status == 'ok' and fid not null, by n_samples"))
     estimated_s, source = planned_seconds(folder)
     if estimated_s is not None and grid_s:
@@ -68,19 +77,13 @@ def grid_goals(folder: Path, ran: dict, on_gpu: bool) -> list[tuple[str, str, st
 def guided_goal(run: Path, seconds: int | None, on_gpu: bool) -> tuple[str, str, str, str]:
     """The class-conditional grid (gpu-fid-guided.toml): met when every row is ok with FID at 10,000 samples and
     there are two guidance scales or more."""
-    from bench.run import store
-
-    rows = store.load_rows(run)
-    with_fid = rows[(rows.status == "ok") & rows.fid.notna()]
-    at_size = with_fid[with_fid.n_samples >= FID_SAMPLES]
+    rows, with_fid, at_size, sizes = _fid_rows(run)
     per_scale = at_size.groupby("guidance_scale").size()
     scales = ", ".join(f"scale {scale:g}: {count}" for scale, count in per_scale.items())
-    sizes = ", ".join(f"N = {n}" for n in sorted(with_fid.n_samples.unique()))
     complete = len(at_size) == len(rows) and len(per_scale) >= 2
     return ("the class-conditional model at two guidance scales, FID at 10,000 samples",
-            f"{len(at_size)} of {len(rows)} rows ({scales or 'none'}; {len(with_fid)} with FID, {sizes or 'none'}); "
-            f"{seconds} s",
-            _verdict(complete if on_gpu else None) + ("" if on_gpu else " (CPU twin)"),
+            f"{len(at_size)} of {len(rows)} rows ({scales or 'none'}; {len(with_fid)} with FID, {sizes}); {seconds} s",
+            _gpu_verdict(complete, on_gpu),
             "run-guided/ rows: status == 'ok', fid not null and n_samples >= 10000, by guidance_scale; stages.txt "
             "line guided_grid")
 

@@ -182,28 +182,25 @@ class FrechetReference:
         kept_mean_term = ((mean + kept_x / kept[:, None] - self.mu).square().sum(1)
                           + (kept_spread - kept_x.square().sum(1) / kept) / (kept - 1))
         second = whitened_samples.T @ whitened_samples
-        kept_root = torch.empty(len(kept), dtype=torch.float64, device=features.device)
-        if rank <= EXACT_RANK or n < EXPANDED_FROM * rank:
+        exact = rank <= EXACT_RANK or n < EXPANDED_FROM * rank
+        if exact:
             root = torch.linalg.eigvalsh(second / (n - 1)).clamp_min(0).sqrt().sum()
-            for g in range(len(kept)):
-                dropped = whitened_samples[membership[:, g] > 0]
-                kept_sum = -dropped.sum(0)
-                kept_second = second - dropped.T @ dropped - torch.outer(kept_sum, kept_sum) / kept[g]
-                kept_root[g] = torch.linalg.eigvalsh(kept_second / (kept[g] - 1)).clamp_min(0).sqrt().sum()
-        else:
+        else:  # the replicates in A's eigenbasis: Z = Y V, whose second moments are (n - 1) diag(l)
             values, vectors = torch.linalg.eigh(second / (n - 1))
             roots = values.clamp_min(values[-1] * torch.finfo(torch.float64).eps).sqrt()
             root = roots.sum()
             curvature = 1 / (roots[:, None] * roots[None, :] * (roots[:, None] + roots[None, :]))
-            rotated = whitened_samples @ vectors  # Z = Y V: Z^T Z = (n - 1) diag(l)
-            for g in range(len(kept)):
-                dropped = rotated[membership[:, g] > 0]
-                kept_sum = -dropped.sum(0)
-                change = -(dropped.T @ dropped + torch.outer(kept_sum, kept_sum) / kept[g])
-                change.diagonal().add_(values * (n - kept[g]))
-                change /= kept[g] - 1  # D' = V^T (A_k - A) V
-                kept_root[g] = (root + (change.diagonal() / roots).sum() / 2
-                                - (change.square() * curvature).sum() / 4)
+            whitened_samples, second = whitened_samples @ vectors, torch.diag(values * (n - 1))
+        kept_root = torch.empty(len(kept), dtype=torch.float64, device=features.device)
+        for g in range(len(kept)):
+            dropped = whitened_samples[membership[:, g] > 0]
+            kept_sum = -dropped.sum(0)
+            kept_whitened = (second - dropped.T @ dropped - torch.outer(kept_sum, kept_sum) / kept[g]) / (kept[g] - 1)
+            if exact:
+                kept_root[g] = torch.linalg.eigvalsh(kept_whitened).clamp_min(0).sqrt().sum()
+            else:
+                change = kept_whitened - torch.diag(values)  # D' = V^T (A_k - A) V
+                kept_root[g] = root + (change.diagonal() / roots).sum() / 2 - (change.square() * curvature).sum() / 4
         return float(mean_term + self.trace - 2 * root), jackknife_se(kept_mean_term + self.trace - 2 * kept_root)
 
 
