@@ -122,86 +122,91 @@ class FrechetReference:
         return cls(torch.as_tensor(mu, dtype=torch.float64), vectors[:, positive] * values[positive].sqrt(),
                    int(positive.sum()))
 
-    def _distance(self, features: torch.Tensor, projected: list) -> list[float]:
-        """The distance of each set in a batch: ``features`` (B, n, d) or (n, d), ``projected`` B tensors (n, r)."""
-        features = features if features.ndim == 3 else features[None]
-        n = features.shape[1]
-        mean = features.mean(1)
-        centred = torch.stack(projected)
-        centred = centred - centred.mean(1, keepdim=True)
-        transposed = centred.transpose(1, 2)
-        small = centred @ transposed if n <= centred.shape[2] else transposed @ centred
-        eigenvalues = torch.linalg.eigvalsh(small / (n - 1))[:, -min(n - 1, self.rank):]  # the rest: rounding zeros
-        trace = (features - mean[:, None]).square().sum((1, 2)) / (n - 1)
-        distance = (mean - self.mu).square().sum(1) + trace + self.trace - 2 * eigenvalues.clamp_min(0).sqrt().sum(1)
-        return distance.tolist()
-
     def distance_and_se(self, features: torch.Tensor) -> tuple[float, float]:
-        """The distance and its delete-a-group jackknife SE. With fewer samples than the reference's rank, each
-        replicate's eigenvalues come from its own kept samples' Gram matrix; with more, from the r x r second
-        moments, the groups' own subtracted from the whole (no kept set is copied), exactly where the rank is at most
-        ``EXACT_RANK`` or there are fewer than ``EXPANDED_FROM`` samples per dimension, else to second order (see
-        _primal_jackknife)."""
+        """The distance and its delete-a-group jackknife SE. Every replicate is computed from the whole set's sums
+        and products less its group's, no kept set copied: the mean and trace terms exactly; tr sqrt exactly from
+        one n x n Gram matrix with no more samples than the reference's rank (_dual_roots), and with more from the
+        r x r second moments, exactly where the rank is at most ``EXACT_RANK`` or there are fewer than
+        ``EXPANDED_FROM`` samples per dimension, else to second order (_primal_roots)."""
         features = features.double().reshape(len(features), -1).to(self.mu.device)
         projected = features @ self.factor
-        if len(features) > projected.shape[1]:
-            return self._primal_jackknife(features, projected)
-        value = self._distance(features, [projected])[0]
-        masks = leave_one_group_out(len(features))
-        replicates = torch.empty(len(masks), dtype=torch.float64)
-        for size in {int(mask.sum()) for mask in masks}:  # one batched eigendecomposition per kept-set size
-            chosen = [i for i, mask in enumerate(masks) if int(mask.sum()) == size]
-            kept = torch.stack([features[masks[i]] for i in chosen])
-            replicates[chosen] = torch.tensor(self._distance(kept, [projected[masks[i]] for i in chosen]),
-                                              dtype=torch.float64)
-        return value, jackknife_se(replicates)
+        membership = torch.nn.functional.one_hot(groups(len(features)).to(features.device)).double()  # (n, G)
+        mean_term, kept_mean_term = self._mean_terms(features, membership)
+        whitened = projected - projected.mean(0)
+        roots = self._primal_roots if len(features) > projected.shape[1] else self._dual_roots
+        root, kept_root = roots(whitened, membership)
+        return float(mean_term + self.trace - 2 * root), jackknife_se(kept_mean_term + self.trace - 2 * kept_root)
 
-    def _primal_jackknife(self, features: torch.Tensor, projected: torch.Tensor) -> tuple[float, float]:
-        """n > r: the whitened covariance A = Y^T Y / (n - 1) of the centred projected samples Y, and each
-        replicate's A_k = (Y^T Y - Y_g^T Y_g - s_g s_g^T / n_k) / (n_k - 1) from the sums less its group's (s_g: the
-        group's sum of Y, minus the kept samples'); each replicate's mean and trace exact. tr sqrt(A_k) is exact (an
-        eigendecomposition per replicate) up to rank ``EXACT_RANK`` or below ``EXPANDED_FROM`` r samples. Above,
-        one eigendecomposition A = V diag(l) V^T in all (at 2,048 Inception dimensions and 10,000 samples, 64 take
-        half a minute per row on 2 cores), and tr sqrt(A + D) to second order in D = A_k - A, in its basis (D' =
-        V^T D V): sum_j D'_jj / (2 sqrt l_j) - sum_jk D'_jk^2 / (4 sqrt l_j sqrt l_k (sqrt l_j + sqrt l_k)) (the
-        Daleckii-Krein expansion). D is about 1/64 of A, so the error is third order. Measured against the exact
-        replicates on Fashion-MNIST Inception features and the shipped test-split statistics: samples of the
-        shipped UNet (ddim, 5 steps; FID 70) and a mix with training images (FID 25) at 4,096 to 12,000 samples,
-        SE within 0.04%; training images alone (FID 2.7-4.4, where FID's first-order fluctuations cancel and its
-        spread is itself second order) 5.6% apart at 4,096 samples, 2.4% at 6,000, 0.3% and 0.4% at 8,192 and
-        9,000: hence 4 samples a dimension."""
-        n, rank = projected.shape
-        membership = torch.nn.functional.one_hot(groups(n).to(features.device)).double()  # (n, G)
-        kept = n - membership.sum(0)  # (G,)
+    def _mean_terms(self, features: torch.Tensor, membership: torch.Tensor) -> tuple:
+        """|mean - mu|^2 + tr S of the samples, and of each replicate's kept samples from the sums less its
+        group's."""
+        n, kept = len(features), len(features) - membership.sum(0)  # kept: (G,)
         mean = features.mean(0)
-        centred, whitened_samples = features - mean, projected - projected.mean(0)
+        centred = features - mean
         kept_x = -(membership.T @ centred)  # the kept samples' sums (the centred ones sum to 0)
         spread = centred.square().sum()
         kept_spread = spread - membership.T @ centred.square().sum(1)
         mean_term = (mean - self.mu).square().sum() + spread / (n - 1)
         kept_mean_term = ((mean + kept_x / kept[:, None] - self.mu).square().sum(1)
                           + (kept_spread - kept_x.square().sum(1) / kept) / (kept - 1))
-        second = whitened_samples.T @ whitened_samples
+        return mean_term, kept_mean_term
+
+    def _sqrt_trace(self, moments: torch.Tensor, n: int) -> torch.Tensor:
+        """The sum of the square roots of the min(n - 1, rank) largest eigenvalues of ``moments`` (the rest are
+        rounding zeros)."""
+        return torch.linalg.eigvalsh(moments)[-min(n - 1, self.rank):].clamp_min(0).sqrt().sum()
+
+    def _dual_roots(self, whitened: torch.Tensor, membership: torch.Tensor) -> tuple:
+        """n <= r: tr sqrt(A) from the Gram matrix W = Y Y^T of the centred projected samples, whose eigenvalues
+        over n - 1 are A's nonzero ones; each replicate's from W's kept rows and columns K, centred at the kept
+        samples' mean (W_KK - c 1^T - 1 c^T + mean(c), c = W_KK 1 / m). Exact; one n x n matrix in all (the 64 kept
+        sets stacked took 9.6 GB and 75 s at 2,000 Inception features on 2 cores)."""
+        gram = whitened @ whitened.T
+        kept_root = torch.empty(membership.shape[1], dtype=torch.float64, device=whitened.device)
+        for g in range(len(kept_root)):
+            kept = (membership[:, g] == 0).nonzero().squeeze(1)
+            block = gram[kept][:, kept]
+            row_means = block.mean(1)
+            centred = block - row_means[:, None] - row_means[None, :] + row_means.mean()
+            kept_root[g] = self._sqrt_trace(centred / (len(kept) - 1), len(kept))
+        return self._sqrt_trace(gram / (len(gram) - 1), len(gram)), kept_root
+
+    def _primal_roots(self, whitened: torch.Tensor, membership: torch.Tensor) -> tuple:
+        """n > r: tr sqrt of the whitened covariance A = Y^T Y / (n - 1) of the centred projected samples Y, and of
+        each replicate's A_k = (Y^T Y - Y_g^T Y_g - s_g s_g^T / n_k) / (n_k - 1) from the sums less its group's
+        (s_g: the group's sum of Y, minus the kept samples'). Exact (an eigendecomposition per replicate) up to
+        rank ``EXACT_RANK`` or below ``EXPANDED_FROM`` r samples. Above, one eigendecomposition A = V diag(l) V^T
+        in all (at 2,048 Inception dimensions and 10,000 samples, 64 take half a minute per row on 2 cores), and
+        tr sqrt(A + D) to second order in D = A_k - A, in its basis (D' = V^T D V): sum_j D'_jj / (2 sqrt l_j) -
+        sum_jk D'_jk^2 / (4 sqrt l_j sqrt l_k (sqrt l_j + sqrt l_k)) (the Daleckii-Krein expansion). D is about
+        1/64 of A, so the error is third order. Measured against the exact replicates on Fashion-MNIST Inception
+        features and the shipped test-split statistics: samples of the shipped UNet (ddim, 5 steps; FID 70) and a
+        mix with training images (FID 25) at 4,096 to 12,000 samples, SE within 0.04%; training images alone
+        (FID 2.7-4.4, where FID's first-order fluctuations cancel and its spread is itself second order) 5.6% apart
+        at 4,096 samples, 2.4% at 6,000, 0.3% and 0.4% at 8,192 and 9,000: hence 4 samples a dimension."""
+        n, rank = whitened.shape
+        kept = n - membership.sum(0)
+        second = whitened.T @ whitened
         exact = rank <= EXACT_RANK or n < EXPANDED_FROM * rank
         if exact:
-            root = torch.linalg.eigvalsh(second / (n - 1)).clamp_min(0).sqrt().sum()
+            root = self._sqrt_trace(second / (n - 1), n)
         else:  # the replicates in A's eigenbasis: Z = Y V, whose second moments are (n - 1) diag(l)
             values, vectors = torch.linalg.eigh(second / (n - 1))
             roots = values.clamp_min(values[-1] * torch.finfo(torch.float64).eps).sqrt()
             root = roots.sum()
             curvature = 1 / (roots[:, None] * roots[None, :] * (roots[:, None] + roots[None, :]))
-            whitened_samples, second = whitened_samples @ vectors, torch.diag(values * (n - 1))
-        kept_root = torch.empty(len(kept), dtype=torch.float64, device=features.device)
+            whitened, second = whitened @ vectors, torch.diag(values * (n - 1))
+        kept_root = torch.empty(len(kept), dtype=torch.float64, device=whitened.device)
         for g in range(len(kept)):
-            dropped = whitened_samples[membership[:, g] > 0]
+            dropped = whitened[membership[:, g] > 0]
             kept_sum = -dropped.sum(0)
             kept_whitened = (second - dropped.T @ dropped - torch.outer(kept_sum, kept_sum) / kept[g]) / (kept[g] - 1)
             if exact:
-                kept_root[g] = torch.linalg.eigvalsh(kept_whitened).clamp_min(0).sqrt().sum()
+                kept_root[g] = self._sqrt_trace(kept_whitened, int(kept[g]))
             else:
                 change = kept_whitened - torch.diag(values)  # D' = V^T (A_k - A) V
                 kept_root[g] = root + (change.diagonal() / roots).sum() / 2 - (change.square() * curvature).sum() / 4
-        return float(mean_term + self.trace - 2 * root), jackknife_se(kept_mean_term + self.trace - 2 * kept_root)
+        return root, kept_root
 
 
 class KernelReference:
