@@ -10,7 +10,9 @@ and their NFE is taken as the reference solve's (at their looser tolerance they 
 Time: the network's seconds per image-forward and the Inception network's seconds per image, measured here at the
 spec's batch (a few untimed then timed calls), times the counts. What is not in it: the harness's own work per
 configuration (solver arithmetic, metric arithmetic, writing rows), which dominates on the analytic mixtures (cheap
-networks) and which the plan measures as ``per_config_s`` by running one configuration of the grid in full.
+networks) and which the plan measures as ``per_config_s`` by running one configuration of the grid in full. Left
+out, and named in the plan's lines: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (their
+forwards count at eager speed).
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ from solvers import SOLVERS
 from solvers.reference import reference_solve
 
 REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
+UNCOUNTED = {  # exec mode -> its one-off cost, which the plan does not measure (its forwards count at eager speed)
+    "compile": "torch.compile's compilation, once per model and batch shape (rows: warmup_s)",
+    "cuda_graph": "each cuda_graph config's capture, once per batch shape (rows: capture_s)"}
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Plan:
     reference_solves: int = 0
     seconds: dict = field(default_factory=dict)  # what -> estimated seconds
     measured: dict = field(default_factory=dict)  # what was measured, per model
+    uncounted: list = field(default_factory=list)  # costs the grid has that the estimate leaves out
 
     @property
     def total_s(self) -> float:
@@ -60,7 +66,7 @@ class Plan:
         for what, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
             if seconds > 0:
                 out.append(f"  {what}: {seconds / 60:.1f} min ({100 * seconds / max(self.total_s, 1e-9):.0f}%)")
-        return out
+        return out + [f"not in the estimate: {what}" for what in self.uncounted]
 
 
 def passes_per_evaluation(cfg: RunConfig) -> int:
@@ -118,6 +124,8 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
     runnable = [c for c in configs if c.skip_reason is None]
     plan.skipped = len(configs) - len(runnable)
     plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
+    modes = {c.exec_mode for c in runnable}
+    plan.uncounted = [what for mode, what in UNCOUNTED.items() if mode in modes]
     cache, measured = SweepCache(), {}
     for cfg in runnable:
         if measure and cfg.model not in measured:

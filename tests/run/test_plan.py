@@ -41,6 +41,14 @@ def test_the_estimate_is_the_measured_costs_times_the_counts():
     assert set(plan.seconds) >= {"network: solves", "network: reference solves", "harness per configuration"}
 
 
+def test_the_one_off_costs_of_compile_and_cuda_graph_are_named_as_left_out():
+    assert _plan(models=["ring2d"], solvers=["ddim"], steps=[4]).uncounted == []
+    plan = _plan(models=["ring2d"], solvers=["ddim"], steps=[4], exec_modes=["eager", "compile"])
+    assert plan.uncounted == ["torch.compile's compilation, once per model and batch shape (rows: warmup_s)"]
+    plan.measured, plan.seconds = {"ring2d": "ring2d: 1 ms per image-forward"}, {"network: solves": 60.0}
+    assert plan.lines()[-1] == "not in the estimate: " + plan.uncounted[0]
+
+
 def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\n')
