@@ -60,7 +60,8 @@ stage grid "${GRID_S:-600}" "$PYTHON" -m bench run "$SPEC" --out "$OUT_DIR/run" 
     ${GRID_ARGS:-}  # e.g. GRID_ARGS="--max-minutes 7": n_samples cut to fit when the plan says more (printed in grid.log)
 stage report 120 "$PYTHON" -m bench report "$OUT_DIR/run"
 # 5. The class-conditional model at guidance scales 1 and 3 (FID on 10,000 samples), its own spec and run folder.
-stage guided_grid "${GUIDED_S:-300}" "$PYTHON" -m bench run "$GUIDED_SPEC" --out "$OUT_DIR/run-guided" --no-progress
+stage guided_grid "${GUIDED_S:-300}" "$PYTHON" -m bench run "$GUIDED_SPEC" --out "$OUT_DIR/run-guided" --no-progress \
+    ${GUIDED_ARGS:-}  # e.g. GUIDED_ARGS="--max-minutes 3", as GRID_ARGS
 stage guided_report 120 "$PYTHON" -m bench report "$OUT_DIR/run-guided"
 stage summary 60 "$PYTHON" benchmarks/gpu_check_summary.py "$OUT_DIR"
 # One archive of the folder to bring back (a lease returns few files): all but the reference solves' samples (82 MB

@@ -121,7 +121,8 @@ def download_wheels(folder: Path) -> list[Path]:
 LEASE_COMMAND = ('. benchmarks/gpu_lease_install.sh && PYTHON=python3 OUT_DIR=results/scratch/gpu-check {settings} '
                  'benchmarks/gpu_check.sh; cp results/scratch/gpu-check.tgz results/scratch/gpu-check/summary.md "$OUT/"')
 GRID_FIRST = 'GRID_ARGS="--max-minutes 6" GRID_S=480 STAGES="grid report summary"'  # the grid sized to the lease
-THEN = 'STAGES="guided_grid guided_report sd_loop gpu_tests summary"'  # if device time is left
+THEN = ('STAGES="sd_loop gpu_tests summary"',  # while device time is left, in this order
+        'GUIDED_ARGS="--max-minutes 3" STAGES="guided_grid guided_report summary"')
 
 
 def main(argv=None) -> int:
@@ -141,8 +142,9 @@ def main(argv=None) -> int:
         print(f'  run(carry=["{folder.relative_to(ROOT)}"], timeout_s=60, command="ls .carry/*")')
     print(f"  run(carry=[\"{folders[-1].relative_to(ROOT)}\"], timeout_s=600, command='"
           f"{LEASE_COMMAND.format(settings=GRID_FIRST)}')")
-    print(f"then, while the machine is warm and device time is left: run(timeout_s=600, command='"
-          f"{LEASE_COMMAND.format(settings=THEN)}')")
+    print("then, while the machine is warm and device time is left, each into the same OUT_DIR:")
+    for settings in THEN:
+        print(f"  run(timeout_s=600, command='{LEASE_COMMAND.format(settings=settings)}')")
     return 0
 
 
