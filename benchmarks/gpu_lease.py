@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ WEIGHTS = Path(".cache/fid/inception-2015-12-05-fidhelper.pth")
 WHEELS = ("diffusers==0.42.1", "torch-fidelity==0.4.0", "torchsde==0.2.6", "trampoline==0.1.2")
 CALL_LIMIT = 64 * 2**20  # bytes a device call carries, the working tree included
 MARGIN = 2**20  # for files that change between preparing and calling
+MANIFEST_BYTES = 4096  # room kept in the first call for the manifest
 PART = "fid.part-{:03d}"
 
 
@@ -39,18 +41,17 @@ def tree_bytes(root: Path = ROOT) -> int:
     return sum((root / name.decode()).stat().st_size for name in set(listed) if name and (root / name.decode()).is_file())
 
 
-def part_sizes(payload: int, first_call_taken: int, room: int) -> list[list[int]]:
-    """The weight parts of each call: the first call's room less ``first_call_taken`` (wheels, manifest), then
+def part_sizes(payload: int, first_call_taken: int, room: int) -> list[int]:
+    """The weight part of each call: the first call's room less ``first_call_taken`` (wheels, manifest), then
     ``room`` a call, until ``payload`` bytes are placed."""
     if room <= first_call_taken:
         raise ValueError(f"a call has room for {room:,} bytes beside the working tree, the wheels take "
                          f"{first_call_taken:,}: make the working tree smaller")
-    calls, left, free = [], payload, room - first_call_taken
+    sizes, left, free = [], payload, room - first_call_taken
     while left > 0:
-        calls.append([min(left, free)])
-        left -= calls[-1][0]
-        free = room
-    return calls or [[]]
+        sizes.append(min(left, free))
+        left, free = left - sizes[-1], room
+    return sizes
 
 
 def prepare(weights: Path, wheels: list[Path], tree: int, out: Path = CARRY, limit: int = CALL_LIMIT,
@@ -58,27 +59,21 @@ def prepare(weights: Path, wheels: list[Path], tree: int, out: Path = CARRY, lim
     """Write the call folders under ``out`` (replacing earlier ones) and return them, in call order: ``weights`` in
     parts, to be joined at ``target`` (relative to the checkout there), and ``wheels`` with the manifest in the
     first."""
-    room = limit - tree - MARGIN
-    wheel_bytes = sum(w.stat().st_size for w in wheels)
     data = weights.read_bytes()
-    calls = part_sizes(len(data), wheel_bytes + 4096, room)
-    for old in sorted(out.glob("call-*")):
-        for file in sorted(old.rglob("*"), reverse=True):
-            file.unlink() if file.is_file() else file.rmdir()
-        old.rmdir()
-    folders, offset, index = [], 0, 0
-    for number, sizes in enumerate(calls, start=1):
-        folder = out / f"call-{number}"
-        folder.mkdir(parents=True)
-        for size in sizes:
-            (folder / PART.format(index)).write_bytes(data[offset:offset + size])
-            offset, index = offset + size, index + 1
-        folders.append(folder)
+    sizes = part_sizes(len(data), sum(w.stat().st_size for w in wheels) + MANIFEST_BYTES, limit - tree - MARGIN)
+    for old in out.glob("call-*"):
+        shutil.rmtree(old)
+    folders, offset = [], 0
+    for index, size in enumerate(sizes):
+        folders.append(out / f"call-{index + 1}")
+        folders[-1].mkdir(parents=True)
+        (folders[-1] / PART.format(index)).write_bytes(data[offset:offset + size])
+        offset += size
     (folders[0] / "wheels").mkdir()
     for wheel in wheels:
         (folders[0] / "wheels" / wheel.name).write_bytes(wheel.read_bytes())
     manifest = {"weights": str(target), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                "parts": index, "calls": len(folders), "wheels": sorted(w.name for w in wheels)}
+                "parts": len(sizes), "calls": len(folders), "wheels": sorted(w.name for w in wheels)}
     (folders[0] / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folders
 
