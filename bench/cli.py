@@ -32,12 +32,11 @@ def cmd_run(args) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    configs = config.expand(spec, device=args.device)
     if args.max_minutes is not None:
-        spec = _fit_to_minutes(spec, configs, args.max_minutes)
+        spec = _fit_to_minutes(spec, args.device, args.max_minutes)
         if spec is None:
             return 2
-        configs = config.expand(spec, device=args.device)
+    configs = config.expand(spec, device=args.device)
     if args.shard:
         configs = config.shard(configs, *args.shard)
     run_dir = Path(args.resume or args.out or store.new_run_dir(DEFAULT_RESULTS, spec.name))
@@ -73,33 +72,53 @@ def cmd_run(args) -> int:
     return 1 if counts.get("lost") else 0
 
 
-def _fit_to_minutes(spec, configs, minutes: float):
-    """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate fits ``minutes``
-    (the plan measured here first), or the spec as it is when it fits; None after printing why nothing fits."""
+FIT_PLANS = 3  # --max-minutes measures the plan at most this often: at the spec's N, then at each cut N
+
+
+def _fit_to_minutes(spec, device, minutes: float):
+    """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate fits ``minutes``,
+    or the spec as it is when it fits; None after printing why nothing fits. A cut N is planned again, measured at that
+    N (the harness's work per configuration does not scale with N: the image metrics' arithmetic changes its method
+    with it, FID's jackknife exact below 8,192 samples and expanded above), and cut again from that plan if it still
+    does not fit, up to FIT_PLANS plans; the last cut then runs on its extrapolated estimate."""
+    from bench.run.plan import estimate_at, samples_to_fit
+    from bench.spec import config
+
+    flag, trial, first = f"--max-minutes {minutes:g}", spec, None
+    for measured in range(1, FIT_PLANS + 1):
+        plan = _plan_or_none(config.expand(trial, device=device), flag)
+        if plan is None:
+            return None
+        n = trial.values["n_samples"]
+        first = first or f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}"
+        try:
+            fitting = samples_to_fit(plan, n, 60 * minutes)
+        except ValueError as err:
+            print(f"{flag}: {err}", file=sys.stderr)
+            return None
+        if fitting == n:
+            print(f"{first}: fits" if trial is spec else f"{first}; running N = {n} (estimated "
+                  f"{plan.total_s / 60:.1f} min, measured at that N; {SMALLER_N})", file=sys.stderr)
+            return trial
+        trial = _with_samples(spec, fitting)
+        if measured < FIT_PLANS:
+            print(f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}; measuring the plan again at N = "
+                  f"{fitting} (extrapolated: {estimate_at(plan, n, fitting) / 60:.1f} min)", file=sys.stderr)
+    print(f"{first}; running N = {fitting} (estimated {estimate_at(plan, n, fitting) / 60:.1f} min, extrapolated "
+          f"from the plan at N = {n}; {SMALLER_N})", file=sys.stderr)
+    return trial
+
+
+SMALLER_N = "FID and the other sample statistics are noisier and FID is biased upwards at smaller N"
+
+
+def _with_samples(spec, n: int):
+    """``spec`` with n_samples = n (batch_size at most n) and a hash of its own."""
     import dataclasses
     import hashlib
 
-    from bench.run.plan import estimate_at, samples_to_fit
-
-    plan = _plan_or_none(configs, f"--max-minutes {minutes:g}")
-    if plan is None:
-        return None
-    n = spec.values["n_samples"]
-    try:
-        fitting = samples_to_fit(plan, n, 60 * minutes)
-    except ValueError as err:
-        print(f"--max-minutes {minutes:g}: {err}", file=sys.stderr)
-        return None
-    if fitting == n:
-        print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}: fits", file=sys.stderr)
-        return spec
-    estimate = estimate_at(plan, n, fitting)
-    print(f"--max-minutes {minutes:g}: estimated {plan.total_s / 60:.1f} min at N = {n}; running N = {fitting} "
-          f"(estimated {estimate / 60:.1f} min; FID and the other sample statistics are noisier and FID is biased "
-          "upwards at smaller N)", file=sys.stderr)
-    values = {**spec.values, "n_samples": fitting, "batch_size": min(spec.values["batch_size"], fitting)}
-    digest = hashlib.sha1(f"{spec.hash}:n_samples={fitting}".encode()).hexdigest()[:12]
-    return dataclasses.replace(spec, values=values, hash=digest)
+    values = {**spec.values, "n_samples": n, "batch_size": min(spec.values["batch_size"], n)}
+    return dataclasses.replace(spec, values=values, hash=hashlib.sha1(f"{spec.hash}:n_samples={n}".encode()).hexdigest()[:12])
 
 
 def _load_spec(path):

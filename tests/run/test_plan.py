@@ -114,17 +114,43 @@ def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
         assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in stderr
 
 
-def test_run_max_minutes_runs_the_cut_sample_count_and_says_so(tmp_path, monkeypatch):
-    """The plan replaced by a known one (2 min at N = 4000, 6 s of it fixed per configuration): 1 minute fits
-    N = 4000 x (60 - 6) / 114 = 1894, which the run prints, runs and records."""
+def _run_with_known_plans(tmp_path, monkeypatch, harness_s):
+    """`run --max-minutes 1` with the plan replaced by a known one at each N: 114 s at N = 4000 that scale with N, and
+    ``harness_s(N)`` of the harness's own per configuration."""
     import bench.run.plan
 
-    known = Plan(configs=1, seconds={"network: solves": 100.0, "Inception": 14.0, "harness per configuration": 6.0})
-    monkeypatch.setattr(bench.run.plan, "make_plan", lambda configs, measure=True: known)
+    def known(configs, measure=True):
+        n = configs[0].n_samples
+        return Plan(configs=1, seconds={"network: solves": 100.0 * n / 4000, "Inception": 14.0 * n / 4000,
+                                        "harness per configuration": harness_s(n)})
+
+    monkeypatch.setattr(bench.run.plan, "make_plan", known)
     spec = tmp_path / "s.toml"
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 4000\n'
                     'metrics = ["frechet"]\ntime_limit_s = 0\ntiming_repeats = 1\n')
     status, _, stderr = bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", "--max-minutes", "1")
     assert status == 0, stderr
-    assert "--max-minutes 1: estimated 2.0 min at N = 4000; running N = 1894 (estimated 1.0 min;" in stderr
-    assert set(store.load_rows(tmp_path / "run").n_samples) == {1894}
+    return stderr, set(store.load_rows(tmp_path / "run").n_samples)
+
+
+def test_run_max_minutes_runs_the_cut_sample_count_and_says_so(tmp_path, monkeypatch):
+    """6 s fixed per configuration: 1 minute fits N = 4000 x (60 - 6) / 114 = 1894, which the plan measured again
+    there confirms; the run prints it, runs it and records it."""
+    stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0)
+    assert "--max-minutes 1: estimated 2.0 min at N = 4000; measuring the plan again at N = 1894 (extrapolated: " \
+           "1.0 min)" in stderr
+    assert "--max-minutes 1: estimated 2.0 min at N = 4000; running N = 1894 (estimated 1.0 min, measured at that N;" \
+           in stderr
+    assert ran == {1894}
+
+
+def test_run_max_minutes_cuts_again_when_the_plan_at_the_cut_n_says_more(tmp_path, monkeypatch):
+    """The harness's own seconds per configuration grow below N = 3000 (as FID's jackknife turns exact below 8,192
+    samples): the cut N = 1894 measures 30 + 54 = 84 s, so N is cut again from that plan, to 1894 x 30 / 54 = 1052,
+    which measures 60 s and runs. With no plan fitting, the third plan's cut runs on its extrapolation."""
+    stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0 if n >= 3000 else 30.0)
+    assert "estimated 1.4 min at N = 1894; measuring the plan again at N = 1052" in stderr
+    assert "running N = 1052 (estimated 1.0 min, measured at that N;" in stderr and ran == {1052}
+    (tmp_path / "b").mkdir()  # 8.42 s more at N = 1052: 68 s, cut to 1052 x (60 - 38.42) / 29.98 = 757
+    stderr, ran = _run_with_known_plans(tmp_path / "b", monkeypatch, lambda n: 6.0 if n >= 3000 else 30 + (1894 - n) / 100)
+    assert "running N = 757 (estimated 1.0 min, extrapolated from the plan at N = 1052;" in stderr and ran == {757}
