@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = Path(".carry")
 WEIGHTS = Path(".cache/fid/inception-2015-12-05-fidhelper.pth")
-WHEELS = ("diffusers==0.42.1", "torch-fidelity==0.4.0", "torchsde==0.2.6", "trampoline==0.1.2")
+LACKING = ("diffusers", "torch-fidelity", "torchsde")  # pinned in pyproject.toml; the machine has the rest
+UNPINNED_WHEELS = ("trampoline==0.1.2",)  # torchsde's own dependency, which pyproject.toml does not name
 CALL_LIMIT = 64 * 2**20  # bytes a device call carries, the working tree included
 MARGIN = 2**20  # for files that change between preparing and calling
 MANIFEST_BYTES = 4096  # room kept in the first call for the manifest
@@ -73,7 +74,7 @@ def prepare(weights: Path, wheels: list[Path], tree: int, out: Path = CARRY, lim
     for wheel in wheels:
         (folders[0] / "wheels" / wheel.name).write_bytes(wheel.read_bytes())
     manifest = {"weights": str(target), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                "parts": len(sizes), "calls": len(folders), "wheels": sorted(w.name for w in wheels)}
+                "parts": len(sizes), "wheels": sorted(w.name for w in wheels)}
     (folders[0] / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folders
 
@@ -91,7 +92,8 @@ def join(carry: Path = CARRY) -> Path:
     missing = [name for name in names if name not in parts]
     if missing:
         raise SystemExit(f"weight parts missing: {', '.join(missing)} of {manifest['parts']} (calls 1-"
-                         f"{manifest['calls']} must each have carried their folder while the machine stayed warm)")
+                         f"{manifest['parts']}, one part each, must each have carried their folder while the machine "
+                         f"stayed warm)")
     data = b"".join(parts[name].read_bytes() for name in names)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != manifest["bytes"] or digest != manifest["sha256"]:
@@ -103,13 +105,25 @@ def join(carry: Path = CARRY) -> Path:
     return target
 
 
+def wheel_specs(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """``name==version`` of each wheel the machine lacks: pyproject.toml's pins of LACKING, and UNPINNED_WHEELS."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    pins = {dep.split("==")[0]: dep for dep in tomllib.loads(pyproject.read_text())["project"]["dependencies"]}
+    return [pins[name] for name in LACKING] + list(UNPINNED_WHEELS)
+
+
 def download_wheels(folder: Path) -> list[Path]:
     """The wheels the machine lacks, for its Python 3.12 (all pure Python), from PyPI or this machine's cache."""
+    specs = wheel_specs()
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux2014_x86_64",
-                    "-d", str(folder), *WHEELS], check=True)
-    wanted = {spec.split("==")[0].replace("-", "_") + "-" + spec.split("==")[1] for spec in WHEELS}
+                    "-d", str(folder), *specs], check=True)
+    wanted = {spec.split("==")[0].replace("-", "_") + "-" + spec.split("==")[1] for spec in specs}
     return sorted(w for w in folder.glob("*.whl") if "-".join(w.name.split("-")[:2]) in wanted)
 
 

@@ -19,7 +19,7 @@ Replicates are computed in float64 with exact formulas (FID's trace term from th
 samples' whitened covariance), seeded from the config's seed, so a rerun gives the same standard errors; but
 for FID's trace term above ``EXACT_RANK`` dimensions with ``EXPANDED_FROM`` samples per dimension or more (the
 standard FID at 8,192 samples or more), which is expanded to second order about the whole set's: one
-eigendecomposition of 2,048 x 2,048 instead of 64 (see FrechetReference._primal_jackknife for how close).
+eigendecomposition of 2,048 x 2,048 instead of 64 (see FrechetReference._primal_roots for how close).
 """
 from __future__ import annotations
 

@@ -78,6 +78,15 @@ def test_a_call_without_room_for_the_wheels_is_refused(tmp_path):
         lease.prepare(weights, wheels, TREE, tmp_path / ".carry", TREE + lease.MARGIN + 4_000)
 
 
+def test_the_wheels_are_pyprojects_pins_of_what_the_machine_lacks():
+    from bench.spec.config import tomllib
+
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    specs = lease.wheel_specs()
+    assert [s.split("==")[0] for s in specs] == [*lease.LACKING, "trampoline"]
+    assert all(s in pinned for s in specs[:-1]) and all("==" in s for s in specs)
+
+
 def test_the_tree_is_tracked_files_and_untracked_ones_git_does_not_ignore(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
