@@ -59,23 +59,25 @@ def metrics_page() -> str:
 
 
 def columns_page() -> str:
-    from bench.metrics import COLUMNS as METRIC_COLUMNS, METRICS
+    from bench.metrics import BETTER, COLUMNS as METRIC_COLUMNS, METRICS
     from bench.run.store import OUTCOME_COLUMNS, RUN_COLUMNS
 
     filled_by = {}
     for name, metric in METRICS.items():
         for column in metric.columns:
             filled_by.setdefault(column, []).append(name)
-    rows = [[f"`{c}`", str(kind), text, "every row"] for c, (kind, text) in RUN_COLUMNS.items()]
-    rows += [[f"`{c}`", str(kind), text, ", ".join(f"`{m}`" for m in filled_by[c])]
+    rows = [[f"`{c}`", str(kind), text, "every row", ""] for c, (kind, text) in RUN_COLUMNS.items()]
+    rows += [[f"`{c}`", str(kind), text, ", ".join(f"`{m}`" for m in filled_by[c]), BETTER.get(c, "")]
              for c, (kind, text) in METRIC_COLUMNS.items() if c not in RUN_COLUMNS]
-    rows += [[f"`{c}`", str(kind), text, "every row"] for c, (kind, text) in OUTCOME_COLUMNS.items()]
+    rows += [[f"`{c}`", str(kind), text, "every row", ""] for c, (kind, text) in OUTCOME_COLUMNS.items()]
     return "\n\n".join([
         "# Columns of a row", GENERATED,
         "One row per (run, config), in `<run>/rows/*.parquet` (`bench.run.store.load_rows(RUN)` gives the table; "
         "DuckDB reads the folder as it is). A metric's columns are empty where the spec did not ask for it or it did "
-        "not apply; the row's `message` says why where a user would wonder.",
-        _table(["column", "type", "what it holds", "filled by"], rows)]) + "\n"
+        "not apply; the row's `message` says why where a user would wonder. better: which way a figure improves, "
+        "as `python -m bench compare` judges it (a figure with a standard error but no direction, such as a "
+        "diversity, is reported there as changed, neither better nor worse).",
+        _table(["column", "type", "what it holds", "filled by", "better"], rows)]) + "\n"
 
 
 def spec_page() -> str:

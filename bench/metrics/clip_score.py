@@ -67,4 +67,4 @@ register(Metric(
     {"clip_score": (F64, "mean over samples of 100 x max(cos(CLIP image embedding, its prompt's), 0)"),
      "clip_score_se": (F64, "its standard error (bootstrap over samples)"),
      "clip_model_sha256": (STR, "sha256 (prefix) of the CLIP weights")},
-    ("images",), _clip_score))
+    ("images",), _clip_score, better={"clip_score": "higher"}))

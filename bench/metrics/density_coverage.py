@@ -48,4 +48,4 @@ register(Metric(
      "density_se": (F64, "its standard error"),
      "coverage": (F64, "the share of reference balls holding a sample"),
      "coverage_se": (F64, "its standard error (jackknife over samples)")},
-    ("images", "inception", "dataset"), _density_coverage))
+    ("images", "inception", "dataset"), _density_coverage, better={"coverage": "higher"}))

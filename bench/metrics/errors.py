@@ -50,17 +50,17 @@ register(Metric(
     {"err_reference": (F64, "median over samples of |x - x_reference| (L2 over the sample's values)"),
      "err_reference_se": (F64, "its standard error (bootstrap over samples)"),
      "reference_tolerance": (F64, "rtol = atol of the reference solve")},
-    ("reference",), _err_reference))
+    ("reference",), _err_reference, better={"err_reference": "lower"}))
 register(Metric(
     "err_stepdoubling", "median (and RMS) over samples of |x_n - x_2n| / (2^p - 1), same x_T and Brownian path",
     {"err_stepdoubling": (F64, "median over samples of |x_n - x_2n| / (2^p - 1), p the run's order"),
      "err_stepdoubling_se": (F64, "its standard error (bootstrap over samples)"),
      "err_stepdoubling_rms": (F64, "the root mean square of the same per-sample estimates"),
      "err_stepdoubling_rms_se": (F64, "its standard error (bootstrap over samples)")},
-    ("partner",), _err_stepdoubling))
+    ("partner",), _err_stepdoubling, better={"err_stepdoubling": "lower", "err_stepdoubling_rms": "lower"}))
 register(Metric(
     "drift_vs_eager", "median per-sample L2 distance between a non-eager exec mode's samples and the eager samples "
     "of the same config, x_T and noise path (computed for every non-eager row)",
     {"drift_vs_eager": (F64, "median over samples of |x_mode - x_eager|"),
      "drift_vs_eager_se": (F64, "its standard error (bootstrap over samples)")},
-    ("eager_twin",), _drift, in_spec=False))
+    ("eager_twin",), _drift, in_spec=False, better={"drift_vs_eager": "lower"}))

@@ -139,4 +139,4 @@ register(Metric(
      "nll_se": (F64, "its standard error (over the held-out points)"),
      "nll_bpd": (F64, "the same in bits per dimension of the 8-bit images (networks)"),
      "nll_bpd_se": (F64, "its standard error")},
-    ("dataset",), _nll))
+    ("dataset",), _nll, better={"nll": "lower", "nll_bpd": "lower"}))

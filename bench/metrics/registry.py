@@ -35,8 +35,10 @@ F64, I64, STR = pa.float64(), pa.int64(), pa.string()
 
 @dataclass(frozen=True)
 class Metric:
-    """``columns``: column -> (pyarrow type, what it holds); ``in_spec``: False for a metric computed wherever it
-    applies rather than named in a spec (the drift of a non-eager row)."""
+    """``columns``: column -> (pyarrow type, what it holds); ``better``: figure column -> "lower" or "higher", the
+    direction in which a change is an improvement (what compare judges; a figure left out, such as a diversity or
+    a signed difference, only "changed"); ``in_spec``: False for a metric computed wherever it applies rather than
+    named in a spec (the drift of a non-eager row)."""
 
     name: str
     description: str
@@ -44,6 +46,7 @@ class Metric:
     needs: tuple
     compute: Callable[["Inputs"], dict]
     in_spec: bool = True
+    better: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,18 +87,28 @@ class Inputs:
 
 METRICS: dict[str, Metric] = {}
 COLUMNS: dict[str, tuple] = {}  # every metric column -> (type, description), in registration order
+BETTER: dict[str, str] = {}  # every figure with a direction -> "lower" or "higher"
+DIRECTIONS = ("lower", "higher")
 
 
 def register(metric: Metric) -> Metric:
     """Add ``metric``; a column two metrics fill (precision and recall: in data space or on Inception features) must
-    be declared with the same type by both."""
+    be declared with the same type and direction by both."""
     if metric.name in METRICS:
         raise ValueError(f"metric {metric.name!r} is registered twice")
+    for column, direction in metric.better.items():
+        if column not in metric.columns or f"{column}_se" not in metric.columns or direction not in DIRECTIONS:
+            raise ValueError(f"metric {metric.name!r}: better[{column!r}] = {direction!r}; a direction is one of "
+                             f"{DIRECTIONS} for a column the metric fills with its standard error beside it")
+        if BETTER.get(column, direction) != direction:
+            raise ValueError(f"metric {metric.name!r} says {column!r} is better {direction}, another {BETTER[column]}")
     for column, (kind, description) in metric.columns.items():
         if column in COLUMNS and COLUMNS[column][0] != kind:
             raise ValueError(f"metric {metric.name!r} declares column {column!r} as {kind}, another as "
                              f"{COLUMNS[column][0]}")
+    for column, (kind, description) in metric.columns.items():
         COLUMNS.setdefault(column, (kind, description))
+    BETTER.update(metric.better)
     METRICS[metric.name] = metric
     return metric
 

@@ -94,6 +94,49 @@ def test_rows_without_standard_errors_fall_back_to_the_seed_spread(base_run):
     assert set(flagged.solver) == {"ddpm"} and flagged.threshold.str.contains("seed spread").all()
 
 
+def test_a_figure_better_higher_regresses_when_it_falls(base_run):
+    """Precision and recall are better higher (the metric registry's BETTER): a solver's recall falling to a
+    fifth is a regression, its precision rising by half an improvement, however the other figures stand."""
+    base = store.load_rows(base_run)
+    head = _with_changes(base, {("ddpm", "recall"): 0.2, ("ddpm", "recall_se"): 0.2, ("heun", "precision"): 1.5,
+                                ("heun", "precision_se"): 1e-3})
+    result = compare_runs(base, head)
+    flagged = result["regressions"].query("metric == 'recall'")
+    assert set(flagged.solver) == {"ddpm"} and (flagged["head"] < flagged["base"]).all() and regressed(result)
+    risen = result["improvements"].query("metric == 'precision'")
+    assert set(risen.solver) == {"heun"} and result["regressions"].query("metric == 'precision'").empty
+
+
+def test_a_figure_without_a_direction_is_changed_never_a_regression(base_run):
+    """LPIPS diversity (what eta buys) has no better side: a move beyond noise is reported as changed, in the report
+    too, and a head that only changed it has not regressed."""
+    base = store.load_rows(base_run).assign(lpips_diversity=0.3, lpips_diversity_se=0.01)
+    result = compare_runs(base, _with_changes(base, {("ddpm", "lpips_diversity"): 2.0}))
+    assert set(result["changed"].solver) == {"ddpm"} and set(result["changed"].metric) == {"lpips_diversity"}
+    assert result["regressions"].empty and result["improvements"].empty and not regressed(result)
+
+
+def test_a_new_figure_without_standard_errors_across_seeds_is_not_judged(base_run):
+    """Unpaired rows without standard errors fall back to the seed noise measured for the old figures; one it was
+    not measured for has nothing to be judged by, and is left out rather than failing the comparison."""
+    base = store.load_rows(base_run).drop(columns=["recall_se"])
+    head = _with_changes(base, {("ddpm", "recall"): 0.2}).assign(seed=lambda df: df.seed + 10)
+    result = compare_runs(base, head)
+    assert not result["paired"] and result["changes"].query("metric == 'recall'").empty
+
+
+def test_a_shift_across_seeds_is_judged_only_where_the_seeds_own_move_was_measured(base_run):
+    """Every config of a run moves with its seed's x_T, so a whole model's move between runs of different seeds
+    is judged against the move measured between seeds (SEED_SHIFT); coverage has none: not judged, and said so.
+    The same fall between runs of the same seeds is a systematic regression."""
+    base = store.load_rows(base_run).assign(coverage=0.9, coverage_se=0.01)
+    unpaired = compare_runs(base, base.assign(seed=base.seed + 10, coverage=0.6))["shifts"].set_index(["model", "metric"])
+    assert unpaired.loc[("ring2d", "coverage"), "threshold"].startswith("not judged")
+    assert pd.isna(unpaired.loc[("ring2d", "coverage"), "verdict"])
+    paired = compare_runs(base, base.assign(coverage=0.6))["shifts"].set_index(["model", "metric"])
+    assert paired.loc[("ring2d", "coverage"), "verdict"] == "regression"
+
+
 def test_kid_is_judged_by_differences_not_ratios(base_run):
     """An unbiased KID can be 0 or below: a ratio would flag any change of sign."""
     from bench.analysis.compare import _judge
@@ -165,7 +208,8 @@ def test_report_gives_the_seed_spread(base_run):
 
 AA_SPEC = {"models": ["ring2d", "gmm_hd"], "solvers": ["euler", "heun", "ddim", "dpmpp_2m", "unipc_2", "ddpm"],
            "steps": [4, 8, 16], "spacings": ["logsnr", "karras"], "etas": [0.0, 1.0], "n_samples": 128,
-           "metrics": ["err_reference", "err_stepdoubling", "frechet", "sliced_wasserstein"]}
+           "metrics": ["err_reference", "err_stepdoubling", "frechet", "sliced_wasserstein", "precision_recall",
+                       "sample_log_density"]}
 
 
 @pytest.fixture(scope="module")
