@@ -125,10 +125,23 @@ def environment(device: str) -> dict:
         cuda = {"cuda_version": torch.version.cuda, "cudnn_version": str(cudnn) if cudnn else None,
                 "driver_version": _nvidia_driver()}
     else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        device_name = f"cpu ({_cpu_model()}, {os.cpu_count()} cores)"
     return {"git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(), "device": device_name,
             "torch_version": torch.__version__, **cuda, "diffusers_version": _version("diffusers"),
             "torch_fidelity_version": _version("torch-fidelity")}
+
+
+def _cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name where Linux says it (two machines of one architecture time differently: rows on an Intel
+    and an AMD host are not a busy machine's shift), else the architecture."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _version(distribution: str) -> str | None:

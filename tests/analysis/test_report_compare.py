@@ -145,6 +145,17 @@ def test_kid_is_judged_by_differences_not_ratios(base_run):
     assert _judge("kid", -1e-4, 2e-2, "m", 128, False, {}, errors=(1e-3, 1e-3))[0] == "regression"
 
 
+def test_nfe_any_change_of_fixed_steps_and_beyond_rounding_noise_of_adaptive_steps():
+    """A fixed-step solver's NFE is exact; an adaptive one's turns on float rounding, paired or not (118 -> 157 NFE
+    of dopri8, the same commit on another CPU), so only a move beyond ADAPTIVE_NFE_NOISE counts."""
+    from bench.analysis.compare import _judge
+
+    assert _judge("nfe", 10, 11, "m", 128, True, {})[0] == "regression"
+    assert _judge("nfe", 118, 157, "m", 128, True, {}, adaptive=True)[0] is None
+    assert _judge("nfe", 118, 236, "m", 128, True, {}, adaptive=True)[0] == "regression"
+    assert _judge("nfe", 118, 59, "m", 128, False, {}, adaptive=True)[0] == "improvement"
+
+
 def test_compare_reports_status_regressions_and_added_configs(base_run):
     base = store.load_rows(base_run)
     head = base.copy()

@@ -1,4 +1,6 @@
-"""The run folder's rows: compaction into part files, and the last written row of a config counting."""
+"""The run folder's rows: compaction into part files, the last written row of a config counting, and the machine a
+row names."""
+import platform
 import subprocess
 import sys
 
@@ -106,3 +108,13 @@ def test_a_folder_that_never_stops_changing_under_the_reader_raises(tmp_path, mo
     monkeypatch.setattr(store, "_row_files", lambda run_dir: [tmp_path / "rows" / f"{'0' * 16}.parquet"])
     with pytest.raises(FileNotFoundError):
         store.load_rows(tmp_path)
+
+
+def test_a_cpu_rows_device_names_the_cpu_model(tmp_path):
+    """Rows from two CPUs of one architecture must not look like one machine (compare would read their timings as a
+    busy machine's shift): the device names the model Linux reports, else the architecture."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert store._cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert store._cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())
+    assert store.environment("cpu")["device"].startswith(f"cpu ({store._cpu_model()}, ")
