@@ -10,6 +10,8 @@ Every figure a metric fills with its standard error beside it is judged (bench.m
 metric registry's ``BETTER`` says whether a move is a regression or an improvement (lower or higher is better), and
 a figure without a direction (a diversity, a density that may exceed 1, a signed difference) is only "changed".
 Per config, a figure counts as changed when:
+- the figures measured against an image reference set (``REFERENCE_SET_FIGURES``: FID, KID, precision/recall,
+  density/coverage) only between rows whose sets are the same (``fid_reference_sha256``); others are counted;
 - nfe: any change of a fixed-step solver's, an adaptive one's beyond ``ADAPTIVE_NFE_NOISE`` (its steps turn on x_T
   and on float rounding); status: ok in the base and not in the head is a regression;
 - a figure with standard errors in both rows (every sample-based one): the change exceeds both its threshold
@@ -43,10 +45,14 @@ import pandas as pd
 
 from bench.analysis.frontier import (CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, describe_config, mean_se, seed_label,
                                      seed_std)
-from bench.metrics import BETTER, COLUMNS as METRIC_COLUMNS
+from bench.metrics import BETTER, COLUMNS as METRIC_COLUMNS, METRICS, needing
 from bench.run.store import load_rows
 
 FIGURES = tuple(column for column in METRIC_COLUMNS if f"{column}_se" in METRIC_COLUMNS)
+# The figures measured against an image reference set (FID's and density/coverage's): judged only between rows whose
+# sets are the same, by fid_reference_sha256 (a folder whose images changed, a subset drawn otherwise).
+REFERENCE_SET_FIGURES = frozenset(column for name in needing("inception") & needing("dataset")
+                                  for column in METRICS[name].columns if column in FIGURES)
 DIRECTION = {**BETTER, "nfe": "lower", "wall_s": "lower"}
 DETERMINISTIC_METRICS = ("err_reference", "err_stepdoubling")  # paired rows: the same x_T, no sampling noise
 JUDGED = (*FIGURES, "nfe", "wall_s")
@@ -121,8 +127,9 @@ def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
     out["wall_s_std"] = np.nan  # timings of different seeds are not repeats of one measurement
     out["status"] = grouped.status.agg(lambda s: "ok" if (s == "ok").all() else s[s != "ok"].iloc[0])
     out["seed"] = grouped.seed.agg(seed_label)
-    for column in ("config_id", *COMPARABLE_TIMING):
-        out[column] = grouped[column].first()
+    for column in ("config_id", *COMPARABLE_TIMING, "fid_reference_sha256"):
+        if column in df:
+            out[column] = grouped[column].first()
     return out.reset_index()
 
 
@@ -187,13 +194,14 @@ def solver_timing(merged: pd.DataFrame, timing: pd.DataFrame, time_ratio: float)
 def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEFAULT_TIME_RATIO) -> dict:
     """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts, timing
     (the run-wide timing shift per device, host and batch), not_comparable (configs whose wall time was not
-    judged), added, removed, matched, paired."""
+    judged), other_reference (configs whose reference-set figures were not judged: their image reference sets
+    differ), added, removed, matched, paired."""
     merged, paired = match(base, head)
     noise = {m: seed_noise(base, m) for m in FIGURES if m in base} if paired else {}
     timing = timing_shift(merged)
     run_shift = {tuple(row[k] for k in COMPARABLE_TIMING): (row["log_wall_median"], row["log_noise"])
                  for row in timing.to_dict("records")}
-    records, log_ratios, untimed = [], [], 0
+    records, log_ratios, untimed, other_reference = [], [], 0, 0
     for row in merged.itertuples(index=False):
         row = row._asdict()
         described = {k: row[k] if k in row else row.get(f"{k}_base") for k in _DESCRIBE}
@@ -205,9 +213,12 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             continue
         timing_comparable = all(_same(row[f"{k}_base"], row[f"{k}_head"]) for k in COMPARABLE_TIMING)
         untimed += not timing_comparable
+        same_reference = _same(row.get("fid_reference_sha256_base"), row.get("fid_reference_sha256_head"))
+        other_reference += not same_reference
         for metric in JUDGED:
             b, h = row.get(f"{metric}_base"), row.get(f"{metric}_head")
-            if b is None or h is None or pd.isna(b) or pd.isna(h) or (metric == "wall_s" and not timing_comparable):
+            if (b is None or h is None or pd.isna(b) or pd.isna(h) or (metric == "wall_s" and not timing_comparable)
+                    or (metric in REFERENCE_SET_FIGURES and not same_reference)):
                 continue
             if b > 0 and h > 0:
                 log_ratios.append((described["model"], metric, math.log(h / b)))
@@ -232,7 +243,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "improvements": changes[changes.verdict == "improvement"],
             "changed": changes[changes.verdict == "changed"], "shifts": _shifts(log_ratios, paired),
             "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
-            "not_comparable": untimed, "added": added.reindex(columns=_DESCRIBE),
+            "not_comparable": untimed, "other_reference": other_reference, "added": added.reindex(columns=_DESCRIBE),
             "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired}
 
 
@@ -350,6 +361,9 @@ def terminal_summary(result: dict, limit: int = 20) -> str:
     """What CI's log should show: how the run's timings moved as a whole (once), the regressed configs and shifts
     themselves, not only their count."""
     lines = [f"  {line}" for line in timing_lines(result)]
+    if result["other_reference"]:
+        lines.append(f"  {result['other_reference']} configs' FID, KID, precision/recall and density/coverage not "
+                     "judged: their image reference sets differ (fid_reference_sha256)")
     for row in result["solver_timing"].query("verdict == 'regression'").to_dict("records"):
         lines.append(f"  solver {row['solver']}: wall_s x{row['median ratio vs the run']:.2f} of the run's shift over "
                      f"{row['configs']} configs (p = {row['p-value']:.1e})")
@@ -390,7 +404,9 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
     doc.paragraph(f"Base commit {commits[0]}, head commit {commits[1]}. {result['matched']} configurations in both "
                   f"({mode}), {len(result['added'])} added, {len(result['removed'])} removed; "
                   f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
-                  f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}.")
+                  f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}."
+                  + (f" FID, KID, precision/recall and density/coverage not judged for {result['other_reference']}: "
+                     "their image reference sets differ (fid_reference_sha256)." if result["other_reference"] else ""))
     doc.heading("Timings of the run as a whole")
     doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])
     doc.heading("Systematic shifts per model (median ratio over configs, Wilcoxon signed-rank)")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.run import store
-from bench.analysis.compare import compare_runs, regressed, resolve_run, timing_lines
+from bench.analysis.compare import compare_runs, regressed, resolve_run, terminal_summary, timing_lines
 from bench.spec.config import expand, parse_spec
 from bench.analysis.report import build_report
 from bench.run.sweep import run_sweep
@@ -135,6 +135,21 @@ def test_a_shift_across_seeds_is_judged_only_where_the_seeds_own_move_was_measur
     assert pd.isna(unpaired.loc[("ring2d", "coverage"), "verdict"])
     paired = compare_runs(base, base.assign(coverage=0.6))["shifts"].set_index(["model", "metric"])
     assert paired.loc[("ring2d", "coverage"), "verdict"] == "regression"
+
+
+def test_image_figures_against_another_reference_set_are_not_judged(base_run):
+    """FID against other reference images (another digest) moves without any solver change: not judged, counted and
+    said; against the same images, the same move is a regression."""
+    base = store.load_rows(base_run).assign(fid=50.0, fid_se=1.0, fid_reference_sha256="aaaa")
+    ok = int((base.status == "ok").sum())
+    other = compare_runs(base, base.assign(fid=80.0, fid_reference_sha256="bbbb"))
+    assert other["changes"].query("metric == 'fid'").empty and other["other_reference"] == ok
+    assert f"{ok} configs' FID" in terminal_summary(other)
+    same = compare_runs(base, base.assign(fid=80.0))
+    assert len(same["regressions"].query("metric == 'fid'")) == ok and same["other_reference"] == 0
+    unpaired = compare_runs(base, base.assign(seed=base.seed + 10, fid=80.0, fid_reference_sha256="bbbb"))
+    assert not unpaired["paired"] and unpaired["changes"].query("metric == 'fid'").empty
+    assert unpaired["other_reference"] == ok // 2  # each config's two seeds averaged into one row
 
 
 def test_kid_is_judged_by_differences_not_ratios(base_run):
