@@ -130,7 +130,8 @@ def test_a_shift_across_seeds_is_judged_only_where_the_seeds_own_move_was_measur
     is judged against the move measured between seeds (SEED_SHIFT); coverage has none: not judged, and said so.
     The same fall between runs of the same seeds is a systematic regression."""
     base = store.load_rows(base_run).assign(coverage=0.9, coverage_se=0.01)
-    unpaired = compare_runs(base, base.assign(seed=base.seed + 10, coverage=0.6))["shifts"].set_index(["model", "metric"])
+    other_seeds = base.assign(seed=base.seed + 10, coverage=0.6)
+    unpaired = compare_runs(base, other_seeds)["shifts"].set_index(["model", "metric"])
     assert unpaired.loc[("ring2d", "coverage"), "threshold"].startswith("not judged")
     assert pd.isna(unpaired.loc[("ring2d", "coverage"), "verdict"])
     paired = compare_runs(base, base.assign(coverage=0.6))["shifts"].set_index(["model", "metric"])
@@ -328,3 +329,27 @@ def test_cli_prints_the_regressed_configs_themselves(base_run, tmp_path):
     assert status == 1 and len(heun_rows) >= 8
     lines = [line for line in stdout.splitlines() if " heun " in line and "err_reference" in line]
     assert len(lines) >= len(heun_rows) - 2 and "(max of 5% and 3 SE)" in lines[0]  # doubled: beyond 3 SE in most
+
+
+def test_seed_shift_measures_the_largest_model_median_and_the_configs_99th_percentile():
+    """benchmarks/seed_shift.py, behind compare's SEED_SHIFT: two seeds of 20 configs per model, one model's recall
+    x1.10 at every config of seed 1 and one config x3; the other model unmoved."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "seed_shift.py"
+    spec = importlib.util.spec_from_file_location("seed_shift", script)
+    seed_shift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_shift)
+    def recall(model, step, seed):
+        if seed == 0:
+            return 0.5
+        return 0.55 if model == "a" else 1.5 if step == 0 else 0.5
+
+    rows = [{"model": model, "solver": "s", "steps": step, "seed": seed, "status": "ok",
+             "recall": recall(model, step, seed)} for model in ("a", "b") for step in range(20) for seed in (0, 1)]
+    table = seed_shift.seed_shifts(pd.DataFrame(rows)).set_index("figure")
+    assert table.loc["recall", "config pairs"] == 40
+    assert table.loc["recall", "largest model median"] == pytest.approx(math.log(1.1))
+    assert table.loc["recall", "x1.5 (SEED_SHIFT)"] == pytest.approx(1.5 * math.log(1.1))
+    assert math.log(1.1) < table.loc["recall", "config p99 (SEED_NOISE_128)"] <= math.log(3.0)
