@@ -327,8 +327,9 @@ def _shifts(log_ratios: list, paired: bool) -> pd.DataFrame:
         median = float(np.median(values))
         nonzero = values[values != 0]
         p_value = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 10 else 1.0
-        if not paired and metric not in SEED_SHIFT:  # every config of a run moves with its seed's x_T, by how much
-            rows.append([model, metric, len(values), math.exp(median), p_value,  # for this figure is unmeasured
+        # Every config of a run moves with its seed's x_T; by how much, for this figure, may be unmeasured.
+        if not paired and metric not in SEED_SHIFT:
+            rows.append([model, metric, len(values), math.exp(median), p_value,
                          "not judged: its move between seeds is not measured (benchmarks/seed_shift.py)", None])
             continue
         floor = SHIFT_FLOOR if paired else SEED_SHIFT[metric]
@@ -357,13 +358,18 @@ def timing_lines(result: dict) -> list[str]:
     return lines
 
 
+def other_reference_line(result: dict) -> str:
+    """What was not judged because the image reference sets differ (said in the terminal and in compare.md)."""
+    return (f"{result['other_reference']} configs' FID, KID, precision/recall and density/coverage not judged: "
+            "their image reference sets differ (fid_reference_sha256)")
+
+
 def terminal_summary(result: dict, limit: int = 20) -> str:
     """What CI's log should show: how the run's timings moved as a whole (once), the regressed configs and shifts
     themselves, not only their count."""
     lines = [f"  {line}" for line in timing_lines(result)]
     if result["other_reference"]:
-        lines.append(f"  {result['other_reference']} configs' FID, KID, precision/recall and density/coverage not "
-                     "judged: their image reference sets differ (fid_reference_sha256)")
+        lines.append(f"  {other_reference_line(result)}")
     for row in result["solver_timing"].query("verdict == 'regression'").to_dict("records"):
         lines.append(f"  solver {row['solver']}: wall_s x{row['median ratio vs the run']:.2f} of the run's shift over "
                      f"{row['configs']} configs (p = {row['p-value']:.1e})")
@@ -405,8 +411,7 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                   f"({mode}), {len(result['added'])} added, {len(result['removed'])} removed; "
                   f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
                   f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}."
-                  + (f" FID, KID, precision/recall and density/coverage not judged for {result['other_reference']}: "
-                     "their image reference sets differ (fid_reference_sha256)." if result["other_reference"] else ""))
+                  + (f" {other_reference_line(result)}." if result["other_reference"] else ""))
     doc.heading("Timings of the run as a whole")
     doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])
     doc.heading("Systematic shifts per model (median ratio over configs, Wilcoxon signed-rank)")
