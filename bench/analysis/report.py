@@ -32,9 +32,10 @@ def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
 SPREAD_METRICS = ("fid", "kid", "frechet", "sliced_wasserstein")
 UNCERTAINTY = (f"Every sample-based figure has its standard error in the column `<metric>_se` (bench.metrics.uncertainty): "
                f"medians and means of per-sample values by the bootstrap over samples ({BOOTSTRAP_REPLICATES} "
-               f"resamples), distances between the sample set and its reference set (FID, KID, precision, recall, the "
+               f"resamples), distances between the sample set and its reference set (FID, KID, recall, coverage, the "
                f"Frechet and sliced Wasserstein distances) by the delete-a-group jackknife ({JACKKNIFE_GROUPS} groups), "
-               f"the reference held fixed. Frontier plots show them as error bars. wall_s is the median of "
+               f"precision as a binomial share (Jeffreys' prior: not 0 when every sample is inside), the reference "
+               f"held fixed. Frontier plots show them as error bars. wall_s is the median of "
                f"timing_repeats timings where a solve took under a second (wall_s_std their spread).")
 
 

@@ -107,7 +107,7 @@ register(Metric(
 register(Metric(
     "precision_recall", "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
     {"precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
-     "precision_se": (F64, "its standard error (jackknife over samples)"),
+     "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
      "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
      "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)")},
     ("exact",), _precision_recall, better={"precision": "higher", "recall": "higher"}))

@@ -415,7 +415,7 @@ register(Metric(
      "kid": (F64, "kernel Inception distance (mean over 100 subsets of up to 1,000)"),
      "kid_se": (F64, "its standard error (jackknife over samples, of the all-pairs estimate)"),
      "precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
-     "precision_se": (F64, "its standard error (jackknife over samples)"),
+     "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
      "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
      "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)"),
      "fid_vs_eager": (F64, "a non-eager exec mode's FID minus its eager twin's"),
