@@ -81,6 +81,7 @@ def _fit_to_minutes(spec, device, minutes: float):
     N (the harness's work per configuration does not scale with N: the image metrics' arithmetic changes its method
     with it, FID's jackknife exact below 8,192 samples and expanded above), and cut again from that plan if it still
     does not fit, up to FIT_PLANS plans; the last cut then runs on its extrapolated estimate."""
+    from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
 
@@ -92,7 +93,7 @@ def _fit_to_minutes(spec, device, minutes: float):
         n = trial.values["n_samples"]
         first = first or f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}"
         try:
-            fitting = samples_to_fit(plan, n, 60 * minutes)
+            fitting = samples_to_fit(plan, n, 60 * minutes, fewest_samples(spec.values["metrics"])[0])
         except ValueError as err:
             print(f"{flag}: {err}", file=sys.stderr)
             return None

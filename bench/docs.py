@@ -46,14 +46,17 @@ def metrics_page() -> str:
     from bench.metrics import METRICS, NEEDS
 
     rows = [[f"`{name}`" + ("" if metric.in_spec else " (every non-eager row)"), metric.description,
-             ", ".join(metric.needs), ", ".join(f"`{c}`" for c in metric.columns)] for name, metric in METRICS.items()]
+             ", ".join(metric.needs), str(metric.min_samples), ", ".join(f"`{c}`" for c in metric.columns)]
+            for name, metric in METRICS.items()]
     return "\n\n".join([
         "# Metrics", GENERATED,
         "The metrics a spec may name in `metrics` (bench/metrics/, one registry entry each; a new metric is one new "
         "file there), what they need and the row columns they fill. Every sample-based figure has its standard error "
         "beside it (`<column>_se`): bootstrap over samples for medians and means of per-sample values, delete-a-group "
-        "jackknife for distances between sample sets (bench/metrics/uncertainty.py).",
-        _table(["metric", "what it measures", "needs", "columns"], rows),
+        "jackknife for distances between sample sets, the binomial for precision (bench/metrics/uncertainty.py). "
+        "Fewest samples: the `n_samples` (and `reference_size` of a drawn reference set) below which a figure or its "
+        "standard error cannot be computed; the spec refuses fewer.",
+        _table(["metric", "what it measures", "needs", "fewest samples", "columns"], rows),
         "What the needs are:",
         _table(["need", "what it is"], [[f"`{k}`", v] for k, v in NEEDS.items()])]) + "\n"
 

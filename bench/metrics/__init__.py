@@ -10,8 +10,8 @@ May import: solvers, bench.files, bench.models. Never the spec, run or analysis 
 import importlib
 import pkgutil
 
-from bench.metrics.registry import (BETTER, COLUMNS, METRICS, NEEDS, Inputs, Metric, for_config, named_in_spec, needing,
-                                    register)
+from bench.metrics.registry import (BETTER, COLUMNS, METRICS, NEEDS, Inputs, Metric, fewest_samples, for_config,
+                                    named_in_spec, needing, register)
 
 # The core metrics first (the order of the row's columns and of the generated tables), then any other module but
 # the weight converters (*_weights.py: run by make as `python -m`, they register nothing and load on demand).
@@ -20,5 +20,5 @@ _OTHERS = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in
 for _name in _FIRST + _OTHERS:
     importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["BETTER", "COLUMNS", "METRICS", "NEEDS", "Inputs", "Metric", "for_config", "named_in_spec", "needing",
-           "register"]
+__all__ = ["BETTER", "COLUMNS", "METRICS", "NEEDS", "Inputs", "Metric", "fewest_samples", "for_config", "named_in_spec",
+           "needing", "register"]

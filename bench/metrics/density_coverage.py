@@ -48,4 +48,5 @@ register(Metric(
      "density_se": (F64, "its standard error"),
      "coverage": (F64, "the share of reference balls holding a sample"),
      "coverage_se": (F64, "its standard error (jackknife over samples)")},
-    ("images", "inception", "dataset"), _density_coverage, better={"coverage": "higher"}))
+    ("images", "inception", "dataset"), _density_coverage, better={"coverage": "higher"},
+    min_samples=NEIGHBOURS + 1))  # k others around each reference point: exact samples are a reference of n

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from bench.metrics.registry import F64, Inputs, Metric, register
-from bench.metrics.uncertainty import (FrechetReference, NeighbourReference, bootstrap_se,
+from bench.metrics.uncertainty import (NEIGHBOUR_SAMPLES, FrechetReference, NeighbourReference, bootstrap_se,
                                        sliced_wasserstein_and_se)
 from bench.models.analytic import GaussianMixture
 
@@ -38,16 +38,16 @@ def sliced_wasserstein(samples: torch.Tensor, reference: torch.Tensor, n_project
     return sliced_wasserstein_and_se(a, b, projections(a.shape[1], n_projections, seed))[0]
 
 
-def _references(inputs: Inputs):
-    """The exact samples' FrechetReference and NeighbourReference, once per exact sample set."""
+def _reference(inputs: Inputs, kind):
+    """The exact samples made ready for one kind of comparison (``FrechetReference.of`` or ``NeighbourReference``),
+    once per exact sample set and kind; None for a model without exact samples."""
     exact = exact_samples(inputs)
     if exact is None:
         return None
     cache = inputs.sweep.setdefault("exact_references", {})
-    key = id(exact)
+    key = (id(exact), kind)  # exact_samples' cache, in the same sweep, keeps the set (and so its id) alive
     if key not in cache:
-        flat = _flat(exact).double()
-        cache[key] = exact, FrechetReference.of(flat), NeighbourReference(flat)
+        cache[key] = kind(_flat(exact).double())
     return cache[key]
 
 
@@ -71,18 +71,20 @@ def _sample_log_density(inputs: Inputs) -> dict:
 
 
 def _frechet(inputs: Inputs) -> dict:
-    references = _references(inputs)
-    if references is None:
+    reference = _reference(inputs, FrechetReference.of)
+    if reference is None:
         return {}
-    value, se = references[1].distance_and_se(_flat(inputs.samples).double().cpu())
+    value, se = reference.distance_and_se(_flat(inputs.samples).double().cpu())
     return {"frechet": value, "frechet_se": se}
 
 
 def _precision_recall(inputs: Inputs) -> dict:
-    references = _references(inputs)
-    if references is None or "fid" in inputs.cfg.metrics:  # with FID, precision/recall are the Inception features'
+    if "fid" in inputs.cfg.metrics:  # with FID, precision/recall are the Inception features'
         return {}
-    return references[2].precision_recall_and_se(_flat(inputs.samples).double().cpu())
+    reference = _reference(inputs, NeighbourReference)
+    if reference is None:
+        return {}
+    return reference.precision_recall_and_se(_flat(inputs.samples).double().cpu())
 
 
 def _sliced_wasserstein(inputs: Inputs) -> dict:
@@ -103,14 +105,14 @@ register(Metric(
     "frechet", "Frechet distance between samples and exact samples of p_0, in data space (analytic models)",
     {"frechet": (F64, "Frechet distance to the exact samples, in data space"),
      "frechet_se": (F64, "its standard error (jackknife over samples)")}, ("exact",), _frechet,
-    better={"frechet": "lower"}))
+    better={"frechet": "lower"}, min_samples=3))  # each kept set's covariance
 register(Metric(
     "precision_recall", "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
     {"precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
      "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
      "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
      "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)")},
-    ("exact",), _precision_recall, better={"precision": "higher", "recall": "higher"}))
+    ("exact",), _precision_recall, better={"precision": "higher", "recall": "higher"}, min_samples=NEIGHBOUR_SAMPLES))
 register(Metric(
     "sliced_wasserstein", "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",
     {"sliced_wasserstein": (F64, "sliced Wasserstein-2 distance to the exact samples, 256 projections"),

@@ -26,7 +26,8 @@ import torch
 from bench import files
 from bench.metrics import fid_weights
 from bench.metrics.registry import F64, I64, STR, Inputs, Metric, register
-from bench.metrics.uncertainty import FrechetReference, KernelReference, NeighbourReference, full_precision_matmul
+from bench.metrics.uncertainty import (NEIGHBOUR_SAMPLES, FrechetReference, KernelReference, NeighbourReference,
+                                       full_precision_matmul)
 
 CACHE_DIR = Path(".cache/fid")
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
@@ -425,4 +426,4 @@ register(Metric(
      "fid_resize": (STR, "how images reach the extractor"), "fid_extractor": (STR, "the feature extractor"),
      "fid_weights_sha256": (STR, "sha256 of the extractor's weights (16 hex)")},
     ("images", "inception", "dataset", "eager_twin"), _fid,
-    better={"fid": "lower", "kid": "lower", "precision": "higher", "recall": "higher"}))
+    better={"fid": "lower", "kid": "lower", "precision": "higher", "recall": "higher"}, min_samples=NEIGHBOUR_SAMPLES))

@@ -189,5 +189,6 @@ register(Metric(
 register(Metric(
     "lpips_diversity", "mean LPIPS (AlexNet, v0.1) over all pairs of samples: what eta buys (image models, 32 px "
     "and up)", {"lpips_diversity": (F64, "mean LPIPS over all pairs of samples"),
-                "lpips_diversity_se": (F64, "its standard error (jackknife over samples)")}, ("images",), _lpips_diversity))
+                "lpips_diversity_se": (F64, "its standard error (jackknife over samples)")}, ("images",), _lpips_diversity,
+    min_samples=3))  # a pair in every kept set
 

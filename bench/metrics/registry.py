@@ -38,7 +38,9 @@ class Metric:
     """``columns``: column -> (pyarrow type, what it holds); ``better``: figure column -> "lower" or "higher", the
     direction in which a change is an improvement (what compare judges; a figure left out, such as a diversity or
     a signed difference, only "changed"); ``in_spec``: False for a metric computed wherever it applies rather than
-    named in a spec (the drift of a non-eager row)."""
+    named in a spec (the drift of a non-eager row); ``min_samples``: the fewest samples per configuration, and images
+    in a reference set it compares with, from which its figures and their standard errors come (2 for a bootstrap,
+    more for a jackknife whose kept samples need a covariance or k nearest neighbours); the spec checks it."""
 
     name: str
     description: str
@@ -47,6 +49,7 @@ class Metric:
     compute: Callable[["Inputs"], dict]
     in_spec: bool = True
     better: dict = field(default_factory=dict)
+    min_samples: int = 2
 
 
 @dataclass
@@ -126,3 +129,10 @@ def for_config(names) -> list[Metric]:
     """The metrics a config computes: those its spec names, in registry order, then those computed wherever they
     apply."""
     return [metric for name, metric in METRICS.items() if name in set(names) or not metric.in_spec]
+
+
+def fewest_samples(names) -> tuple[int, str | None]:
+    """The fewest samples per configuration the metrics ``names`` need (their largest ``min_samples``), and the
+    metric that needs them; 1 and None for no metrics."""
+    needs = max((METRICS[name] for name in names), key=lambda metric: metric.min_samples, default=None)
+    return (needs.min_samples, needs.name) if needs else (1, None)

@@ -33,6 +33,8 @@ import torch
 BOOTSTRAP_REPLICATES = 200
 JACKKNIFE_GROUPS = 64
 EXACT_RANK, EXPANDED_FROM = 256, 4  # FrechetReference: above that rank, from 4 samples per dimension, expanded
+NEAREST = 3  # precision and recall's k (Kynkaanniemi et al. 2019, torch-fidelity's default)
+NEIGHBOUR_SAMPLES = NEAREST + 2  # the fewest samples for them: k others around each, in every set recall's jackknife keeps
 
 
 @contextlib.contextmanager
@@ -260,7 +262,7 @@ class NeighbourReference:
     definition: a radius is the distance to the k-th nearest other point of the same set), in float32 as
     torch-fidelity computes them; the reference's radii are computed once."""
 
-    def __init__(self, reference: torch.Tensor, k: int = 3):
+    def __init__(self, reference: torch.Tensor, k: int = NEAREST):
         self.y, self.k = reference.float(), k
         self.radii = torch.cdist(self.y, self.y).kthvalue(k + 1, dim=1).values
 

@@ -198,18 +198,19 @@ def estimate_at(plan: Plan, n_samples: int, n: int) -> float:
     return fixed + scaled * n / n_samples
 
 
-def samples_to_fit(plan: Plan, n_samples: int, seconds: float) -> int:
+def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) -> int:
     """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the harness's
     per-configuration seconds (taken as fixed); ``n_samples`` itself when the plan already fits. Raises ValueError
-    when no N >= 2 fits (the fixed part alone, or the grid at 2 samples, takes longer)."""
+    when no N >= ``fewest`` (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
     if plan.total_s <= seconds:
         return n_samples
     fixed, scaled = _fixed_and_scaled(plan)
     fitting = int(n_samples * (seconds - fixed) / scaled) if scaled > 0 else 0
-    if fitting < 2:
+    if fitting < max(fewest, 2):
         raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "
                          f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it the harness's own per configuration "
-                         f"whatever N; run fewer configurations (solvers, steps, spacings, exec modes)")
+                         f"whatever N, and its metrics need N >= {max(fewest, 2)}; run fewer configurations "
+                         f"(solvers, steps, spacings, exec modes)")
     return fitting
 
 

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from bench.metrics import named_in_spec, needing
+from bench.metrics import fewest_samples, named_in_spec, needing
 from bench.metrics.fid import FOLDER_PREFIX, folder_files
 import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
@@ -142,7 +142,7 @@ _LIST_KEYS = {
 _SCALAR_KEYS = {
     "name": (str, "a string"),
     "schedule": (str, "schedules: " + ", ".join(SCHEDULES)),
-    "n_samples": (int, "an integer >= 1"),
+    "n_samples": (int, "an integer >= 1, and at least the metrics' fewest samples (docs/metrics.md)"),
     "batch_size": (int, "an integer >= 1"),
     "device": (str, "one of " + ", ".join(DEVICES) + " or cuda:N"),
     "dtype": (str, "one of " + ", ".join(DTYPES)),
@@ -150,7 +150,8 @@ _SCALAR_KEYS = {
     "steps_by_solver": (dict, "a table of per-solver step lists replacing 'steps', e.g. [steps_by_solver] heun = [3, 5]"),
     "etas_by_solver": (dict, "a table of per-solver eta lists replacing 'etas', e.g. [etas_by_solver] "
                              "euler_ancestral = [1.0]"),
-    "reference_size": (int, "an integer >= 2 (images in the FID reference set)"),
+    "reference_size": (int, "an integer >= 2 (images in the FID reference set), and at least the metrics' fewest "
+                       "samples"),
     "fid_reference": (str, "'folder:PATH' (every image of your folder, resized to the samples' size; features cached "
                            "by the files' hash), 'exact' (an image mixture's exact samples), 'fashion_mnist_test' (the standard: the test "
                            "split at 28px, shipped statistics) or 'fashion_mnist' (a subset of the training images)"),
@@ -279,6 +280,7 @@ def _validate(raw: dict, where: str) -> list[str]:
         errors.append(f"{where}: key 'reference_tolerance' must be a number in (0, 1), got {raw['reference_tolerance']!r}")
     if "reference_size" in raw and raw["reference_size"] < 2:
         errors.append(f"{where}: key 'reference_size' must be an integer >= 2, got {raw['reference_size']!r}")
+    errors += _sample_count_errors(raw, where)
     for key, allowed in (("schedule", SCHEDULES), ("device", DEVICES), ("dtype", DTYPES),
                          ("fid_reference", FID_REFERENCES), ("image_resize", IMAGE_RESIZES),
                          ("final_step", FINAL_STEPS)):
@@ -367,6 +369,21 @@ def _validate(raw: dict, where: str) -> list[str]:
                     allowed = ", ".join(SOLVERS[solver].options) or "none"
                     errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, SOLVERS[solver].options)}; "
                                   f"allowed: {allowed}")
+    return errors
+
+
+def _sample_count_errors(raw: dict, where: str) -> list[str]:
+    """n_samples (and reference_size, the images of a drawn FID reference set) below what the spec's metrics need
+    for their figures and standard errors: every row would fail or lack an SE after its solves."""
+    metrics = [name for name in raw.get("metrics", DEFAULTS["metrics"]) if name in METRICS]
+    drawn_reference = raw.get("fid_reference", DEFAULTS["fid_reference"]) in ("exact", "fashion_mnist")
+    errors = []
+    for key, names in (("n_samples", metrics),
+                       ("reference_size", set(metrics) & needing("dataset") if drawn_reference else ())):
+        fewest, metric = fewest_samples(names)
+        if metric and key in raw and 1 <= raw[key] < fewest:
+            errors.append(f"{where}: key {key!r}: {raw[key]} is too few for metric {metric!r}, whose figures and "
+                          f"standard errors need at least {fewest}; allowed: integers >= {fewest}")
     return errors
 
 

@@ -226,7 +226,7 @@ def test_the_shipped_model_samples_in_a_sweep(tmp_path):
     from bench.spec.config import expand, parse_spec
     from bench.run.sweep import run_sweep
 
-    spec = parse_spec({"models": ["fmnist_unet"], "solvers": ["ddim", "dpmpp_2m"], "steps": [4], "n_samples": 4,
+    spec = parse_spec({"models": ["fmnist_unet"], "solvers": ["ddim", "dpmpp_2m"], "steps": [4], "n_samples": 5,
                        "metrics": ["fid", "lpips_reference"], "fid_reference": "fashion_mnist_test",
                        "reference_tolerance": 1e-3, "time_limit_s": 0,
                        "reference_time_limit_s": 0}, str(tmp_path / "s.toml"))

@@ -355,7 +355,7 @@ def test_the_stable_diffusion_example_spec_runs_on_a_tiny_pipeline(stable_diffus
     raw = tomllib.loads(Path("bench/configs/sd15.toml").read_text())
     references = _reference_folder(tmp_path / "references")
     raw.update(models=[f"diffusers:{stable_diffusion}"], fid_reference=f"folder:{references}", steps=[2],
-               n_samples=4, batch_size=4, device="cpu", time_limit_s=0, timing_repeats=1)
+               n_samples=5, batch_size=5, device="cpu", time_limit_s=0, timing_repeats=1)
     configs = expand(parse_spec(raw))
     assert {c.solver for c in configs} == {"ddim", "euler", "dpmpp_2m", "unipc_2", "euler_cfg_pp"}
     assert configs[0].prompts == tuple(Path("bench/configs/sd15-prompts.txt").read_text().splitlines())
@@ -370,7 +370,7 @@ def test_the_stable_diffusion_example_spec_runs_on_a_tiny_pipeline(stable_diffus
     # the folder's features were computed once: a second sweep finds them cached by the files' hash
     assert list(Path(".cache/fid").glob("folder-*-3x32-*.pt"))
     plan = make_plan(configs[:3])  # the plan measures the Inception pass on decoded-size images
-    assert plan.inception_images == 3 * 4 and "Inception" in next(iter(plan.measured.values()))
+    assert plan.inception_images == 3 * 5 and "Inception" in next(iter(plan.measured.values()))
 
 
 def test_clip_score_is_the_cosine_of_clips_own_embeddings_of_each_image_and_its_prompt(stable_diffusion, tmp_path):

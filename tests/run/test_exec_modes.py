@@ -34,7 +34,7 @@ def test_an_unknown_exec_mode_is_a_spec_error():
 
 
 def test_cuda_graph_on_a_cpu_is_refused_before_compute_and_adaptive_solvers_are_skipped():
-    base = {"models": ["ring2d"], "solvers": ["heun", "dopri5"], "steps": [2], "tolerances": [1e-3], "n_samples": 4,
+    base = {"models": ["ring2d"], "solvers": ["heun", "dopri5"], "steps": [2], "tolerances": [1e-3], "n_samples": 8,
             "exec_modes": ["eager", "cuda_graph"]}
     with pytest.raises(SpecError, match="key 'exec_modes': 'cuda_graph' captures the solve in a CUDA graph and needs "
                                         "a CUDA device, but device is 'cpu'"):
@@ -48,7 +48,7 @@ def test_cuda_graph_on_a_cpu_is_refused_before_compute_and_adaptive_solvers_are_
 
 
 def test_eager_configs_keep_their_ids_and_each_mode_is_its_own_config():
-    base = {"models": ["ring2d"], "solvers": ["heun", "ddpm"], "steps": [2], "etas": [0.0, 1.0], "n_samples": 4}
+    base = {"models": ["ring2d"], "solvers": ["heun", "ddpm"], "steps": [2], "etas": [0.0, 1.0], "n_samples": 8}
     before = expand(parse_spec(base))
     with_modes = expand(parse_spec({**base, "exec_modes": ["eager", "bf16"]}))
     assert [c.config_id for c in with_modes if c.exec_mode == "eager"] == [c.config_id for c in before]

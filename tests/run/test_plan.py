@@ -81,6 +81,9 @@ def test_the_sample_count_that_fits_scales_everything_but_the_harness_per_config
     with pytest.raises(ValueError, match="no sample count fits 1.5 min: at N = 1000 the grid is estimated at 16.7 min, "
                                          "1.67 min of it the harness's own per configuration whatever N"):
         samples_to_fit(plan, 1000, 90.0)
+    assert samples_to_fit(plan, 1000, 104.5) == 5  # 100 fixed + 900 x 5 / 1000
+    with pytest.raises(ValueError, match="and its metrics need N >= 6; run fewer configurations"):
+        samples_to_fit(plan, 1000, 104.5, fewest=6)  # cut below what the metrics need, every row would fail
 
 
 def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_path):

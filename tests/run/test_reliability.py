@@ -134,7 +134,7 @@ def test_two_shards_started_together_finish_and_equal_the_serial_run(tmp_path):
 
 
 def test_opening_a_run_keeps_live_writers_temp_files_and_removes_dead_ones(tmp_path):
-    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4})
+    spec = parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 8})
     store.open_run(tmp_path, spec)
     live = files._temp_path(tmp_path / "rows" / "a.parquet")  # this process: alive
     dead_process = subprocess.Popen([sys.executable, "-c", "pass"])

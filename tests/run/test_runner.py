@@ -173,9 +173,9 @@ def test_shards_union_is_the_whole_run(tmp_path):
 
 def test_resuming_with_another_spec_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 4}))
+    store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2], "n_samples": 8}))
     with pytest.raises(ValueError, match="resume it with the same spec or use a new --out"):
-        store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["rk4"], "steps": [2], "n_samples": 4}))
+        store.open_run(run_dir, parse_spec({"models": ["ring2d"], "solvers": ["rk4"], "steps": [2], "n_samples": 8}))
 
 
 def test_cli_reports_spec_errors_without_writing(tmp_path):
@@ -201,7 +201,7 @@ def test_run_json_records_the_spec(tmp_path):
 
 def test_schedules_used_are_the_registered_ones():
     assert isinstance(SweepCache().model(expand(parse_spec({"models": ["ring2d"], "solvers": ["heun"], "steps": [2],
-                                                            "n_samples": 4}))[0])[1].schedule, VPLinear)
+                                                            "n_samples": 8}))[0])[1].schedule, VPLinear)
 
 
 def test_rows_written_before_a_column_was_added_still_load(tmp_path):

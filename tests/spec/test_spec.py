@@ -27,7 +27,12 @@ MALFORMED = [
     (_with(etas=["high"]), "key 'etas' must hold numbers >= 0, got 'high'"),
     (_with(tolerances=[0.0]), "key 'tolerances' must hold numbers > 0, got 0.0"),
     (_with(n_samples=0), "key 'n_samples' must be an integer >= 1, got 0"),
-    (_with(n_samples="many"), "key 'n_samples' must be an integer >= 1, got 'many'"),
+    (_with(n_samples="many"), "key 'n_samples' must be an integer >= 1, and at least the metrics' fewest samples "
+                             "(docs/metrics.md), got 'many'"),
+    (_with(n_samples=4), "key 'n_samples': 4 is too few for metric 'precision_recall', whose figures and standard "
+                         "errors need at least 5; allowed: integers >= 5"),
+    (_with(models=["digits"], metrics=["fid"], reference_size=3), "key 'reference_size': 3 is too few for metric "
+                                                                  "'fid', whose figures and standard errors need at least 5"),
     (_with(batch_size=-4), "key 'batch_size' must be an integer >= 1, got -4"),
     (_with(seeds=[-1]), "key 'seeds' must hold integers >= 0, got -1"),
     (_with(seeds=[True]), "key 'seeds' must hold integers >= 0, got True"),
