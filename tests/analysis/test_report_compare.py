@@ -198,6 +198,14 @@ def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
     status, stdout, _ = bench_cli("compare", str(base_run), str(slower), "--out", str(tmp_path / "d"),
                                   "--fail-on-regression")
     assert status == 1 and "regressions" in stdout
+    other = tmp_path / "other"  # another grid: nothing in common, so nothing judged, which no gate may pass
+    store.open_run(other, spec)
+    for row in rows.assign(n_samples=rows.n_samples * 2).to_dict("records"):
+        store.write_row(other, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    status, stdout, stderr = bench_cli("compare", str(base_run), str(other), "--out", str(tmp_path / "e"))
+    assert status == 2 and "0 configs compared" in stdout
+    assert f"compare: no configuration of {other} is one of {base_run} ({len(rows)} only in head, {len(rows)} only in " \
+           "base): nothing was judged" in stderr
 
 
 def test_resolve_run_by_folder_and_by_commit(base_run):
