@@ -377,9 +377,9 @@ def _sample_count_errors(raw: dict, where: str) -> list[str]:
     for their figures and standard errors: every row would fail or lack an SE after its solves."""
     metrics = [name for name in raw.get("metrics", DEFAULTS["metrics"]) if name in METRICS]
     drawn_reference = raw.get("fid_reference", DEFAULTS["fid_reference"]) in ("exact", "fashion_mnist")
+    compared_with_images = [name for name in metrics if name in needing("dataset")] if drawn_reference else []
     errors = []
-    for key, names in (("n_samples", metrics),
-                       ("reference_size", set(metrics) & needing("dataset") if drawn_reference else ())):
+    for key, names in (("n_samples", metrics), ("reference_size", compared_with_images)):
         fewest, metric = fewest_samples(names)
         if metric and key in raw and 1 <= raw[key] < fewest:
             errors.append(f"{where}: key {key!r}: {raw[key]} is too few for metric {metric!r}, whose figures and "
