@@ -7,16 +7,20 @@ of other exec modes and the reference solves (dopri5: its NFE measured on a few 
 (Inception images, LPIPS pairs). Adaptive solvers decide their NFE as they go: they are counted as configurations,
 and their NFE is taken as the reference solve's (at their looser tolerance they take fewer: an upper bound).
 
-Time: the network's seconds per image-forward and the Inception network's seconds per image, measured here at the
-spec's batch (a few untimed then timed calls), times the counts. What is not in it: the harness's own work per
-configuration (solver arithmetic, metric arithmetic, writing rows), which dominates on the analytic mixtures (cheap
-networks) and which the plan measures as ``per_config_s`` by running one configuration of the grid in full. Left
-out, and named in the plan's lines: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (their
-forwards count at eager speed).
+Time: per model, a + b x per configuration, x its image-forwards: b, the solves' seconds per image-forward (the
+network with the solver's arithmetic around it, which on the analytic mixtures' cheap networks costs as much again
+and more), and a, the harness's own seconds per configuration (pre-drawn Brownian noise, metric arithmetic, writing
+the row), fitted to a few configurations of the grid run in full here (``_calibrate``); plus the Inception network's
+seconds per image, measured at the spec's batch, times the images. Up to cf549af b was the bare forward and a one
+configuration's (the cheapest, deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3.
+Left out, and named in the plan's lines: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (their
+forwards count at eager speed), and a sweep's worker process (about 10 ms per configuration and 3 s to start on the
+2-core machine).
 """
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +34,7 @@ from solvers import SOLVERS
 from solvers.reference import reference_solve
 
 REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
+CALIBRATION_CONFIGS, CALIBRATION_BUDGET_S = 24, 20.0  # per model: configurations run in full, while within the budget
 UNCOUNTED = {  # exec mode -> its one-off cost, which the plan does not measure (its forwards count at eager speed)
     "compile": "torch.compile's compilation, once per model and batch shape (rows: warmup_s)",
     "cuda_graph": "each cuda_graph config's capture, once per batch shape (rows: capture_s)"}
@@ -132,6 +137,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
             same_model = [c for c in runnable if c.model == cfg.model]
             probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
             measured[cfg.model] = _measure(cfg, cache, probe)
+            measured[cfg.model].update(_calibrate(same_model, cache, measured[cfg.model]))
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
@@ -139,12 +145,12 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
     seconds = dict.fromkeys(counts, 0.0)
     warmed, solved_references = set(), set()
     for cfg in runnable:
-        m = measured.get(cfg.model, {"image_forward_s": 0.0, "reference_nfe": 0})
+        m = measured.get(cfg.model, {"solve_forward_s": 0.0, "reference_nfe": 0})
         passes, n = passes_per_evaluation(cfg), cfg.n_samples
         forwards = solve_nfe(cfg, cfg.steps, m["reference_nfe"]) * passes * n
         before = dict(counts)
         counts["solves"] += forwards
-        if measure and cfg.timing_repeats > 1 and forwards * m["image_forward_s"] < sampling.REPEAT_BELOW_S:
+        if measure and cfg.timing_repeats > 1 and forwards * m["solve_forward_s"] < sampling.REPEAT_BELOW_S:
             counts["timing repeats"] += (cfg.timing_repeats - 1) * forwards
         warm_key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
         if warm_key not in warmed:
@@ -166,7 +172,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
             plan.inception_images += n
         plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
         for what in counts:  # each model's forwards at its own speed
-            seconds[what] += (counts[what] - before[what]) * m["image_forward_s"]
+            seconds[what] += (counts[what] - before[what]) * m["solve_forward_s"]
     plan.forwards = counts
     if measure:
         inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
@@ -174,14 +180,12 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
         plan.seconds["Inception"] = plan.inception_images * inception_s
         for model, m in measured.items():
             plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch"
+                                    f" ({m['solve_forward_s'] * 1e3:.3g} in a solve, harness {m['harness_s'] * 1e3:.3g} "
+                                    f"ms per configuration: {m['calibrated_on']})"
                                     + (f", reference solve {m['reference_nfe']} NFE per sample" if m["reference_nfe"] else "")
                                     + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
                                        if "inception_image_s" in m else ""))
-        per_model = {}
-        for cfg in runnable:
-            per_model.setdefault(cfg.model, []).append(cfg)
-        plan.seconds["harness per configuration"] = sum(  # each model's own: it times its network's forward
-            len(group) * _per_config_seconds(group, cache, inception_s) for group in per_model.values())
+        plan.seconds["harness per configuration"] = sum(measured[cfg.model]["harness_s"] for cfg in runnable)
     return plan
 
 
@@ -214,16 +218,52 @@ def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) 
     return fitting
 
 
-def _per_config_seconds(runnable: list[RunConfig], cache: SweepCache, inception_s: float) -> float:
-    """The harness's own seconds per configuration: the cheapest configuration of the grid run in full, without the
-    metrics that solve again (reference, partner: counted above), less its solve, warm-up and Inception time."""
-    cfg = min(runnable, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
+def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dict:
+    """A model's solve seconds per image-forward and harness seconds per configuration (``solve_forward_s``,
+    ``harness_s``): y = a + b x fitted by least squares to configurations of ``group`` run in full here, the cheapest
+    first, then others drawn with a fixed seed, up to CALIBRATION_CONFIGS while their time stays within
+    CALIBRATION_BUDGET_S; x is a configuration's image-forwards (its solve times its timings), y its seconds less
+    its warm-up and Inception pass. The metrics that solve again (reference, partner) are left out: their solves are
+    counted as forwards. One configuration, or no spread in x, keeps b at the bare forward; a fit below 0 in either
+    is refitted with that one at its bound."""
     solving_again = metrics.needing("reference") | metrics.needing("partner")
-    cfg = dataclasses.replace(cfg, timing_repeats=1, metrics=tuple(m for m in cfg.metrics if m not in solving_again))
-    started = time.perf_counter()
-    row = run_config(cfg, cache, {"device": cfg.device}, "plan")
-    elapsed = time.perf_counter() - started
-    if row["status"] != "ok":
-        return 0.0
-    inception = cfg.n_samples * inception_s if metrics.needing("inception") & set(cfg.metrics) else 0.0
-    return max(0.0, elapsed - row["wall_s"] - (row.get("warmup_s") or 0.0) - inception)
+    ordered = sorted(group, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
+    picks = [ordered[0]] + random.Random(0).sample(ordered[1:], min(len(ordered) - 1, CALIBRATION_CONFIGS - 1))
+    points, spent = [], 0.0
+    for cfg in picks:
+        if spent > CALIBRATION_BUDGET_S:
+            break
+        cfg = dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in solving_again))
+        started = time.perf_counter()
+        row = run_config(cfg, cache, {"device": cfg.device}, "plan")
+        elapsed = time.perf_counter() - started
+        spent += elapsed
+        if row["status"] != "ok":
+            continue
+        images = metrics.needing("inception") & set(cfg.metrics) and measured.get("images")
+        inception = cfg.n_samples * measured.get("inception_image_s", 0.0) if images else 0.0
+        forwards = row["nfe"] * passes_per_evaluation(cfg) * cfg.n_samples * row["timing_repeats"]
+        points.append((forwards, elapsed - (row.get("warmup_s") or 0.0) - inception))
+    bare = measured["image_forward_s"]
+    harness, rate = _fit_line(points, bare)
+    return {"solve_forward_s": rate, "harness_s": harness,
+            "calibrated_on": f"{len(points)} configuration{'s' * (len(points) != 1)} run in full"}
+
+
+def _fit_line(points: list[tuple[float, float]], slope_without_spread: float) -> tuple[float, float]:
+    """(intercept, slope) of y = a + b x by least squares over ``points``, both >= 0 (a bound is held where the
+    free fit crosses it); with fewer than two distinct x, the slope is ``slope_without_spread``."""
+    if not points:
+        return 0.0, slope_without_spread
+    xs, ys = zip(*points)
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return max(0.0, mean_y - slope_without_spread * mean_x), slope_without_spread
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    intercept = mean_y - slope * mean_x
+    if slope < 0:
+        return max(0.0, mean_y), 0.0
+    if intercept < 0:
+        return 0.0, sum(x * y for x, y in points) / sum(x * x for x in xs)
+    return intercept, slope

@@ -63,13 +63,55 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
 def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_inception(monkeypatch):
     from bench.run import plan as plan_module
 
-    speeds = {"ring2d": {"image_forward_s": 1.0, "reference_nfe": 0, "images": False},
+    speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "images": False},
               "gmm_hd": {"image_forward_s": 0.0, "reference_nfe": 0, "images": False}}
-    monkeypatch.setattr(plan_module, "_measure", lambda cfg, cache, probe: speeds[cfg.model])
-    monkeypatch.setattr(plan_module, "_per_config_seconds", lambda group, cache, inception_s: 0.0)
+    fitted = {"ring2d": {"solve_forward_s": 1.0, "harness_s": 2.0, "calibrated_on": "1 configuration run in full"},
+              "gmm_hd": {"solve_forward_s": 0.0, "harness_s": 3.0, "calibrated_on": "1 configuration run in full"}}
+    monkeypatch.setattr(plan_module, "_measure", lambda cfg, cache, probe: dict(speeds[cfg.model]))
+    monkeypatch.setattr(plan_module, "_calibrate", lambda group, cache, measured: fitted[group[0].model])
     plan = _plan(measure=True, models=["ring2d", "gmm_hd"], solvers=["ddim"], steps=[4], metrics=["fid"])
-    assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards only: gmm_hd's cost nothing
+    assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards at its solve rate; gmm_hd's free
+    assert plan.seconds["harness per configuration"] == 2.0 + 3.0  # each model's own
     assert plan.inception_images == 0  # neither makes images: the image metrics skip them
+    assert "500 ms per image-forward at the spec's batch (1e+03 in a solve, harness 2e+03 ms" in plan.measured["ring2d"]
+
+
+def test_the_calibration_recovers_the_harness_and_solve_seconds_from_configurations_run_in_full(monkeypatch):
+    """A clock that each configuration advances by 0.05 s + 2 us per image-forward (its solve's NFE x samples x its
+    timings) and its warm-up: the fit gives back 0.05 s and 2 us, from the configurations the budget allows."""
+    from bench.run import plan as plan_module
+
+    clock, ran = [0.0], []
+
+    def run_config(cfg, cache, env, run_id):
+        ran.append(cfg)
+        forwards, repeats = cfg.steps * cfg.n_samples * 3, 3
+        clock[0] += 0.05 + 2e-6 * forwards + 0.25
+        return {"status": "ok", "nfe": cfg.steps, "timing_repeats": repeats, "warmup_s": 0.25}
+
+    monkeypatch.setattr(plan_module, "run_config", run_config)
+    monkeypatch.setattr(plan_module.time, "perf_counter", lambda: clock[0])
+    configs = [c for c in expand(parse_spec({"name": "p", "models": ["ring2d"], "solvers": ["ddim", "euler"],
+                                              "steps": [4, 8, 16, 32], "n_samples": 100,
+                                              "metrics": ["err_reference", "frechet"]})) if c.skip_reason is None]
+    fitted = plan_module._calibrate(configs, None, {"image_forward_s": 1e-6})
+    assert fitted["harness_s"] == pytest.approx(0.05) and fitted["solve_forward_s"] == pytest.approx(2e-6)
+    assert fitted["calibrated_on"] == f"{len(ran)} configurations run in full" and ran[0].steps == 4  # cheapest first
+    assert all(cfg.metrics == ("frechet",) for cfg in ran)  # the reference's solve is counted as forwards instead
+    monkeypatch.setattr(plan_module, "CALIBRATION_BUDGET_S", 0.0)
+    ran.clear()
+    assert plan_module._calibrate(configs, None, {"image_forward_s": 1e-6})["solve_forward_s"] == 1e-6
+    assert len(ran) == 1  # over the budget after one: its remainder is the harness, the bare forward the rate
+
+
+def test_the_line_is_fitted_with_both_terms_at_least_zero():
+    from bench.run.plan import _fit_line
+
+    assert _fit_line([(10, 3.0), (20, 5.0), (40, 9.0)], 1.0) == pytest.approx((1.0, 0.2))
+    assert _fit_line([(10, 3.0)], 0.1) == pytest.approx((2.0, 0.1))  # one point: the given slope
+    assert _fit_line([(10, 1.0), (20, 3.0)], 0.1) == pytest.approx((0.0, 0.14))  # through 0, not below it
+    assert _fit_line([(10, 3.0), (20, 1.0)], 0.1) == pytest.approx((2.0, 0.0))  # never a negative slope
+    assert _fit_line([], 0.1) == (0.0, 0.1)
 
 
 def test_the_sample_count_that_fits_scales_everything_but_the_harness_per_configuration():
