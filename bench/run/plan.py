@@ -34,7 +34,7 @@ from solvers import SOLVERS
 from solvers.reference import reference_solve
 
 REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
-CALIBRATION_CONFIGS, CALIBRATION_BUDGET_S = 24, 20.0  # per model: configurations run in full, while within the budget
+CALIBRATION_CONFIGS, CALIBRATION_BUDGET_S = 24, 10.0  # per model: configurations run in full, while within the budget
 UNCOUNTED = {  # exec mode -> its one-off cost, which the plan does not measure (its forwards count at eager speed)
     "compile": "torch.compile's compilation, once per model and batch shape (rows: warmup_s)",
     "cuda_graph": "each cuda_graph config's capture, once per batch shape (rows: capture_s)"}
