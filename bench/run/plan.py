@@ -223,7 +223,7 @@ def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dic
     ``harness_s``): y = a + b x fitted by least squares to configurations of ``group`` run in full here, the cheapest
     first, then others drawn with a fixed seed, up to CALIBRATION_CONFIGS while their time stays within
     CALIBRATION_BUDGET_S; x is a configuration's image-forwards (its solve times its timings), y its seconds less
-    its warm-up and Inception pass. The metrics that solve again (reference, partner) are left out: their solves are
+    its warm-up (compilation included), CUDA-graph capture and Inception pass. The metrics that solve again (reference, partner) are left out: their solves are
     counted as forwards. One configuration, or no spread in x, keeps b at the bare forward; a fit below 0 in either
     is refitted with that one at its bound."""
     solving_again = metrics.needing("reference") | metrics.needing("partner")
@@ -243,7 +243,8 @@ def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dic
         images = metrics.needing("inception") & set(cfg.metrics) and measured.get("images")
         inception = cfg.n_samples * measured.get("inception_image_s", 0.0) if images else 0.0
         forwards = row["nfe"] * passes_per_evaluation(cfg) * cfg.n_samples * row["timing_repeats"]
-        points.append((forwards, elapsed - (row.get("warmup_s") or 0.0) - inception))
+        one_off = (row.get("warmup_s") or 0.0) + (row.get("capture_s") or 0.0)  # named as left out, not fitted
+        points.append((forwards, elapsed - one_off - inception))
     bare = measured["image_forward_s"]
     harness, rate = _fit_line(points, bare)
     return {"solve_forward_s": rate, "harness_s": harness,

@@ -78,7 +78,8 @@ def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_incept
 
 def test_the_calibration_recovers_the_harness_and_solve_seconds_from_configurations_run_in_full(monkeypatch):
     """A clock that each configuration advances by 0.05 s + 2 us per image-forward (its solve's NFE x samples x its
-    timings) and its warm-up: the fit gives back 0.05 s and 2 us, from the configurations the budget allows."""
+    timings), its warm-up and its CUDA-graph capture: the fit gives back 0.05 s and 2 us, from the configurations the
+    budget allows."""
     from bench.run import plan as plan_module
 
     clock, ran = [0.0], []
@@ -86,8 +87,8 @@ def test_the_calibration_recovers_the_harness_and_solve_seconds_from_configurati
     def run_config(cfg, cache, env, run_id):
         ran.append(cfg)
         forwards, repeats = cfg.steps * cfg.n_samples * 3, 3
-        clock[0] += 0.05 + 2e-6 * forwards + 0.25
-        return {"status": "ok", "nfe": cfg.steps, "timing_repeats": repeats, "warmup_s": 0.25}
+        clock[0] += 0.05 + 2e-6 * forwards + 0.25 + 0.5
+        return {"status": "ok", "nfe": cfg.steps, "timing_repeats": repeats, "warmup_s": 0.25, "capture_s": 0.5}
 
     monkeypatch.setattr(plan_module, "run_config", run_config)
     monkeypatch.setattr(plan_module.time, "perf_counter", lambda: clock[0])
