@@ -8,14 +8,14 @@ of other exec modes and the reference solves (dopri5: its NFE measured on a few 
 and their NFE is taken as the reference solve's (at their looser tolerance they take fewer: an upper bound).
 
 Time: per model, a + b x per configuration, x its image-forwards: b, the solves' seconds per image-forward (the
-network with the solver's arithmetic around it, which on the analytic mixtures' cheap networks costs as much again
-and more), and a, the harness's own seconds per configuration (pre-drawn Brownian noise, metric arithmetic, writing
+network with the solver's arithmetic around it: 1.1-3x the bare forward on the analytic mixtures' cheap networks),
+and a, the harness's own seconds per configuration (pre-drawn Brownian noise, metric arithmetic, writing
 the row), fitted to a few configurations of the grid run in full here (``_calibrate``); plus the Inception network's
 seconds per image, measured at the spec's batch, times the images. Up to cf549af b was the bare forward and a one
 configuration's (the cheapest, deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3.
-Left out, and named in the plan's lines: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (their
+Left out: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (named in the plan's lines; their
 forwards count at eager speed), and a sweep's worker process (about 10 ms per configuration and 3 s to start on the
-2-core machine).
+2-core machine; docs/guide.md).
 """
 from __future__ import annotations
 
