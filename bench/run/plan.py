@@ -223,9 +223,10 @@ def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dic
     ``harness_s``): y = a + b x fitted by least squares to configurations of ``group`` run in full here, the cheapest
     first, then others drawn with a fixed seed, up to CALIBRATION_CONFIGS while their time stays within
     CALIBRATION_BUDGET_S; x is a configuration's image-forwards (its solve times its timings), y its seconds less
-    its warm-up (compilation included), CUDA-graph capture and Inception pass. The metrics that solve again (reference, partner) are left out: their solves are
-    counted as forwards. One configuration, or no spread in x, keeps b at the bare forward; a fit below 0 in either
-    is refitted with that one at its bound."""
+    its warm-up (compilation included), CUDA-graph capture and Inception pass. The metrics that solve again
+    (reference, partner) are left out: their solves are counted as forwards. b is at least the bare forward (a
+    solve runs the network; compile and cuda_graph forwards count at eager speed), a at least 0; one configuration,
+    or no spread in x, gives the bare forward."""
     solving_again = metrics.needing("reference") | metrics.needing("partner")
     ordered = sorted(group, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
     picks = [ordered[0]] + random.Random(0).sample(ordered[1:], min(len(ordered) - 1, CALIBRATION_CONFIGS - 1))
@@ -251,20 +252,17 @@ def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dic
             "calibrated_on": f"{len(points)} configuration{'s' * (len(points) != 1)} run in full"}
 
 
-def _fit_line(points: list[tuple[float, float]], slope_without_spread: float) -> tuple[float, float]:
-    """(intercept, slope) of y = a + b x by least squares over ``points``, both >= 0 (a bound is held where the
-    free fit crosses it); with fewer than two distinct x, the slope is ``slope_without_spread``."""
+def _fit_line(points: list[tuple[float, float]], least_slope: float) -> tuple[float, float]:
+    """(intercept, slope) of y = a + b x by least squares over ``points`` with a >= 0 and b >= ``least_slope`` (a
+    bound is held where the free fit crosses it); with fewer than two distinct x, b = ``least_slope``."""
     if not points:
-        return 0.0, slope_without_spread
+        return 0.0, least_slope
     xs, ys = zip(*points)
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     spread = sum((x - mean_x) ** 2 for x in xs)
-    if spread == 0:
-        return max(0.0, mean_y - slope_without_spread * mean_x), slope_without_spread
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
-    intercept = mean_y - slope * mean_x
-    if slope < 0:
-        return max(0.0, mean_y), 0.0
-    if intercept < 0:
-        return 0.0, sum(x * y for x, y in points) / sum(x * x for x in xs)
-    return intercept, slope
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else least_slope
+    if slope < least_slope:
+        return max(0.0, mean_y - least_slope * mean_x), least_slope
+    if mean_y - slope * mean_x < 0:
+        return 0.0, max(least_slope, sum(x * y for x, y in points) / sum(x * x for x in xs))
+    return mean_y - slope * mean_x, slope

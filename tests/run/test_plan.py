@@ -105,13 +105,14 @@ def test_the_calibration_recovers_the_harness_and_solve_seconds_from_configurati
     assert len(ran) == 1  # over the budget after one: its remainder is the harness, the bare forward the rate
 
 
-def test_the_line_is_fitted_with_both_terms_at_least_zero():
+def test_the_line_is_fitted_with_the_harness_at_least_zero_and_the_rate_at_least_the_bare_forward():
     from bench.run.plan import _fit_line
 
-    assert _fit_line([(10, 3.0), (20, 5.0), (40, 9.0)], 1.0) == pytest.approx((1.0, 0.2))
-    assert _fit_line([(10, 3.0)], 0.1) == pytest.approx((2.0, 0.1))  # one point: the given slope
+    assert _fit_line([(10, 3.0), (20, 5.0), (40, 9.0)], 0.1) == pytest.approx((1.0, 0.2))
+    assert _fit_line([(10, 3.0)], 0.1) == pytest.approx((2.0, 0.1))  # one point: the bare forward
     assert _fit_line([(10, 1.0), (20, 3.0)], 0.1) == pytest.approx((0.0, 0.14))  # through 0, not below it
-    assert _fit_line([(10, 3.0), (20, 1.0)], 0.1) == pytest.approx((2.0, 0.0))  # never a negative slope
+    assert _fit_line([(10, 3.0), (20, 1.0)], 0.1) == pytest.approx((0.5, 0.1))  # timing noise: never below the bare
+    assert _fit_line([(10, 3.0), (20, 3.5)], 0.1) == pytest.approx((1.75, 0.1))  # forward, which every solve runs
     assert _fit_line([], 0.1) == (0.0, 0.1)
 
 
