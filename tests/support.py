@@ -182,6 +182,12 @@ def have_fid_weights() -> bool:
 needs_weights = pytest.mark.skipif(not have_fid_weights(), reason="make fid-weights (make setup does)")
 
 
+def have_lpips_weights() -> bool:
+    from bench.metrics import lpips
+
+    return all((lpips.CACHE_DIR / f"lpips-{backbone}-v0.1.pth").is_file() for backbone in lpips.BACKBONES)
+
+
 def sweep_and_resample(spec, run_dir):
     """Run ``spec`` into ``run_dir``; return its first row, that config, its model source and the samples the
     runner's own path (SweepCache, prior, sampling.solve on the CPU) gives that config again: what a test

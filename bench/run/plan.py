@@ -14,8 +14,8 @@ the row), fitted to a few configurations of the grid run in full here (``_calibr
 seconds per image, measured at the spec's batch, times the images. Up to cf549af b was the bare forward and a one
 configuration's (the cheapest, deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3.
 Left out: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (named in the plan's lines; their
-forwards count at eager speed), and a sweep's worker process (3-4 s to start, and 9-14 ms per configuration in two of three measurements on the
-2-core machine; docs/guide.md).
+forwards count at eager speed), and a sweep's worker process (3-4 s to start, and 9-14 ms per configuration in two
+of three measurements on the 2-core machine; docs/guide.md).
 """
 from __future__ import annotations
 

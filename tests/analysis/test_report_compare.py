@@ -183,25 +183,26 @@ def test_compare_reports_status_regressions_and_added_configs(base_run):
     assert len(result["added"]) == 1
 
 
+def _write_run(run_dir, rows: pd.DataFrame) -> None:
+    """A run folder of the test grid holding ``rows`` (an edited copy of a real run's), written as the sweep does."""
+    store.open_run(run_dir, parse_spec(SPEC, str(run_dir.parent / "r.toml")))
+    for row in rows.to_dict("records"):
+        store.write_row(run_dir, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+
+
 def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
     cmd = [sys.executable, "-m", "bench", "compare", str(base_run), str(base_run), "--out", str(tmp_path / "c")]
     same = subprocess.run(cmd + ["--fail-on-regression", "--time-ratio", "1e9"], capture_output=True, text=True)
     assert same.returncode == 0, same.stdout + same.stderr
     assert (tmp_path / "c" / "compare.md").is_file() and (tmp_path / "c" / "compare.html").is_file()
     slower = tmp_path / "slower"
-    spec = parse_spec(SPEC, str(tmp_path / "r.toml"))
-    store.open_run(slower, spec)
     rows = store.load_rows(base_run)
-    rows["wall_s"] = rows.wall_s * 10
-    for row in rows.to_dict("records"):
-        store.write_row(slower, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    _write_run(slower, rows.assign(wall_s=rows.wall_s * 10))
     status, stdout, _ = bench_cli("compare", str(base_run), str(slower), "--out", str(tmp_path / "d"),
                                   "--fail-on-regression")
     assert status == 1 and "regressions" in stdout
     other = tmp_path / "other"  # another grid: nothing in common, so nothing judged, which no gate may pass
-    store.open_run(other, spec)
-    for row in rows.assign(n_samples=rows.n_samples * 2).to_dict("records"):
-        store.write_row(other, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    _write_run(other, rows.assign(n_samples=rows.n_samples * 2))
     status, stdout, stderr = bench_cli("compare", str(base_run), str(other), "--out", str(tmp_path / "e"))
     assert status == 2 and "0 configs compared" in stdout
     assert f"compare: no configuration of {other} is one of {base_run} ({len(rows)} only in head, {len(rows)} only in " \
@@ -326,11 +327,9 @@ def test_wall_time_across_devices_is_not_comparable_never_a_regression(base_run)
 
 def test_cli_prints_the_regressed_configs_themselves(base_run, tmp_path):
     worse = tmp_path / "worse"
-    store.open_run(worse, parse_spec(SPEC, str(tmp_path / "r.toml")))
     rows = store.load_rows(base_run)
     rows.loc[rows.solver == "heun", "err_reference"] *= 2
-    for row in rows.to_dict("records"):
-        store.write_row(worse, {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    _write_run(worse, rows)
     status, stdout, _ = bench_cli("compare", str(base_run), str(worse), "--out", str(tmp_path / "c"),
                                   "--fail-on-regression")
     heun_rows = rows[(rows.solver == "heun") & rows.err_reference.notna()]

@@ -12,10 +12,10 @@ from bench.metrics import lpips, lpips_weights
 from bench.run import store
 from bench.spec.config import expand, parse_spec
 from bench.run.sweep import run_sweep
+from support import have_lpips_weights
 
 CALIBRATION = Path(".cache/lpips/ResultsCalibra")
-HAVE_WEIGHTS = all((lpips.CACHE_DIR / f"lpips-{b}-v0.1.pth").is_file() for b in lpips.BACKBONES)
-needs_weights = pytest.mark.skipif(not (HAVE_WEIGHTS and CALIBRATION.is_dir()),
+needs_weights = pytest.mark.skipif(not (have_lpips_weights() and CALIBRATION.is_dir()),
                                    reason="needs the LPIPS weights and pyiqa's calibration images (make setup)")
 # pyiqa's calibration table (ResultsCalibra.md): LPIPS, AlexNet v0.1, for TID2013 pairs it ships.
 PUBLISHED_ALEXNET = {"I03": 0.7237, "I04": 0.2572, "I06": 0.0508, "I08": 0.0521, "I19": 0.4253}

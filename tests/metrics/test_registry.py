@@ -46,16 +46,15 @@ def test_a_metric_gives_every_figure_and_its_standard_error_from_its_fewest_samp
     neighbour of too few points, or an SE of NaN)."""
     import math
 
-    from bench.metrics import lpips
     from bench.run import store
     from bench.run.sweep import run_sweep
     from bench.spec import expand, parse_spec
     from bench.spec.config import SpecError
-    from support import have_fid_weights
+    from support import have_fid_weights, have_lpips_weights
 
     if metric in ("fid", "density_coverage") and not have_fid_weights():
         pytest.skip("needs the FID weights (make setup provides them)")
-    if metric.startswith("lpips") and not all((lpips.CACHE_DIR / f"lpips-{b}-v0.1.pth").is_file() for b in lpips.BACKBONES):
+    if metric.startswith("lpips") and not have_lpips_weights():
         pytest.skip("needs the LPIPS weights (make setup provides them)")
     fewest = METRICS[metric].min_samples
     raw = {"models": [model], "solvers": ["euler"], "steps": [3], "n_samples": fewest, "reference_size": fewest,
