@@ -10,7 +10,7 @@ k = 5, the paper's choice. Unlike precision and recall, both depend on the refer
 outlying sample cannot inflate them. The samples' features are the row's own (computed once, shared with the
 fid metric); the reference is the fid metric's (the shipped subset features, or the reference set's). Standard
 errors: density is a mean over samples (its SE from their spread); coverage by the delete-a-group jackknife over
-the samples.
+the samples, never below the binomial SE of a share of M votes (``share_jackknife_se``: at 1 the jackknife is 0).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from bench.metrics.fid import reference_features, sample_features
 from bench.metrics.registry import F64, Inputs, Metric, register
-from bench.metrics.uncertainty import bootstrap_se, jackknife_se, leave_one_group_out
+from bench.metrics.uncertainty import bootstrap_se, leave_one_group_out, share_jackknife_se
 
 NEIGHBOURS = 5
 
@@ -29,9 +29,11 @@ def density_coverage(features: torch.Tensor, reference: torch.Tensor, k: int = N
     radii = torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # the k-th nearest other point (itself is at 0)
     inside = torch.cdist(y, x) <= radii  # (N, M): sample j inside reference ball i
     per_sample = inside.double().sum(1) / k
-    covered = [float(inside[keep.to(inside.device)].any(dim=0).double().mean()) for keep in leave_one_group_out(len(y))]
+    replicates = [float(inside[keep.to(inside.device)].any(dim=0).double().mean())
+                  for keep in leave_one_group_out(len(y))]
+    covered = int(inside.any(dim=0).sum())
     return {"density": float(per_sample.mean()), "density_se": bootstrap_se(per_sample, "mean"),
-            "coverage": float(inside.any(dim=0).double().mean()), "coverage_se": jackknife_se(covered)}
+            "coverage": covered / len(x), "coverage_se": share_jackknife_se(replicates, covered, len(x))}
 
 
 def _density_coverage(inputs: Inputs) -> dict:
@@ -47,6 +49,6 @@ register(Metric(
     {"density": (F64, "mean over samples of the reference balls they fall in, / k (1 for a perfect match)"),
      "density_se": (F64, "its standard error"),
      "coverage": (F64, "the share of reference balls holding a sample"),
-     "coverage_se": (F64, "its standard error (jackknife over samples)")},
+     "coverage_se": (F64, "its standard error (jackknife over samples, never below a share's: not 0 at 1)")},
     ("images", "inception", "dataset"), _density_coverage, better={"coverage": "higher"},
     min_samples=NEIGHBOURS + 1))  # k others around each reference point: exact samples are a reference of n

@@ -20,6 +20,14 @@ from bench.models.analytic import GaussianMixture
 EXACT_SAMPLES_SEED = 10_000  # the exact samples of p_0 the distances compare with (the samples' own seeds differ)
 
 
+PRECISION_RECALL_COLUMNS = {  # NeighbourReference's, here and in the fid metric (on Inception features)
+    "precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
+    "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
+    "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
+    "recall_se": (F64, "its standard error (jackknife over samples, never below a share's: not 0 at a bound; "
+                       "measured conservative)")}
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
@@ -108,11 +116,8 @@ register(Metric(
     better={"frechet": "lower"}, min_samples=3))  # each kept set's covariance
 register(Metric(
     "precision_recall", "k-NN precision and recall (k = 3) against exact samples of p_0 (analytic models)",
-    {"precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
-     "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
-     "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
-     "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)")},
-    ("exact",), _precision_recall, better={"precision": "higher", "recall": "higher"}, min_samples=NEIGHBOUR_SAMPLES))
+    PRECISION_RECALL_COLUMNS, ("exact",), _precision_recall, better={"precision": "higher", "recall": "higher"},
+    min_samples=NEIGHBOUR_SAMPLES))
 register(Metric(
     "sliced_wasserstein", "sliced Wasserstein-2 distance to exact samples of p_0, 256 projections (analytic models)",
     {"sliced_wasserstein": (F64, "sliced Wasserstein-2 distance to the exact samples, 256 projections"),

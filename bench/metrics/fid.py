@@ -25,6 +25,7 @@ import torch
 
 from bench import files
 from bench.metrics import fid_weights
+from bench.metrics.distances import PRECISION_RECALL_COLUMNS
 from bench.metrics.registry import F64, I64, STR, Inputs, Metric, register
 from bench.metrics.uncertainty import (NEIGHBOUR_SAMPLES, FrechetReference, KernelReference, NeighbourReference,
                                        full_precision_matmul)
@@ -415,10 +416,7 @@ register(Metric(
      "fid_se": (F64, "its standard error (jackknife over samples, the reference held fixed)"),
      "kid": (F64, "kernel Inception distance (mean over 100 subsets of up to 1,000)"),
      "kid_se": (F64, "its standard error (jackknife over samples, of the all-pairs estimate)"),
-     "precision": (F64, "k-NN precision (k = 3): the share of samples inside the reference set's manifold"),
-     "precision_se": (F64, "its standard error (binomial, Jeffreys prior: not 0 when every sample is inside)"),
-     "recall": (F64, "k-NN recall (k = 3): the share of the reference set inside the samples' manifold"),
-     "recall_se": (F64, "its standard error (jackknife over samples; measured conservative)"),
+     **PRECISION_RECALL_COLUMNS,
      "fid_vs_eager": (F64, "a non-eager exec mode's FID minus its eager twin's"),
      "fid_vs_eager_se": (F64, "its standard error, the two FIDs' combined as if independent (conservative)"),
      "fid_reference": (STR, "the FID reference set"), "fid_reference_sha256": (STR, "sha256 of its pixels (16 hex)"),
