@@ -32,8 +32,9 @@ def cmd_run(args) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
     if args.max_minutes is not None:
-        spec = _fit_to_minutes(spec, args.device, args.max_minutes)
+        spec = _fit_to_minutes(spec, args.device, args.max_minutes, execution_policy)
         if spec is None:
             return 2
     configs = config.expand(spec, device=args.device)
@@ -56,7 +57,6 @@ def cmd_run(args) -> int:
     runnable = sum(1 for c in configs if c.skip_reason is None)
     print(f"{spec.name}: {len(configs)} configs ({runnable} runnable), N = {spec.values['n_samples']} samples each "
           f"in batches of {spec.values['batch_size']} -> {run_dir}", file=sys.stderr)
-    execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
     if args.backend == "ray":
         from bench.run.distributed import run_sweep_on_ray
 
@@ -75,31 +75,38 @@ def cmd_run(args) -> int:
 FIT_PLANS = 3  # --max-minutes measures the plan at most this often: at the spec's N, then at each cut N
 
 
-def _fit_to_minutes(spec, device, minutes: float):
+def _fit_to_minutes(spec, device, minutes: float, execution_policy):
     """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate fits ``minutes``,
     or the spec as it is when it fits; None after printing why nothing fits. A cut N is planned again, measured at that
     N (the harness's work per configuration does not scale with N: the image metrics' arithmetic changes its method
     with it, FID's jackknife exact below 8,192 samples and expanded above), and cut again from that plan if it still
-    does not fit, up to FIT_PLANS plans; the last cut then runs on its extrapolated estimate."""
+    does not fit, up to FIT_PLANS plans; the last cut then runs on its extrapolated estimate. The time the plans
+    take counts against the budget: each cut fits what is left of it."""
     from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
 
-    flag, trial, first = f"--max-minutes {minutes:g}", spec, None
+    flag, trial, first, started = f"--max-minutes {minutes:g}", spec, None, time.monotonic()
     for measured in range(1, FIT_PLANS + 1):
-        plan = _plan_or_none(config.expand(trial, device=device), flag)
+        plan = _plan_or_none(config.expand(trial, device=device), flag, execution_policy=execution_policy)
         if plan is None:
             return None
-        n = trial.values["n_samples"]
+        n, planning = trial.values["n_samples"], time.monotonic() - started
+        if planning >= 60 * minutes:
+            print(f"{flag}: planning took {planning:.0f} s, the whole budget: nothing left to run", file=sys.stderr)
+            return None
         first = first or f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}"
         try:
-            fitting = samples_to_fit(plan, n, 60 * minutes, fewest_samples(spec.values["metrics"])[0])
+            fitting = samples_to_fit(plan, n, 60 * minutes - planning, fewest_samples(spec.values["metrics"])[0])
         except ValueError as err:
-            print(f"{flag}: {err}", file=sys.stderr)
+            print(f"{flag}: {err}" + (f" ({planning:.0f} s of the budget spent planning)" if planning >= 1 else ""),
+                  file=sys.stderr)
             return None
         if fitting == n:
             print(f"{first}: fits" if trial is spec else f"{first}; running N = {n} (estimated "
                   f"{plan.total_s / 60:.1f} min, measured at that N; {SMALLER_N})", file=sys.stderr)
+            print(f"{flag}: {planning:.0f} s spent planning, {(60 * minutes - planning) / 60:.1f} min left",
+                  file=sys.stderr)
             return trial
         trial = _with_samples(spec, fitting)
         if measured < FIT_PLANS:
@@ -107,6 +114,7 @@ def _fit_to_minutes(spec, device, minutes: float):
                   f"{fitting} (extrapolated: {estimate_at(plan, n, fitting) / 60:.1f} min)", file=sys.stderr)
     print(f"{first}; running N = {fitting} (estimated {estimate_at(plan, n, fitting) / 60:.1f} min, extrapolated "
           f"from the plan at N = {n}; {SMALLER_N})", file=sys.stderr)
+    print(f"{flag}: {planning:.0f} s spent planning, {(60 * minutes - planning) / 60:.1f} min left", file=sys.stderr)
     return trial
 
 
@@ -286,14 +294,19 @@ def cmd_conformance(args) -> int:
 
 def cmd_plan(args) -> int:
     """What a spec will compute and about how long it takes here, before anything runs (bench.run.plan)."""
+    from bench.run.policy import ExecutionPolicy
     from bench.spec import config
 
+    if args.threads is not None and args.threads < 1:
+        print(f"--threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
     spec = _load_spec(args.spec)
     if spec is None:
         return 2
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")
-    plan = _plan_or_none(configs, "plan", measure=not args.no_measure)
+    plan = _plan_or_none(configs, "plan", measure=not args.no_measure,
+                         execution_policy=ExecutionPolicy.from_spec(spec.values, threads=args.threads))
     if plan is None:
         return 2
     for line in plan.lines():
@@ -301,13 +314,13 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _plan_or_none(configs, command: str, measure: bool = True):
-    """The grid's plan, or None after one line saying why it cannot be measured here (a model folder that is not
-    there, a device this machine lacks)."""
+def _plan_or_none(configs, command: str, measure: bool = True, execution_policy=None):
+    """The grid's plan, measured under the sweep's ``execution_policy``, or None after one line saying why it cannot
+    be measured here (a model folder that is not there, a device this machine lacks)."""
     from bench.run.plan import make_plan
 
     try:
-        return make_plan(configs, measure=measure)
+        return make_plan(configs, measure=measure, execution_policy=execution_policy)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"{command}: cannot measure the grid here: {err} (python -m bench plan --no-measure counts it without "
               "building the models)", file=sys.stderr)
@@ -385,7 +398,8 @@ def main(argv=None) -> int:
     run.add_argument("--shard", type=_parse_shard, metavar="i/n", help="run only shard i of n (0-based)")
     run.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:1, auto)")
     run.add_argument("--max-minutes", type=float, metavar="M", help="plan the grid here first and, if its estimate "
-                     "exceeds M minutes, run it with n_samples cut to fit (printed; the rows record it)")
+                     "exceeds what planning leaves of M minutes, run it with n_samples cut to fit (printed; the rows "
+                     "record it)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also run again the configs whose rows are failed, diverged, timeout or oom")
     run.add_argument("--backend", choices=["serial", "ray"], default="serial",
@@ -450,6 +464,7 @@ def main(argv=None) -> int:
     plan.add_argument("spec")
     plan.add_argument("--device", help="override the spec's device")
     plan.add_argument("--no-measure", action="store_true", help="counts only: no model is built, nothing timed")
+    plan.add_argument("--threads", type=int, help="torch threads, as for run (default: the spec's, else torch's)")
     plan.set_defaults(func=cmd_plan)
     fit = sub.add_parser("fit-schedule", help="fit time grids to a model for solvers and step counts (GITS-style "
                          "dynamic programme + coordinate descent), one file each for spacings = [\"fitted:PATH\"]")

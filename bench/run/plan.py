@@ -9,26 +9,36 @@ and their NFE is taken as the reference solve's (at their looser tolerance they 
 
 Time: per model, a + b x per configuration, x its image-forwards: b, the solves' seconds per image-forward (the
 network with the solver's arithmetic around it: 1.1-3x the bare forward on the analytic mixtures' cheap networks),
-and a, the harness's own seconds per configuration (pre-drawn Brownian noise, metric arithmetic, writing
-the row), fitted to a few configurations of the grid run in full here (``_calibrate``); plus the Inception network's
-seconds per image, measured at the spec's batch, times the images. Up to cf549af b was the bare forward and a one
-configuration's (the cheapest, deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3.
+and a, the harness's own seconds per configuration (pre-drawn Brownian noise, metric arithmetic, the worker
+process's round trip, writing the row), fitted to a few configurations of the grid run in full here the way the
+sweep runs them (``SweepPath``: in a worker process where the spec has time limits, each row written; under the
+sweep's execution policy), plus each model's set-up (building it, x_T, the metrics' reference sets: its cheapest
+configuration run twice, the first less the second) and the worker's start (its fork server importing the
+harness: 3-4 s on the 2-core CPU, once per process); plus the Inception network's seconds per image, measured at
+the spec's batch, times the images. Up to cf549af b was the bare forward and a one configuration's (the cheapest,
+deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3; up to fa2e44f the configurations
+were calibrated in the planning process, no row written, at torch's default threads whatever the spec's or
+--threads (2.5-2.9 min where it ran 3.3).
 Left out: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (named in the plan's lines; their
-forwards count at eager speed), and a sweep's worker process (3-4 s to start, and 9-14 ms per configuration in two
-of three measurements on the 2-core machine; docs/guide.md).
+forwards count at eager speed), and a worker's restart after a configuration is stopped at its time limit.
 """
 from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from bench import metrics
-from bench.run import references, sampling
+from bench.run import references, sampling, store
+from bench.run.policy import ExecutionPolicy
 from bench.run.runner import WARM_UP_STEPS, SweepCache, resolve_device, run_config
+from bench.run.worker import ConfigWorker
 from bench.spec import RunConfig
 from solvers import SOLVERS
 from solvers.reference import reference_solve
@@ -123,21 +133,30 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
     return out
 
 
-def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
-    """Count what ``configs`` will compute and (``measure``) estimate its time from short measurements here."""
+def make_plan(configs: list[RunConfig], measure: bool = True,
+              execution_policy: ExecutionPolicy | None = None) -> Plan:
+    """Count what ``configs`` will compute and (``measure``) estimate its time from short measurements here, under
+    the sweep's ``execution_policy`` (threads, TF32; default torch's, as a sweep's), which this process keeps."""
     plan = Plan(configs=len(configs))
     runnable = [c for c in configs if c.skip_reason is None]
     plan.skipped = len(configs) - len(runnable)
     plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
     modes = {c.exec_mode for c in runnable}
     plan.uncounted = [what for mode, what in UNCOUNTED.items() if mode in modes]
-    cache, measured = SweepCache(), {}
-    for cfg in runnable:
-        if measure and cfg.model not in measured:
-            same_model = [c for c in runnable if c.model == cfg.model]
-            probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
-            measured[cfg.model] = _measure(cfg, cache, probe)
-            measured[cfg.model].update(_calibrate(same_model, cache, measured[cfg.model]))
+    measured, worker_start_s = {}, 0.0
+    if measure and runnable:
+        execution_policy = execution_policy or ExecutionPolicy()
+        execution_policy.apply()
+        with SweepPath(execution_policy, any(c.time_limit_s for c in runnable)) as path:
+            for cfg in runnable:
+                if cfg.model not in measured:
+                    same_model = [c for c in runnable if c.model == cfg.model]
+                    probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
+                    measured[cfg.model] = _measure(cfg, SweepCache(), probe)  # its model freed before calibrating
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()  # for the worker's copy
+                    measured[cfg.model].update(_calibrate(same_model, path, measured[cfg.model]))
+            worker_start_s = path.worker_start_s
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
@@ -181,18 +200,24 @@ def make_plan(configs: list[RunConfig], measure: bool = True) -> Plan:
         for model, m in measured.items():
             plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch"
                                     f" ({m['solve_forward_s'] * 1e3:.3g} in a solve, harness {m['harness_s'] * 1e3:.3g} "
-                                    f"ms per configuration: {m['calibrated_on']})"
+                                    f"ms per configuration: {m['calibrated_on']}; set-up {m['setup_s']:.3g} s)"
                                     + (f", reference solve {m['reference_nfe']} NFE per sample" if m["reference_nfe"] else "")
                                     + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
                                        if "inception_image_s" in m else ""))
         plan.seconds["harness per configuration"] = sum(measured[cfg.model]["harness_s"] for cfg in runnable)
+        plan.seconds["model set-up"] = sum(m["setup_s"] for m in measured.values())
+        plan.seconds["worker process start"] = worker_start_s
     return plan
 
 
+FIXED = ("harness per configuration", "model set-up", "worker process start")  # the estimate's parts taken as fixed
+
+
 def _fixed_and_scaled(plan: Plan) -> tuple[float, float]:
-    """The plan's estimate split into the harness's per-configuration seconds (fixed whatever N) and the rest, which
-    scales with N: the model behind samples_to_fit and estimate_at."""
-    fixed = plan.seconds.get("harness per configuration", 0.0)
+    """The plan's estimate split into what is taken as fixed whatever N (``FIXED``: the harness's per-configuration
+    seconds, the models' set-up, the worker's start) and the rest, which scales with N: the model behind
+    samples_to_fit and estimate_at."""
+    fixed = sum(plan.seconds.get(what, 0.0) for what in FIXED)
     return fixed, plan.total_s - fixed
 
 
@@ -212,44 +237,93 @@ def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) 
     fitting = int(n_samples * (seconds - fixed) / scaled) if scaled > 0 else 0
     if fitting < max(fewest, 2):
         raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "
-                         f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it the harness's own per configuration "
-                         f"whatever N, and its metrics need N >= {max(fewest, 2)}; run fewer configurations "
-                         f"(solvers, steps, spacings, exec modes)")
+                         f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it fixed whatever N (the harness's own "
+                         f"per configuration, the models' set-up, the worker's start), and its metrics need N >= "
+                         f"{max(fewest, 2)}; run fewer configurations (solvers, steps, spacings, exec modes)")
     return fitting
 
 
-def _calibrate(group: list[RunConfig], cache: SweepCache, measured: dict) -> dict:
-    """A model's solve seconds per image-forward and harness seconds per configuration (``solve_forward_s``,
-    ``harness_s``): y = a + b x fitted by least squares to configurations of ``group`` run in full here, the cheapest
-    first, then others drawn with a fixed seed, up to CALIBRATION_CONFIGS while their time stays within
-    CALIBRATION_BUDGET_S; x is a configuration's image-forwards (its solve times its timings), y its seconds less
-    its warm-up (compilation included), CUDA-graph capture and Inception pass. The metrics that solve again
-    (reference, partner) are left out: their solves are counted as forwards. b is at least the bare forward (a
-    solve runs the network; compile and cuda_graph forwards count at eager speed), a at least 0; one configuration,
-    or no spread in x, gives the bare forward."""
+class SweepPath:
+    """Runs the calibration's configurations as the sweep runs its own: in a worker process (bench.run.worker, one,
+    started once and its start timed: ``worker_start_s``) where a configuration's time_limit_s is above 0, else in
+    this process; from a cache of their own, so that a model's set-up (building or loading it, x_T, the metrics'
+    reference sets) is paid as the sweep's first configuration of the model pays it; each row written to a scratch
+    run folder (store.write_row), as the sweep writes each. A context manager: the worker stopped, the folder
+    removed after."""
+
+    def __init__(self, execution_policy: ExecutionPolicy, worker: bool):
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-plan-"))
+        (self.folder / "rows").mkdir()
+        self.cache = SweepCache()
+        self.worker = ConfigWorker(execution_policy) if worker else None
+        self.worker_start_s = 0.0
+
+    def __enter__(self) -> "SweepPath":
+        if self.worker is not None:
+            self.worker_start_s = self.worker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def timed(self, cfg: RunConfig) -> tuple[float, dict]:
+        """(seconds, row) of one configuration, its row written; a configuration the worker did not finish (stopped
+        at its limit, or dead) gives a row of that status, and the worker is started again untimed."""
+        started = time.perf_counter()
+        if self.worker is not None and cfg.time_limit_s:
+            outcome, row = self.worker.run(("config", cfg, {"device": cfg.device}, "plan"), cfg.time_limit_s)
+            if outcome != "row":
+                elapsed = time.perf_counter() - started
+                self.worker.start()
+                return elapsed, {"status": outcome}
+        else:
+            row = run_config(cfg, self.cache, {"device": cfg.device}, "plan")
+        store.write_row(self.folder, row)
+        return time.perf_counter() - started, row
+
+
+def _calibrate(group: list[RunConfig], path: SweepPath, measured: dict) -> dict:
+    """A model's solve seconds per image-forward, harness seconds per configuration and set-up seconds
+    (``solve_forward_s``, ``harness_s``, ``setup_s``): y = a + b x fitted by least squares to configurations of
+    ``group`` run in full along the sweep's ``path``, the cheapest first, then others drawn with a fixed seed, up to
+    CALIBRATION_CONFIGS while their time stays within CALIBRATION_BUDGET_S; x is a configuration's image-forwards
+    (its solve times its timings), y its seconds less its warm-up (compilation included), CUDA-graph capture and
+    Inception pass. The cheapest runs twice: the model's set-up (building it, x_T, the metrics' reference sets), which
+    the first run pays as the sweep's first configuration of the model does, is the first less the second; left in
+    the harness, it would be counted once per configuration (30 x 5.8 s for bench/configs/images.toml). The metrics
+    that solve again (reference, partner) are left out: their solves are counted as forwards. b is at least the bare
+    forward (a solve runs the network; compile and cuda_graph forwards count at eager speed), a at least 0; one
+    configuration, or no spread in x, gives the bare forward."""
     solving_again = metrics.needing("reference") | metrics.needing("partner")
     ordered = sorted(group, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
     picks = [ordered[0]] + random.Random(0).sample(ordered[1:], min(len(ordered) - 1, CALIBRATION_CONFIGS - 1))
-    points, spent = [], 0.0
-    for cfg in picks:
-        if spent > CALIBRATION_BUDGET_S:
+    picks = [dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in solving_again)) for cfg in picks]
+    first_s, first_row = path.timed(picks[0])
+    points, spent, setup = [], first_s, 0.0
+    for index, cfg in enumerate(picks):
+        if index and spent > CALIBRATION_BUDGET_S:
             break
-        cfg = dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in solving_again))
-        started = time.perf_counter()
-        row = run_config(cfg, cache, {"device": cfg.device}, "plan")
-        elapsed = time.perf_counter() - started
+        elapsed, row = path.timed(cfg)
         spent += elapsed
         if row["status"] != "ok":
             continue
         images = metrics.needing("inception") & set(cfg.metrics) and measured.get("images")
         inception = cfg.n_samples * measured.get("inception_image_s", 0.0) if images else 0.0
         forwards = row["nfe"] * passes_per_evaluation(cfg) * cfg.n_samples * row["timing_repeats"]
-        one_off = (row.get("warmup_s") or 0.0) + (row.get("capture_s") or 0.0)  # named as left out, not fitted
-        points.append((forwards, elapsed - one_off - inception))
+        points.append((forwards, elapsed - _one_off(row) - inception))
+        if index == 0 and first_row["status"] == "ok":
+            setup = max(0.0, first_s - _one_off(first_row) - (elapsed - _one_off(row)))
     bare = measured["image_forward_s"]
     harness, rate = _fit_line(points, bare)
-    return {"solve_forward_s": rate, "harness_s": harness,
+    return {"solve_forward_s": rate, "harness_s": harness, "setup_s": setup,
             "calibrated_on": f"{len(points)} configuration{'s' * (len(points) != 1)} run in full"}
+
+
+def _one_off(row: dict) -> float:
+    """A row's seconds that the estimate names as left out, not fitted: its warm-up and capture."""
+    return (row.get("warmup_s") or 0.0) + (row.get("capture_s") or 0.0)
 
 
 def _fit_line(points: list[tuple[float, float]], least_slope: float) -> tuple[float, float]:

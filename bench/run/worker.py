@@ -45,7 +45,8 @@ def _exit_with(parent_pid: int) -> None:
 
 def _serve(connection, shared: dict, parent_pid: int, execution_policy) -> None:
     """The worker's loop until told to stop (None) or the parent goes: ("config", cfg, env, run_id) in, its row out;
-    ("reference", cfg) in, the reference solve stored in the run folder and its status out."""
+    ("reference", cfg) in, the reference solve stored in the run folder and its status out; ("ready",) in, True out
+    (ConfigWorker.start)."""
     from bench.run.runner import SweepCache, make_reference, run_config
 
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
@@ -58,7 +59,9 @@ def _serve(connection, shared: dict, parent_pid: int, execution_policy) -> None:
             return
         if job is None:
             return
-        if job[0] == "reference":
+        if job[0] == "ready":
+            connection.send(True)
+        elif job[0] == "reference":
             connection.send(make_reference(job[1], cache))
         else:
             _, cfg, env, run_id = job
@@ -83,6 +86,9 @@ def _main_script_hidden():
         yield
 
 
+READY_WITHIN_S = 120.0  # a worker that has not started serving by then never will (a fork and imports: 3-4 s)
+
+
 class ConfigWorker:
     """Runs one job (a config or a reference solve) at a time in a child process, each within its time limit."""
 
@@ -100,6 +106,15 @@ class ConfigWorker:
             process.start()
         self.process = process
         child.close()
+
+    def start(self) -> float:
+        """Start the child process where none runs, and wait until it serves (its fork, the execution policy, its
+        cache): the seconds that took, what a sweep pays before its first config and after each kill."""
+        started = time.monotonic()
+        outcome, _ = self.run(("ready",), READY_WITHIN_S)
+        if outcome != "row":
+            raise RuntimeError(f"the worker process did not start within {READY_WITHIN_S:g} s ({outcome})")
+        return time.monotonic() - started
 
     def run(self, job: tuple, time_limit_s: float) -> tuple[str, object]:
         """("row", the job's result) when it finished in time; ("timeout", seconds) when it was stopped;

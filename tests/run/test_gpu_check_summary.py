@@ -45,6 +45,8 @@ def test_the_plan_is_judged_against_the_grid_that_ran(tmp_path, grid_line, plan_
     ("--max-minutes 7: estimated 9.5 min at N = 10000; running N = 7300 (estimated 6.9 min; FID and the other "
      "sample statistics are noisier and FID is biased upwards at smaller N)\n", "414 s estimated, 420 s ran (-1%)", 7300),
     ("--max-minutes 7: estimated 6.5 min at N = 10000: fits\n", "390 s estimated, 420 s ran (-7%)", 10000),
+    ("--max-minutes 7: estimated 9.5 min at N = 10000; running N = 7300 (estimated 6.4 min, measured at that N)\n"
+     "--max-minutes 7: 30 s spent planning, 6.5 min left\n", "414 s estimated, 420 s ran (-1%)", 7300),  # 384 + 30
 ])
 def test_with_max_minutes_the_grid_is_judged_against_runs_own_estimate_at_the_n_it_ran(tmp_path, log, measured, n):
     goal = _plan_verdict(_folder(tmp_path, "grid rc=0 420s", 9.5, grid_log=log))

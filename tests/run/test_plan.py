@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.run import store
 from bench.run.plan import Plan, make_plan
@@ -11,7 +12,8 @@ from support import bench_cli
 
 
 def _plan(measure=False, **spec):
-    return make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "timing_repeats": 1, **spec})), measure=measure)
+    return make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "timing_repeats": 1, "time_limit_s": 0, **spec})),
+                     measure=measure)
 
 
 def test_solves_warm_ups_and_partners_are_counted_per_image_forward():
@@ -58,6 +60,8 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\nguidance_scales = [2]\n')
     status, _, stderr = bench_cli("plan", str(spec))
     assert status == 2 and "'ring2d' is unconditional" in stderr
+    status, _, stderr = bench_cli("plan", str(spec), "--threads", "0")
+    assert status == 2 and "--threads must be at least 1, got 0" in stderr
 
 
 def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_inception(monkeypatch):
@@ -65,44 +69,76 @@ def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_incept
 
     speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "images": False},
               "gmm_hd": {"image_forward_s": 0.0, "reference_nfe": 0, "images": False}}
-    fitted = {"ring2d": {"solve_forward_s": 1.0, "harness_s": 2.0, "calibrated_on": "1 configuration run in full"},
-              "gmm_hd": {"solve_forward_s": 0.0, "harness_s": 3.0, "calibrated_on": "1 configuration run in full"}}
+    fitted = {"ring2d": {"solve_forward_s": 1.0, "harness_s": 2.0, "setup_s": 0.5,
+                         "calibrated_on": "1 configuration run in full"},
+              "gmm_hd": {"solve_forward_s": 0.0, "harness_s": 3.0, "setup_s": 1.5,
+                         "calibrated_on": "1 configuration run in full"}}
     monkeypatch.setattr(plan_module, "_measure", lambda cfg, cache, probe: dict(speeds[cfg.model]))
     monkeypatch.setattr(plan_module, "_calibrate", lambda group, cache, measured: fitted[group[0].model])
     plan = _plan(measure=True, models=["ring2d", "gmm_hd"], solvers=["ddim"], steps=[4], metrics=["fid"])
     assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards at its solve rate; gmm_hd's free
     assert plan.seconds["harness per configuration"] == 2.0 + 3.0  # each model's own
+    assert plan.seconds["model set-up"] == 0.5 + 1.5 and plan.seconds["worker process start"] == 0  # no time limit
     assert plan.inception_images == 0  # neither makes images: the image metrics skip them
     assert "500 ms per image-forward at the spec's batch (1e+03 in a solve, harness 2e+03 ms" in plan.measured["ring2d"]
 
 
-def test_the_calibration_recovers_the_harness_and_solve_seconds_from_configurations_run_in_full(monkeypatch):
-    """A clock that each configuration advances by 0.05 s + 2 us per image-forward (its solve's NFE x samples x its
-    timings), its warm-up and its CUDA-graph capture: the fit gives back 0.05 s and 2 us, from the configurations the
-    budget allows."""
+class _ClockPath:
+    """A sweep path on which each configuration takes 0.05 s + 2 us per image-forward (its solve's NFE x samples x
+    its timings), its warm-up and its CUDA-graph capture, and the model's first one 0.3 s of set-up more."""
+
+    def __init__(self):
+        self.ran = []
+
+    def timed(self, cfg):
+        self.ran.append(cfg)
+        forwards, repeats = cfg.steps * cfg.n_samples * 3, 3
+        seconds = 0.05 + 2e-6 * forwards + 0.25 + 0.5 + (0.3 if len(self.ran) == 1 else 0.0)
+        return seconds, {"status": "ok", "nfe": cfg.steps, "timing_repeats": repeats, "warmup_s": 0.25,
+                         "capture_s": 0.5}
+
+
+def test_the_calibration_recovers_the_harness_solve_and_set_up_seconds_from_configurations_run_in_full(monkeypatch):
+    """The fit gives back 0.05 s and 2 us from the configurations the budget allows, and the set-up from the
+    cheapest configuration run twice."""
     from bench.run import plan as plan_module
 
-    clock, ran = [0.0], []
-
-    def run_config(cfg, cache, env, run_id):
-        ran.append(cfg)
-        forwards, repeats = cfg.steps * cfg.n_samples * 3, 3
-        clock[0] += 0.05 + 2e-6 * forwards + 0.25 + 0.5
-        return {"status": "ok", "nfe": cfg.steps, "timing_repeats": repeats, "warmup_s": 0.25, "capture_s": 0.5}
-
-    monkeypatch.setattr(plan_module, "run_config", run_config)
-    monkeypatch.setattr(plan_module.time, "perf_counter", lambda: clock[0])
     configs = [c for c in expand(parse_spec({"name": "p", "models": ["ring2d"], "solvers": ["ddim", "euler"],
                                               "steps": [4, 8, 16, 32], "n_samples": 100,
                                               "metrics": ["err_reference", "frechet"]})) if c.skip_reason is None]
-    fitted = plan_module._calibrate(configs, None, {"image_forward_s": 1e-6})
+    path = _ClockPath()
+    fitted = plan_module._calibrate(configs, path, {"image_forward_s": 1e-6})
     assert fitted["harness_s"] == pytest.approx(0.05) and fitted["solve_forward_s"] == pytest.approx(2e-6)
-    assert fitted["calibrated_on"] == f"{len(ran)} configurations run in full" and ran[0].steps == 4  # cheapest first
-    assert all(cfg.metrics == ("frechet",) for cfg in ran)  # the reference's solve is counted as forwards instead
+    assert fitted["setup_s"] == pytest.approx(0.3)
+    assert path.ran[0] == path.ran[1] and path.ran[0].steps == 4  # the cheapest first, twice
+    assert fitted["calibrated_on"] == f"{len(path.ran) - 1} configurations run in full"
+    assert all(cfg.metrics == ("frechet",) for cfg in path.ran)  # the reference's solve is counted as forwards instead
     monkeypatch.setattr(plan_module, "CALIBRATION_BUDGET_S", 0.0)
-    ran.clear()
-    assert plan_module._calibrate(configs, None, {"image_forward_s": 1e-6})["solve_forward_s"] == 1e-6
-    assert len(ran) == 1  # over the budget after one: its remainder is the harness, the bare forward the rate
+    path = _ClockPath()
+    alone = plan_module._calibrate(configs, path, {"image_forward_s": 1e-6})
+    assert len(path.ran) == 2  # over the budget after one: its remainder is the harness, the bare forward the rate
+    assert alone["solve_forward_s"] == 1e-6 and alone["setup_s"] == pytest.approx(0.3)
+    assert alone["harness_s"] == pytest.approx(0.05 + 4 * 100 * 3 * (2e-6 - 1e-6))  # no set-up in it
+
+
+def test_the_calibration_runs_the_sweeps_way_under_its_policy_and_times_the_worker_start():
+    """With time limits the configurations run in a worker process, whose start the plan times; without, in this
+    process, with no worker to start. The policy's threads are in force in the planning process after."""
+    from bench.run.policy import ExecutionPolicy
+
+    threads = torch.get_num_threads()
+    try:
+        spec = {"models": ["ring2d"], "solvers": ["ddim"], "steps": [4, 8], "metrics": ["frechet"]}
+        in_worker = make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "time_limit_s": 60, **spec})),
+                              execution_policy=ExecutionPolicy(threads=3))
+        assert torch.get_num_threads() == 3  # neither torch's default here (2 cores) nor the test workers' (1)
+        assert in_worker.seconds["worker process start"] > 0 and in_worker.seconds["model set-up"] >= 0
+        assert "2 configurations run in full" in in_worker.measured["ring2d"]
+        in_process = make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "time_limit_s": 0, **spec})))
+        assert in_process.seconds["worker process start"] == 0
+        assert "2 configurations run in full" in in_process.measured["ring2d"]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_line_is_fitted_with_the_harness_at_least_zero_and_the_rate_at_least_the_bare_forward():
@@ -116,14 +152,17 @@ def test_the_line_is_fitted_with_the_harness_at_least_zero_and_the_rate_at_least
     assert _fit_line([], 0.1) == (0.0, 0.1)
 
 
-def test_the_sample_count_that_fits_scales_everything_but_the_harness_per_configuration():
+def test_the_sample_count_that_fits_scales_everything_but_the_fixed_costs():
+    """The harness's seconds per configuration, the models' set-up and the worker's start stay whatever N."""
     from bench.run.plan import Plan, samples_to_fit
 
-    plan = Plan(seconds={"network: solves": 500.0, "Inception": 400.0, "harness per configuration": 100.0})
+    plan = Plan(seconds={"network: solves": 500.0, "Inception": 400.0, "harness per configuration": 90.0,
+                         "model set-up": 6.0, "worker process start": 4.0})
     assert samples_to_fit(plan, 1000, 1200.0) == 1000  # fits as it is
     assert samples_to_fit(plan, 1000, 550.0) == 500  # 100 fixed + 900 x 500 / 1000 = 550
-    with pytest.raises(ValueError, match="no sample count fits 1.5 min: at N = 1000 the grid is estimated at 16.7 min, "
-                                         "1.67 min of it the harness's own per configuration whatever N"):
+    with pytest.raises(ValueError, match=r"no sample count fits 1.5 min: at N = 1000 the grid is estimated at 16.7 "
+                                         r"min, 1.67 min of it fixed whatever N \(the harness's own per configuration, "
+                                         r"the models' set-up, the worker's start\)"):
         samples_to_fit(plan, 1000, 90.0)
     assert samples_to_fit(plan, 1000, 104.5) == 5  # 100 fixed + 900 x 5 / 1000
     with pytest.raises(ValueError, match="and its metrics need N >= 6; run fewer configurations"):
@@ -140,7 +179,7 @@ def test_run_max_minutes_cuts_n_samples_to_fit_and_refuses_what_cannot_fit(tmp_p
 
     assert "--max-minutes must be a number of minutes > 0" in run("--max-minutes", "0")[2]
     status, _, stderr = run("--max-minutes", "1e-9")
-    assert status == 2 and "--max-minutes 1e-09: no sample count fits" in stderr
+    assert status == 2 and "--max-minutes 1e-09: planning took 0 s, the whole budget: nothing left to run" in stderr
     assert not (tmp_path / "run").exists()  # refused before anything ran
     status, _, stderr = run("--max-minutes", "600")
     assert status == 0 and "at N = 4000: fits" in stderr
@@ -161,12 +200,21 @@ def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
         assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in stderr
 
 
-def _run_with_known_plans(tmp_path, monkeypatch, harness_s):
+def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0):
     """`run --max-minutes 1` with the plan replaced by a known one at each N: 114 s at N = 4000 that scale with N, and
-    ``harness_s(N)`` of the harness's own per configuration."""
-    import bench.run.plan
+    ``harness_s(N)`` of the harness's own per configuration; each plan takes ``planning_s`` of the CLI's clock."""
+    import types
 
-    def known(configs, measure=True):
+    import bench.cli
+    import bench.run.plan
+    from bench.run.policy import ExecutionPolicy
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.cli, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def known(configs, measure=True, execution_policy=None):
+        assert execution_policy == ExecutionPolicy(threads=1)  # measured under the sweep's policy: --threads's
+        clock[0] += planning_s
         n = configs[0].n_samples
         return Plan(configs=1, seconds={"network: solves": 100.0 * n / 4000, "Inception": 14.0 * n / 4000,
                                         "harness per configuration": harness_s(n)})
@@ -175,7 +223,12 @@ def _run_with_known_plans(tmp_path, monkeypatch, harness_s):
     spec = tmp_path / "s.toml"
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 4000\n'
                     'metrics = ["frechet"]\ntime_limit_s = 0\ntiming_repeats = 1\n')
-    status, _, stderr = bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--no-progress", "--max-minutes", "1")
+    threads = torch.get_num_threads()
+    try:
+        status, _, stderr = bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--no-progress",
+                                      "--max-minutes", "1", "--threads", "1")
+    finally:
+        torch.set_num_threads(threads)
     assert status == 0, stderr
     return stderr, set(store.load_rows(tmp_path / "run").n_samples)
 
@@ -189,6 +242,13 @@ def test_run_max_minutes_runs_the_cut_sample_count_and_says_so(tmp_path, monkeyp
     assert "--max-minutes 1: estimated 2.0 min at N = 4000; running N = 1894 (estimated 1.0 min, measured at that N;" \
            in stderr
     assert ran == {1894}
+
+
+def test_run_max_minutes_counts_the_time_spent_planning(tmp_path, monkeypatch):
+    """Plans of 10 s each: the first leaves 50 s, N = 4000 x (50 - 6) / 114 = 1543; the second (40 s left, where N =
+    1543 is planned at 6 + 44.0 s) N = 1543 x 34 / 44.0 = 1192; the third (30 s left) N = 1192 x 24 / 34.0 = 842."""
+    stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0, planning_s=10.0)
+    assert ran == {842} and "--max-minutes 1: 30 s spent planning, 0.5 min left" in stderr
 
 
 def test_run_max_minutes_cuts_again_when_the_plan_at_the_cut_n_says_more(tmp_path, monkeypatch):
