@@ -5,6 +5,7 @@ import torch
 
 from bench.metrics import METRICS
 from bench.metrics.density_coverage import density_coverage
+from bench.metrics.uncertainty import share_se
 from bench.run import store
 from support import have_fid_weights
 
@@ -53,6 +54,9 @@ def test_a_sweep_computes_it_beside_fid_from_one_inception_pass(tmp_path, monkey
     run_sweep(expand(spec), tmp_path / "run", store.open_run(tmp_path / "run", spec)["run_id"], progress=False)
     row = store.load_rows(tmp_path / "run").iloc[0]
     assert row.status == "ok", row.message
-    # smooth random images against Fashion-MNIST: in none of its balls, and far in FID
-    assert row.coverage == 0 and row.density == 0 and row.density_se == 0 and row.fid > 100
+    # smooth random images against Fashion-MNIST: in none of its balls, and far in FID; the SEs what 16 samples in
+    # none of them and 2,000 balls none of which holds a sample can tell (the density's was 0 up to 8c6c42f, the
+    # coverage's up to b531141)
+    assert row.coverage == 0 and row.density == 0 and row.fid > 100
+    assert row.density_se == pytest.approx(share_se(0, 16) / 5) and row.coverage_se == pytest.approx(share_se(0, 2000))
     assert passes == [16]  # the samples once for both metrics (the standard reference's features are shipped)
