@@ -153,10 +153,10 @@ def make_plan(configs: list[RunConfig], measure: bool = True,
                     same_model = [c for c in runnable if c.model == cfg.model]
                     probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
                     measured[cfg.model] = _measure(cfg, SweepCache(), probe)  # its model freed before calibrating
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()  # for the worker's copy
+                    _release_device_memory()  # for the worker's copy
                     measured[cfg.model].update(_calibrate(same_model, path, measured[cfg.model]))
             worker_start_s = path.worker_start_s
+        _release_device_memory()  # for the sweep's worker, where `run --max-minutes` planned
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
@@ -208,6 +208,13 @@ def make_plan(configs: list[RunConfig], measure: bool = True,
         plan.seconds["model set-up"] = sum(m["setup_s"] for m in measured.values())
         plan.seconds["worker process start"] = worker_start_s
     return plan
+
+
+def _release_device_memory() -> None:
+    """Hand what this process's CUDA allocator caches back to the device: the models the plan built are gone, and a
+    worker process (another CUDA context) cannot use what this one keeps."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 FIXED = ("harness per configuration", "model set-up", "worker process start")  # the estimate's parts taken as fixed
@@ -266,6 +273,7 @@ class SweepPath:
     def __exit__(self, *exc) -> None:
         if self.worker is not None:
             self.worker.stop()
+        self.cache = None  # its models
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def timed(self, cfg: RunConfig) -> tuple[float, dict]:
