@@ -105,15 +105,14 @@ def _fit_to_minutes(spec, device, minutes: float, execution_policy):
         if fitting == n:
             print(f"{first}: fits" if trial is spec else f"{first}; running N = {n} (estimated "
                   f"{plan.total_s / 60:.1f} min, measured at that N; {SMALLER_N})", file=sys.stderr)
-            print(f"{flag}: {planning:.0f} s spent planning, {(60 * minutes - planning) / 60:.1f} min left",
-                  file=sys.stderr)
-            return trial
+            break
         trial = _with_samples(spec, fitting)
         if measured < FIT_PLANS:
             print(f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}; measuring the plan again at N = "
                   f"{fitting} (extrapolated: {estimate_at(plan, n, fitting) / 60:.1f} min)", file=sys.stderr)
-    print(f"{first}; running N = {fitting} (estimated {estimate_at(plan, n, fitting) / 60:.1f} min, extrapolated "
-          f"from the plan at N = {n}; {SMALLER_N})", file=sys.stderr)
+    else:
+        print(f"{first}; running N = {fitting} (estimated {estimate_at(plan, n, fitting) / 60:.1f} min, extrapolated "
+              f"from the plan at N = {n}; {SMALLER_N})", file=sys.stderr)
     print(f"{flag}: {planning:.0f} s spent planning, {(60 * minutes - planning) / 60:.1f} min left", file=sys.stderr)
     return trial
 
@@ -141,11 +140,15 @@ def _load_spec(path):
         return None
 
 
+def _threads_problem(threads: int | None) -> str | None:
+    return f"--threads must be at least 1, got {threads}" if threads is not None and threads < 1 else None
+
+
 def _run_options_problem(args) -> str | None:
     """What is wrong with --threads, --max-minutes, --backend, --address and --workers together, before anything is
     computed."""
-    if args.threads is not None and args.threads < 1:
-        return f"--threads must be at least 1, got {args.threads}"
+    if problem := _threads_problem(args.threads):
+        return problem
     if args.max_minutes is not None and not args.max_minutes > 0:
         return f"--max-minutes must be a number of minutes > 0, got {args.max_minutes:g}"
     if args.max_minutes is not None and args.resume:
@@ -297,8 +300,8 @@ def cmd_plan(args) -> int:
     from bench.run.policy import ExecutionPolicy
     from bench.spec import config
 
-    if args.threads is not None and args.threads < 1:
-        print(f"--threads must be at least 1, got {args.threads}", file=sys.stderr)
+    if problem := _threads_problem(args.threads):
+        print(problem, file=sys.stderr)
         return 2
     spec = _load_spec(args.spec)
     if spec is None:
