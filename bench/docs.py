@@ -53,8 +53,8 @@ def metrics_page() -> str:
         "The metrics a spec may name in `metrics` (bench/metrics/, one registry entry each; a new metric is one new "
         "file there), what they need and the row columns they fill. Every sample-based figure has its standard error "
         "beside it (`<column>_se`): bootstrap over samples for medians and means of per-sample values, delete-a-group "
-        "jackknife for distances between sample sets, the binomial for precision and as the least SE of recall and "
-        "coverage, so that no share has SE 0 at a bound (bench/metrics/uncertainty.py). "
+        "jackknife for distances between sample sets, the binomial for precision and as the least SE of recall, "
+        "coverage and density, so that none has SE 0 at a bound (bench/metrics/uncertainty.py). "
         "Fewest samples: the `n_samples` (and `reference_size` of a drawn reference set) below which a figure or its "
         "standard error cannot be computed; the spec refuses fewer.",
         _table(["metric", "what it measures", "needs", "fewest samples", "columns"], rows),
