@@ -235,8 +235,9 @@ def estimate_at(plan: Plan, n_samples: int, n: int) -> float:
 
 
 def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) -> int:
-    """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the harness's
-    per-configuration seconds (taken as fixed); ``n_samples`` itself when the plan already fits. Raises ValueError
+    """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the ``FIXED``
+    ones (the harness's per-configuration seconds, the models' set-up, the worker's start); ``n_samples`` itself
+    when the plan already fits. Raises ValueError
     when no N >= ``fewest`` (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
     if plan.total_s <= seconds:
         return n_samples

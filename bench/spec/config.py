@@ -379,9 +379,9 @@ def _sample_count_errors(raw: dict, where: str) -> list[str]:
     drawn_reference = raw.get("fid_reference", DEFAULTS["fid_reference"]) in ("exact", "fashion_mnist")
     compared_with_images = [name for name in metrics if name in needing("dataset")] if drawn_reference else []
     errors = []
-    for key, names in (("n_samples", metrics), ("reference_size", compared_with_images)):
+    for key, names, least in (("n_samples", metrics, 1), ("reference_size", compared_with_images, 2)):
         fewest, metric = fewest_samples(names)
-        if metric and key in raw and 1 <= raw[key] < fewest:
+        if metric and key in raw and least <= raw[key] < fewest:  # below least: _validate's own bound says so
             errors.append(f"{where}: key {key!r}: {raw[key]} is too few for metric {metric!r}, whose figures and "
                           f"standard errors need at least {fewest}; allowed: integers >= {fewest}")
     return errors

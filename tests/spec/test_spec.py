@@ -98,6 +98,12 @@ def test_every_problem_is_reported_at_once():
     assert len(str(err.value).splitlines()) == 3
 
 
+def test_a_reference_size_below_two_gets_one_message_not_also_the_metrics_minimum():
+    with pytest.raises(SpecError) as err:
+        parse_spec(_with(models=["digits"], metrics=["fid"], reference_size=1), "x.toml")
+    assert str(err.value).splitlines() == ["x.toml: key 'reference_size' must be an integer >= 2, got 1"]
+
+
 def test_bad_toml_and_missing_file(tmp_path):
     bad = tmp_path / "broken.toml"
     bad.write_text("models = [ring2d")
