@@ -20,9 +20,11 @@ import threading
 import time
 
 _CONTEXT = None
-# Imported once by the fork server, not by each worker: the harness, and what its metrics import on first use
-# (torch-fidelity's statistics: 1.3 s, which every Ray task's fresh worker would otherwise pay again).
-PRELOAD = ["bench.run.runner", "torch_fidelity.metric_fid", "torch_fidelity.metric_prc", "torch_fidelity.metric_kid"]
+# Imported once by the fork server, not by each worker: the harness, and what its metrics and stochastic solvers
+# import on first use (torch-fidelity's statistics: 1.3 s; torchsde, for the Brownian paths: 0.3-1.8 s), which every
+# Ray task's fresh worker would otherwise pay again.
+PRELOAD = ["bench.run.runner", "torch_fidelity.metric_fid", "torch_fidelity.metric_prc", "torch_fidelity.metric_kid",
+           "torchsde"]
 
 
 def _context():
