@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -23,7 +24,6 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def cmd_run(args) -> int:
     from bench.spec import config
     from bench.run import store, sweep
-    from bench.run.policy import ExecutionPolicy
 
     spec = _load_spec(args.spec)
     if spec is None:
@@ -32,9 +32,9 @@ def cmd_run(args) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
+    execution_policy = _sweep_policy(spec, args)
     if args.max_minutes is not None:
-        spec = _fit_to_minutes(spec, args.device, args.max_minutes, execution_policy)
+        spec = _fit_to_minutes(spec, args, execution_policy)
         if spec is None:
             return 2
     configs = config.expand(spec, device=args.device)
@@ -60,8 +60,12 @@ def cmd_run(args) -> int:
     if args.backend == "ray":
         from bench.run.distributed import run_sweep_on_ray
 
-        counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
-                                  progress=args.progress, retry=retry, execution_policy=execution_policy)
+        try:
+            counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
+                                      progress=args.progress, retry=retry, execution_policy=execution_policy)
+        except ValueError as err:  # no node of the Ray can run a task: said before any ran
+            print(err, file=sys.stderr)
+            return 2
     else:
         counts = sweep.run_sweep(configs, run_dir, meta["run_id"], progress=args.progress, retry=retry,
                                   execution_policy=execution_policy)
@@ -75,20 +79,68 @@ def cmd_run(args) -> int:
 FIT_PLANS = 3  # --max-minutes measures the plan at most this often: at the spec's N, then at each cut N
 
 
-def _fit_to_minutes(spec, device, minutes: float, execution_policy):
-    """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate fits ``minutes``,
-    or the spec as it is when it fits; None after printing why nothing fits. A cut N is planned again, measured at that
-    N (the harness's work per configuration does not scale with N: the image metrics' arithmetic changes its method
-    with it, FID's jackknife exact below 8,192 samples and expanded above), and cut again from that plan if it still
-    does not fit, up to FIT_PLANS plans; the last cut then runs on its extrapolated estimate. The time the plans
-    take counts against the budget: each cut fits what is left of it."""
+def _sweep_policy(spec, args):
+    """The execution policy the sweep's configurations run under: the spec's, --threads over its threads; a Ray
+    task's (one thread unless set) with --backend ray."""
+    from bench.run.policy import ExecutionPolicy
+
+    execution_policy = ExecutionPolicy.from_spec(spec.values, threads=args.threads)
+    if args.backend == "ray":
+        from bench.run.distributed import task_policy
+
+        return task_policy(execution_policy)
+    return execution_policy
+
+
+NO_RAY = object()  # _planning_ray's answer where the Ray can run no task of the grid (after saying why)
+
+
+@contextlib.contextmanager
+def _planning_ray(configs, args, execution_policy, command: str):
+    """With --backend ray, the Ray the grid will run on, up while the grid is planned (bench.run.distributed's
+    ray_fan_out: its FanOut), or NO_RAY after one line saying why that Ray can run no task of the grid; None
+    without."""
+    if args.backend != "ray":
+        yield None
+        return
+    from bench.run.distributed import ray_fan_out
+
+    with contextlib.ExitStack() as stack:
+        try:
+            fan_out = stack.enter_context(ray_fan_out(configs, args.address, args.workers, execution_policy))
+        except ValueError as err:
+            print(f"{command}: {err}", file=sys.stderr)
+            fan_out = NO_RAY
+        yield fan_out
+
+
+def _fit_to_minutes(spec, args, execution_policy):
+    """--max-minutes M: ``_cut_to_fit``, with --backend ray on the Ray it starts for the plans (stopped before the
+    sweep starts its own)."""
+    from bench.spec import config
+
+    with _planning_ray(config.expand(spec, device=args.device), args, execution_policy,
+                       f"--max-minutes {args.max_minutes:g}") as fan_out:
+        if fan_out is NO_RAY:
+            return None
+        return _cut_to_fit(spec, args.device, args.max_minutes, execution_policy, fan_out)
+
+
+def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out):
+    """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate (on Ray:
+    ``fan_out``) fits ``minutes``, or the spec as it is when it fits; None after printing why nothing fits. A cut N is
+    planned again, measured at that N (the harness's work per configuration does not scale with N: the image
+    metrics' arithmetic changes its method with it, FID's jackknife exact below 8,192 samples and expanded above),
+    and cut again from that plan if it still does not fit, up to FIT_PLANS plans; the last cut then runs on its
+    extrapolated estimate. The time the plans take counts against the budget: each cut fits what is left of it."""
     from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
 
     flag, trial, first, started = f"--max-minutes {minutes:g}", spec, None, time.monotonic()
     for measured in range(1, FIT_PLANS + 1):
-        plan = _plan_or_none(config.expand(trial, device=device), flag, execution_policy=execution_policy)
+        plan = _plan_or_none(config.expand(trial, device=device), flag, execution_policy=execution_policy,
+                             fan_out=fan_out)
         if plan is None:
             return None
         n, planning = trial.values["n_samples"], time.monotonic() - started
@@ -156,6 +208,12 @@ def _run_options_problem(args) -> str | None:
     if args.max_minutes is not None and args.shard:
         return ("--max-minutes measures the sample count on each machine, so shards could each pick another N and "
                 "run different configurations; cut n_samples in the spec for a sharded run")
+    return _backend_problem(args)
+
+
+def _backend_problem(args) -> str | None:
+    """What is wrong with --backend, --address and --workers together (run's and plan's), before anything is
+    computed."""
     if args.backend != "ray":
         given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers)) if value is not None]
         return f"{' and '.join(given)} only apply to --backend ray" if given else None
@@ -297,10 +355,9 @@ def cmd_conformance(args) -> int:
 
 def cmd_plan(args) -> int:
     """What a spec will compute and about how long it takes here, before anything runs (bench.run.plan)."""
-    from bench.run.policy import ExecutionPolicy
     from bench.spec import config
 
-    if problem := _threads_problem(args.threads):
+    if problem := _threads_problem(args.threads) or _backend_problem(args):
         print(problem, file=sys.stderr)
         return 2
     spec = _load_spec(args.spec)
@@ -308,8 +365,13 @@ def cmd_plan(args) -> int:
         return 2
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")
-    plan = _plan_or_none(configs, "plan", measure=not args.no_measure,
-                         execution_policy=ExecutionPolicy.from_spec(spec.values, threads=args.threads))
+    execution_policy = _sweep_policy(spec, args)
+    planning = contextlib.nullcontext() if args.no_measure else _planning_ray(configs, args, execution_policy, "plan")
+    with planning as fan_out:
+        if fan_out is NO_RAY:
+            return 2
+        plan = _plan_or_none(configs, "plan", measure=not args.no_measure, execution_policy=execution_policy,
+                             fan_out=fan_out)
     if plan is None:
         return 2
     for line in plan.lines():
@@ -317,13 +379,13 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _plan_or_none(configs, command: str, measure: bool = True, execution_policy=None):
-    """The grid's plan, measured under the sweep's ``execution_policy``, or None after one line saying why it cannot
-    be measured here (a model folder that is not there, a device this machine lacks)."""
+def _plan_or_none(configs, command: str, measure: bool = True, execution_policy=None, fan_out=None):
+    """The grid's plan, measured under the sweep's ``execution_policy`` (on Ray: ``fan_out``), or None after one line
+    saying why it cannot be measured here (a model folder that is not there, a device this machine lacks)."""
     from bench.run.plan import make_plan
 
     try:
-        return make_plan(configs, measure=measure, execution_policy=execution_policy)
+        return make_plan(configs, measure=measure, execution_policy=execution_policy, fan_out=fan_out)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"{command}: cannot measure the grid here: {err} (python -m bench plan --no-measure counts it without "
               "building the models)", file=sys.stderr)
@@ -390,6 +452,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _add_backend_arguments(parser) -> None:
+    parser.add_argument("--backend", choices=["serial", "ray"], default="serial",
+                        help="serial (this process) or ray: one Ray task per config group (model, seed, device, solver)")
+    parser.add_argument("--address", help="--backend ray: a running Ray cluster to join (default: start a local Ray)")
+    parser.add_argument("--workers", type=int, help="--backend ray without --address: CPUs of the local Ray "
+                        "(default: all)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark diffusion samplers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -405,10 +475,7 @@ def main(argv=None) -> int:
                      "record it)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also run again the configs whose rows are failed, diverged, timeout or oom")
-    run.add_argument("--backend", choices=["serial", "ray"], default="serial",
-                     help="serial (this process) or ray: one Ray task per config group (model, seed, device, solver)")
-    run.add_argument("--address", help="--backend ray: a running Ray cluster to join (default: start a local Ray)")
-    run.add_argument("--workers", type=int, help="--backend ray without --address: CPUs of the local Ray (default: all)")
+    _add_backend_arguments(run)
     run.add_argument("--threads", type=int, help="torch threads in every process of the sweep, over the spec's "
                      "'threads' (default: torch's, one per core; a Ray task: 1, and as many CPUs reserved)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -467,7 +534,9 @@ def main(argv=None) -> int:
     plan.add_argument("spec")
     plan.add_argument("--device", help="override the spec's device")
     plan.add_argument("--no-measure", action="store_true", help="counts only: no model is built, nothing timed")
-    plan.add_argument("--threads", type=int, help="torch threads, as for run (default: the spec's, else torch's)")
+    plan.add_argument("--threads", type=int, help="torch threads, as for run (default: the spec's, else torch's; a Ray "
+                      "task's: 1)")
+    _add_backend_arguments(plan)
     plan.set_defaults(func=cmd_plan)
     fit = sub.add_parser("fit-schedule", help="fit time grids to a model for solvers and step counts (GITS-style "
                          "dynamic programme + coordinate descent), one file each for spacings = [\"fitted:PATH\"]")

@@ -18,12 +18,20 @@ A task whose Ray worker dies is retried (``MAX_RETRIES``); the retry resumes its
 disk, so a killed worker loses only the config it was running and duplicates nothing. Rows land in the
 run folder as they finish, so a serial ``--resume`` completes a Ray run and the other way round.
 Workers must see the run folder at the same path (one machine, or a shared filesystem on a cluster).
+
+A Ray on which no node can run a task (its threads in CPUs, and a GPU for a CUDA grid) is refused before any task
+starts; Ray itself would leave them pending for ever. ``ray_fan_out`` gives the plan (bench.run.plan) what it
+needs of the Ray: how many tasks run at once, its start, and the time of a task with every slot busy.
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.run import references
@@ -34,13 +42,131 @@ MAX_RETRIES = 3  # a group's task is run again this often after its worker died
 POLL_S = 0.5  # how often the driver refreshes its progress bar
 
 
+@dataclass(frozen=True)
+class FanOut:
+    """The Ray a sweep fans out on, as its plan needs it (bench.run.plan): ``slots`` tasks at once, ``start_s``
+    seconds to start it as the sweep does, and ``time_task(configs)``, the seconds one task of ``configs`` takes
+    there with every slot busy (``ray_fan_out``)."""
+    slots: int
+    start_s: float
+    time_task: Callable[[list[RunConfig]], float]
+
+
+def group_key(cfg: RunConfig) -> tuple:
+    """The task a config runs in: configs that share a loaded model, x_T and reference solve, and one solver."""
+    return cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.device, cfg.solver
+
+
 def config_groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
-    """Configs that share a loaded model, x_T and reference solve, in sweep order, largest group first
-    (so the long tasks start first)."""
+    """Configs of one task each (``group_key``), in sweep order, largest group first (so the long tasks start
+    first)."""
     groups: dict[tuple, list[RunConfig]] = defaultdict(list)
     for cfg in configs:
-        groups[(cfg.model, cfg.schedule, cfg.image_resize, cfg.seed, cfg.n_samples, cfg.device, cfg.solver)].append(cfg)
+        groups[group_key(cfg)].append(cfg)
     return sorted(groups.values(), key=len, reverse=True)
+
+
+def task_policy(execution_policy: ExecutionPolicy | None) -> ExecutionPolicy:
+    """The execution policy every Ray task runs under: the sweep's, with one torch thread where it sets none (a task
+    reserves as many CPUs as it has threads, so tasks do not share a core)."""
+    execution_policy = execution_policy or ExecutionPolicy()
+    return execution_policy if execution_policy.threads is not None else replace(execution_policy, threads=1)
+
+
+def task_slots(nodes: list[dict], threads: int, gpu: bool) -> int:
+    """How many tasks Ray runs at once on ``nodes`` (ray.nodes()): on each live node, its CPUs over a task's
+    ``threads``, and no more than its GPUs where each task asks one (``gpu``)."""
+    slots = 0
+    for node in nodes:
+        if node.get("Alive", True):
+            resources = node.get("Resources", {})
+            fits = int(resources.get("CPU", 0) // threads)
+            slots += min(fits, int(resources.get("GPU", 0))) if gpu else fits
+    return slots
+
+
+def _slots_or_raise(configs: list[RunConfig], execution_policy: ExecutionPolicy) -> int:
+    """``task_slots`` of the Ray this process is connected to; ValueError, naming what a task asks and what the
+    nodes have, where no node can run one (Ray would leave the tasks pending for ever)."""
+    import ray
+
+    gpu = any(cfg.device.startswith("cuda") for cfg in configs)
+    nodes = [node for node in ray.nodes() if node.get("Alive", True)]
+    slots = task_slots(nodes, execution_policy.threads, gpu)
+    if not slots:
+        have = "; ".join(", ".join(_amount(node["Resources"].get(what, 0), what) for what in ("CPU", "GPU")[:1 + gpu])
+                         for node in nodes)
+        raise ValueError(f"--backend ray: a task asks {_amount(execution_policy.threads, 'CPU')} (its torch threads)"
+                         + (" and 1 GPU" if gpu else "") + f", and no node of this Ray has that ({have or 'no node'}):"
+                         " lower --threads, or give the Ray more (--workers)")
+    return slots
+
+
+def _amount(count: float, what: str) -> str:
+    return f"{count:g} {what}" + "s" * (count != 1)
+
+
+@contextlib.contextmanager
+def ray_fan_out(configs: list[RunConfig], address: str | None = None, workers: int | None = None,
+                execution_policy: ExecutionPolicy | None = None):
+    """The Ray a sweep of ``configs`` will run on, started (or joined) for its plan and stopped after: a FanOut, its
+    start timed as the sweep pays it (``ray.init``, then on every slot a first task importing the harness).
+    ValueError, before anything runs, where no node can run a task."""
+    import ray
+
+    execution_policy = task_policy(execution_policy)
+    started = time.perf_counter()
+    _start_ray(address, workers)
+    try:
+        slots = _slots_or_raise(configs, execution_policy)
+        ray.get([ray.remote(num_cpus=0)(_import_the_harness).remote() for _ in range(slots)])
+        yield FanOut(slots, time.perf_counter() - started,
+                     lambda group: _time_side_by_side(group, slots, execution_policy))
+    finally:
+        ray.shutdown()
+
+
+def _time_side_by_side(group: list[RunConfig], slots: int, execution_policy: ExecutionPolicy) -> float:
+    """The mean seconds of ``slots`` copies of a task of ``group`` run at once on the Ray, each as a sweep's task runs
+    its group (``_timed_task``)."""
+    import ray
+
+    task = ray.remote(_timed_task).options(**_resources(group[0], execution_policy))
+    times = ray.get([task.remote(group, execution_policy) for _ in range(slots)])
+    return sum(times) / len(times)
+
+
+def _timed_task(group: list[RunConfig], execution_policy: ExecutionPolicy) -> float:
+    """A Ray task: the seconds of ``group`` run through the serial sweep as ``_run_group`` runs it, into a scratch
+    folder of its own; the Ray worker's fork server started first, untimed (the plan counts it once per slot)."""
+    from bench.run.sweep import run_sweep
+    from bench.run.worker import ConfigWorker
+
+    execution_policy.apply()
+    if any(cfg.time_limit_s for cfg in group):
+        worker = ConfigWorker(execution_policy)
+        worker.start()
+        worker.stop()
+    folder = Path(tempfile.mkdtemp(prefix="bench-plan-task-"))
+    try:
+        (folder / "rows").mkdir()
+        started = time.perf_counter()
+        run_sweep(group, folder, "plan", progress=False, execution_policy=execution_policy, reference_stage=False)
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_ray(address: str | None, workers: int | None) -> None:
+    """Join the cluster at ``address``, or start a local Ray with ``workers`` CPUs (default: all)."""
+    import ray
+
+    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def _import_the_harness() -> None:
+    import bench.run.sweep  # noqa: F401
 
 
 def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, address: str | None = None,
@@ -56,9 +182,7 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
     from bench.run import store
     from bench.run.sweep import progress_bar
 
-    execution_policy = execution_policy or ExecutionPolicy()
-    if execution_policy.threads is None:
-        execution_policy = replace(execution_policy, threads=1)
+    execution_policy = task_policy(execution_policy)
     run_dir = Path(run_dir).resolve()
     done = store.done_ids(run_dir, retry)
     todo = [c for c in configs if c.config_id not in done]
@@ -66,9 +190,9 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
     groups = config_groups(todo)
     if not groups:
         return dict(counts)
-    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    _start_ray(address, workers)
     try:
+        _slots_or_raise(todo, execution_policy)
         board = ray.remote(num_cpus=0)(Board).remote()
         solving = _start_reference_solves(references.pending(todo, run_dir, retry=bool(retry)), run_dir, board,
                                           execution_policy)

@@ -19,16 +19,22 @@ the spec's batch, times the images. Up to cf549af b was the bare forward and a o
 deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3; up to fa2e44f the configurations
 were calibrated in the planning process, no row written, at torch's default threads whatever the spec's or
 --threads (2.5-2.9 min where it ran 3.3).
+On Ray (``fan_out``) the same costs are split into its tasks (bench.run.distributed's groups, and a task per
+reference solve), each paying its model's set-up and what a task costs beyond its configurations (measured on the
+cheapest task, run as a task runs it), and handed out to the Ray's slots as its driver hands them out
+(``makespan``); the estimate is Ray's start plus the moment the last task ends.
 Left out: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (named in the plan's lines; their
 forwards count at eager speed), and a worker's restart after a configuration is stopped at its time limit.
 """
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import random
 import shutil
 import tempfile
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +42,11 @@ import torch
 
 from bench import metrics
 from bench.run import references, sampling, store
+from bench.run.distributed import FanOut, group_key
 from bench.run.policy import ExecutionPolicy
 from bench.run.runner import WARM_UP_STEPS, SweepCache, resolve_device, run_config
 from bench.run.worker import ConfigWorker
-from bench.spec import RunConfig
+from bench.spec import REFERENCE_METRICS, RunConfig
 from solvers import SOLVERS
 from solvers.reference import reference_solve
 
@@ -48,6 +55,43 @@ CALIBRATION_CONFIGS, CALIBRATION_BUDGET_S = 24, 10.0  # per model: configuration
 UNCOUNTED = {  # exec mode -> its one-off cost, which the plan does not measure (its forwards count at eager speed)
     "compile": "torch.compile's compilation, once per model and batch shape (rows: warmup_s)",
     "cuda_graph": "each cuda_graph config's capture, once per batch shape (rows: capture_s)"}
+
+
+@dataclass
+class Task:
+    """One Ray task's estimated work: ``fixed_s`` whatever N (its model's set-up, its configurations' harness),
+    ``scaled_s`` in proportion to N; the reference solves it waits for (``needs``, their keys) or the one it makes
+    (``makes``); ``worker``: its configurations run in a worker process (time limits)."""
+    fixed_s: float = 0.0
+    scaled_s: float = 0.0
+    needs: set = field(default_factory=set)
+    makes: tuple | None = None
+    worker: bool = False
+
+
+def makespan(tasks: list[Task], slots: int, scale: float = 1.0, slot_start_s: float = 0.0) -> float:
+    """Seconds until the last of ``tasks`` ends, with N scaled by ``scale``, handed out as bench.run.distributed does:
+    in order, each to the first slot free once the reference solves it needs are stored; a slot's first task with a
+    worker process starts the Ray worker's fork server first (``slot_start_s``; later workers fork from it in
+    0.03 s). The reference solves come first in the order, so each is handed out before any task that needs it."""
+    free = [(0.0, slot) for slot in range(slots)]
+    served, stored, waiting, end = set(), {}, list(tasks), 0.0
+    while waiting:
+        at, slot = heapq.heappop(free)
+        task = next((t for t in waiting if all(stored.get(key, 0.0) <= at for key in t.needs)), None)
+        if task is None:  # the slot idles until the next reference solve is stored
+            heapq.heappush(free, (min(done for done in stored.values() if done > at), slot))
+            continue
+        waiting.remove(task)
+        done = at + task.fixed_s + task.scaled_s * scale
+        if task.worker and slot not in served:
+            served.add(slot)
+            done += slot_start_s
+        if task.makes is not None:
+            stored[task.makes] = done
+        end = max(end, done)
+        heapq.heappush(free, (done, slot))
+    return end
 
 
 @dataclass
@@ -62,10 +106,19 @@ class Plan:
     seconds: dict = field(default_factory=dict)  # what -> estimated seconds
     measured: dict = field(default_factory=dict)  # what was measured, per model
     uncounted: list = field(default_factory=list)  # costs the grid has that the estimate leaves out
+    fan_out: FanOut | None = None  # --backend ray: the Ray its tasks share (None: one process runs the grid)
+    tasks: list = field(default_factory=list)  # with fan_out: each Ray task's work (Task), in the order it is handed out
+    slot_start_s: float = 0.0  # with fan_out: a Ray worker's fork server, started by its first task with time limits
+
+    @property
+    def work_s(self) -> float:
+        """The estimated seconds of work, all processes together (``seconds``' sum)."""
+        return sum(self.seconds.values())
 
     @property
     def total_s(self) -> float:
-        return sum(self.seconds.values())
+        """The estimated seconds the grid takes: its work, or on Ray its tasks side by side and Ray's start."""
+        return self.work_s if self.fan_out is None else estimate_ray(self, 1, 1)
 
     def lines(self) -> list[str]:
         out = [f"{self.configs} configurations: {self.configs - self.skipped} runnable, {self.skipped} skipped by rule"
@@ -78,9 +131,14 @@ class Plan:
                           "timings and the seconds need the measurement: drop --no-measure)"]
         out += [f"measured: {line}" for line in self.measured.values()]
         out.append(f"estimate: {self.total_s / 60:.1f} min")
+        if self.fan_out is not None:
+            longest = max((task.fixed_s + task.scaled_s for task in self.tasks), default=0.0)
+            out[-1] += (f" on Ray, {self.fan_out.slots} task{'s' * (self.fan_out.slots != 1)} at once: "
+                        f"{self.work_s / 60:.1f} min of work in {len(self.tasks)} tasks (the longest "
+                        f"{longest / 60:.1f} min; each pays its model's set-up), Ray's start {self.fan_out.start_s:.0f} s")
         for what, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
             if seconds > 0:
-                out.append(f"  {what}: {seconds / 60:.1f} min ({100 * seconds / max(self.total_s, 1e-9):.0f}%)")
+                out.append(f"  {what}: {seconds / 60:.1f} min ({100 * seconds / max(self.work_s, 1e-9):.0f}%)")
         return out + [f"not in the estimate: {what}" for what in self.uncounted]
 
 
@@ -133,11 +191,13 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
     return out
 
 
-def make_plan(configs: list[RunConfig], measure: bool = True,
-              execution_policy: ExecutionPolicy | None = None) -> Plan:
+def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: ExecutionPolicy | None = None,
+              fan_out: FanOut | None = None) -> Plan:
     """Count what ``configs`` will compute and (``measure``) estimate its time from short measurements here, under
-    the sweep's ``execution_policy`` (threads, TF32; default torch's, as a sweep's), which this process keeps."""
-    plan = Plan(configs=len(configs))
+    the sweep's ``execution_policy`` (threads, TF32; default torch's, as a sweep's), which this process keeps.
+    ``fan_out`` (bench.run.distributed.ray_fan_out): the grid runs on that Ray, as one task per group of
+    configurations (bench.run.distributed.group_key) and one per reference solve, each with a model of its own."""
+    plan = Plan(configs=len(configs), fan_out=fan_out)
     runnable = [c for c in configs if c.skip_reason is None]
     plan.skipped = len(configs) - len(runnable)
     plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
@@ -157,21 +217,24 @@ def make_plan(configs: list[RunConfig], measure: bool = True,
                     measured[cfg.model].update(_calibrate(same_model, path, measured[cfg.model]))
             worker_start_s = path.worker_start_s
         _release_device_memory()  # for the sweep's worker, where `run --max-minutes` planned
+    inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
             for c in runnable}
     counts = {"solves": 0.0, "timing repeats": 0.0, "warm-ups": 0.0, "step-doubling partners": 0.0,
               "eager twins": 0.0, "reference solves": 0.0}
     seconds = dict.fromkeys(counts, 0.0)
     warmed, solved_references = set(), set()
+    groups, reference_tasks = {}, {}  # with fan_out: the Ray tasks, by group and by reference key
     for cfg in runnable:
-        m = measured.get(cfg.model, {"solve_forward_s": 0.0, "reference_nfe": 0})
+        m = measured.get(cfg.model, {"solve_forward_s": 0.0, "reference_nfe": 0, "harness_s": 0.0, "setup_s": 0.0})
         passes, n = passes_per_evaluation(cfg), cfg.n_samples
         forwards = solve_nfe(cfg, cfg.steps, m["reference_nfe"]) * passes * n
         before = dict(counts)
         counts["solves"] += forwards
         if measure and cfg.timing_repeats > 1 and forwards * m["solve_forward_s"] < sampling.REPEAT_BELOW_S:
             counts["timing repeats"] += (cfg.timing_repeats - 1) * forwards
-        warm_key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode)
+        warm_key = (cfg.model, cfg.solver, cfg.device, cfg.batch_size, cfg.exec_mode) + (
+            (group_key(cfg),) if fan_out else ())  # a Ray task warms up in a process of its own
         if warm_key not in warmed:
             warmed.add(warm_key)
             steps = None if cfg.steps is None else min(cfg.steps, WARM_UP_STEPS)
@@ -187,14 +250,27 @@ def make_plan(configs: list[RunConfig], measure: bool = True,
             solved_references.add(references.key(cfg))
             plan.reference_solves += 1
             counts["reference solves"] += (m["reference_nfe"] + sampling.FINAL_STEP_NFE[cfg.final_step]) * (2 if passes == 2 else 1) * n
-        if metrics.needing("inception") & set(cfg.metrics) and m.get("images", True):
-            plan.inception_images += n
+            if fan_out:
+                reference_tasks[references.key(cfg)] = Task(fixed_s=m["setup_s"], makes=references.key(cfg))
+        images = bool(metrics.needing("inception") & set(cfg.metrics) and m.get("images", True))
+        plan.inception_images += n * images
         plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
         for what in counts:  # each model's forwards at its own speed
             seconds[what] += (counts[what] - before[what]) * m["solve_forward_s"]
+        if fan_out:
+            task = groups.setdefault(group_key(cfg), Task(fixed_s=m["setup_s"], worker=bool(cfg.time_limit_s)))
+            task.fixed_s += m["harness_s"]
+            task.scaled_s += n * images * inception_s + m["solve_forward_s"] * sum(
+                counts[what] - before[what] for what in counts if what != "reference solves")
+            if references.needed(cfg):
+                task.needs |= {references.key(cfg)}
+                reference_tasks[references.key(cfg)].scaled_s += (
+                    (counts["reference solves"] - before["reference solves"]) * m["solve_forward_s"])
     plan.forwards = counts
+    if fan_out:  # as bench.run.distributed hands them out: the reference solves, then the largest groups first
+        sizes = Counter(group_key(cfg) for cfg in configs)  # skipped ones too: their rows are the task's
+        plan.tasks = [*reference_tasks.values(), *(groups[key] for key in sorted(groups, key=lambda key: -sizes[key]))]
     if measure:
-        inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
         plan.seconds = {f"network: {what}": value for what, value in seconds.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
         for model, m in measured.items():
@@ -207,7 +283,38 @@ def make_plan(configs: list[RunConfig], measure: bool = True,
         plan.seconds["harness per configuration"] = sum(measured[cfg.model]["harness_s"] for cfg in runnable)
         plan.seconds["model set-up"] = sum(m["setup_s"] for m in measured.values())
         plan.seconds["worker process start"] = worker_start_s
+        if fan_out:  # every task sets its model up; each Ray worker starts a fork server
+            harness = plan.seconds["harness per configuration"]
+            plan.seconds["model set-up"] = sum(task.fixed_s for task in plan.tasks) - harness
+            plan.slot_start_s = worker_start_s
+            plan.seconds["worker process start"] = worker_start_s * min(fan_out.slots, sum(t.worker for t in plan.tasks))
+            if groups:
+                plan.seconds["Ray tasks' own"] = _add_task_overhead(configs, groups, fan_out, plan.measured)
     return plan
+
+
+def _add_task_overhead(configs: list[RunConfig], groups: dict, fan_out: FanOut, measured: dict) -> float:
+    """What a Ray task costs beyond its configurations' estimate (its skipped rows' writes, its reading of the run
+    folder, its worker's fresh caches, its compaction; the other tasks beside it and Ray's own processes): the
+    estimated cheapest task run on the Ray as its tasks run, a copy on every slot at once (``fan_out.time_task``;
+    without its reference metrics, whose solves are tasks of their own), its overshoot spread over its configurations
+    and added to every task in proportion to its own; the seconds added."""
+    members = defaultdict(list)
+    for cfg in configs:
+        members[group_key(cfg)].append(cfg)
+    probe = min(groups, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
+    ran_s = fan_out.time_task([dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics
+                                                                      if m not in REFERENCE_METRICS))
+                               for cfg in members[probe]])
+    _release_device_memory()
+    estimated_s, count = groups[probe].fixed_s + groups[probe].scaled_s, len(members[probe])
+    per_config = max(0.0, ran_s - estimated_s) / count
+    for key, task in groups.items():
+        task.fixed_s += per_config * len(members[key])
+    measured["Ray task"] = (f"a Ray task: {count} configuration{'s' * (count != 1)} of {probe[0]} / {probe[-1]}, "
+                            f"{fan_out.slots} at once, ran in {ran_s:.3g} s against {estimated_s:.3g} s estimated: "
+                            f"{per_config * 1e3:.3g} ms more per configuration in every task")
+    return per_config * sum(len(members[key]) for key in groups)
 
 
 def _release_device_memory() -> None:
@@ -228,27 +335,40 @@ def _fixed_and_scaled(plan: Plan) -> tuple[float, float]:
     return fixed, plan.total_s - fixed
 
 
+def estimate_ray(plan: Plan, n_samples: int, n: int) -> float:
+    """The estimated seconds of the planned grid on its Ray (``plan.fan_out``), planned at ``n_samples`` and run with
+    ``n`` samples: Ray's start, then the tasks side by side (``makespan``)."""
+    return plan.fan_out.start_s + makespan(plan.tasks, plan.fan_out.slots, n / n_samples, plan.slot_start_s)
+
+
 def estimate_at(plan: Plan, n_samples: int, n: int) -> float:
     """The estimated seconds of the planned grid (planned at ``n_samples``) run with ``n`` samples instead."""
+    if plan.fan_out is not None:
+        return estimate_ray(plan, n_samples, n)
     fixed, scaled = _fixed_and_scaled(plan)
     return fixed + scaled * n / n_samples
 
 
 def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) -> int:
-    """The sample count whose estimate fits ``seconds``: every estimated cost scales with N except the ``FIXED``
-    ones (the harness's per-configuration seconds, the models' set-up, the worker's start); ``n_samples`` itself
-    when the plan already fits. Raises ValueError
-    when no N >= ``fewest`` (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
+    """The largest sample count whose estimate (``estimate_at``) fits ``seconds``: every estimated cost scales with N
+    except the ``FIXED`` ones (the harness's per-configuration seconds, the models' set-up, the worker's start; on
+    Ray, Ray's start too); ``n_samples`` itself when the plan already fits. Raises ValueError when no N >= ``fewest``
+    (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
     if plan.total_s <= seconds:
         return n_samples
-    fixed, scaled = _fixed_and_scaled(plan)
-    fitting = int(n_samples * (seconds - fixed) / scaled) if scaled > 0 else 0
-    if fitting < max(fewest, 2):
+    least = max(fewest, 2)
+    if estimate_at(plan, n_samples, least) > seconds:
+        fixed = estimate_at(plan, n_samples, 0)
         raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "
                          f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it fixed whatever N (the harness's own "
-                         f"per configuration, the models' set-up, the worker's start), and its metrics need N >= "
-                         f"{max(fewest, 2)}; run fewer configurations (solvers, steps, spacings, exec modes)")
-    return fitting
+                         f"per configuration, the models' set-up, the worker's start"
+                         + (", Ray's start" if plan.fan_out else "") + f"), and its metrics need N >= {least}; run "
+                         "fewer configurations (solvers, steps, spacings, exec modes)")
+    fits, too_many = least, n_samples  # the estimate grows with N: bisect
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if estimate_at(plan, n_samples, middle) <= seconds else (fits, middle)
+    return fits
 
 
 class SweepPath:

@@ -1,4 +1,5 @@
 """python -m bench plan: the counts of what a sweep computes, exact from the spec and the registry."""
+import re
 import subprocess
 import sys
 
@@ -11,9 +12,9 @@ from bench.spec.config import expand, parse_spec
 from support import bench_cli
 
 
-def _plan(measure=False, **spec):
+def _plan(measure=False, fan_out=None, **spec):
     return make_plan(expand(parse_spec({"name": "p", "n_samples": 10, "timing_repeats": 1, "time_limit_s": 0, **spec})),
-                     measure=measure)
+                     measure=measure, fan_out=fan_out)
 
 
 def test_solves_warm_ups_and_partners_are_counted_per_image_forward():
@@ -212,7 +213,7 @@ def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0):
     clock = [0.0]
     monkeypatch.setattr(bench.cli, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
-    def known(configs, measure=True, execution_policy=None):
+    def known(configs, measure=True, execution_policy=None, fan_out=None):
         assert execution_policy == ExecutionPolicy(threads=1)  # measured under the sweep's policy: --threads's
         clock[0] += planning_s
         n = configs[0].n_samples
@@ -261,3 +262,78 @@ def test_run_max_minutes_cuts_again_when_the_plan_at_the_cut_n_says_more(tmp_pat
     (tmp_path / "b").mkdir()  # 8.42 s more at N = 1052: 68 s, cut to 1052 x (60 - 38.42) / 29.98 = 757
     stderr, ran = _run_with_known_plans(tmp_path / "b", monkeypatch, lambda n: 6.0 if n >= 3000 else 30 + (1894 - n) / 100)
     assert "running N = 757 (estimated 1.0 min, extrapolated from the plan at N = 1052;" in stderr and ran == {757}
+
+
+def test_ray_tasks_are_handed_out_in_order_to_free_slots_after_the_reference_solves_they_need():
+    """Two slots: the reference solve (2 s) and the group without it (5 s) start at once; the group that needs it
+    starts when it is stored (2 s) on the slot it freed; the third group waits for a free slot (at 5 s). A slot's
+    first task with a worker process starts the fork server first (1 s)."""
+    from bench.run.plan import Task, makespan
+
+    reference = Task(fixed_s=2.0, makes=("ref",))
+    needing, free, last = Task(fixed_s=3.0, needs={("ref",)}), Task(fixed_s=5.0), Task(scaled_s=4.0)
+    assert makespan([reference, needing, free, last], 2) == 9.0  # needing ends at 5, last runs 5 to 9
+    assert makespan([reference, needing, free, last], 2, scale=0.5) == 7.0  # last's 4 s scale with N: 5 to 7
+    assert makespan([reference, needing, free, last], 1) == 14.0  # one slot: one after another
+    waiting = Task(fixed_s=1.0, needs={("ref",)})
+    assert makespan([Task(fixed_s=6.0, makes=("ref",)), waiting, Task(fixed_s=1.0)], 2) == 7.0  # waiting waits until 6
+    workers = [Task(fixed_s=1.0, worker=True) for _ in range(3)]
+    assert makespan(workers, 2, slot_start_s=1.0) == 3.0  # 2 + 2 in parallel, then the third without a start: 3
+
+
+def test_ray_slots_are_each_live_nodes_cpus_over_a_tasks_threads_and_at_most_its_gpus():
+    from bench.run.distributed import task_slots
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 3.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}]
+    assert task_slots(nodes, threads=1, gpu=False) == 19
+    assert task_slots(nodes, threads=2, gpu=False) == 8 + 1
+    assert task_slots(nodes, threads=1, gpu=True) == 2  # a CUDA task asks a GPU too
+    assert task_slots(nodes, threads=4, gpu=False) == 4 and task_slots(nodes, threads=32, gpu=False) == 0
+
+
+def test_on_ray_each_group_is_a_task_that_sets_its_model_up_and_warms_up_in_its_own_process():
+    """Two seeds of one solver: one process warms it up once; on Ray they are two tasks (bench.run.distributed's
+    groups), each warming up and setting the model up, and one more for each seed's reference solve."""
+    from bench.run.distributed import FanOut
+
+    spec = dict(models=["ring2d"], solvers=["ddim"], steps=[4, 8], seeds=[0, 1], metrics=["err_reference"])
+    serial, on_ray = _plan(**spec), _plan(**spec, fan_out=FanOut(slots=2, start_s=5.0, time_task=None))
+    assert serial.forwards["warm-ups"] == 10 * 3 and on_ray.forwards["warm-ups"] == 2 * 10 * 3
+    assert [task.makes is not None for task in on_ray.tasks] == [True, True, False, False]
+    assert [len(task.needs) for task in on_ray.tasks] == [0, 0, 1, 1]
+
+
+def test_on_ray_the_estimate_is_the_tasks_side_by_side_and_the_sample_count_that_fits_is_bisected():
+    """Four tasks of 10 s fixed and 20 s at N = 1000 on two slots, Ray's start 6 s: 6 + 2 x 30 = 66 s; 46 s fits
+    6 + 2 x (10 + 20 N / 1000), N = 500."""
+    from bench.run.distributed import FanOut
+    from bench.run.plan import Task, estimate_at, samples_to_fit
+
+    plan = Plan(seconds={"network: solves": 80.0, "harness per configuration": 40.0}, fan_out=FanOut(2, 6.0, None),
+                tasks=[Task(fixed_s=10.0, scaled_s=20.0) for _ in range(4)])
+    assert plan.total_s == 66.0 and plan.work_s == 120.0
+    assert estimate_at(plan, 1000, 500) == 46.0 and samples_to_fit(plan, 1000, 46.0) == 500
+    assert samples_to_fit(plan, 1000, 45.9) == 497  # the largest N within: 6 + 2 x (10 + 0.02 x 497) = 45.88
+    with pytest.raises(ValueError, match=r"0.433 min of it fixed whatever N \(.*, Ray's start\)"):
+        samples_to_fit(plan, 1000, 26.0)  # 6 + 2 x 10 fixed
+
+
+def test_the_plan_on_ray_adds_what_its_cheapest_task_took_beyond_its_estimate_to_every_task():
+    """The cheapest task (one configuration) is timed on the Ray, here at a known 5 s, without its reference metric
+    (the reference solve is a task of its own): the 5 s less its estimate is added per configuration to every task."""
+    from bench.run.distributed import FanOut
+
+    timed = []
+    fan_out = FanOut(slots=2, start_s=5.0, time_task=lambda group: timed.append(group) or 5.0)
+    plan = _plan(measure=True, models=["ring2d"], solvers=["ddim", "heun"], steps=[4], metrics=["err_reference"],
+                 fan_out=fan_out)
+    ((probe,),) = timed
+    assert probe.metrics == () and probe.solver in {"ddim", "heun"}
+    reference, *groups = plan.tasks
+    assert reference.makes is not None and min(t.fixed_s + t.scaled_s for t in groups) == pytest.approx(5.0)
+    estimated = float(re.search(r"ran in 5 s against (\S+) s estimated", plan.measured["Ray task"]).group(1))
+    assert plan.measured["Ray task"].startswith(f"a Ray task: 1 configuration of ring2d / {probe.solver}, 2 at once")
+    assert plan.seconds["Ray tasks' own"] == pytest.approx(2 * (5.0 - estimated), abs=2e-3)  # one each, two tasks
+    line = next(line for line in plan.lines() if line.startswith("estimate:"))
+    assert "on Ray, 2 tasks at once" in line and "in 3 tasks" in line and "Ray's start 5 s" in line

@@ -14,6 +14,7 @@ import pytest
 from bench.run import store
 from bench.spec.config import expand, load_spec
 from bench.run.distributed import config_groups
+from support import bench_cli
 
 pytest.importorskip("ray", reason="the Ray backend's tests need Ray: make setup-ray")
 pytestmark = pytest.mark.xdist_group("ray")  # one pytest-xdist worker: the serial twin runs once, one Ray at a time
@@ -116,3 +117,19 @@ def test_groups_keep_what_configs_share_together(tmp_path):
         shared = {(c.model, c.schedule, c.seed, c.n_samples, c.device, c.solver) for c in group}
         assert len(shared) == 1
     assert len(groups) == 3 * 8 and [len(g) for g in groups] == sorted((len(g) for g in groups), reverse=True)
+
+
+def test_a_ray_that_can_run_no_task_is_refused_before_anything_runs_and_plan_costs_the_tasks_side_by_side(tmp_path):
+    """--threads 2 on a Ray of 1 CPU: every task would wait for ever (it did, before this check); run and plan say so
+    and stop. With room, the plan starts that Ray, counts its slots and costs the tasks on them."""
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim", "heun"]\nsteps = [4]\nn_samples = 16\n'
+                         'metrics = ["err_reference"]\ntiming_repeats = 1\n')
+    for command in (["run", str(spec_path), "--out", str(tmp_path / "run"), "--no-progress"], ["plan", str(spec_path)]):
+        status, _, stderr = bench_cli(*command, "--backend", "ray", "--workers", "1", "--threads", "2")
+        assert status == 2 and "a task asks 2 CPUs (its torch threads), and no node of this Ray has that (1 CPU): " \
+                               "lower --threads, or give the Ray more (--workers)" in stderr
+    assert not (tmp_path / "run" / "rows").exists() or not list((tmp_path / "run" / "rows").iterdir())
+    status, stdout, _ = bench_cli("plan", str(spec_path), "--backend", "ray", "--workers", "2")
+    assert status == 0 and "on Ray, 2 tasks at once" in stdout and "in 3 tasks" in stdout  # 2 groups, 1 reference
+    assert "measured: a Ray task: 1 configuration of ring2d" in stdout
