@@ -142,7 +142,6 @@ def _timed_task(group: list[RunConfig], execution_policy: ExecutionPolicy) -> fl
     from bench.run.sweep import run_sweep
     from bench.run.worker import ConfigWorker
 
-    execution_policy.apply()
     if any(cfg.time_limit_s for cfg in group):
         worker = ConfigWorker(execution_policy)
         worker.start()

@@ -34,7 +34,6 @@ import random
 import shutil
 import tempfile
 import time
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import torch
 
 from bench import metrics
 from bench.run import references, sampling, store
-from bench.run.distributed import FanOut, group_key
+from bench.run.distributed import FanOut, config_groups, group_key
 from bench.run.policy import ExecutionPolicy
 from bench.run.runner import WARM_UP_STEPS, SweepCache, resolve_device, run_config
 from bench.run.worker import ConfigWorker
@@ -268,8 +267,8 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                     (counts["reference solves"] - before["reference solves"]) * m["solve_forward_s"])
     plan.forwards = counts
     if fan_out:  # as bench.run.distributed hands them out: the reference solves, then the largest groups first
-        sizes = Counter(group_key(cfg) for cfg in configs)  # skipped ones too: their rows are the task's
-        plan.tasks = [*reference_tasks.values(), *(groups[key] for key in sorted(groups, key=lambda key: -sizes[key]))]
+        members = {group_key(group[0]): group for group in config_groups(configs)}  # skipped rows are a task's too
+        plan.tasks = [*reference_tasks.values(), *(groups[key] for key in members if key in groups)]
     if measure:
         plan.seconds = {f"network: {what}": value for what, value in seconds.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
@@ -289,19 +288,17 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
             plan.slot_start_s = worker_start_s
             plan.seconds["worker process start"] = worker_start_s * min(fan_out.slots, sum(t.worker for t in plan.tasks))
             if groups:
-                plan.seconds["Ray tasks' own"] = _add_task_overhead(configs, groups, fan_out, plan.measured)
+                plan.seconds["Ray tasks' own"] = _add_task_overhead(members, groups, fan_out, plan.measured)
     return plan
 
 
-def _add_task_overhead(configs: list[RunConfig], groups: dict, fan_out: FanOut, measured: dict) -> float:
+def _add_task_overhead(members: dict, groups: dict, fan_out: FanOut, measured: dict) -> float:
     """What a Ray task costs beyond its configurations' estimate (its skipped rows' writes, its reading of the run
     folder, its worker's fresh caches, its compaction; the other tasks beside it and Ray's own processes): the
     estimated cheapest task run on the Ray as its tasks run, a copy on every slot at once (``fan_out.time_task``;
     without its reference metrics, whose solves are tasks of their own), its overshoot spread over its configurations
-    and added to every task in proportion to its own; the seconds added."""
-    members = defaultdict(list)
-    for cfg in configs:
-        members[group_key(cfg)].append(cfg)
+    and added to every task in proportion to its own; the seconds added. ``members``: each task's configurations,
+    ``groups`` their estimates (Task), by bench.run.distributed.group_key."""
     probe = min(groups, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
     ran_s = fan_out.time_task([dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics
                                                                       if m not in REFERENCE_METRICS))
