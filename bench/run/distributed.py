@@ -85,9 +85,10 @@ def task_slots(nodes: list[dict], threads: int, gpu: bool) -> int:
     return slots
 
 
-def _slots_or_raise(configs: list[RunConfig], execution_policy: ExecutionPolicy) -> int:
-    """``task_slots`` of the Ray this process is connected to; ValueError, naming what a task asks and what the
-    nodes have, where no node can run one (Ray would leave the tasks pending for ever)."""
+def _slots_or_raise(configs: list[RunConfig], execution_policy: ExecutionPolicy, address: str | None) -> int:
+    """``task_slots`` of the Ray this process is connected to (joined at ``address``, or None: started here);
+    ValueError, naming what a task asks, what the nodes have and what would give a task room, where no node can run
+    one (Ray would leave the tasks pending for ever)."""
     import ray
 
     gpu = any(cfg.device.startswith("cuda") for cfg in configs)
@@ -97,9 +98,28 @@ def _slots_or_raise(configs: list[RunConfig], execution_policy: ExecutionPolicy)
         have = "; ".join(", ".join(_amount(node["Resources"].get(what, 0), what) for what in ("CPU", "GPU")[:1 + gpu])
                          for node in nodes)
         raise ValueError(f"--backend ray: a task asks {_amount(execution_policy.threads, 'CPU')} (its torch threads)"
-                         + (" and 1 GPU" if gpu else "") + f", and no node of this Ray has that ({have or 'no node'}):"
-                         " lower --threads, or give the Ray more (--workers)")
+                         + (" and 1 GPU" if gpu else "") + f", and no node of this Ray has that ({have or 'no node'}): "
+                         + no_room_remedy(nodes, execution_policy.threads, gpu, address))
     return slots
+
+
+def no_room_remedy(nodes: list[dict], threads: int, gpu: bool, address: str | None) -> str:
+    """What gives a task of ``threads`` CPUs (and a GPU where ``gpu``) room on a Ray of ``nodes`` that has none for
+    it: fewer threads, a local Ray of more CPUs or on a machine with a GPU, a node added to the cluster at
+    ``address``, or the CPU."""
+    cpu_short = not any(node["Resources"].get("CPU", 0) >= threads for node in nodes)
+    gpu_short = gpu and not any(node["Resources"].get("GPU", 0) >= 1 for node in nodes)
+    remedies = ["lower --threads"] if cpu_short else []
+    if address is not None:
+        remedies.append(f"add a node with {_amount(threads, 'CPU')}" + (" and a GPU" if gpu else "")
+                        + f" to the cluster at {address}")
+    elif cpu_short:
+        remedies.append("start the local Ray with more CPUs (--workers)")
+    if gpu_short and address is None:
+        remedies.append("run where the local Ray sees a GPU")
+    if gpu:
+        remedies.append('run the grid on the CPU (device = "cpu")')
+    return ", or ".join(remedies)
 
 
 def _amount(count: float, what: str) -> str:
@@ -118,7 +138,7 @@ def ray_fan_out(configs: list[RunConfig], address: str | None = None, workers: i
     started = time.perf_counter()
     _start_ray(address, workers)
     try:
-        slots = _slots_or_raise(configs, execution_policy)
+        slots = _slots_or_raise(configs, execution_policy, address)
         ray.get([ray.remote(num_cpus=0)(_import_the_harness).remote() for _ in range(slots)])
         yield FanOut(slots, time.perf_counter() - started,
                      lambda group: _time_side_by_side(group, slots, execution_policy))
@@ -191,7 +211,7 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
         return dict(counts)
     _start_ray(address, workers)
     try:
-        _slots_or_raise(todo, execution_policy)
+        _slots_or_raise(todo, execution_policy, address)
         board = ray.remote(num_cpus=0)(Board).remote()
         solving = _start_reference_solves(references.pending(todo, run_dir, retry=bool(retry)), run_dir, board,
                                           execution_policy)

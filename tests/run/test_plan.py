@@ -292,6 +292,22 @@ def test_ray_slots_are_each_live_nodes_cpus_over_a_tasks_threads_and_at_most_its
     assert task_slots(nodes, threads=4, gpu=False) == 4 and task_slots(nodes, threads=32, gpu=False) == 0
 
 
+def test_a_ray_without_room_for_a_task_is_told_what_would_give_it_room():
+    """The remedy the refusal names fits the Ray: --workers only where the Ray is started here, the cluster's
+    address where one was joined, and the CPU for a CUDA grid on nodes without a GPU."""
+    from bench.run.distributed import no_room_remedy
+
+    cpus = [{"Resources": {"CPU": 1.0}}]
+    assert no_room_remedy(cpus, 2, False, None) == "lower --threads, or start the local Ray with more CPUs (--workers)"
+    assert no_room_remedy(cpus, 2, False, "ray://head:10001") == (
+        "lower --threads, or add a node with 2 CPUs to the cluster at ray://head:10001")
+    assert no_room_remedy(cpus, 1, True, None) == (
+        'run where the local Ray sees a GPU, or run the grid on the CPU (device = "cpu")')
+    split = [{"Resources": {"CPU": 8.0}}, {"Resources": {"CPU": 1.0, "GPU": 1.0}}]  # CPUs and the GPU on other nodes
+    assert no_room_remedy(split, 2, True, "head:6379") == (
+        'add a node with 2 CPUs and a GPU to the cluster at head:6379, or run the grid on the CPU (device = "cpu")')
+
+
 def test_on_ray_each_group_is_a_task_that_sets_its_model_up_and_warms_up_in_its_own_process():
     """Two seeds of one solver: one process warms it up once; on Ray they are two tasks (bench.run.distributed's
     groups), each warming up and setting the model up, and one more for each seed's reference solve."""

@@ -128,7 +128,7 @@ def test_a_ray_that_can_run_no_task_is_refused_before_anything_runs_and_plan_cos
     for command in (["run", str(spec_path), "--out", str(tmp_path / "run"), "--no-progress"], ["plan", str(spec_path)]):
         status, _, stderr = bench_cli(*command, "--backend", "ray", "--workers", "1", "--threads", "2")
         assert status == 2 and "a task asks 2 CPUs (its torch threads), and no node of this Ray has that (1 CPU): " \
-                               "lower --threads, or give the Ray more (--workers)" in stderr
+                               "lower --threads, or start the local Ray with more CPUs (--workers)" in stderr
     assert not (tmp_path / "run" / "rows").exists() or not list((tmp_path / "run" / "rows").iterdir())
     status, stdout, _ = bench_cli("plan", str(spec_path), "--backend", "ray", "--workers", "2")
     assert status == 0 and "on Ray, 2 tasks at once" in stdout and "in 3 tasks" in stdout  # 2 groups, 1 reference
