@@ -25,6 +25,7 @@ def cmd_run(args) -> int:
     from bench.spec import config
     from bench.run import store, sweep
 
+    started = time.monotonic()  # --max-minutes: the command's time counts, its Ray's start for the plan included
     spec = _load_spec(args.spec)
     if spec is None:
         return 2
@@ -34,7 +35,7 @@ def cmd_run(args) -> int:
         return 2
     execution_policy = _sweep_policy(spec, args)
     if args.max_minutes is not None:
-        spec = _fit_to_minutes(spec, args, execution_policy)
+        spec = _fit_to_minutes(spec, args, execution_policy, started)
         if spec is None:
             return 2
     configs = config.expand(spec, device=args.device)
@@ -114,31 +115,35 @@ def _planning_ray(configs, args, execution_policy, command: str):
         yield fan_out
 
 
-def _fit_to_minutes(spec, args, execution_policy):
+def _fit_to_minutes(spec, args, execution_policy, started: float):
     """--max-minutes M: ``_cut_to_fit``, with --backend ray on the Ray it starts for the plans (stopped before the
-    sweep starts its own)."""
+    sweep starts its own); the command ``started`` at that time.monotonic()."""
     from bench.spec import config
 
     with _planning_ray(config.expand(spec, device=args.device), args, execution_policy,
                        f"--max-minutes {args.max_minutes:g}") as fan_out:
         if fan_out is NO_RAY:
             return None
-        return _cut_to_fit(spec, args.device, args.max_minutes, execution_policy, fan_out)
+        return _cut_to_fit(spec, args.device, args.max_minutes, execution_policy, fan_out, started)
 
 
-def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out):
+def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out, started: float):
     """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate (on Ray:
     ``fan_out``) fits ``minutes``, or the spec as it is when it fits; None after printing why nothing fits. A cut N is
-    planned again, measured at that N (the harness's work per configuration does not scale with N: the image
-    metrics' arithmetic changes its method with it, FID's jackknife exact below 8,192 samples and expanded above),
-    and cut again from that plan if it still does not fit, up to FIT_PLANS plans; the last cut then runs on its
-    extrapolated estimate. The time the plans take counts against the budget: each cut fits what is left of it."""
+    planned again, measured at that N: the harness's own work per configuration, which the first cut takes as fixed,
+    is not (pre-drawn noise and the metrics' arithmetic grow with N; FID's jackknife is exact below 8,192 samples and
+    expanded above). The next N comes from the plans measured so far: interpolated between the largest N that fits
+    and the nearest above it that does not (the time is close to affine in N), leaving room for one more plan; with
+    none that fits, cut from the smallest's estimate (bench.run.plan.samples_to_fit). Up to FIT_PLANS plans; then the
+    largest measured N that fits runs, or, with none, the last cut on its extrapolated estimate. The time since the
+    command ``started`` (time.monotonic()) counts against the budget, the plans' and their Ray's start included."""
     from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
 
-    flag, trial, first, started = f"--max-minutes {minutes:g}", spec, None, time.monotonic()
-    for measured in range(1, FIT_PLANS + 1):
+    flag, trial, first, plans = f"--max-minutes {minutes:g}", spec, None, {}  # plans: N -> its plan, measured there
+    for count in range(1, FIT_PLANS + 1):
+        plan_started = time.monotonic()
         plan = _plan_or_none(config.expand(trial, device=device), flag, execution_policy=execution_policy,
                              fan_out=fan_out)
         if plan is None:
@@ -147,26 +152,51 @@ def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out):
         if planning >= 60 * minutes:
             print(f"{flag}: planning took {planning:.0f} s, the whole budget: nothing left to run", file=sys.stderr)
             return None
+        plans[n], left = plan, 60 * minutes - planning
         first = first or f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}"
-        try:
-            fitting = samples_to_fit(plan, n, 60 * minutes - planning, fewest_samples(spec.values["metrics"])[0])
-        except ValueError as err:
-            print(f"{flag}: {err}" + (f" ({planning:.0f} s of the budget spent planning)" if planning >= 1 else ""),
-                  file=sys.stderr)
-            return None
-        if fitting == n:
-            print(f"{first}: fits" if trial is spec else f"{first}; running N = {n} (estimated "
-                  f"{plan.total_s / 60:.1f} min, measured at that N; {SMALLER_N})", file=sys.stderr)
+        if trial is spec and plan.total_s <= left:
+            print(f"{first}: fits", file=sys.stderr)
             break
-        trial = _with_samples(spec, fitting)
-        if measured < FIT_PLANS:
-            print(f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}; measuring the plan again at N = "
-                  f"{fitting} (extrapolated: {estimate_at(plan, n, fitting) / 60:.1f} min)", file=sys.stderr)
-    else:
-        print(f"{first}; running N = {fitting} (estimated {estimate_at(plan, n, fitting) / 60:.1f} min, extrapolated "
-              f"from the plan at N = {n}; {SMALLER_N})", file=sys.stderr)
+        fits = max((m for m in plans if plans[m].total_s <= left), default=None)
+        if fits is None:  # cut from the smallest N measured
+            smallest = min(plans)
+            try:
+                cut = samples_to_fit(plans[smallest], smallest, left, fewest_samples(spec.values["metrics"])[0])
+            except ValueError as err:
+                print(f"{flag}: {err}" + (f" ({planning:.0f} s of the budget spent planning)" if planning >= 1 else ""),
+                      file=sys.stderr)
+                return None
+            estimate = estimate_at(plans[smallest], smallest, cut)
+            source = f"extrapolated from the plan at N = {smallest}"
+        else:  # between it and the nearest N above that does not fit, with room for one more plan like this one
+            above = min((m for m in plans if m > fits), default=None)
+            cut, estimate = (fits, None) if above is None else _between(
+                fits, plans[fits].total_s, above, plans[above].total_s, left - (time.monotonic() - plan_started))
+            source = f"interpolated between the plans at N = {fits} and {above}"
+        if fits is not None and (cut <= fits or count == FIT_PLANS):
+            trial = _with_samples(spec, fits)
+            print(f"{first}; running N = {fits} (estimated {plans[fits].total_s / 60:.1f} min, measured at that N; "
+                  f"{SMALLER_N})", file=sys.stderr)
+            break
+        trial = _with_samples(spec, cut)
+        if count == FIT_PLANS:
+            print(f"{first}; running N = {cut} (estimated {estimate / 60:.1f} min, {source}; {SMALLER_N})",
+                  file=sys.stderr)
+            break
+        print(f"{flag}: estimated {plan.total_s / 60:.1f} min at N = {n}; measuring the plan again at N = {cut} "
+              f"({source}: {estimate / 60:.1f} min)", file=sys.stderr)
     print(f"{flag}: {planning:.0f} s spent planning, {(60 * minutes - planning) / 60:.1f} min left", file=sys.stderr)
     return trial
+
+
+def _between(fits: int, fits_s: float, above: int, above_s: float, seconds: float) -> tuple[int, float]:
+    """The largest N whose time, affine in N through (``fits``, ``fits_s``) and (``above``, ``above_s``), is within
+    ``seconds``, between ``fits`` and ``above`` (``fits`` where the two do not grow with N); and that time."""
+    if above_s <= fits_s:
+        return fits, fits_s
+    per_sample = (above_s - fits_s) / (above - fits)
+    n = min(above - 1, max(fits, fits + int((seconds - fits_s) / per_sample)))
+    return n, fits_s + (n - fits) * per_sample
 
 
 SMALLER_N = "FID and the other sample statistics are noisier and FID is biased upwards at smaller N"
@@ -471,8 +501,8 @@ def main(argv=None) -> int:
     run.add_argument("--shard", type=_parse_shard, metavar="i/n", help="run only shard i of n (0-based)")
     run.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:1, auto)")
     run.add_argument("--max-minutes", type=float, metavar="M", help="plan the grid here first and, if its estimate "
-                     "exceeds what planning leaves of M minutes, run it with n_samples cut to fit (printed; the rows "
-                     "record it)")
+                     "exceeds what is left of M minutes (the whole command's, its plans included), run it with "
+                     "n_samples cut to fit, planned again at the cut (printed; the rows record it)")
     run.add_argument("--retry-failed", action="store_true",
                      help="also run again the configs whose rows are failed, diverged, timeout or oom")
     _add_backend_arguments(run)

@@ -14,8 +14,9 @@ process's round trip, writing the row), fitted to a few configurations of the gr
 sweep runs them (``SweepPath``: in a worker process where the spec has time limits, each row written; under the
 sweep's execution policy), plus each model's set-up (building it, x_T, the metrics' reference sets: its cheapest
 configuration run twice, the first less the second) and the worker's start (its fork server importing the
-harness: 3-4 s on the 2-core CPU, once per process); plus the Inception network's seconds per image, measured at
-the spec's batch, times the images. Up to cf549af b was the bare forward and a one configuration's (the cheapest,
+harness: 3-4 s on the 2-core CPU, once per process), the rows of the skipped configurations (made and written as
+the sweep writes them: a few timed); plus the Inception network's seconds per image, measured at the spec's batch,
+times the images. Up to cf549af b was the bare forward and a one configuration's (the cheapest,
 deterministic) remainder: the default grid came out at 2.1 min where it ran 3.3; up to fa2e44f the configurations
 were calibrated in the planning process, no row written, at torch's default threads whatever the spec's or
 --threads (2.5-2.9 min where it ran 3.3).
@@ -24,7 +25,8 @@ reference solve), each paying its model's set-up and what a task costs beyond it
 cheapest task, run as a task runs it), and handed out to the Ray's slots as its driver hands them out
 (``makespan``); the estimate is Ray's start plus the moment the last task ends.
 Left out: the one-off compilation of ``compile`` and capture of ``cuda_graph`` (named in the plan's lines; their
-forwards count at eager speed), and a worker's restart after a configuration is stopped at its time limit.
+forwards count at eager speed), a worker's restart after a configuration is stopped at its time limit, and the
+merging of each 1,000 rows into a part file (bench.run.store.compact: 0.3 s per 1,000 on the 2-core CPU).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from solvers.reference import reference_solve
 
 REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
 CALIBRATION_CONFIGS, CALIBRATION_BUDGET_S = 24, 10.0  # per model: configurations run in full, while within the budget
+SKIPPED_ROWS_TIMED = 50  # rows of skipped configurations written to time one (4-6 ms each on the 2-core CPU)
 UNCOUNTED = {  # exec mode -> its one-off cost, which the plan does not measure (its forwards count at eager speed)
     "compile": "torch.compile's compilation, once per model and batch shape (rows: warmup_s)",
     "cuda_graph": "each cuda_graph config's capture, once per batch shape (rows: capture_s)"}
@@ -202,7 +205,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
     plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
     modes = {c.exec_mode for c in runnable}
     plan.uncounted = [what for mode, what in UNCOUNTED.items() if mode in modes]
-    measured, worker_start_s = {}, 0.0
+    measured, worker_start_s, skipped_row_s = {}, 0.0, 0.0
     if measure and runnable:
         execution_policy = execution_policy or ExecutionPolicy()
         execution_policy.apply()
@@ -215,6 +218,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                     _release_device_memory()  # for the worker's copy
                     measured[cfg.model].update(_calibrate(same_model, path, measured[cfg.model]))
             worker_start_s = path.worker_start_s
+            skipped_row_s = path.skipped_row_s([c for c in configs if c.skip_reason][:SKIPPED_ROWS_TIMED])
         _release_device_memory()  # for the sweep's worker, where `run --max-minutes` planned
     inception_s = max((m.get("inception_image_s", 0.0) for m in measured.values()), default=0.0)
     keys = {(c.model, c.solver, c.options, c.steps, c.spacing, c.eta, c.seed, c.guidance_scale, c.exec_mode)
@@ -267,8 +271,11 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                     (counts["reference solves"] - before["reference solves"]) * m["solve_forward_s"])
     plan.forwards = counts
     if fan_out:  # as bench.run.distributed hands them out: the reference solves, then the largest groups first
-        members = {group_key(group[0]): group for group in config_groups(configs)}  # skipped rows are a task's too
-        plan.tasks = [*reference_tasks.values(), *(groups[key] for key in members if key in groups)]
+        members = {group_key(group[0]): group for group in config_groups(configs)}
+        for key, group in members.items():  # a task writes its skipped configurations' rows too
+            if skipped := sum(cfg.skip_reason is not None for cfg in group):
+                groups.setdefault(key, Task()).fixed_s += skipped * skipped_row_s
+        plan.tasks = [*reference_tasks.values(), *(groups[key] for key in members)]
     if measure:
         plan.seconds = {f"network: {what}": value for what, value in seconds.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
@@ -280,11 +287,12 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                                     + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
                                        if "inception_image_s" in m else ""))
         plan.seconds["harness per configuration"] = sum(measured[cfg.model]["harness_s"] for cfg in runnable)
+        plan.seconds["rows of skipped configurations"] = plan.skipped * skipped_row_s
         plan.seconds["model set-up"] = sum(m["setup_s"] for m in measured.values())
         plan.seconds["worker process start"] = worker_start_s
         if fan_out:  # every task sets its model up; each Ray worker starts a fork server
-            harness = plan.seconds["harness per configuration"]
-            plan.seconds["model set-up"] = sum(task.fixed_s for task in plan.tasks) - harness
+            rows = plan.seconds["harness per configuration"] + plan.seconds["rows of skipped configurations"]
+            plan.seconds["model set-up"] = sum(task.fixed_s for task in plan.tasks) - rows
             plan.slot_start_s = worker_start_s
             plan.seconds["worker process start"] = worker_start_s * min(fan_out.slots, sum(t.worker for t in plan.tasks))
             if groups:
@@ -293,13 +301,16 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
 
 
 def _add_task_overhead(members: dict, groups: dict, fan_out: FanOut, measured: dict) -> float:
-    """What a Ray task costs beyond its configurations' estimate (its skipped rows' writes, its reading of the run
+    """What a Ray task costs beyond its configurations' estimate and its skipped rows' (its reading of the run
     folder, its worker's fresh caches, its compaction; the other tasks beside it and Ray's own processes): the
     estimated cheapest task run on the Ray as its tasks run, a copy on every slot at once (``fan_out.time_task``;
     without its reference metrics, whose solves are tasks of their own), its overshoot spread over its configurations
-    and added to every task in proportion to its own; the seconds added. ``members``: each task's configurations,
-    ``groups`` their estimates (Task), by bench.run.distributed.group_key."""
-    probe = min(groups, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
+    and added to every task in proportion to its own; the seconds added. The cheapest task whose estimate is not an
+    upper bound: an adaptive solver's NFE is counted as its reference solve's, above what it takes, so a task of one
+    (6 configurations of ring2d / step_doubling_euler, estimated 1.16 s, ran 0.65 s) would measure nothing beyond.
+    ``members``: each task's configurations, ``groups`` their estimates (Task), by bench.run.distributed.group_key."""
+    exact = [key for key in groups if not any(SOLVERS[cfg.solver].adaptive for cfg in members[key])] or list(groups)
+    probe = min(exact, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
     ran_s = fan_out.time_task([dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics
                                                                       if m not in REFERENCE_METRICS))
                                for cfg in members[probe]])
@@ -321,13 +332,14 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-FIXED = ("harness per configuration", "model set-up", "worker process start")  # the estimate's parts taken as fixed
+FIXED = ("harness per configuration", "rows of skipped configurations", "model set-up",
+         "worker process start")  # the estimate's parts taken as fixed whatever N
 
 
 def _fixed_and_scaled(plan: Plan) -> tuple[float, float]:
     """The plan's estimate split into what is taken as fixed whatever N (``FIXED``: the harness's per-configuration
-    seconds, the models' set-up, the worker's start) and the rest, which scales with N: the model behind
-    samples_to_fit and estimate_at."""
+    seconds, the skipped configurations' rows, the models' set-up, the worker's start) and the rest, which scales
+    with N: the model behind samples_to_fit and estimate_at."""
     fixed = sum(plan.seconds.get(what, 0.0) for what in FIXED)
     return fixed, plan.total_s - fixed
 
@@ -348,9 +360,9 @@ def estimate_at(plan: Plan, n_samples: int, n: int) -> float:
 
 def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) -> int:
     """The largest sample count whose estimate (``estimate_at``) fits ``seconds``: every estimated cost scales with N
-    except the ``FIXED`` ones (the harness's per-configuration seconds, the models' set-up, the worker's start; on
-    Ray, Ray's start too); ``n_samples`` itself when the plan already fits. Raises ValueError when no N >= ``fewest``
-    (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
+    except the ``FIXED`` ones (the harness's per-configuration seconds, the skipped configurations' rows, the models'
+    set-up, the worker's start; on Ray, Ray's start too); ``n_samples`` itself when the plan already fits. Raises
+    ValueError when no N >= ``fewest`` (what the spec's metrics need, bench.metrics.fewest_samples) fits."""
     if plan.total_s <= seconds:
         return n_samples
     least = max(fewest, 2)
@@ -358,7 +370,7 @@ def samples_to_fit(plan: Plan, n_samples: int, seconds: float, fewest: int = 2) 
         fixed = estimate_at(plan, n_samples, 0)
         raise ValueError(f"no sample count fits {seconds / 60:.3g} min: at N = {n_samples} the grid is estimated at "
                          f"{plan.total_s / 60:.3g} min, {fixed / 60:.3g} min of it fixed whatever N (the harness's own "
-                         f"per configuration, the models' set-up, the worker's start"
+                         f"per configuration, the skipped configurations' rows, the models' set-up, the worker's start"
                          + (", Ray's start" if plan.fan_out else "") + f"), and its metrics need N >= {least}; run "
                          "fewer configurations (solvers, steps, spacings, exec modes)")
     fits, too_many = least, n_samples  # the estimate grows with N: bisect
@@ -408,6 +420,14 @@ class SweepPath:
             row = run_config(cfg, self.cache, {"device": cfg.device}, "plan")
         store.write_row(self.folder, row)
         return time.perf_counter() - started, row
+
+    def skipped_row_s(self, skipped: list[RunConfig]) -> float:
+        """The mean seconds of a row of the ``skipped`` configurations, made and written as the sweep does (0 for
+        none): 1,908 rows of the default grid, 4.3 ms each on the 2-core CPU, which no configuration's time holds."""
+        started = time.perf_counter()
+        for cfg in skipped:
+            store.write_row(self.folder, run_config(cfg, self.cache, {"device": cfg.device}, "plan"))
+        return (time.perf_counter() - started) / max(len(skipped), 1)
 
 
 def _calibrate(group: list[RunConfig], path: SweepPath, measured: dict) -> dict:

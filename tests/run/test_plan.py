@@ -154,16 +154,17 @@ def test_the_line_is_fitted_with_the_harness_at_least_zero_and_the_rate_at_least
 
 
 def test_the_sample_count_that_fits_scales_everything_but_the_fixed_costs():
-    """The harness's seconds per configuration, the models' set-up and the worker's start stay whatever N."""
+    """The harness's seconds per configuration, the skipped configurations' rows, the models' set-up and the worker's
+    start stay whatever N."""
     from bench.run.plan import Plan, samples_to_fit
 
-    plan = Plan(seconds={"network: solves": 500.0, "Inception": 400.0, "harness per configuration": 90.0,
-                         "model set-up": 6.0, "worker process start": 4.0})
+    plan = Plan(seconds={"network: solves": 500.0, "Inception": 400.0, "harness per configuration": 80.0,
+                         "rows of skipped configurations": 10.0, "model set-up": 6.0, "worker process start": 4.0})
     assert samples_to_fit(plan, 1000, 1200.0) == 1000  # fits as it is
     assert samples_to_fit(plan, 1000, 550.0) == 500  # 100 fixed + 900 x 500 / 1000 = 550
     with pytest.raises(ValueError, match=r"no sample count fits 1.5 min: at N = 1000 the grid is estimated at 16.7 "
                                          r"min, 1.67 min of it fixed whatever N \(the harness's own per configuration, "
-                                         r"the models' set-up, the worker's start\)"):
+                                         r"the skipped configurations' rows, the models' set-up, the worker's start\)"):
         samples_to_fit(plan, 1000, 90.0)
     assert samples_to_fit(plan, 1000, 104.5) == 5  # 100 fixed + 900 x 5 / 1000
     with pytest.raises(ValueError, match="and its metrics need N >= 6; run fewer configurations"):
@@ -201,9 +202,11 @@ def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
         assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in stderr
 
 
-def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0):
+def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0, ray_start_s=0.0):
     """`run --max-minutes 1` with the plan replaced by a known one at each N: 114 s at N = 4000 that scale with N, and
-    ``harness_s(N)`` of the harness's own per configuration; each plan takes ``planning_s`` of the CLI's clock."""
+    ``harness_s(N)`` of the harness's own per configuration; each plan takes ``planning_s`` of the CLI's clock, and
+    starting the Ray the plans run on (here none) ``ray_start_s``."""
+    import contextlib
     import types
 
     import bench.cli
@@ -212,6 +215,13 @@ def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0):
 
     clock = [0.0]
     monkeypatch.setattr(bench.cli, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    @contextlib.contextmanager
+    def planning_ray(*args):
+        clock[0] += ray_start_s
+        yield None
+
+    monkeypatch.setattr(bench.cli, "_planning_ray", planning_ray)
 
     def known(configs, measure=True, execution_policy=None, fan_out=None):
         assert execution_policy == ExecutionPolicy(threads=1)  # measured under the sweep's policy: --threads's
@@ -238,8 +248,8 @@ def test_run_max_minutes_runs_the_cut_sample_count_and_says_so(tmp_path, monkeyp
     """6 s fixed per configuration: 1 minute fits N = 4000 x (60 - 6) / 114 = 1894, which the plan measured again
     there confirms; the run prints it, runs it and records it."""
     stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0)
-    assert "--max-minutes 1: estimated 2.0 min at N = 4000; measuring the plan again at N = 1894 (extrapolated: " \
-           "1.0 min)" in stderr
+    assert "--max-minutes 1: estimated 2.0 min at N = 4000; measuring the plan again at N = 1894 (extrapolated " \
+           "from the plan at N = 4000: 1.0 min)" in stderr
     assert "--max-minutes 1: estimated 2.0 min at N = 4000; running N = 1894 (estimated 1.0 min, measured at that N;" \
            in stderr
     assert ran == {1894}
@@ -252,6 +262,13 @@ def test_run_max_minutes_counts_the_time_spent_planning(tmp_path, monkeypatch):
     assert ran == {842} and "--max-minutes 1: 30 s spent planning, 0.5 min left" in stderr
 
 
+def test_run_max_minutes_counts_the_start_of_the_ray_it_plans_on(tmp_path, monkeypatch):
+    """A Ray started for the plans in 7 s (the sweep starts its own after, which the plan counts): 53 s left, N =
+    4000 x (53 - 6) / 114 = 1649 (it used to fit 60 s, the Ray's start uncounted)."""
+    stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0, ray_start_s=7.0)
+    assert ran == {1649} and "--max-minutes 1: 7 s spent planning, 0.9 min left" in stderr
+
+
 def test_run_max_minutes_cuts_again_when_the_plan_at_the_cut_n_says_more(tmp_path, monkeypatch):
     """The harness's own seconds per configuration grow below N = 3000 (as FID's jackknife turns exact below 8,192
     samples): the cut N = 1894 measures 30 + 54 = 84 s, so N is cut again from that plan, to 1894 x 30 / 54 = 1052,
@@ -262,6 +279,20 @@ def test_run_max_minutes_cuts_again_when_the_plan_at_the_cut_n_says_more(tmp_pat
     (tmp_path / "b").mkdir()  # 8.42 s more at N = 1052: 68 s, cut to 1052 x (60 - 38.42) / 29.98 = 757
     stderr, ran = _run_with_known_plans(tmp_path / "b", monkeypatch, lambda n: 6.0 if n >= 3000 else 30 + (1894 - n) / 100)
     assert "running N = 757 (estimated 1.0 min, extrapolated from the plan at N = 1052;" in stderr and ran == {757}
+
+
+def test_run_max_minutes_grows_n_again_when_the_plan_at_the_cut_n_says_less(tmp_path, monkeypatch):
+    """The harness's own seconds grow with N (6 + 30 N / 4000): the first cut takes the 36 s at N = 4000 as fixed,
+    N = 4000 x 24 / 114 = 842, which measures 36.3 s. Between the two plans the time is affine in N, 60 s at N = 1500,
+    which is measured there and runs (the first cut ran, 40% of the minute unused, before)."""
+    stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0 + 30.0 * n / 4000)
+    assert "estimated 0.6 min at N = 842; measuring the plan again at N = 1500 (interpolated between the plans at " \
+           "N = 842 and 4000: 1.0 min)" in stderr
+    assert "running N = 1500 (estimated 1.0 min, measured at that N;" in stderr and ran == {1500}
+    (tmp_path / "b").mkdir()  # plans of 5 s: 55 s left, cut to 666 (30.0 s); 50 s left, less 5 s for the next plan
+    stderr, ran = _run_with_known_plans(tmp_path / "b", monkeypatch, lambda n: 6.0 + 30.0 * n / 4000, planning_s=5.0)
+    assert "measuring the plan again at N = 1083 (interpolated between the plans at N = 666 and 4000" in stderr
+    assert ran == {1083} and "--max-minutes 1: 15 s spent planning, 0.8 min left" in stderr  # 6 + 0.036 x 1083 = 45 s
 
 
 def test_ray_tasks_are_handed_out_in_order_to_free_slots_after_the_reference_solves_they_need():
@@ -353,3 +384,34 @@ def test_the_plan_on_ray_adds_what_its_cheapest_task_took_beyond_its_estimate_to
     assert plan.seconds["Ray tasks' own"] == pytest.approx(2 * (5.0 - estimated), abs=2e-3)  # one each, two tasks
     line = next(line for line in plan.lines() if line.startswith("estimate:"))
     assert "on Ray, 2 tasks at once" in line and "in 3 tasks" in line and "Ray's start 5 s" in line
+
+
+def test_the_rows_of_skipped_configurations_are_timed_and_counted_in_the_tasks_that_write_them():
+    """ddpm takes no eta but 1: at eta 0 its two configurations are skipped rows, which the sweep still makes and
+    writes (4-6 ms each on the 2-core CPU; 1,908 of them in the default grid). On Ray its task writes only those."""
+    from bench.run.distributed import FanOut
+
+    spec = dict(models=["ring2d"], solvers=["ddim", "ddpm"], steps=[4, 8], etas=[0.0], metrics=["frechet"])
+    plan = _plan(measure=True, **spec)
+    assert plan.skipped == 2 and 0 < plan.seconds["rows of skipped configurations"] < 2 * 0.5
+    assert "rows of skipped configurations" in "\n".join(plan.lines())
+    on_ray = _plan(measure=True, fan_out=FanOut(slots=2, start_s=5.0, time_task=lambda group: 1.0), **spec)
+    ddim, ddpm = on_ray.tasks  # no reference solve: frechet compares with exact samples
+    assert ddpm.scaled_s == 0 and ddpm.fixed_s == pytest.approx(
+        on_ray.seconds["rows of skipped configurations"] + on_ray.seconds["Ray tasks' own"] / 4 * 2)
+
+
+def test_the_task_timed_on_ray_is_the_cheapest_whose_estimate_is_not_an_upper_bound():
+    """An adaptive solver's task is estimated at its reference solve's NFE, above what it takes: timed, it would come
+    out under its estimate and measure nothing beyond. The cheapest task of fixed-step solvers is timed instead."""
+    from bench.run.distributed import FanOut, group_key
+    from bench.run.plan import Task, _add_task_overhead
+
+    configs = expand(parse_spec({"name": "p", "models": ["ring2d"], "solvers": ["dopri5", "ddim", "heun"],
+                                 "steps": [4], "tolerances": [1e-3], "n_samples": 10}))
+    members = {group_key(cfg): [cfg] for cfg in configs}
+    groups = {key: Task(fixed_s={"dopri5": 0.5, "ddim": 1.0, "heun": 2.0}[key[-1]]) for key in members}
+    timed = []
+    fan_out = FanOut(slots=2, start_s=5.0, time_task=lambda group: timed.append(group) or 1.5)
+    added = _add_task_overhead(members, groups, fan_out, {})
+    assert [cfg.solver for cfg in timed[0]] == ["ddim"] and added == pytest.approx(3 * 0.5)
