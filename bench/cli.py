@@ -78,6 +78,7 @@ def cmd_run(args) -> int:
 
 
 FIT_PLANS = 3  # --max-minutes measures the plan at most this often: at the spec's N, then at each cut N
+GROWTH_WORTH_A_PLAN = 1.1  # a cut N that fits is planned larger again only for this many times its samples or more
 
 
 def _sweep_policy(spec, args):
@@ -133,10 +134,11 @@ def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out, started
     planned again, measured at that N: the harness's own work per configuration, which the first cut takes as fixed,
     is not (pre-drawn noise and the metrics' arithmetic grow with N; FID's jackknife is exact below 8,192 samples and
     expanded above). The next N comes from the plans measured so far: interpolated between the largest N that fits
-    and the nearest above it that does not (the time is close to affine in N), leaving room for one more plan; with
-    none that fits, cut from the smallest's estimate (bench.run.plan.samples_to_fit). Up to FIT_PLANS plans; then the
-    largest measured N that fits runs, or, with none, the last cut on its extrapolated estimate. The time since the
-    command ``started`` (time.monotonic()) counts against the budget, the plans' and their Ray's start included."""
+    and the nearest above it that does not (the time is close to affine in N), leaving room for one more plan, where
+    that is GROWTH_WORTH_A_PLAN times its N or more (standard errors 5% smaller); with none that fits, cut from the
+    smallest's estimate (bench.run.plan.samples_to_fit). Up to FIT_PLANS plans; then the largest measured N that fits
+    runs, or, with none, the last cut on its extrapolated estimate. The time since the command ``started``
+    (time.monotonic()) counts against the budget, the plans' and their Ray's start included."""
     from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
@@ -173,7 +175,7 @@ def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out, started
             cut, estimate = (fits, None) if above is None else _between(
                 fits, plans[fits].total_s, above, plans[above].total_s, left - (time.monotonic() - plan_started))
             source = f"interpolated between the plans at N = {fits} and {above}"
-        if fits is not None and (cut <= fits or count == FIT_PLANS):
+        if fits is not None and (cut < GROWTH_WORTH_A_PLAN * fits or count == FIT_PLANS):
             trial = _with_samples(spec, fits)
             print(f"{first}; running N = {fits} (estimated {plans[fits].total_s / 60:.1f} min, measured at that N; "
                   f"{SMALLER_N})", file=sys.stderr)

@@ -293,6 +293,9 @@ def test_run_max_minutes_grows_n_again_when_the_plan_at_the_cut_n_says_less(tmp_
     stderr, ran = _run_with_known_plans(tmp_path / "b", monkeypatch, lambda n: 6.0 + 30.0 * n / 4000, planning_s=5.0)
     assert "measuring the plan again at N = 1083 (interpolated between the plans at N = 666 and 4000" in stderr
     assert ran == {1083} and "--max-minutes 1: 15 s spent planning, 0.8 min left" in stderr  # 6 + 0.036 x 1083 = 45 s
+    (tmp_path / "c").mkdir()  # 6 + 3 N / 4000: cut to 1789 (58.3 s), 60 s at 1845, 3% more: not worth a plan
+    stderr, ran = _run_with_known_plans(tmp_path / "c", monkeypatch, lambda n: 6.0 + 3.0 * n / 4000)
+    assert "interpolated" not in stderr and ran == {1789}
 
 
 def test_ray_tasks_are_handed_out_in_order_to_free_slots_after_the_reference_solves_they_need():
