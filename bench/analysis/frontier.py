@@ -228,13 +228,80 @@ def guidance_trends(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def fitted_order(nfe, error) -> float:
-    """Empirical order: minus the slope of log error against log NFE (NaN with fewer than 2 usable points)."""
+def fitted_order(nfe, error, error_se=None) -> tuple[float, float]:
+    """Empirical order and its standard error: minus the slope of log error against log NFE, weighted by the errors'
+    standard errors where ``error_se`` gives them all (the SE of log error is error_se / error), its SE propagated
+    from them as if independent; unweighted and SE NaN without them. (NaN, NaN) with fewer than 2 usable points."""
     nfe, error = np.asarray(nfe, dtype=float), np.asarray(error, dtype=float)
+    se = np.full_like(error, np.nan) if error_se is None else np.asarray(error_se, dtype=float)
     keep = np.isfinite(nfe) & np.isfinite(error) & (nfe > 0) & (error > 0)
     if keep.sum() < 2 or len(np.unique(nfe[keep])) < 2:
-        return float("nan")
-    return float(-np.polyfit(np.log(nfe[keep]), np.log(error[keep]), 1)[0])
+        return float("nan"), float("nan")
+    x, y, se = np.log(nfe[keep]), np.log(error[keep]), se[keep] / error[keep]
+    weighted = bool(np.all(np.isfinite(se) & (se > 0)))
+    weights = 1 / se**2 if weighted else np.ones_like(x)
+    centred = x - np.sum(weights * x) / np.sum(weights)
+    slope = np.sum(weights * centred * y) / np.sum(weights * centred**2)
+    return float(-slope), float(np.sqrt(1 / np.sum(weights * centred**2))) if weighted else float("nan")
+
+
+ORDER_KEYS = ["model", "solver", "options", "spacing", "eta", "exec_mode", "guidance_scale"]
+
+
+def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
+    """Measured convergence orders: per model, solver (and options), spacing, eta, exec mode and guidance scale with
+    ``error`` at two or more NFE of fixed-step configurations (averaged over seeds), ``order`` and ``order_se`` from
+    fitted_order (the rows share x_T, so the SE, which takes them as independent, errs large), the ``local orders``
+    between consecutive NFE (the last is the nearest to the asymptotic regime), the registry's ``nominal`` order
+    (SOLVERS[solver].order_for) and ``error falls``: whether the error at the largest NFE is below the smallest's
+    beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the asymptotic regime)."""
+    from solvers import SOLVERS
+
+    se = f"{error}_se"
+    ok = df[(df.status == "ok") & df[error].notna() & df.steps.notna()] if error in df else df.iloc[:0]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(_se=ok[se] if se in ok else np.nan)
+    rows = []
+    keys = [key for key in ORDER_KEYS if key in ok]  # rows from before a key column existed lack it
+    for key, group in ok.groupby(keys, dropna=False):
+        per_nfe = group.groupby("nfe").agg(error=(error, "mean"), se=("_se", mean_se))
+        if len(per_nfe) < 2:
+            continue
+        order, order_se = fitted_order(per_nfe.index, per_nfe.error, per_nfe.se)
+        local = -np.diff(np.log(per_nfe.error.to_numpy())) / np.diff(np.log(per_nfe.index.to_numpy(dtype=float)))
+        first, last = per_nfe.iloc[0], per_nfe.iloc[-1]
+        spread = math.hypot(*(0.0 if math.isnan(v) else v for v in (first.se, last.se)))
+        falls = ("yes" if first.error - last.error > TIE_Z * spread else
+                 "no" if last.error - first.error > TIE_Z * spread else "within the SE")
+        config = dict(zip(keys, key))
+        solver = SOLVERS.get(config["solver"])
+        options = json.loads(config["options"]) if isinstance(config["options"], str) else {}
+        nominal = solver.order_for(config["eta"], options) if solver else None
+        rows.append({**config, "nfe": f"{int(per_nfe.index[0])}-{int(per_nfe.index[-1])}",
+                     "nominal": nominal, "order": order, "order_se": order_se,
+                     "local orders": ", ".join(f"{v:.2g}" for v in local), "error falls": falls})
+    return pd.DataFrame(rows)
+
+
+def order_summary(orders: pd.DataFrame) -> list[str]:
+    """Per model: how many curves of ``orders`` (order_table) reach their nominal order (fitted order within 0.5 of
+    it, or above), and which do not get better with more NFE (the error at their largest NFE not below their
+    smallest's beyond the standard errors)."""
+    sentences = []
+    for model, group in orders.groupby("model"):
+        rated = group[group.nominal.notna()]
+        reached = int((rated.order >= rated.nominal - 0.5).sum())
+        sentences.append(f"{model}: {reached} of {len(rated)} curves reach their nominal order (fitted order within "
+                         f"0.5 of it or above) over the NFE measured.")
+        stuck = group[group["error falls"] != "yes"]
+        if not stuck.empty:
+            sentences.append(f"{model}: the error does not fall with NFE beyond the standard errors for "
+                             + "; ".join(f"{row.solver} ({row.spacing}{'' if row.eta == 0 else f', eta {row.eta:g}'}: "
+                                         f"{'rises' if row['error falls'] == 'no' else 'flat'}, NFE {row.nfe})"
+                                         for _, row in stuck.iterrows())
+                             + ": unstable on that spacing, or far from the asymptotic regime at these steps.")
+    return sentences
 
 
 # Everything that defines a config's result except its seed (the FID reference set included): rows equal on
@@ -286,7 +353,7 @@ def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0)
     se = f"{quality}_se"
     if se in ok and ok[se].notna().any():
         errors = ok.pivot_table(index=keys, columns="eta", values=se,
-                                aggfunc=lambda v: np.sqrt((v**2).sum()) / len(v)).reindex(table.index)
+                                aggfunc=mean_se).reindex(table.index)
         table["gap_se"] = np.sqrt(errors[low] ** 2 + errors[high] ** 2)
     return table.reset_index()
 

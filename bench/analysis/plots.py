@@ -199,7 +199,7 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
         group = data[data.model == model]
         for solver in [s for s in SOLVERS if s in set(group.solver)]:
             line = group[group.solver == solver].groupby("nfe")[error].median().sort_index()
-            order = fitted_order(line.index, line.values)
+            order, _ = fitted_order(line.index, line.values)
             ax.plot(line.index, line.values, marker=styles[solver][1], markersize=4, color=styles[solver][0])
             labels.setdefault(solver, []).append(f"{order:.1f}" if np.isfinite(order) else "-")
         _log_axes(ax)

@@ -9,7 +9,8 @@ import pandas as pd
 from bench.analysis import plots
 from bench.analysis.document import Document
 from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, best_solver_by_scale, budget_table, default_quality,
-                                     eta_gap, exec_mode_table, fitted_summary, fitted_vs_formulas, guidance_table, guidance_trends, quality_across, seed_std,
+                                     eta_gap, exec_mode_table, fitted_summary, fitted_vs_formulas, guidance_table,
+                                     guidance_trends, order_summary, order_table, quality_across, seed_std,
                                      table1_shape)
 from bench.metrics.uncertainty import BOOTSTRAP_REPLICATES, JACKKNIFE_GROUPS
 from bench.run.store import STATUSES, load_rows
@@ -103,6 +104,19 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
                   f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
     budgets = budget_table(df, quality)
     doc.table(budgets)
+
+    orders = order_table(df)
+    if not orders.empty:
+        doc.heading("Convergence orders (err_reference against NFE, fixed-step configurations)")
+        doc.paragraph("Per curve (model, solver, spacing, eta, exec mode, guidance scale; seeds averaged): the order "
+                      "fitted to log error against log NFE, weighted by the errors' standard errors, and its SE "
+                      "propagated from them as if independent (the rows share x_T, so it errs large; it is the "
+                      "sampling noise alone, not how far the curve is from a power law, which the local orders "
+                      "between consecutive NFE show: the last is the nearest to the asymptotic regime); the "
+                      "registry's nominal order; and whether the error at the largest NFE is below the smallest's "
+                      f"beyond {TIE_Z:g} combined standard errors.")
+        doc.bullets(order_summary(orders))
+        doc.table(orders)
 
     trade_off = guidance_table(df)
     if not trade_off.empty:

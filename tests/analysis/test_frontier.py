@@ -4,7 +4,8 @@ import pytest
 import pandas as pd
 
 from bench.analysis.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order,
-                                     fitted_summary, fitted_vs_formulas, frontier, pareto_mask, table1_shape)
+                                     fitted_summary, fitted_vs_formulas, frontier, order_summary, order_table,
+                                     pareto_mask, table1_shape)
 
 
 def test_dominated_points_are_off_the_frontier():
@@ -70,8 +71,37 @@ def test_default_quality_prefers_fid_then_err_reference():
 
 def test_fitted_order_of_an_exact_power_law():
     nfe = np.array([10, 20, 40])
-    assert abs(fitted_order(nfe, 3.0 * nfe**-2.0) - 2.0) < 1e-12
-    assert np.isnan(fitted_order([10], [1.0]))
+    order, se = fitted_order(nfe, 3.0 * nfe**-2.0)
+    assert abs(order - 2.0) < 1e-12 and np.isnan(se)  # no standard errors given: none propagated
+    assert np.isnan(fitted_order([10], [1.0])).all()
+
+
+def test_the_fitted_orders_standard_error_is_the_spread_of_orders_fitted_to_noisy_errors():
+    """Errors 3 NFE^-2 with independent noise of known SE (5%, 10%, 20% on log error): the orders fitted to 4,000
+    draws spread as fitted_order's SE says, and their mean is the true order."""
+    nfe, relative = np.array([4.0, 8.0, 16.0]), np.array([0.05, 0.1, 0.2])
+    noise = np.random.default_rng(0).standard_normal((4000, 3)) * relative
+    errors = 3.0 * nfe**-2.0 * np.exp(noise)
+    fitted = np.array([fitted_order(nfe, e, relative * e) for e in errors])
+    assert fitted[:, 0].mean() == pytest.approx(2.0, abs=0.01)
+    assert fitted[:, 0].std() == pytest.approx(fitted[0, 1], rel=0.05)  # the SE depends on the relative SEs alone
+
+
+def test_the_order_table_gives_each_curves_order_against_its_nominal_and_says_where_the_error_does_not_fall():
+    nfe = [4, 8, 16]
+    heun = [3.0 * n**-2.0 for n in nfe]  # heun: order 2 exactly
+    unstable = [0.46, 0.50, 0.52]  # dpmpp_2m on a grid of very uneven steps: the error rises
+    df = _rows(status="ok", solver=["heun"] * 3 + ["dpmpp_2m"] * 3, options="{}", nfe=nfe * 2, steps=nfe * 2,
+               err_reference=heun + unstable, err_reference_se=[e / 100 for e in heun + unstable],
+               guidance_scale=np.nan)
+    orders = order_table(df).set_index("solver")
+    assert orders.loc["heun", "nominal"] == 2 and orders.loc["heun", "order"] == pytest.approx(2.0)
+    assert orders.loc["heun", "local orders"] == "2, 2" and orders.loc["heun", "error falls"] == "yes"
+    assert orders.loc["dpmpp_2m", "error falls"] == "no" and orders.loc["dpmpp_2m", "order"] < 0
+    assert orders.loc["heun", "order_se"] == pytest.approx(0.01 / np.sqrt(2 * np.log(2) ** 2))
+    (reached, stuck) = order_summary(orders.reset_index())
+    assert reached.startswith("m: 1 of 2 curves reach their nominal order (fitted order within 0.5 of it or above)")
+    assert "dpmpp_2m (logsnr: rises, NFE 4-16)" in stuck
 
 
 def _eta_rows(values):
