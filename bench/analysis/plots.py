@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, spacing_label,  # noqa: E402
-                                     guidance_table, quality_across)
+from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, mean_se,  # noqa: E402
+                                     spacing_label, guidance_table, quality_across)
 from solvers import SOLVERS  # noqa: E402
 
 LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
@@ -184,7 +184,8 @@ def plot_frontier(df: pd.DataFrame, out_dir: Path, quality: str, cost: str = "nf
 
 
 def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_reference", spacing: str = "logsnr"):
-    """Error against NFE on log-log axes per solver (ODE configs on one spacing), fitted order in the legend."""
+    """Error against NFE on log-log axes per solver (ODE configs on one spacing, mean over the rest), fitted order
+    and its standard error in the legend (frontier.fitted_order, as the report's table)."""
     data = _ok(df, error, "nfe")
     data = data[(data.eta == 0) & data.steps.notna() & (data[error] > 0)]
     if spacing in set(data.spacing):
@@ -198,10 +199,13 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     for ax, model in zip(axes[0], models):
         group = data[data.model == model]
         for solver in [s for s in SOLVERS if s in set(group.solver)]:
-            line = group[group.solver == solver].groupby("nfe")[error].median().sort_index()
-            order, _ = fitted_order(line.index, line.values)
+            rows = group[group.solver == solver]
+            line = rows.groupby("nfe")[error].mean().sort_index()
+            se = rows.groupby("nfe")[f"{error}_se"].agg(mean_se).sort_index() if f"{error}_se" in rows else None
+            order, order_se = fitted_order(line.index, line.values, se)
             ax.plot(line.index, line.values, marker=styles[solver][1], markersize=4, color=styles[solver][0])
-            labels.setdefault(solver, []).append(f"{order:.1f}" if np.isfinite(order) else "-")
+            labels.setdefault(solver, []).append("-" if not np.isfinite(order) else f"{order:.1f}" + (
+                f"±{order_se:.1g}" if np.isfinite(order_se) else ""))
         _log_axes(ax)
         ax.set_title(f"{model} ({spacing} spacing, eta = 0)")
         ax.set_xlabel(LABELS["nfe"])
@@ -209,7 +213,7 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     handles = [plt.Line2D([], [], marker=styles[s][1], color=styles[s][0], label=f"{s}: {' / '.join(orders)}")
                for s, orders in labels.items()]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="small",
-               title="solver: fitted order per panel")
+               title="solver: fitted order ± SE per panel")
     fig.tight_layout()
     return _save(fig, out_dir, f"convergence_{error}")
 
