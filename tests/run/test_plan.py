@@ -298,6 +298,15 @@ def test_run_max_minutes_grows_n_again_when_the_plan_at_the_cut_n_says_less(tmp_
     assert "interpolated" not in stderr and ran == {1789}
 
 
+def test_the_n_between_two_plans_is_the_largest_within_the_seconds_on_the_line_through_them():
+    from bench.cli import _between
+
+    assert _between(100, 30.0, 300, 70.0, 50.0) == (200, 50.0)  # 0.2 s per sample
+    assert _between(100, 30.0, 300, 70.0, 90.0) == (299, pytest.approx(69.8))  # never the N that did not fit
+    assert _between(100, 30.0, 300, 70.0, 20.0) == (100, 30.0)  # no room: the N that fits
+    assert _between(100, 30.0, 300, 29.0, 50.0) == (100, 30.0)  # the plans' noise above their N's: no line to follow
+
+
 def test_ray_tasks_are_handed_out_in_order_to_free_slots_after_the_reference_solves_they_need():
     """Two slots: the reference solve (2 s) and the group without it (5 s) start at once; the group that needs it
     starts when it is stored (2 s) on the slot it freed; the third group waits for a free slot (at 5 s). A slot's
