@@ -32,7 +32,10 @@ Per model and metric, a systematic shift counts when the median log ratio over i
 ``SHIFT_FLOOR`` (paired) or the measured run-to-run shift (``SEED_SHIFT``, unpaired) and the
 Wilcoxon signed-rank test gives p < 0.001: the ratio and significance rule of asv. Per solver, its configs'
 wall times relative to the run's shift count when their median exceeds ``time_ratio`` with p < 0.001: a
-solver made slower is caught however noisy the single configs are.
+solver made slower is caught however noisy the single configs are. Per curve (bench.analysis.frontier.order_table:
+a model, solver, spacing and eta over the same NFE), a measured convergence order moved when the change exceeds
+``Z`` combined standard errors and ``ORDER_FLOOR``: reported, neither better nor worse by itself (the configs'
+own errors say which).
 """
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.analysis.frontier import (CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, describe_config, mean_se, seed_label,
-                                     seed_std)
+from bench.analysis.frontier import (CONFIG_KEYS_WITHOUT_SEED as MATCH_KEYS, ORDER_KEYS, describe_config, mean_se,
+                                     order_table, seed_label, seed_std)
 from bench.metrics import BETTER, COLUMNS as METRIC_COLUMNS, METRICS, needing
 from bench.run.store import load_rows
 
@@ -86,6 +89,7 @@ SEED_SHIFT = {"err_reference": 0.05, "err_stepdoubling": 0.05, "frechet": 0.7, "
               "fid": 0.7, "kid": 0.7, "wall_s": 0.15,
               "precision": 0.06, "recall": 0.04, "err_stepdoubling_rms": 0.03, "sample_log_density": 1.3}
 SHIFT_FLOOR = 0.02
+ORDER_FLOOR = 0.1  # a measured convergence order must move this much as well as Z standard errors to be reported
 SHIFT_P_VALUE = 1e-3
 _DESCRIBE = ["model", "solver", "steps", "spacing", "eta", "tolerance", "exec_mode", "guidance_scale", "seed"]
 COMPARABLE_TIMING = ("device", "host", "batch_used")
@@ -244,7 +248,23 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "changed": changes[changes.verdict == "changed"], "shifts": _shifts(log_ratios, paired),
             "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
             "not_comparable": untimed, "other_reference": other_reference, "added": added.reindex(columns=_DESCRIBE),
-            "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired}
+            "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired,
+            "orders": order_moves(base, head)}
+
+
+def order_moves(base: pd.DataFrame, head: pd.DataFrame) -> pd.DataFrame:
+    """The curves whose measured convergence order (frontier.order_table, over the same NFE in both runs) moved
+    beyond ``Z`` combined standard errors and ``ORDER_FLOOR``: base and head order, their SEs and local orders."""
+    orders = [order_table(df) for df in (base, head)]
+    if any(table.empty for table in orders):
+        return pd.DataFrame()
+    keys = [key for key in ORDER_KEYS if key in orders[0] and key in orders[1]] + ["nfe", "nominal"]
+    merged = orders[0].merge(orders[1], on=keys, suffixes=(" base", " head"))
+    change = merged["order head"] - merged["order base"]
+    spread = np.hypot(merged["order_se base"].fillna(0.0), merged["order_se head"].fillna(0.0))
+    moved = merged[(change.abs() > Z * spread) & (change.abs() > ORDER_FLOOR)]
+    return moved[[*keys, "order base", "order_se base", "order head", "order_se head", "local orders base",
+                  "local orders head"]].reset_index(drop=True)
 
 
 def _same(a, b) -> bool:
@@ -383,6 +403,9 @@ def terminal_summary(result: dict, limit: int = 20) -> str:
                      f"{row.base:.4g} -> {row.head:.4g} ({row.change}; threshold {row.threshold})")
     if len(regressions) > limit:
         lines.append(f"  ... and {len(regressions) - limit} more regressions (see compare.md)")
+    for row in result["orders"].head(limit).to_dict("records"):
+        lines.append(f"  order moved: {row['model']} {row['solver']} ({row['spacing']}, eta {row['eta']:g}, NFE "
+                     f"{row['nfe']}): {row['order base']:.2f} -> {row['order head']:.2f} (nominal {row['nominal']})")
     return "\n".join(lines)
 
 
@@ -425,6 +448,13 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
     if not result["changed"].empty:
         doc.heading("Changed beyond noise, neither better nor worse (figures without a direction)")
         doc.table(result["changed"])
+    if not result["orders"].empty:
+        doc.heading("Convergence orders that moved")
+        doc.paragraph(f"Per curve (model, solver, spacing, eta over the same NFE), the order fitted to err_reference "
+                      f"against NFE, where base and head differ by more than {Z:g} combined standard errors and "
+                      f"{ORDER_FLOOR:g}: a solver's convergence changed. Neither better nor worse by itself; the "
+                      "configurations' own errors above say which.")
+        doc.table(result["orders"])
     quality = default_quality(pd.concat([base, head]))
     png = plot_frontier_overlay(base, head, out_dir / "plots", quality)
     if png is not None:

@@ -75,6 +75,21 @@ def test_compare_flags_a_known_regression_and_not_a_known_improvement(base_run):
     assert result["matched"] == len(base) and result["added"].empty and result["removed"].empty
 
 
+def test_compare_reports_a_convergence_order_that_moved_and_none_between_equal_runs(base_run):
+    """heun's error at its 6 steps made 4x larger: its order over NFE 6-12 falls by log 4 / log 2 = 2 on every
+    curve; the same run against itself moves none. Reported in compare.md and the terminal, not as a regression."""
+    base = store.load_rows(base_run)
+    assert compare_runs(base, base)["orders"].empty
+    head = base.copy()
+    head.loc[(head.solver == "heun") & (head.steps == 6), "err_reference"] *= 4.0
+    result = compare_runs(base, head)
+    moved = result["orders"]
+    assert set(moved.solver) == {"heun"} and len(moved) == 2 * 1  # two spacings, eta 0 (ring2d)
+    assert list(moved["order base"] - moved["order head"]) == pytest.approx([2.0, 2.0])
+    assert (moved.nominal == 2).all() and (moved.nfe == "6-12").all()
+    assert "order moved: ring2d heun (logsnr, eta 0, NFE 6-12): " in terminal_summary(result)
+
+
 def test_compare_judges_sample_metrics_by_their_standard_errors(base_run):
     base = store.load_rows(base_run)
     tiny = _with_changes(base, {("ddpm", "frechet"): 1.0001})
