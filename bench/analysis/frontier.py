@@ -394,7 +394,8 @@ TWIN_KEYS = [key for key in CONFIG_KEYS_WITHOUT_SEED if key != "exec_mode"] + ["
 def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model, device, batch and exec mode: how fast the network and the whole solve run, and how far the
     samples move. ``speedup vs eager`` is the median over configs of eager wall_s / this mode's wall_s, each
-    config against its own eager twin (rows without one are left out of it); ``overhead_ratio`` is wall_s over
+    config against its own eager twin (rows without one are left out of it), with its quartiles over the configs
+    (how much it varies across them: a median over unlike configurations has no standard error); ``overhead_ratio`` is wall_s over
     NFE x the bare forward time (1 = the solve costs its network calls and nothing else). Empty with one mode."""
     ok = df[(df.status == "ok") & df.wall_s.notna()].copy()
     if ok.exec_mode.nunique() < 2:
@@ -409,12 +410,19 @@ def exec_mode_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model": model, "device": device, "batch": int(batch), "exec_mode": mode, "configs": len(group),
                      "forward_s (median)": group.forward_s.median(),
                      "speedup vs eager (median)": group.speedup.median(),
+                     "speedup vs eager (quartiles)": _quartiles(group.speedup),
                      "overhead_ratio (median)": group.overhead_ratio.median(),
                      "overhead_ratio (max)": group.overhead_ratio.max(),
                      "drift_vs_eager (median)": drift.median() if len(drift) else np.nan,
                      "fid_vs_eager (median)": group.fid_vs_eager.median()})
     table = pd.DataFrame(rows)
     return table.dropna(axis="columns", how="all")
+
+
+def _quartiles(values: pd.Series) -> str:
+    """"q1-q3" of ``values`` (NaN left out), "" where none."""
+    values = values.dropna()
+    return f"{values.quantile(0.25):.3g}-{values.quantile(0.75):.3g}" if len(values) else ""
 
 
 FITTED_METRICS = ("err_reference", "fid", "kid")

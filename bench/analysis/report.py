@@ -157,9 +157,10 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     if not modes.empty:
         doc.heading("Execution modes: speed against eager, overhead against the network, drift")
         doc.paragraph("The same configs with the network run eager, under bf16 autocast, compiled, or the whole solve "
-                      "replayed as a CUDA graph. forward_s: the bare network forward at the row's batch, measured "
-                      "in the run; overhead_ratio: wall_s / (NFE x forward_s x batches); drift_vs_eager: median "
-                      "per-sample L2 distance to the eager samples of the same config and x_T.")
+                      "replayed as a CUDA graph. speedup vs eager: each config against its own eager twin, the "
+                      "median and quartiles over the configs. forward_s: the bare network forward at the row's batch, "
+                      "measured in the run; overhead_ratio: wall_s / (NFE x forward_s x batches); drift_vs_eager: "
+                      "median per-sample L2 distance to the eager samples of the same config and x_T.")
         doc.table(modes)
 
     spread = seed_spread(df)

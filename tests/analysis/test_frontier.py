@@ -152,6 +152,7 @@ def test_the_exec_mode_table_compares_each_config_with_its_own_eager_twin():
     assert table.loc["compile", "configs"] == 3 and table.loc["eager", "configs"] == 2
     assert table.loc["compile", "speedup vs eager (median)"] == pytest.approx(3.0)  # median of 2 and 4
     assert table.loc["eager", "speedup vs eager (median)"] == pytest.approx(1.0)
+    assert table.loc["compile", "speedup vs eager (quartiles)"] == "2.5-3.5"  # of 2 and 4; euler has no twin
     assert table.loc["compile", "overhead_ratio (max)"] == pytest.approx(3.0)
     assert table.loc["compile", "drift_vs_eager (median)"] == 0.5 and np.isnan(table.loc["eager", "drift_vs_eager (median)"])
     assert "fid_vs_eager (median)" not in table  # no FID in these rows
