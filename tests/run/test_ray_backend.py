@@ -2,6 +2,7 @@
 and duplicating nothing, time limits and OOM handling inside tasks. Skipped where Ray is not installed
 (make setup-ray; CI installs it)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,19 @@ def test_a_ray_that_can_run_no_task_is_refused_before_anything_runs_and_plan_cos
     status, stdout, _ = bench_cli("plan", str(spec_path), "--backend", "ray", "--workers", "2")
     assert status == 0 and "on Ray, 2 tasks at once" in stdout and "in 3 tasks" in stdout  # 2 groups, 1 reference
     assert "measured: a Ray task: 1 configuration of ring2d" in stdout
+
+
+def test_run_max_minutes_on_ray_plans_on_that_ray_and_runs_what_fits(tmp_path):
+    """The whole path of `run --backend ray --max-minutes`: the Ray started for the plans, the plan on it (which fits
+    two minutes), its time counted, then the sweep on a Ray of its own, every row written at the spec's N."""
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim", "heun"]\nsteps = [4]\nn_samples = 16\n'
+                         'metrics = ["err_reference"]\ntiming_repeats = 1\n')
+    status, _, stderr = bench_cli("run", str(spec_path), "--out", str(tmp_path / "run"), "--no-progress",
+                                  "--backend", "ray", "--workers", "2", "--max-minutes", "2")
+    assert status == 0, stderr
+    assert "--max-minutes 2: estimated" in stderr and "at N = 16: fits" in stderr
+    planning = int(re.search(r"--max-minutes 2: (\d+) s spent planning", stderr).group(1))
+    assert planning >= 1  # the Ray's start and the plan on it, counted from the command's start
+    rows = store.load_rows(tmp_path / "run")
+    assert len(rows) == 2 and set(rows.status) == {"ok"} and set(rows.n_samples) == {16}
