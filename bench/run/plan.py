@@ -305,11 +305,13 @@ def _add_task_overhead(members: dict, groups: dict, fan_out: FanOut, measured: d
     folder, its worker's fresh caches, its compaction; the other tasks beside it and Ray's own processes): the
     estimated cheapest task run on the Ray as its tasks run, a copy on every slot at once (``fan_out.time_task``;
     without its reference metrics, whose solves are tasks of their own), its overshoot spread over its configurations
-    and added to every task in proportion to its own; the seconds added. The cheapest task whose estimate is not an
-    upper bound: an adaptive solver's NFE is counted as its reference solve's, above what it takes, so a task of one
-    (6 configurations of ring2d / step_doubling_euler, estimated 1.16 s, ran 0.65 s) would measure nothing beyond.
+    and added to every task in proportion to its own; the seconds added. The cheapest task that runs a configuration
+    (not one of skipped rows alone, whose estimate is the rows') and whose estimate is not an upper bound: an
+    adaptive solver's NFE is counted as its reference solve's, above what it takes, so a task of one (6
+    configurations of ring2d / step_doubling_euler, estimated 1.16 s, ran 0.65 s) would measure nothing beyond.
     ``members``: each task's configurations, ``groups`` their estimates (Task), by bench.run.distributed.group_key."""
-    exact = [key for key in groups if not any(SOLVERS[cfg.solver].adaptive for cfg in members[key])] or list(groups)
+    running = [key for key in groups if any(cfg.skip_reason is None for cfg in members[key])]  # not rows alone
+    exact = [key for key in running if not any(SOLVERS[cfg.solver].adaptive for cfg in members[key])] or running
     probe = min(exact, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
     ran_s = fan_out.time_task([dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics
                                                                       if m not in REFERENCE_METRICS))

@@ -407,7 +407,10 @@ def test_the_rows_of_skipped_configurations_are_timed_and_counted_in_the_tasks_t
     plan = _plan(measure=True, **spec)
     assert plan.skipped == 2 and 0 < plan.seconds["rows of skipped configurations"] < 2 * 0.5
     assert "rows of skipped configurations" in "\n".join(plan.lines())
-    on_ray = _plan(measure=True, fan_out=FanOut(slots=2, start_s=5.0, time_task=lambda group: 1.0), **spec)
+    timed = []
+    fan_out = FanOut(slots=2, start_s=5.0, time_task=lambda group: timed.append(group) or 1.0)
+    on_ray = _plan(measure=True, fan_out=fan_out, **spec)
+    assert {cfg.solver for cfg in timed[0]} == {"ddim"}  # the task timed runs configurations, not skipped rows alone
     ddim, ddpm = on_ray.tasks  # no reference solve: frechet compares with exact samples
     assert ddpm.scaled_s == 0 and ddpm.fixed_s == pytest.approx(
         on_ray.seconds["rows of skipped configurations"] + on_ray.seconds["Ray tasks' own"] / 4 * 2)
