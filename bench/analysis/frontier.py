@@ -245,6 +245,13 @@ def fitted_order(nfe, error, error_se=None) -> tuple[float, float]:
     return float(-slope), float(np.sqrt(1 / np.sum(weights * centred**2))) if weighted else float("nan")
 
 
+def error_per_nfe(rows: pd.DataFrame, error: str) -> pd.DataFrame:
+    """``error`` per NFE over ``rows``, sorted by NFE: its mean and that mean's standard error (mean_se of the
+    ``<error>_se`` column; NaN without it), the columns ``error`` and ``se``."""
+    se = rows[f"{error}_se"] if f"{error}_se" in rows else np.nan
+    return rows.assign(_se=se).groupby("nfe").agg(error=(error, "mean"), se=("_se", mean_se))
+
+
 ORDER_KEYS = ["model", "solver", "options", "spacing", "eta", "exec_mode", "guidance_scale"]
 
 
@@ -257,15 +264,13 @@ def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
     beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the asymptotic regime)."""
     from solvers import SOLVERS
 
-    se = f"{error}_se"
     ok = df[(df.status == "ok") & df[error].notna() & df.steps.notna()] if error in df else df.iloc[:0]
     if ok.empty:
         return pd.DataFrame()
-    ok = ok.assign(_se=ok[se] if se in ok else np.nan)
     rows = []
     keys = [key for key in ORDER_KEYS if key in ok]  # rows from before a key column existed lack it
     for key, group in ok.groupby(keys, dropna=False):
-        per_nfe = group.groupby("nfe").agg(error=(error, "mean"), se=("_se", mean_se))
+        per_nfe = error_per_nfe(group, error)
         if len(per_nfe) < 2:
             continue
         order, order_se = fitted_order(per_nfe.index, per_nfe.error, per_nfe.se)

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, fitted_order, frontier, mean_se,  # noqa: E402
-                                     spacing_label, guidance_table, quality_across)
+from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, error_per_nfe, fitted_order,  # noqa: E402
+                                     frontier, guidance_table, quality_across, spacing_label)
 from solvers import SOLVERS  # noqa: E402
 
 LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
@@ -199,11 +199,9 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     for ax, model in zip(axes[0], models):
         group = data[data.model == model]
         for solver in [s for s in SOLVERS if s in set(group.solver)]:
-            rows = group[group.solver == solver]
-            line = rows.groupby("nfe")[error].mean().sort_index()
-            se = rows.groupby("nfe")[f"{error}_se"].agg(mean_se).sort_index() if f"{error}_se" in rows else None
-            order, order_se = fitted_order(line.index, line.values, se)
-            ax.plot(line.index, line.values, marker=styles[solver][1], markersize=4, color=styles[solver][0])
+            line = error_per_nfe(group[group.solver == solver], error)
+            order, order_se = fitted_order(line.index, line.error, line.se)
+            ax.plot(line.index, line.error, marker=styles[solver][1], markersize=4, color=styles[solver][0])
             labels.setdefault(solver, []).append("-" if not np.isfinite(order) else f"{order:.1f}" + (
                 f"±{order_se:.1g}" if np.isfinite(order_se) else ""))
         _log_axes(ax)
