@@ -22,8 +22,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench.spec import config
-    from bench.run import store, sweep
+    import dataclasses
 
     started = time.monotonic()  # --max-minutes: the command's time counts, its Ray's start for the plan included
     spec = _load_spec(args.spec)
@@ -34,10 +33,28 @@ def cmd_run(args) -> int:
         print(problem, file=sys.stderr)
         return 2
     execution_policy = _sweep_policy(spec, args)
-    if args.max_minutes is not None:
-        spec = _fit_to_minutes(spec, args, execution_policy, started)
+    if args.max_minutes is None:
+        return _sweep(spec, args, execution_policy)
+    from bench.spec import config
+
+    flag = f"--max-minutes {args.max_minutes:g}"
+    with _grid_ray(config.expand(spec, device=args.device), args, execution_policy, flag) as fan_out:
+        if fan_out is NO_RAY:
+            return 2
+        # With --backend ray the sweep runs on the Ray the plans ran on: its start is paid, counted since `started`.
+        sweep_ray = fan_out and dataclasses.replace(fan_out, start_s=0.0)
+        spec = _cut_to_fit(spec, args.device, args.max_minutes, execution_policy, sweep_ray, started)
         if spec is None:
             return 2
+        return _sweep(spec, args, execution_policy, ray_running=fan_out is not None)
+
+
+def _sweep(spec, args, execution_policy, ray_running: bool = False) -> int:
+    """run's sweep of ``spec`` into its run folder, serial or on Ray (``ray_running``: on the Ray this process is
+    connected to, left up); its exit status."""
+    from bench.spec import config
+    from bench.run import store, sweep
+
     configs = config.expand(spec, device=args.device)
     if args.shard:
         configs = config.shard(configs, *args.shard)
@@ -63,7 +80,8 @@ def cmd_run(args) -> int:
 
         try:
             counts = run_sweep_on_ray(configs, run_dir, meta["run_id"], address=args.address, workers=args.workers,
-                                      progress=args.progress, retry=retry, execution_policy=execution_policy)
+                                      progress=args.progress, retry=retry, execution_policy=execution_policy,
+                                      ray_running=ray_running)
         except ValueError as err:  # no node of the Ray can run a task: said before any ran
             print(err, file=sys.stderr)
             return 2
@@ -94,14 +112,14 @@ def _sweep_policy(spec, args):
     return execution_policy
 
 
-NO_RAY = object()  # _planning_ray's answer where the Ray can run no task of the grid (after saying why)
+NO_RAY = object()  # _grid_ray's answer where the Ray can run no task of the grid (after saying why)
 
 
 @contextlib.contextmanager
-def _planning_ray(configs, args, execution_policy, command: str):
-    """With --backend ray, the Ray the grid will run on, up while the grid is planned (bench.run.distributed's
-    ray_fan_out: its FanOut), or NO_RAY after one line saying why that Ray can run no task of the grid; None
-    without."""
+def _grid_ray(configs, args, execution_policy, command: str):
+    """With --backend ray, the Ray the grid will run on, up for the block (bench.run.distributed's ray_fan_out: its
+    FanOut, for the grid's plans, and for run's sweep after them), or NO_RAY after one line saying why that Ray can
+    run no task of the grid; None without."""
     if args.backend != "ray":
         yield None
         return
@@ -116,18 +134,6 @@ def _planning_ray(configs, args, execution_policy, command: str):
         yield fan_out
 
 
-def _fit_to_minutes(spec, args, execution_policy, started: float):
-    """--max-minutes M: ``_cut_to_fit``, with --backend ray on the Ray it starts for the plans (stopped before the
-    sweep starts its own); the command ``started`` at that time.monotonic()."""
-    from bench.spec import config
-
-    with _planning_ray(config.expand(spec, device=args.device), args, execution_policy,
-                       f"--max-minutes {args.max_minutes:g}") as fan_out:
-        if fan_out is NO_RAY:
-            return None
-        return _cut_to_fit(spec, args.device, args.max_minutes, execution_policy, fan_out, started)
-
-
 def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out, started: float):
     """--max-minutes: the spec with n_samples (and batch_size, if larger) cut so the plan's estimate (on Ray:
     ``fan_out``) fits ``minutes``, or the spec as it is when it fits; None after printing why nothing fits. A cut N is
@@ -138,7 +144,8 @@ def _cut_to_fit(spec, device, minutes: float, execution_policy, fan_out, started
     that is GROWTH_WORTH_A_PLAN times its N or more (standard errors 5% smaller); with none that fits, cut from the
     smallest's estimate (bench.run.plan.samples_to_fit). Up to FIT_PLANS plans; then the largest measured N that fits
     runs, or, with none, the last cut on its extrapolated estimate. The time since the command ``started``
-    (time.monotonic()) counts against the budget, the plans' and their Ray's start included."""
+    (time.monotonic()) counts against the budget, the plans' and their Ray's start included (the sweep runs on that
+    Ray: ``fan_out``'s start_s is 0)."""
     from bench.metrics import fewest_samples
     from bench.run.plan import estimate_at, samples_to_fit
     from bench.spec import config
@@ -398,7 +405,7 @@ def cmd_plan(args) -> int:
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")
     execution_policy = _sweep_policy(spec, args)
-    planning = contextlib.nullcontext() if args.no_measure else _planning_ray(configs, args, execution_policy, "plan")
+    planning = contextlib.nullcontext() if args.no_measure else _grid_ray(configs, args, execution_policy, "plan")
     with planning as fan_out:
         if fan_out is NO_RAY:
             return 2

@@ -21,7 +21,8 @@ Workers must see the run folder at the same path (one machine, or a shared files
 
 A Ray on which no node can run a task (its threads in CPUs, and a GPU for a CUDA grid) is refused before any task
 starts; Ray itself would leave them pending for ever. ``ray_fan_out`` gives the plan (bench.run.plan) what it
-needs of the Ray: how many tasks run at once, its start, and the time of a task with every slot busy.
+needs of the Ray: how many tasks run at once, its start, and the time of a task with every slot busy; ``run
+--max-minutes`` then sweeps on that Ray rather than starting another.
 """
 from __future__ import annotations
 
@@ -129,21 +130,19 @@ def _amount(count: float, what: str) -> str:
 @contextlib.contextmanager
 def ray_fan_out(configs: list[RunConfig], address: str | None = None, workers: int | None = None,
                 execution_policy: ExecutionPolicy | None = None):
-    """The Ray a sweep of ``configs`` will run on, started (or joined) for its plan and stopped after: a FanOut, its
-    start timed as the sweep pays it (``ray.init``, then on every slot a first task importing the harness).
-    ValueError, before anything runs, where no node can run a task."""
+    """The Ray a sweep of ``configs`` will run on, started (or joined) for the block and stopped after: a FanOut for
+    the grid's plans, its start timed as a sweep on a Ray of its own pays it (``ray.init``, then on every slot a
+    first task importing the harness); ``run --max-minutes`` sweeps on it after them (``run_sweep_on_ray``'s
+    ``ray_running``). ValueError, before anything runs, where no node can run a task."""
     import ray
 
     execution_policy = task_policy(execution_policy)
     started = time.perf_counter()
-    _start_ray(address, workers)
-    try:
+    with _ray_up(address, workers):
         slots = _slots_or_raise(configs, execution_policy, address)
         ray.get([ray.remote(num_cpus=0)(_import_the_harness).remote() for _ in range(slots)])
         yield FanOut(slots, time.perf_counter() - started,
                      lambda group: _time_side_by_side(group, slots, execution_policy))
-    finally:
-        ray.shutdown()
 
 
 def _time_side_by_side(group: list[RunConfig], slots: int, execution_policy: ExecutionPolicy) -> float:
@@ -176,12 +175,18 @@ def _timed_task(group: list[RunConfig], execution_policy: ExecutionPolicy) -> fl
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _start_ray(address: str | None, workers: int | None) -> None:
-    """Join the cluster at ``address``, or start a local Ray with ``workers`` CPUs (default: all)."""
+@contextlib.contextmanager
+def _ray_up(address: str | None, workers: int | None):
+    """Joined to the cluster at ``address``, or to a local Ray started with ``workers`` CPUs (default: all), for the
+    block; disconnected (a local Ray stopped) after."""
     import ray
 
     ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _import_the_harness() -> None:
@@ -190,12 +195,14 @@ def _import_the_harness() -> None:
 
 def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, address: str | None = None,
                      workers: int | None = None, progress: bool | None = None, retry: tuple[str, ...] = (),
-                     execution_policy: ExecutionPolicy | None = None) -> dict:
+                     execution_policy: ExecutionPolicy | None = None, ray_running: bool = False) -> dict:
     """``run_sweep`` of ``configs`` on Ray; returns counts by status, plus ``lost`` (configs of groups whose
     task failed for good: their rows are missing, a rerun of the same command runs them).
 
-    ``address``: a running cluster to join (None: start a local Ray with ``workers`` CPUs, default all).
-    A task asks for one GPU when its configs run on CUDA, and for the policy's threads (default 1) in CPUs."""
+    ``address``: a running cluster to join (None: start a local Ray with ``workers`` CPUs, default all), stopped
+    after; ``ray_running``: the Ray this process is connected to instead (``ray_fan_out``'s, the grid's plans run
+    on it), left up. A task asks for one GPU when its configs run on CUDA, and for the policy's threads (default 1)
+    in CPUs."""
     import ray
 
     from bench.run import store
@@ -209,8 +216,7 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
     groups = config_groups(todo)
     if not groups:
         return dict(counts)
-    _start_ray(address, workers)
-    try:
+    with contextlib.nullcontext() if ray_running else _ray_up(address, workers):
         _slots_or_raise(todo, execution_policy, address)
         board = ray.remote(num_cpus=0)(Board).remote()
         solving = _start_reference_solves(references.pending(todo, run_dir, retry=bool(retry)), run_dir, board,
@@ -241,8 +247,6 @@ def run_sweep_on_ray(configs: list[RunConfig], run_dir: Path, run_id: str, addre
                           "its finished rows are kept, a rerun runs the rest", flush=True)
             bar.update(rows - (bar.n - counts["already_done"]))
         bar.close()
-    finally:
-        ray.shutdown()
     store.remove_stale_temp_files(run_dir)  # a killed task's half-written row; live writers' (other shards) stay
     store.compact(run_dir)  # what killed tasks left loose; no task writes any more
     return {k: v for k, v in counts.items() if v}

@@ -217,11 +217,11 @@ def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0, ray_
     monkeypatch.setattr(bench.cli, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
     @contextlib.contextmanager
-    def planning_ray(*args):
+    def grid_ray(*args):
         clock[0] += ray_start_s
         yield None
 
-    monkeypatch.setattr(bench.cli, "_planning_ray", planning_ray)
+    monkeypatch.setattr(bench.cli, "_grid_ray", grid_ray)
 
     def known(configs, measure=True, execution_policy=None, fan_out=None):
         assert execution_policy == ExecutionPolicy(threads=1)  # measured under the sweep's policy: --threads's
@@ -263,8 +263,8 @@ def test_run_max_minutes_counts_the_time_spent_planning(tmp_path, monkeypatch):
 
 
 def test_run_max_minutes_counts_the_start_of_the_ray_it_plans_on(tmp_path, monkeypatch):
-    """A Ray started for the plans in 7 s (the sweep starts its own after, which the plan counts): 53 s left, N =
-    4000 x (53 - 6) / 114 = 1649 (it used to fit 60 s, the Ray's start uncounted)."""
+    """A Ray started for the plans in 7 s (the sweep then runs on it): 53 s left, N = 4000 x (53 - 6) / 114 = 1649
+    (it used to fit 60 s, the Ray's start uncounted)."""
     stderr, ran = _run_with_known_plans(tmp_path, monkeypatch, lambda n: 6.0, ray_start_s=7.0)
     assert ran == {1649} and "--max-minutes 1: 7 s spent planning, 0.9 min left" in stderr
 
