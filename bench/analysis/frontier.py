@@ -91,40 +91,46 @@ def seed_label(seeds: pd.Series) -> str:
     return ",".join(map(str, sorted(set(seeds))))
 
 
-def per_config(df: pd.DataFrame, quality: str) -> pd.DataFrame:
-    """The ok rows with ``quality``, one per configuration: over several seeds its mean, with the standard error
-    of that mean (from the rows' own SEs, sqrt(sum se^2) / k) in ``<quality>_se``."""
+def per_config(df: pd.DataFrame, quality: str, cost: str | None = None, apart: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The ok rows with ``quality``, one per configuration (and value of the ``apart`` columns: the machine, for
+    times): over several seeds its mean, with the standard error of that mean (from the rows' own SEs, sqrt(sum
+    se^2) / k) in ``<quality>_se``, and the mean of ``cost`` (an adaptive solver's NFE and every wall time differ
+    from seed to seed)."""
     se = f"{quality}_se"
     ok = df[(df.status == "ok") & df[quality].notna()].copy()
     if se not in ok:
         ok[se] = np.nan
     if ok.seed.nunique() <= 1:
         return ok
-    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k in ok]
+    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k in ok] + [k for k in apart if k not in CONFIG_KEYS_WITHOUT_SEED]
     grouped = ok.groupby(keys, dropna=False)
     merged = grouped.first()
     merged[quality] = grouped[quality].mean()
+    if cost is not None:
+        merged[cost] = grouped[cost].mean()
     merged[se] = grouped[se].agg(mean_se)
     merged["seed"] = grouped.seed.agg(seed_label)
     return merged.reset_index()
 
 
 def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe",
-                 tie_z: float = TIE_Z, listed: int = 6) -> pd.DataFrame:
-    """Best configuration per model, exec mode and NFE budget: the lowest ``quality`` among configurations with
-    cost <= budget (averaged over seeds), its standard error, and every other configuration within ``tie_z``
-    combined standard errors of it: a tie, not significantly worse (the SEs combined as if independent, which
-    for paired configurations of one x_T errs towards more ties). Exec modes are ranked separately, so that a
-    faster mode cannot win through its drift from eager; so are guidance scales, where a run sweeps them (the best
-    solver at a budget may change with the scale). Budgets stop at the first that holds every configuration."""
+                 tie_z: float = TIE_Z, listed: int = 6, apart: tuple[str, ...] = ("exec_mode",)) -> pd.DataFrame:
+    """Best configuration per model, guidance scale, ``apart`` and cost budget: the lowest ``quality`` among
+    configurations with cost <= budget (both averaged over seeds), its standard error, and every other
+    configuration within ``tie_z`` combined standard errors of it: a tie, not significantly worse (the SEs combined
+    as if independent, which for paired configurations of one x_T errs towards more ties). Guidance scales are
+    ranked separately, where a run sweeps them (the best solver at a budget may change with the scale), and so is
+    each value of the ``apart`` columns: by NFE the exec modes, so that a faster mode cannot win through its drift
+    from eager; by time (``time_budget_table``) the machines instead. Budgets stop at the first that holds every
+    configuration; an ``apart`` column of one value is left out of the table."""
     rows = []
     se = f"{quality}_se"
-    ok = per_config(df, quality)
+    ok = per_config(df, quality, cost, apart)
     ok = ok[ok[cost].notna()]
     guided = "guidance_scale" in ok and ok.guidance_scale.notna().any()
     if not guided:
         ok = ok.assign(guidance_scale=np.nan)
-    for (model, mode, scale), group in ok.groupby(["model", "exec_mode", "guidance_scale"], dropna=False):
+    for (model, *values, scale), group in ok.groupby(["model", *apart, "guidance_scale"], dropna=False):
         for budget in budgets:
             within = group[group[cost] <= budget].sort_values(quality)
             if within.empty:
@@ -133,7 +139,7 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
             combined = np.sqrt(within[se].fillna(0) ** 2 + (0 if pd.isna(best[se]) else best[se]) ** 2)
             tied = within.iloc[1:][(within[quality] - best[quality]).iloc[1:] <= tie_z * combined.iloc[1:]]
             names = [describe_config(row) for row in tied.itertuples()]
-            rows.append({"model": model, "exec_mode": mode, "guidance_scale": scale, f"{cost} budget": budget,
+            rows.append({"model": model, **dict(zip(apart, values)), "guidance_scale": scale, f"{cost} budget": budget,
                          "best solver": best.solver, "best config": describe_config(best),
                          cost: best[cost], quality: best[quality], se: best[se], "ties": len(tied),
                          "tied with (not significantly worse)": "; ".join(names[:listed])
@@ -141,11 +147,38 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
             if budget >= group[cost].max():
                 break  # larger budgets would repeat this row
     table = pd.DataFrame(rows)
-    if not table.empty and (table.exec_mode == "eager").all():
-        table = table.drop(columns="exec_mode")
+    if not table.empty:
+        table = table.drop(columns=[column for column in apart if table[column].nunique(dropna=False) == 1])
     if not guided and not table.empty:
         table = table.drop(columns="guidance_scale")
     return table
+
+
+TIME_COST = "ms_per_sample"  # the time budget table's cost: milliseconds of sampling per sample, wall_s / n_samples
+
+
+def time_budget_table(df: pd.DataFrame, quality: str, tie_z: float = TIE_Z) -> pd.DataFrame:
+    """``budget_table`` by the measured sampling time per sample (``TIME_COST``) instead of NFE, for budgets 1, 2,
+    5 x 10^k ms (``time_budgets``): the question of a user with a time to spend. Exec modes compete (a faster mode
+    wins where its quality holds: its drift is in its quality figure); times compare only on one machine, so each
+    device and host is ranked apart."""
+    timed, machine = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples}), ("device", "host")
+    budgets = time_budgets(per_config(timed, quality, TIME_COST, machine)[TIME_COST])
+    return budget_table(timed, quality, budgets, TIME_COST, tie_z, apart=machine)
+
+
+def time_budgets(costs) -> tuple[float, ...]:
+    """The budgets 1, 2, 5 x 10^k that span ``costs`` (positive ones): from the first at or above the least to the
+    first at or above the largest."""
+    costs = np.asarray(costs, dtype=float)
+    costs = costs[np.isfinite(costs) & (costs > 0)]
+    if not len(costs):
+        return ()
+    budgets, decade = [], 10.0 ** math.floor(math.log10(costs.min()))
+    while not budgets or budgets[-1] < costs.max():
+        budgets += [float(f"{m * decade:.12g}") for m in (1, 2, 5) if m * decade >= costs.min()]
+        decade *= 10
+    return tuple(b for i, b in enumerate(budgets) if i == 0 or budgets[i - 1] < costs.max())
 
 
 def best_solver_by_scale(table: pd.DataFrame, cost: str = "nfe") -> list[str]:

@@ -8,10 +8,10 @@ import pandas as pd
 
 from bench.analysis import plots
 from bench.analysis.document import Document
-from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, best_solver_by_scale, budget_table, default_quality,
-                                     eta_gap, exec_mode_table, fitted_summary, fitted_vs_formulas, guidance_table,
-                                     guidance_trends, order_summary, order_table, quality_across, seed_std,
-                                     table1_shape)
+from bench.analysis.frontier import (QUALITY_PREFERENCE, TIE_Z, TIME_COST, best_solver_by_scale, budget_table,
+                                     default_quality, eta_gap, exec_mode_table, fitted_summary, fitted_vs_formulas,
+                                     guidance_table, guidance_trends, order_summary, order_table, quality_across,
+                                     seed_std, table1_shape, time_budget_table)
 from bench.metrics.uncertainty import BOOTSTRAP_REPLICATES, JACKKNIFE_GROUPS
 from bench.run.store import STATUSES, load_rows
 
@@ -104,6 +104,15 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
                   f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
     budgets = budget_table(df, quality)
     doc.table(budgets)
+    by_time = time_budget_table(df, quality)
+    if not by_time.empty:
+        doc.heading(f"Best configuration per time budget ({quality}, lower is better)")
+        doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
+                      "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, wall_s_std "
+                      "their spread: a configuration that close to a budget may fall on its other side in another "
+                      "run). Exec modes compete here, a faster mode winning where its quality holds; times compare "
+                      "only on one machine, so each device and host is ranked on its own.")
+        doc.table(by_time)
 
     orders = order_table(df)
     if not orders.empty:

@@ -64,6 +64,34 @@ def test_budget_table_averages_seeds_and_their_standard_errors():
     assert row.err_reference == pytest.approx(0.2) and row.err_reference_se == pytest.approx(0.025)
 
 
+def test_time_budgets_are_1_2_5_steps_spanning_the_costs():
+    from bench.analysis.frontier import time_budgets
+
+    assert time_budgets([0.013, 0.4, np.nan, 0.0]) == (0.02, 0.05, 0.1, 0.2, 0.5)
+    assert time_budgets([7.0, 30.0]) == (10.0, 20.0, 50.0) and time_budgets([2.0]) == (2.0,)
+    assert time_budgets([np.nan]) == ()
+
+
+def test_by_time_exec_modes_compete_machines_are_ranked_apart_and_seeds_times_averaged():
+    """heun's eager and compile rows are equally good, compile twice as fast: by NFE each mode is ranked on its own,
+    by time compile wins the budget eager does not fit. A second host's rows, slower, are ranked on their own; two
+    seeds' timings (0.8 and 1.2 ms per sample) give their mean."""
+    from bench.analysis.frontier import time_budget_table
+
+    df = _rows(status="ok", solver=["heun", "heun", "euler", "heun", "heun"], steps=5, nfe=[10, 10, 5, 10, 10],
+               exec_mode=["eager", "compile", "eager", "eager", "eager"], seed=[0, 0, 0, 0, 1],
+               host=["a", "a", "a", "b", "b"], device="cpu", n_samples=100, wall_s=[0.2, 0.1, 0.05, 0.08, 0.12],
+               err_reference=[0.1, 0.1, 0.5, 0.1, 0.1], err_reference_se=0.01, schedule="VPLinear", options="{}",
+               batch_size=100, dtype="float32", reference_size=np.nan, fid_reference=None)
+    table = time_budget_table(df, "err_reference")
+    assert "device" not in table and table.groupby("host")["ms_per_sample budget"].apply(list).to_dict() == {
+        "a": [0.5, 1.0, 2.0], "b": [1.0]}
+    best = table.set_index(["host", "ms_per_sample budget"])["best config"]
+    assert best["a", 0.5] == "euler (5 logsnr, eta 0)" and best["a", 1.0] == "heun (5 logsnr, eta 0, compile)"
+    assert table.set_index("host").loc["b", "ms_per_sample"] == pytest.approx(1.0)
+    assert set(budget_table(df[df.host == "a"], "err_reference", budgets=(10,)).exec_mode) == {"eager", "compile"}
+
+
 def test_default_quality_prefers_fid_then_err_reference():
     assert default_quality(pd.DataFrame({"fid": [1.0], "err_reference": [0.1]})) == "fid"
     assert default_quality(pd.DataFrame({"fid": [np.nan], "err_reference": [0.1], "frechet": [2.0]})) == "err_reference"

@@ -50,6 +50,7 @@ def test_report_embeds_every_plot_it_lists(base_run):
         assert (md_path.parent / link).is_file() and (md_path.parent / link).with_suffix(".svg").is_file()
     assert page.count("data:image/png;base64,") == len(links)
     assert "Best configuration per NFE budget" in markdown and "Configurations that did not finish" in markdown
+    assert "Best configuration per time budget" in markdown and "| ms_per_sample budget |" in markdown
     assert "## Convergence orders" in markdown and "| ring2d | heun | {} | logsnr |" in markdown
 
 
