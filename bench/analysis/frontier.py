@@ -95,19 +95,21 @@ def per_config(df: pd.DataFrame, quality: str, cost: str | None = None, apart: t
     """The ok rows with ``quality``, one per configuration (and value of the ``apart`` columns: the machine, for
     times): over several seeds its mean, with the standard error of that mean (from the rows' own SEs, sqrt(sum
     se^2) / k) in ``<quality>_se``, and the mean of ``cost`` (an adaptive solver's NFE and every wall time differ
-    from seed to seed)."""
+    from seed to seed). Rows of one configuration and seed (one spec run on two machines, reported together) are
+    one measurement of the same samples: their mean counts once, with their SE, not as two seeds."""
     se = f"{quality}_se"
     ok = df[(df.status == "ok") & df[quality].notna()].copy()
     if se not in ok:
         ok[se] = np.nan
+    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k in ok] + [k for k in apart if k not in CONFIG_KEYS_WITHOUT_SEED]
+    averaged = [quality] + ([cost] if cost is not None else [])
+    if ok.duplicated(keys + ["seed"]).any():
+        repeated = ok.groupby(keys + ["seed"], dropna=False)
+        ok = repeated.first().assign(**{column: repeated[column].mean() for column in (*averaged, se)}).reset_index()
     if ok.seed.nunique() <= 1:
         return ok
-    keys = [k for k in CONFIG_KEYS_WITHOUT_SEED if k in ok] + [k for k in apart if k not in CONFIG_KEYS_WITHOUT_SEED]
     grouped = ok.groupby(keys, dropna=False)
-    merged = grouped.first()
-    merged[quality] = grouped[quality].mean()
-    if cost is not None:
-        merged[cost] = grouped[cost].mean()
+    merged = grouped.first().assign(**{column: grouped[column].mean() for column in averaged})
     merged[se] = grouped[se].agg(mean_se)
     merged["seed"] = grouped.seed.agg(seed_label)
     return merged.reset_index()
@@ -279,10 +281,11 @@ def fitted_order(nfe, error, error_se=None) -> tuple[float, float]:
 
 
 def error_per_nfe(rows: pd.DataFrame, error: str) -> pd.DataFrame:
-    """``error`` per NFE over ``rows``, sorted by NFE: its mean and that mean's standard error (mean_se of the
-    ``<error>_se`` column; NaN without it), the columns ``error`` and ``se``."""
-    se = rows[f"{error}_se"] if f"{error}_se" in rows else np.nan
-    return rows.assign(_se=se).groupby("nfe").agg(error=(error, "mean"), se=("_se", mean_se))
+    """``error`` per NFE over ``rows`` (its ok rows, a configuration and seed counted once: ``per_config``), sorted by
+    NFE: its mean and that mean's standard error (mean_se of the ``<error>_se`` column; NaN without it), the columns
+    ``error`` and ``se``."""
+    configs = per_config(rows, error)
+    return configs.groupby("nfe").agg(error=(error, "mean"), se=(f"{error}_se", mean_se))
 
 
 ORDER_KEYS = ["model", "solver", "options", "spacing", "eta", "exec_mode", "guidance_scale"]
@@ -370,17 +373,19 @@ def quality_across(df: pd.DataFrame, quality: str, column: str) -> str:
 
 
 def seed_std(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, std and count of ``metric`` across seeds for every config run with at least two seeds."""
+    """Mean, std and count of ``metric`` across seeds for every config run with at least two seeds (rows of one seed,
+    from several runs, counted once: their mean)."""
     ok = df[(df.status == "ok") & df[metric].notna()]
-    per_config = ok.groupby(CONFIG_KEYS_WITHOUT_SEED, dropna=False)[metric].agg(["mean", "std", "count"])
-    return per_config[per_config["count"] >= 2]
+    per_seed = ok.groupby([*CONFIG_KEYS_WITHOUT_SEED, "seed"], dropna=False)[metric].mean()
+    across = per_seed.groupby(CONFIG_KEYS_WITHOUT_SEED, dropna=False).agg(["mean", "std", "count"])
+    return across[across["count"] >= 2]
 
 
 def eta_gap(df: pd.DataFrame, quality: str, low: float = 0.0, high: float = 1.0) -> pd.DataFrame:
     """``quality`` at eta ``low`` and ``high`` side by side, per model, solver, spacing and NFE, for the solvers
     run at both (the comparison of DDIM's Table 1, Song et al. 2021): columns low, high and gap = high - low,
     averaged over seeds, and the gap's standard error (the two SEs combined) where the rows have them."""
-    ok = df[(df.status == "ok") & df[quality].notna() & df.eta.isin([low, high])]
+    ok = per_config(df[df.eta.isin([low, high])], quality)  # a configuration and seed counted once
     keys = ["model", "solver", "options", "spacing", "exec_mode", "nfe"]
     table = ok.pivot_table(index=keys, columns="eta", values=quality, aggfunc="mean")
     if low not in table or high not in table:

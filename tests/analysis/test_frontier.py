@@ -64,6 +64,28 @@ def test_budget_table_averages_seeds_and_their_standard_errors():
     assert row.err_reference == pytest.approx(0.2) and row.err_reference_se == pytest.approx(0.025)
 
 
+def test_one_configuration_and_seed_from_two_runs_is_one_measurement_not_two_seeds():
+    """The same spec run on two machines and reported together: each seed's two rows are the same samples, so the
+    mean over seeds 0 and 1 has the SE of two seeds (0.025), not of four (0.0125 before), and one row in the table,
+    not a configuration tied with itself."""
+    keys = dict(status="ok", nfe=10, solver="heun", steps=5, schedule="VPLinear", options="{}", n_samples=8,
+                batch_size=8, dtype="float32", reference_size=np.nan, fid_reference=None, guidance_scale=np.nan,
+                conditions=None, guidance_interval=None)
+    df = _rows(**keys, seed=[0, 1, 0, 1], host=["a", "a", "b", "b"], err_reference=[0.1, 0.3, 0.1, 0.3],
+               err_reference_se=[0.03, 0.04, 0.03, 0.04])
+    table = budget_table(df, "err_reference", budgets=(10,))
+    assert len(table) == 1 and table.ties[0] == 0
+    assert table.err_reference[0] == pytest.approx(0.2) and table.err_reference_se[0] == pytest.approx(0.025)
+    one_seed = budget_table(df[df.seed == 0], "err_reference", budgets=(10,))
+    assert len(one_seed) == 1 and one_seed.ties[0] == 0 and one_seed.err_reference_se[0] == pytest.approx(0.03)
+    from bench.analysis.frontier import seed_std
+
+    assert seed_std(df, "err_reference")["count"].tolist() == [2]  # the seed-to-seed spread: two seeds, not four
+    rows = _eta_rows({(5, 0.0): 100.0, (5, 1.0): 103.0, (20, 0.0): 90.0, (20, 1.0): 91.0}).assign(fid_se=3.0)
+    twice = pd.concat([rows.assign(host="a"), rows.assign(host="b")])
+    assert eta_gap(twice, "fid").gap_se.tolist() == pytest.approx(eta_gap(rows, "fid").gap_se.tolist())
+
+
 def test_time_budgets_are_1_2_5_steps_spanning_the_costs():
     from bench.analysis.frontier import time_budgets
 
@@ -130,12 +152,14 @@ def test_the_order_table_gives_each_curves_order_against_its_nominal_and_says_wh
     (reached, stuck) = order_summary(orders.reset_index())
     assert reached.startswith("m: 1 of 2 curves reach their nominal order (fitted order within 0.5 of it or above)")
     assert "dpmpp_2m (logsnr: rises, NFE 4-16)" in stuck
+    twice = order_table(pd.concat([df.assign(host="a"), df.assign(host="b")])).set_index("solver")  # two machines
+    assert twice.loc["heun", "order_se"] == pytest.approx(orders.loc["heun", "order_se"])  # not 1/sqrt(2) of it
 
 
 def _eta_rows(values):
-    """Rows of one solver: {(nfe, eta): fid}."""
+    """Rows of one solver and seed: {(nfe, eta): fid}."""
     return pd.DataFrame([{"model": "m", "solver": "ddim", "options": "{}", "spacing": "uniform", "exec_mode": "eager",
-                          "nfe": nfe, "eta": eta,
+                          "nfe": nfe, "steps": nfe, "eta": eta, "seed": 0,
                           "fid": fid, "status": "ok"} for (nfe, eta), fid in values.items()])
 
 
