@@ -281,7 +281,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.analysis.compare import MATCH_KEYS, build_comparison, regressed, resolve_run, terminal_summary
+    from bench.analysis.compare import build_comparison, regressed, resolve_run, terminal_summary
 
     try:
         base = resolve_run(args.base, Path(args.results))
@@ -300,8 +300,7 @@ def cmd_compare(args) -> int:
         print(summary)
     if not result["matched"]:  # "0 regressions" of nothing compared must not pass a gate
         print(f"compare: no configuration of {head} is one of {base} ({len(result['added'])} only in head, "
-              f"{len(result['removed'])} only in base): nothing was judged; compare runs of the same grid (a "
-              f"configuration is its {', '.join(MATCH_KEYS)})", file=sys.stderr)
+              f"{len(result['removed'])} only in base): nothing was judged; {result['unmatched']}", file=sys.stderr)
         return 2
     return 1 if args.fail_on_regression and regressed(result) else 0
 

@@ -115,6 +115,38 @@ def seed_noise(df: pd.DataFrame, metric: str) -> dict:
     return seed_std(df, metric).groupby(level="model")["std"].median().to_dict()
 
 
+def unshared_keys(base: pd.DataFrame, head: pd.DataFrame) -> dict[str, tuple[list, list]]:
+    """The match keys on which the two runs share no value at all, each with its values in base and in head: why no
+    configuration of one is one of the other (n_samples, for runs whose N run --max-minutes picked)."""
+    values = {key: [_distinct(table[key]) for table in (base, head)] for key in _keys(base, head)}
+    return {key: (b, h) for key, (b, h) in values.items() if b and h and not set(b) & set(h)}
+
+
+def _distinct(column: pd.Series) -> list[str]:
+    """A column's distinct values as text, in order (numbers by size)."""
+    values = column.unique()
+    try:
+        values = sorted(values)
+    except TypeError:
+        values = sorted(values, key=str)
+    return list(dict.fromkeys(str(v) for v in values))
+
+
+def unmatched_line(base: pd.DataFrame, head: pd.DataFrame) -> str:
+    """What keeps every configuration of ``head`` from matching one of ``base``, and what would: for a line after
+    "nothing was judged"."""
+    unshared = unshared_keys(base, head)
+    if not unshared:
+        return f"compare runs of the same grid (a configuration is its {', '.join(MATCH_KEYS)})"
+    listed = "; ".join(f"{key}: base {', '.join(b[:4])}{' ...' * (len(b) > 4)}, head {', '.join(h[:4])}"
+                       f"{' ...' * (len(h) > 4)}" for key, (b, h) in unshared.items())
+    line = f"the runs share no value of {', '.join(unshared)} ({listed})"
+    if "n_samples" in unshared:
+        line += (f"; run --max-minutes picks N from the machine's speed, so two such runs rarely share it: run the head "
+                 f"with n_samples = {unshared['n_samples'][0][0]} in its spec (the base's N)")
+    return line
+
+
 def _keys(*tables: pd.DataFrame) -> list[str]:
     """The match keys the tables have (a table made by hand, not by the store, may lack the guidance columns)."""
     return [k for k in MATCH_KEYS if all(k in table for table in tables)]
@@ -199,7 +231,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
     """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts, timing
     (the run-wide timing shift per device, host and batch), not_comparable (configs whose wall time was not
     judged), other_reference (configs whose reference-set figures were not judged: their image reference sets
-    differ), added, removed, matched, paired."""
+    differ), added, removed, matched, paired, unmatched (where nothing matched: why, ``unmatched_line``)."""
     merged, paired = match(base, head)
     noise = {m: seed_noise(base, m) for m in FIGURES if m in base} if paired else {}
     timing = timing_shift(merged)
@@ -249,7 +281,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
             "not_comparable": untimed, "other_reference": other_reference, "added": added.reindex(columns=_DESCRIBE),
             "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired,
-            "orders": order_moves(base, head)}
+            "orders": order_moves(base, head), "unmatched": "" if len(merged) else unmatched_line(base, head)}
 
 
 def order_moves(base: pd.DataFrame, head: pd.DataFrame) -> pd.DataFrame:
@@ -434,7 +466,8 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                   f"({mode}), {len(result['added'])} added, {len(result['removed'])} removed; "
                   f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
                   f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}."
-                  + (f" {other_reference_line(result)}." if result["other_reference"] else ""))
+                  + (f" {other_reference_line(result)}." if result["other_reference"] else "")
+                  + (f" **Nothing was judged**: {result['unmatched']}." if result["unmatched"] else ""))
     doc.heading("Timings of the run as a whole")
     doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])
     doc.heading("Systematic shifts per model (median ratio over configs, Wilcoxon signed-rank)")

@@ -222,8 +222,25 @@ def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
     _write_run(other, rows.assign(n_samples=rows.n_samples * 2))
     status, stdout, stderr = bench_cli("compare", str(base_run), str(other), "--out", str(tmp_path / "e"))
     assert status == 2 and "0 configs compared" in stdout
+    n = rows.n_samples.iloc[0]
     assert f"compare: no configuration of {other} is one of {base_run} ({len(rows)} only in head, {len(rows)} only in " \
-           "base): nothing was judged" in stderr
+           f"base): nothing was judged; the runs share no value of n_samples (n_samples: base {n}, head {2 * n}); run " \
+           f"--max-minutes picks N from the machine's speed, so two such runs rarely share it: run the head with " \
+           f"n_samples = {n} in its spec (the base's N)" in stderr
+    assert "**Nothing was judged**: the runs share no value of n_samples" in (tmp_path / "e" / "compare.md").read_text()
+
+
+def test_where_nothing_matches_the_line_names_the_keys_without_a_shared_value_else_the_match_keys():
+    from bench.analysis.compare import unmatched_line
+
+    base = pd.DataFrame({"model": "m", "solver": ["a", "b"], "eta": [0.0, 1.0], "n_samples": 64})
+    swapped = base.assign(eta=[1.0, 0.0])  # every key shares its values, no configuration is the same
+    assert unmatched_line(base, swapped).startswith("compare runs of the same grid (a configuration is its model, ")
+    other = base.assign(model="q", n_samples=[8, 9])
+    assert unmatched_line(base, other) == (
+        "the runs share no value of model, n_samples (model: base m, head q; n_samples: base 64, head 8, 9); run "
+        "--max-minutes picks N from the machine's speed, so two such runs rarely share it: run the head with "
+        "n_samples = 64 in its spec (the base's N)")
 
 
 def test_resolve_run_by_folder_and_by_commit(base_run):
