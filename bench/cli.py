@@ -284,8 +284,8 @@ def cmd_compare(args) -> int:
     from bench.analysis.compare import build_comparison, regressed, resolve_run, terminal_summary
 
     try:
-        base = resolve_run(args.base, Path(args.results))
         head = resolve_run(args.head, Path(args.results)) if args.head else _latest_run(Path(args.results))
+        base = resolve_run(args.base, Path(args.results), like=head)  # a commit's run of head's spec
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2

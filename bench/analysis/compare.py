@@ -95,8 +95,10 @@ _DESCRIBE = ["model", "solver", "steps", "spacing", "eta", "tolerance", "exec_mo
 COMPARABLE_TIMING = ("device", "host", "batch_used")
 
 
-def resolve_run(ref: str, root: Path = Path("results")) -> Path:
-    """A run folder given as a path, or the latest run under ``root`` whose commit starts with ``ref``."""
+def resolve_run(ref: str, root: Path = Path("results"), like: Path | None = None) -> Path:
+    """A run folder given as a path, or the latest run under ``root`` whose commit starts with ``ref``: of those, the
+    latest of the same spec as the run folder ``like`` where there is one (a commit's newest run may be of another
+    grid, with nothing to compare)."""
     path = Path(ref)
     if (path / "run.json").exists():
         return path
@@ -104,10 +106,11 @@ def resolve_run(ref: str, root: Path = Path("results")) -> Path:
     for meta_path in Path(root).rglob("run.json"):
         meta = json.loads(meta_path.read_text())
         if len(ref) >= 4 and meta.get("git_commit", "").startswith(ref):
-            matches.append((meta["created_at"], meta_path.parent))
+            matches.append((meta["created_at"], meta.get("spec_name"), meta_path.parent))
     if not matches:
         raise ValueError(f"{ref!r} is neither a run folder (with run.json) nor the commit of a run under {root}/")
-    return max(matches)[1]
+    spec = json.loads((Path(like) / "run.json").read_text()).get("spec_name") if like is not None else None
+    return max(matches, key=lambda match: (match[1] == spec, match[0]))[2]
 
 
 def seed_noise(df: pd.DataFrame, metric: str) -> dict:

@@ -252,6 +252,20 @@ def test_resolve_run_by_folder_and_by_commit(base_run):
         resolve_run("zzzzzzz", base_run.parent)
 
 
+def test_a_commit_resolves_to_its_latest_run_of_the_spec_compared_with(tmp_path):
+    """Two runs of one commit, the newer of another grid: compare BASE=<commit> against a run of the first spec takes
+    the run of that spec, not the newest."""
+    import json
+
+    for name, spec, created in (("a", "default", "2026-12-01T10:00:00"), ("b", "images", "2026-12-01T11:00:00"),
+                                ("head", "default", "2026-12-02T09:00:00")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(
+            {"spec_name": spec, "git_commit": "abcdef1234" if name != "head" else "9999999", "created_at": created}))
+    assert resolve_run("abcdef12", tmp_path) == tmp_path / "b"  # the newest, no spec asked
+    assert resolve_run("abcdef12", tmp_path, like=tmp_path / "head") == tmp_path / "a"
+
+
 def test_frontier_facets_by_spacing(base_run, tmp_path):
     from bench.analysis.plots import plot_frontier
 
