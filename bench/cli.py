@@ -274,8 +274,12 @@ def cmd_report(args) -> int:
         if not (Path(run) / "run.json").exists():
             print(f"{run}: not a run folder (no run.json)", file=sys.stderr)
             return 2
-    md_path, html_path = build_report(args.runs, Path(args.out) if args.out else None, budget=args.budget,
-                                      facets=tuple(args.facet or ["eta"]))
+    try:
+        md_path, html_path = build_report(args.runs, Path(args.out) if args.out else None, budget=args.budget,
+                                          facets=tuple(args.facet or ["eta"]))
+    except ValueError as err:  # no rows yet
+        print(f"report: {err}", file=sys.stderr)
+        return 2
     print(f"report: {md_path} and {html_path}")
     return 0
 

@@ -492,7 +492,7 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                       "configurations' own errors above say which.")
         doc.table(result["orders"])
     quality = default_quality(pd.concat([base, head]))
-    png = plot_frontier_overlay(base, head, out_dir / "plots", quality)
+    png = quality and plot_frontier_overlay(base, head, out_dir / "plots", quality)
     if png is not None:
         doc.heading("Frontiers")
         doc.image(f"Pareto frontier of {quality} vs NFE, base and head", png)

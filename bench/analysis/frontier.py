@@ -23,12 +23,10 @@ QUALITY_PREFERENCE = ("fid", "err_reference", "frechet", "sliced_wasserstein")
 LOWER_IS_BETTER = {"fid", "kid", "frechet", "sliced_wasserstein", "err_reference", "err_stepdoubling", "nfe", "wall_s"}
 
 
-def default_quality(df: pd.DataFrame) -> str:
-    """The first column of QUALITY_PREFERENCE with any value in ``df``."""
-    for column in QUALITY_PREFERENCE:
-        if column in df and df[column].notna().any():
-            return column
-    raise ValueError(f"no quality column has values; looked for {', '.join(QUALITY_PREFERENCE)}")
+def default_quality(df: pd.DataFrame) -> str | None:
+    """The first column of QUALITY_PREFERENCE with any value in ``df``; None where none has (a spec without those
+    metrics, or err_reference alone with every reference solve failed)."""
+    return next((column for column in QUALITY_PREFERENCE if column in df and df[column].notna().any()), None)
 
 
 def pareto_mask(cost, quality) -> np.ndarray:

@@ -54,6 +54,33 @@ def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _budget_sections(doc, df: pd.DataFrame, quality: str | None) -> pd.DataFrame:
+    """The best configuration per NFE budget and per time budget by ``quality`` (None: what is missing, and which
+    metrics would give one); the NFE budgets' table."""
+    if quality is None:
+        doc.heading("Best configuration per budget")
+        doc.paragraph(f"No quality figure in these rows ({', '.join(QUALITY_PREFERENCE)}; err_reference is empty "
+                      "where the reference solve failed, and the rows' message says why): nothing to rank the "
+                      "configurations by. Add err_reference, or frechet for a stochastic grid, to the spec's metrics.")
+        return pd.DataFrame()
+    doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
+    doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest {quality} "
+                  f"among those within the budget, its standard error, and every configuration within "
+                  f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
+    budgets = budget_table(df, quality)
+    doc.table(budgets)
+    by_time = time_budget_table(df, quality)
+    if not by_time.empty:
+        doc.heading(f"Best configuration per time budget ({quality}, lower is better)")
+        doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
+                      "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, wall_s_std "
+                      "their spread: a configuration that close to a budget may fall on its other side in another "
+                      "run). Exec modes compete here, a faster mode winning where its quality holds; times compare "
+                      "only on one machine, so each device and host is ranked on its own.")
+        doc.table(by_time)
+    return budgets
+
+
 def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
                  facets: tuple[str, ...] = ("eta",)) -> tuple[Path, Path]:
     """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run).
@@ -98,21 +125,7 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
     doc.heading("Uncertainty")
     doc.paragraph(UNCERTAINTY)
-    doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
-    doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest {quality} "
-                  f"among those within the budget, its standard error, and every configuration within "
-                  f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
-    budgets = budget_table(df, quality)
-    doc.table(budgets)
-    by_time = time_budget_table(df, quality)
-    if not by_time.empty:
-        doc.heading(f"Best configuration per time budget ({quality}, lower is better)")
-        doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
-                      "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, wall_s_std "
-                      "their spread: a configuration that close to a budget may fall on its other side in another "
-                      "run). Exec modes compete here, a faster mode winning where its quality holds; times compare "
-                      "only on one machine, so each device and host is ranked on its own.")
-        doc.table(by_time)
+    budgets = _budget_sections(doc, df, quality)
 
     orders = order_table(df)
     if not orders.empty:
@@ -153,8 +166,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         doc.bullets(fitted_summary(fitted))
         doc.table(fitted)
 
-    across_eta = quality_across(df, quality, "eta")
-    gaps = eta_gap(df, across_eta)
+    across_eta = quality and quality_across(df, quality, "eta")
+    gaps = eta_gap(df, across_eta) if quality else pd.DataFrame()
     if not gaps.empty:
         doc.heading(f"Does noise pay? {across_eta} at eta 0 and eta 1, equal NFE")
         doc.paragraph("DDIM's Table 1 (Song et al. 2021): with few steps the deterministic sampler (eta 0) is far "
@@ -181,11 +194,13 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     figures = []
     for q in qualities[:2]:
         figures.append((f"Pareto frontier: {q} vs NFE", plots.plot_frontier(df, plot_dir, q, "nfe")))
-    figures.append((f"Pareto frontier: {quality} vs wall time", plots.plot_frontier(df, plot_dir, quality, "wall_s")))
+    if quality:
+        figures.append((f"Pareto frontier: {quality} vs wall time",
+                        plots.plot_frontier(df, plot_dir, quality, "wall_s")))
     sample_quality = next((q for q in qualities if q != "err_reference"), quality)
     if "guidance_scale" in df and df.guidance_scale.nunique() > 1:
         facets = (*facets, "guidance_scale")
-    for facet in facets:
+    for facet in facets if quality else ():
         if df[facet].nunique() > 1:
             figures.append((f"Pareto frontier by {facet}: {sample_quality} vs NFE",
                             plots.plot_frontier(df, plot_dir, sample_quality, "nfe", facet=facet)))
@@ -193,12 +208,16 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         ("Guidance trade-off: FID, KID, precision and recall vs guidance scale", plots.plot_guidance(df, plot_dir)),
         ("Convergence: error vs NFE with fitted orders", plots.plot_convergence(df, plot_dir)),
         ("Step-doubling estimate vs true error", plots.plot_calibration(df, plot_dir)),
-        (f"Best {quality} per solver and spacing / eta at NFE <= {budget:g}", plots.plot_heatmaps(df, plot_dir, quality, budget)),
         (f"Precision vs recall at NFE <= {budget:g}", plots.plot_precision_recall(df, plot_dir, budget)),
     ]
+    if quality:
+        figures.insert(-1, (f"Best {quality} per solver and spacing / eta at NFE <= {budget:g}",
+                            plots.plot_heatmaps(df, plot_dir, quality, budget)))
     for caption, path in figures:
         if path is not None:
             doc.image(caption, path)
+    if all(path is None for _, path in figures):
+        doc.paragraph("(none: no figure in these rows to plot)")
 
     doc.heading("Configurations that did not finish (failed, diverged, timeout, oom)")
     bad = df[df.status.isin(["failed", "diverged", "timeout", "oom"])]

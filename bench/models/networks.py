@@ -58,7 +58,7 @@ class NetworkSource:
         return self.conditional
 
     def to(self, device) -> "NetworkSource":
-        """Move the network's weights (a diffusers UNet) to ``device``; a python: function's model is its own."""
+        """Move the network's weights (a diffusers UNet, a python: function's torch module) to ``device``."""
         if self.module is not None:
             self.module.to(device)
         return self
@@ -165,7 +165,9 @@ def read_conditioning(path):
 def load_python(spec: str):
     """``module:function`` -> a model source: the function returns (DiffusionModel, event_shape), or a
     source of its own with ``.model(schedule)`` and ``.event_shape`` (e.g. a bench.models.analytic
-    GaussianMixture, which then brings exact ground truth and takes the spec's schedule)."""
+    GaussianMixture, which then brings exact ground truth and takes the spec's schedule). A DiffusionModel's network
+    that is a torch module is run as a diffusers UNet is: in eval mode with its weights frozen, moved to the grid's
+    device, called in its weights' dtype (``_in_weights_dtype``)."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise ValueError(f"python:{spec}: expected python:module:function")
@@ -175,7 +177,26 @@ def load_python(spec: str):
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], DiffusionModel)):
         raise TypeError(f"python:{spec} must return (DiffusionModel, event_shape) or a model source with "
                         f".model(schedule) and .event_shape, got {type(result).__name__}")
-    return NetworkSource(result[0], tuple(result[1]))
+    diffusion, event_shape = result
+    module = diffusion.net if isinstance(diffusion.net, torch.nn.Module) else None
+    if module is not None:  # as a diffusers UNet: for sampling (no dropout), no graph of the weights in any forward
+        module.eval().requires_grad_(False)
+        diffusion = DiffusionModel(_in_weights_dtype(module), diffusion.schedule, diffusion.prediction)
+    return NetworkSource(diffusion, tuple(event_shape), module=module)
+
+
+def _in_weights_dtype(module: torch.nn.Module):
+    """``module`` as a python: function's network is called: x and t in its weights' dtype (the reference solve runs
+    in float64, a spec may ask float64, and weights are mostly float32: a convolution given a float64 x raises), its
+    output in x's, as a diffusers UNet's is."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return module
+
+    def net(x, t, *args, **kwargs):
+        return module(x.to(dtype), t.to(dtype), *args, **kwargs).to(x.dtype)
+
+    return net
 
 
 LOADERS = {"diffusers": load_diffusers, "python": load_python}

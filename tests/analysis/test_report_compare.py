@@ -54,6 +54,22 @@ def test_report_embeds_every_plot_it_lists(base_run):
     assert "## Convergence orders" in markdown and "| ring2d | heun | {} | logsnr |" in markdown
 
 
+def test_rows_without_a_quality_figure_still_get_a_report_and_a_comparison_saying_so(base_run, tmp_path):
+    """A spec of err_stepdoubling and sample_log_density alone (or err_reference with every reference solve failed):
+    nothing to rank by, which the report says, with every section that needs no quality (it raised before)."""
+    rows = store.load_rows(base_run)
+    bare = tmp_path / "bare"
+    _write_run(bare, rows.assign(err_reference=np.nan, frechet=np.nan, sliced_wasserstein=np.nan))
+    status, stdout, stderr = bench_cli("report", str(bare))
+    markdown = (bare / "report.md").read_text()
+    assert status == 0, stderr
+    assert "No quality figure in these rows (fid, err_reference, frechet, sliced_wasserstein;" in markdown
+    assert "## Environment" in markdown and "## Configurations that did not finish" in markdown
+    assert "Best configuration per NFE budget" not in markdown
+    status, _, stderr = bench_cli("compare", str(bare), str(bare), "--out", str(tmp_path / "c"))
+    assert status == 0, stderr
+
+
 def _with_changes(rows, edits):
     """A copy of ``rows`` with {(solver, column): factor} applied to that solver's ok rows."""
     out = rows.copy()

@@ -71,6 +71,55 @@ def test_python_function_model(tmp_path, monkeypatch):
     sys.modules.pop("my_models", None)
 
 
+MY_NET = """
+import torch
+from solvers import DiffusionModel
+from solvers.schedules import VPLinear
+
+class Net(torch.nn.Module):  # float32 weights, as a user's network has
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.1 * torch.tanh(self.conv(x)) * (1 + t.view(-1, 1, 1, 1))
+
+def make():
+    return DiffusionModel(Net(), VPLinear(), prediction="eps"), (1, 8, 8)
+"""
+
+
+def test_a_python_function_network_in_float32_gets_its_reference_solve_and_a_float64_grid(tmp_path, monkeypatch):
+    """The README's python:module:function with a torch module of float32 weights: the reference solve (float64)
+    and a float64 spec call it in its weights' dtype, the output back in theirs (they raised "Input type (double) and
+    bias type (float) should be the same", every err_reference empty); its weights move with the grid's device, and
+    it samples in eval mode, its weights frozen (every forward built a graph of them)."""
+    from bench.run import store
+    from bench.run.sweep import run_sweep
+    from bench.spec.config import expand, parse_spec
+
+    (tmp_path / "my_net.py").write_text(MY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        source = build_model("python:my_net:make")
+        assert source.module is not None and source.to("cpu") is source
+        assert not source.module.training and not any(p.requires_grad for p in source.module.parameters())
+        x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+        assert source.model().eps(x, 0.5).dtype == torch.float64
+        for dtype in ("float32", "float64"):
+            spec = parse_spec({"name": "mine", "models": ["python:my_net:make"], "solvers": ["ddim", "heun"],
+                               "steps": [4], "n_samples": 8, "dtype": dtype, "metrics": ["err_reference"],
+                               "time_limit_s": 0, "reference_time_limit_s": 0}, str(tmp_path / "s.toml"))
+            run_dir = tmp_path / dtype
+            meta = store.open_run(run_dir, spec)
+            run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
+            rows = store.load_rows(run_dir)
+            assert set(rows.status) == {"ok"} and rows.err_reference.notna().all() and rows.message.isna().all()
+    finally:
+        sys.modules.pop("my_net", None)
+
+
 def test_training_reduces_the_loss_and_resumes(tmp_path):
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(64, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1
