@@ -129,6 +129,11 @@ def fails_in_float64():
     return _mixture_with_eps(eps)
 
 
+def fails_to_build():
+    """A model whose building raises (its weights missing, say): in the reference stage's worker process too."""
+    raise RuntimeError("weights not found")
+
+
 def sleeps_in_float64():
     """Fast in float32, hangs in float64, as the reference solve runs: a reference that never finishes in time."""
     import time

@@ -14,6 +14,7 @@ that returns ``(DiffusionModel, event_shape)``. Both carry their own schedule: t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -168,9 +169,9 @@ def load_python(spec: str):
     GaussianMixture, which then brings exact ground truth and takes the spec's schedule). A DiffusionModel's network
     that is a torch module is run as a diffusers UNet is: in eval mode with its weights frozen, moved to the grid's
     device, called in its weights' dtype (``_in_weights_dtype``)."""
+    if problem := python_model_problem(spec):
+        raise ValueError(f"python:{spec}: {problem}")
     module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ValueError(f"python:{spec}: expected python:module:function")
     result = getattr(importlib.import_module(module_name), function_name)()
     if callable(getattr(result, "model", None)) and hasattr(result, "event_shape"):
         return result
@@ -183,6 +184,19 @@ def load_python(spec: str):
         module.eval().requires_grad_(False)
         diffusion = DiffusionModel(_in_weights_dtype(module), diffusion.schedule, diffusion.prediction)
     return NetworkSource(diffusion, tuple(event_shape), module=module)
+
+
+def python_model_problem(spec: str) -> str | None:
+    """What keeps ``python:`` + ``spec`` (module:function) from loading, found without running the module: its form,
+    or a module that is not on the python path; None where it may load."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        return "expected python:module:function"
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):  # a parent package that is not there
+        found = None
+    return None if found else f"no module {module_name!r} on the python path (put its folder on PYTHONPATH)"
 
 
 def _in_weights_dtype(module: torch.nn.Module):

@@ -142,6 +142,15 @@ def model_conditioning(name: str):
     return None
 
 
+def model_problem(name: str) -> str | None:
+    """What is wrong with a model entry that is_model_name accepts, found before anything is built: a python:
+    function's module that is not on the python path (a diffusers folder may appear later: its rows say so)."""
+    from bench.models.networks import python_model_problem
+
+    prefix, sep, rest = name.partition(":")
+    return python_model_problem(rest) if sep and prefix == "python" else None
+
+
 def is_model_name(name: str) -> bool:
     from bench.models.networks import LOADERS
 

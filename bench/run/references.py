@@ -138,13 +138,17 @@ def solve_and_store(cfg: RunConfig, run_dir: Path, model, x_T: torch.Tensor, con
     try:
         solution = solve(cfg, model, x_T, conditions).cpu()
     except Exception as err:  # noqa: BLE001 - any failure is recorded for the rows, not raised
-        _write_record(run_dir, reference_key, "failed", message=f"{type(err).__name__}: {err}")
+        record_failure(cfg, run_dir, f"{type(err).__name__}: {err}")
         return "failed"
     path, _ = paths(run_dir, reference_key)
     path.parent.mkdir(parents=True, exist_ok=True)
     files.atomic_write(path, lambda handle: torch.save(solution, handle))
     _write_record(run_dir, reference_key, "ok", seconds=time.perf_counter() - started)
     return "ok"
+
+
+def record_failure(cfg: RunConfig, run_dir: Path, message: str) -> None:
+    _write_record(run_dir, key(cfg), "failed", message=message)
 
 
 def record_timeout(cfg: RunConfig, run_dir: Path, seconds: float) -> None:

@@ -291,14 +291,19 @@ def reference_solution(cfg: RunConfig, cache: SweepCache):
 
 def make_reference(cfg: RunConfig, cache: SweepCache):
     """Solve ``cfg``'s reference with the eager network from the config's x_T: stored in the run folder when the
-    cache has one (the reference stage; returns its status), else returned (a tensor or a Failure)."""
-    source, model = cache.model(cfg, "eager")
-    device = resolve_device(cfg.device)
-    x_T = cache.prior(cfg, source.event_shape, device, getattr(torch, cfg.dtype))
-    conditions = cache.conditions(cfg, device)
-    if cache.run_dir is not None:
-        return references.solve_and_store(cfg, cache.run_dir, model, x_T, conditions)
+    cache has one (the reference stage; returns its status), else returned (a tensor or a Failure). A model that
+    cannot be built fails it as a failed solve does (in a worker process it used to end the worker)."""
     try:
+        source, model = cache.model(cfg, "eager")
+        device = resolve_device(cfg.device)
+        x_T = cache.prior(cfg, source.event_shape, device, getattr(torch, cfg.dtype))
+        conditions = cache.conditions(cfg, device)
+        if cache.run_dir is not None:
+            return references.solve_and_store(cfg, cache.run_dir, model, x_T, conditions)
         return references.solve(cfg, model, x_T, conditions).to(x_T.device)
-    except Exception as err:  # noqa: BLE001 - recorded in the rows, not raised again
-        return references.Failure("failed", f"{type(err).__name__}: {err}")
+    except Exception as err:  # noqa: BLE001 - recorded for the rows, not raised again
+        message = f"{type(err).__name__}: {err}"
+        if cache.run_dir is not None:
+            references.record_failure(cfg, cache.run_dir, message)
+            return "failed"
+        return references.Failure("failed", message)

@@ -89,6 +89,7 @@ def _main_script_hidden():
 
 
 READY_WITHIN_S = 120.0  # a worker that has not started serving by then never will (a fork and imports: 3-4 s)
+EXIT_WITHIN_S = 30.0  # a worker that closed its end of the pipe has this long to exit before it is killed
 
 
 class ConfigWorker:
@@ -128,13 +129,21 @@ class ConfigWorker:
         try:
             if self.connection.poll(time_limit_s):
                 return "row", self.connection.recv()
-        except (EOFError, ConnectionResetError):
-            pass
+        except (EOFError, ConnectionResetError):  # it closed its end, exiting: alive for a moment still, which
+            return self._died()                    # was once taken for a timeout (stopped after 0.0 s)
         if self.process.is_alive():
             self.stop(kill=True)
             return "timeout", time.monotonic() - started
-        self.process.join()
+        return self._died()
+
+    def _died(self) -> tuple[str, object]:
+        """("died", exit code) of a worker that ended on its own, once it has (killed if it lingers)."""
+        self.process.join(timeout=EXIT_WITHIN_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
         code = self.process.exitcode
+        self.connection.close()
         self.process = None
         return "died", code
 

@@ -27,7 +27,7 @@ from bench.metrics import fewest_samples, named_in_spec, needing
 from bench.metrics.fid import FOLDER_PREFIX, folder_files
 import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
-                          model_conditioning, prompts_label)
+                          model_conditioning, model_problem, prompts_label)
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
@@ -254,6 +254,8 @@ def _validate(raw: dict, where: str) -> list[str]:
                          ("exec_modes", EXEC_MODES)):
         for name in (n for n in raw.get(key, []) if not isinstance(n, dict) and not fitted_grids.is_fitted(n)):
             if key == "models" and is_model_name(name):
+                if problem := model_problem(name):
+                    errors.append(f"{where}: key 'models': {name!r}: {problem}")
                 continue
             if key == "metrics" and name in RENAMED_METRICS:
                 errors.append(f"{where}: key 'metrics': {name!r} was renamed {RENAMED_METRICS[name]!r} (the mean "

@@ -170,6 +170,37 @@ def test_a_failed_reference_solve_is_remembered_and_the_rows_keep_their_other_nu
     assert all(isinstance(v, references.Failure) for v in cache.references.values()) and len(cache.references) == 1
 
 
+def test_a_model_that_cannot_be_built_fails_its_reference_and_rows_saying_why_and_the_worker_lives_on(tmp_path):
+    """The reference stage in a worker process: building the model raised there, which ended the worker, and the
+    death was taken for a timeout (the record said "stopped after 0.0 s: reference_time_limit_s = 3600")."""
+    spec = parse_spec({"models": ["python:support:fails_to_build", "ring2d"], "solvers": ["euler"], "steps": [4],
+                       "n_samples": 8, "metrics": ["err_reference"], "time_limit_s": 30, "reference_time_limit_s": 30},
+                      str(tmp_path / "s.toml"))
+    run_dir = tmp_path / "run"
+    run_sweep(expand(spec), run_dir, store.open_run(run_dir, spec)["run_id"], progress=False)
+    records = sorted(_reference_records(run_dir).values(), key=lambda r: r["key"][0])
+    assert [(r["key"][0], r["status"]) for r in records] == [("python:support:fails_to_build", "failed"),
+                                                              ("ring2d", "ok")]
+    assert records[0]["message"] == "RuntimeError: weights not found"
+    rows = store.load_rows(run_dir).set_index("model")
+    assert rows.loc["python:support:fails_to_build", "status"] == "failed"
+    assert "RuntimeError: weights not found" in rows.loc["python:support:fails_to_build", "message"]
+    assert rows.loc["ring2d", "status"] == "ok" and rows.loc["ring2d", "err_reference"] > 0
+
+
+def test_a_worker_that_dies_is_reported_dead_not_timed_out():
+    """A job that raises in the worker ends it; its closed pipe is seen before it has exited, which was taken for
+    a timeout after 0.0 s about as often as not."""
+    from bench.run.worker import ConfigWorker
+
+    worker = ConfigWorker(ExecutionPolicy())
+    try:
+        outcomes = [worker.run(("config", None, {}, "r"), 30) for _ in range(4)]
+    finally:
+        worker.stop()
+    assert outcomes == [("died", 1)] * 4
+
+
 def _reference_records(run_dir):
     return {p.name: json.loads(p.read_text()) for p in (run_dir / "references").glob("*.json")}
 

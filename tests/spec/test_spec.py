@@ -188,10 +188,20 @@ def test_the_zoo_spec_runs_every_registered_solver():
 
 
 def test_network_model_entries_pass_validation():
-    spec = parse_spec({**GOOD, "models": ["diffusers:/some/unet", "python:pkg.mod:make", "ring2d"]})
-    assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:pkg.mod:make", "ring2d"}
+    spec = parse_spec({**GOOD, "models": ["diffusers:/some/unet", "python:support:smooth_ring", "ring2d"]})
+    assert {c.model for c in expand(spec)} == {"diffusers:/some/unet", "python:support:smooth_ring", "ring2d"}
     with pytest.raises(SpecError, match="unknown model 'torch:/x'"):
         parse_spec({**GOOD, "models": ["torch:/x"]})
+
+
+def test_a_python_model_that_cannot_load_is_a_spec_error_before_anything_runs():
+    """Its rows all failed with ModuleNotFoundError (and its reference solve was recorded as a timeout), after the
+    sweep had started."""
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**GOOD, "models": ["python:pkg.mod:make", "python:support", "ring2d"]})
+    assert str(caught.value).splitlines() == [
+        "<spec>: key 'models': 'python:pkg.mod:make': no module 'pkg.mod' on the python path (put its folder on "
+        "PYTHONPATH)", "<spec>: key 'models': 'python:support': expected python:module:function"]
 
 
 def test_fid_on_a_network_needs_a_dataset_reference():
