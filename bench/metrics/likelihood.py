@@ -99,6 +99,7 @@ def _nll(inputs: Inputs) -> dict:
 
     from bench.models.analytic import GaussianMixture
     from bench.models.data import fashion_mnist
+    from bench.models.networks import FASHION_MNIST
 
     cfg, source, model = inputs.cfg, inputs.source, inputs.model
     if cfg.solver not in INTEGRATORS:
@@ -110,6 +111,10 @@ def _nll(inputs: Inputs) -> dict:
     generator = torch.Generator().manual_seed(NLL_SEED + cfg.seed)
     if isinstance(source, GaussianMixture):
         data, real_images = source.sample(cfg.n_samples, generator), False
+    elif not str(getattr(source, "dataset", None)).startswith(FASHION_MNIST):
+        inputs.notes.append("no nll: which data this network models is not known, and a network's nll is of "
+                            "Fashion-MNIST test images (the shipped UNets, folders written by python -m bench train)")
+        return {}
     else:
         held_out = inputs.sweep.setdefault("held_out", {})
         key = (cfg.data_dir, source.event_shape[-1], cfg.image_resize)
@@ -132,7 +137,8 @@ def _nll(inputs: Inputs) -> dict:
 
 register(Metric(
     "nll", "negative log-likelihood per dimension (nats) of n_samples held-out points (exact samples of p_0; for a "
-    "network, Fashion-MNIST test images, dequantised) through the PF-ODE integrated by the config's solver, exact "
+    "network that models Fashion-MNIST, the shipped UNets or a folder of python -m bench train, its test images, "
+    "dequantised; no other network's data is known) through the PF-ODE integrated by the config's solver, exact "
     "divergence up to 64 dimensions, else Hutchinson; nll_bpd bits/dim of the images (eta = 0 rows of euler, heun, "
     "midpoint, rk4 and the adaptive solvers)",
     {"nll": (F64, "mean negative log-likelihood per dimension (nats) of the held-out points"),

@@ -29,6 +29,7 @@ from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP, FlowMatching
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow": "flow"}
+FASHION_MNIST = "Fashion-MNIST train"  # how a network's ``dataset`` begins where it models Fashion-MNIST
 # pipeline folders whose network is a plain UNet2DModel with unet/ and scheduler/ (what make train writes)
 PLAIN_UNET_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 
@@ -135,8 +136,19 @@ def load_diffusers(path: str | Path):
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
-                         module=unet, weights_sha256=files_digest(unet_dir), conditioning=conditioning,
-                         conditional=conditional_net if conditioning is not None else None)
+                         dataset=trained_on(path), module=unet, weights_sha256=files_digest(unet_dir),
+                         conditioning=conditioning, conditional=conditional_net if conditioning is not None else None)
+
+
+def trained_on(path) -> str | None:
+    """What a diffusers folder's network was trained on, where the folder says: Fashion-MNIST for one written by
+    ``python -m bench train`` (its training.json); None for any other (a checkpoint does not say)."""
+    record = Path(path) / "training.json"
+    try:
+        command = json.loads(record.read_text()).get("command", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"{FASHION_MNIST} (python -m bench train, {record})" if command.startswith("python -m bench train") else None
 
 
 def read_conditioning(path):

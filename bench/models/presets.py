@@ -72,7 +72,7 @@ def fmnist_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_unet"):
     """The project's UNet trained on Fashion-MNIST (32x32, eps prediction, DDPM linear betas), loaded like
     ``diffusers:PATH`` after checking the weights' sha256 against ``training.json`` (which also holds the
     command and commit that trained it; the folder's README tells the rest)."""
-    from bench.models.networks import load_diffusers
+    from bench.models.networks import FASHION_MNIST, load_diffusers
 
     record = json.loads((directory / "training.json").read_text())
     weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
@@ -81,15 +81,17 @@ def fmnist_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_unet"):
         raise ValueError(f"fmnist_unet: {weights} has sha256 {digest[:16]}..., training.json says "
                          f"{record['weights_sha256'][:16]}... (a Git LFS pointer or a changed file?)")
     source = load_diffusers(directory)
-    source.dataset = "Fashion-MNIST train (the project's UNet, bench/checkpoints/fmnist_unet)"
+    source.dataset = f"{FASHION_MNIST} (the project's UNet, bench/checkpoints/fmnist_unet)"
     return source
 
 
 def fmnist_cond_unet(directory: Path = CHECKPOINTS_DIR / "fmnist_cond_unet"):
     """The project's class-conditional UNet on Fashion-MNIST (the ten classes, and the null class learned by label
     dropout, so it guides), checked and loaded like ``fmnist_unet`` (its folder's README tells the rest)."""
+    from bench.models.networks import FASHION_MNIST
+
     source = fmnist_unet(directory)
-    source.dataset = "Fashion-MNIST train, class-conditional (the project's UNet, bench/checkpoints/fmnist_cond_unet)"
+    source.dataset = f"{FASHION_MNIST}, class-conditional (the project's UNet, bench/checkpoints/fmnist_cond_unet)"
     return source
 
 

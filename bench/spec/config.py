@@ -28,6 +28,7 @@ from bench.metrics.fid import FOLDER_PREFIX, folder_files
 import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
                           model_conditioning, model_problem, prompts_label)
+from bench.models.networks import trained_on
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
@@ -433,6 +434,11 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
             errors.append(f"{where}: key 'prompts_file': cannot read {raw['prompts_file']!r}: {err.strerror}")
     cfg_pp = [s for s in raw.get("solvers", []) if s in SOLVERS and SOLVERS[s].needs_guidance]
     for model in [m for m in raw.get("models", []) if is_model_name(m)]:
+        folder = model.partition(":")[2] if model.startswith("diffusers:") else None
+        if "nll" in raw.get("metrics", []) and folder and Path(folder).is_dir() and trained_on(folder) is None:
+            errors.append(f"{where}: key 'metrics': 'nll' of a network is of Fashion-MNIST test images, and {model!r} "
+                          f"does not say it models Fashion-MNIST (a folder written by python -m bench train does, in "
+                          f"its training.json)")
         try:
             conditioning = model_conditioning(model)
         except (OSError, ValueError) as err:

@@ -1,6 +1,7 @@
 """The PF-ODE likelihood against the analytic mixtures' exact log-density, its Hutchinson estimate, the
 bits/dim convention, and the nll metric on the runner's path."""
 import math
+import sys
 
 import pytest
 import torch
@@ -132,3 +133,40 @@ def test_nll_of_test_images_under_the_shipped_unet_on_the_runners_path(tmp_path)
     dim = 32 * 32
     assert row.nll_bpd == pytest.approx((row.nll * dim + dim * math.log(127.5)) / (dim * math.log(2)), rel=1e-9)
     assert math.isfinite(row.nll_bpd) and row.nll_se > 0
+
+
+def test_a_network_not_known_to_model_fashion_mnist_gets_no_nll_of_its_images(tmp_path, monkeypatch):
+    """A network's nll is of Fashion-MNIST test images: a python: network of other data got them too (a 3-channel one
+    failed its whole row; a 1-channel one would have had an nll of data it never saw). Now its row says why it has
+    none, and a diffusers folder that does not say what it models is refused with nll before anything runs, where
+    one written by python -m bench train (its training.json) passes."""
+    import json
+
+    from bench.models.train import build_unet
+    from bench.spec.config import SpecError
+
+    (tmp_path / "other_data_net.py").write_text(
+        "import torch\nfrom solvers import DiffusionModel\nfrom solvers.schedules import VPLinear\n"
+        "class Net(torch.nn.Conv2d):\n    def forward(self, x, t):\n        return 0.1 * super().forward(x)\n"
+        "def make():\n    return DiffusionModel(Net(3, 3, 3, padding=1), VPLinear()), (3, 8, 8)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = parse_spec({"models": ["python:other_data_net:make"], "solvers": ["euler"], "steps": [4], "n_samples": 8,
+                       "metrics": ["nll", "err_reference"], "time_limit_s": 0, "reference_time_limit_s": 0})
+    run_dir = tmp_path / "run"
+    try:
+        run_sweep(expand(spec), run_dir, store.open_run(run_dir, spec)["run_id"], progress=False)
+    finally:
+        sys.modules.pop("other_data_net", None)
+    row = store.load_rows(run_dir).iloc[0]
+    assert row.status == "ok" and math.isnan(row.nll) and row.err_reference > 0
+    assert row.message.startswith("no nll: which data this network models is not known")
+    folder = tmp_path / "unet"
+    build_unet(8, 1, widths=(8, 16)).save_pretrained(folder)
+    (folder / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100, "beta_schedule": "linear"}))
+    nll_of = {"models": [f"diffusers:{folder}"], "solvers": ["euler"], "steps": [4], "n_samples": 8, "metrics": ["nll"]}
+    with pytest.raises(SpecError, match=f"'nll' of a network is of Fashion-MNIST test images, and 'diffusers:{folder}' "
+                                        "does not say it models Fashion-MNIST"):
+        parse_spec(nll_of)
+    (folder / "training.json").write_text(json.dumps({"command": "python -m bench train --out unet"}))
+    parse_spec(nll_of)
+    assert build_model(f"diffusers:{folder}").dataset.startswith("Fashion-MNIST train (python -m bench train, ")
