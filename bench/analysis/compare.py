@@ -9,6 +9,8 @@ then carries sampling noise).
 Every figure a metric fills with its standard error beside it is judged (bench.metrics), nfe and wall_s too; the
 metric registry's ``BETTER`` says whether a move is a regression or an improvement (lower or higher is better), and
 a figure without a direction (a diversity, a density that may exceed 1, a signed difference) is only "changed".
+A model whose weights differ between the runs (``weights_sha256``: retrained, or another checkpoint) is judged all
+the same, and named in a warning: its figures move with its weights as with the code.
 Per config, a figure counts as changed when:
 - the figures measured against an image reference set (``REFERENCE_SET_FIGURES``: FID, KID, precision/recall,
   density/coverage) only between rows whose sets are the same (``fid_reference_sha256``); others are counted;
@@ -234,16 +236,21 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
     """Per-config and per-model verdicts. Returns a dict: changes, regressions, improvements, shifts, timing
     (the run-wide timing shift per device, host and batch), not_comparable (configs whose wall time was not
     judged), other_reference (configs whose reference-set figures were not judged: their image reference sets
-    differ), added, removed, matched, paired, unmatched (where nothing matched: why, ``unmatched_line``)."""
+    differ), other_weights (the models whose weights differ between the runs: every change of theirs may be the
+    model's, not the code's), added, removed, matched, paired, unmatched (where nothing matched: why,
+    ``unmatched_line``)."""
     merged, paired = match(base, head)
     noise = {m: seed_noise(base, m) for m in FIGURES if m in base} if paired else {}
     timing = timing_shift(merged)
     run_shift = {tuple(row[k] for k in COMPARABLE_TIMING): (row["log_wall_median"], row["log_noise"])
                  for row in timing.to_dict("records")}
-    records, log_ratios, untimed, other_reference = [], [], 0, 0
+    records, log_ratios, untimed, other_reference, other_weights = [], [], 0, 0, set()
     for row in merged.itertuples(index=False):
         row = row._asdict()
         described = {k: row[k] if k in row else row.get(f"{k}_base") for k in _DESCRIBE}
+        weights = (row.get("weights_sha256_base"), row.get("weights_sha256_head"))
+        if all(isinstance(w, str) for w in weights) and weights[0] != weights[1]:
+            other_weights.add(described["model"])
         if row["status_base"] == "ok" and row["status_head"] != "ok":
             records.append({**described, "metric": "status", "base": math.nan, "head": math.nan,
                             "change": row["status_head"], "threshold": "", "verdict": "regression"})
@@ -282,7 +289,8 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "improvements": changes[changes.verdict == "improvement"],
             "changed": changes[changes.verdict == "changed"], "shifts": _shifts(log_ratios, paired),
             "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
-            "not_comparable": untimed, "other_reference": other_reference, "added": added.reindex(columns=_DESCRIBE),
+            "not_comparable": untimed, "other_reference": other_reference, "other_weights": sorted(other_weights),
+            "added": added.reindex(columns=_DESCRIBE),
             "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired,
             "orders": order_moves(base, head), "unmatched": "" if len(merged) else unmatched_line(base, head)}
 
@@ -419,10 +427,18 @@ def other_reference_line(result: dict) -> str:
             "their image reference sets differ (fid_reference_sha256)")
 
 
+def other_weights_line(result: dict) -> str:
+    """The models that ran other weights in head than in base (said in the terminal and in compare.md)."""
+    return (f"warning: {', '.join(result['other_weights'])} ran other weights in head than in base (weights_sha256): "
+            "their changes may be the model's, not the code's")
+
+
 def terminal_summary(result: dict, limit: int = 20) -> str:
     """What CI's log should show: how the run's timings moved as a whole (once), the regressed configs and shifts
     themselves, not only their count."""
     lines = [f"  {line}" for line in timing_lines(result)]
+    if result["other_weights"]:
+        lines.append(f"  {other_weights_line(result)}")
     if result["other_reference"]:
         lines.append(f"  {other_reference_line(result)}")
     for row in result["solver_timing"].query("verdict == 'regression'").to_dict("records"):
@@ -470,6 +486,7 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                   f"{len(result['regressions'])} regressions and {len(result['improvements'])} improvements beyond "
                   f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}."
                   + (f" {other_reference_line(result)}." if result["other_reference"] else "")
+                  + (f" **{other_weights_line(result).capitalize()}.**" if result["other_weights"] else "")
                   + (f" **Nothing was judged**: {result['unmatched']}." if result["unmatched"] else ""))
     doc.heading("Timings of the run as a whole")
     doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])

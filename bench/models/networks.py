@@ -24,7 +24,7 @@ import torch
 
 from bench.models import pipelines
 from bench.models.conditioning import ClassConditioning
-from bench.models.weights import files_digest
+from bench.models.weights import files_digest, module_digest
 from solvers.model import DiffusionModel
 from solvers.schedules import DiscreteVP, FlowMatching
 
@@ -195,7 +195,8 @@ def load_python(spec: str):
     if module is not None:  # as a diffusers UNet: for sampling (no dropout), no graph of the weights in any forward
         module.eval().requires_grad_(False)
         diffusion = DiffusionModel(_in_weights_dtype(module), diffusion.schedule, diffusion.prediction)
-    return NetworkSource(diffusion, tuple(event_shape), module=module)
+    return NetworkSource(diffusion, tuple(event_shape), module=module,
+                         weights_sha256=module_digest(module) if module is not None else None)
 
 
 def python_model_problem(spec: str) -> str | None:

@@ -48,7 +48,8 @@ RUN_COLUMNS = {
     "cudnn_benchmark": (B, "cuDNN's autotuner"), "deterministic": (B, "deterministic algorithms"),
     "threads": (I, "torch threads in the process that ran the config"),
     "model": (S, "the spec's model entry"), "dataset": (S, "what the model is of"),
-    "weights_sha256": (S, "sha256 of the network's weight files, or of a mixture's parameters"),
+    "weights_sha256": (S, "sha256 of the network's weight files (a python: function's torch module: of its state "
+                          "dict), or of a mixture's parameters"),
     "schedule": (S, "the noise schedule"), "solver": (S, "the solver's registry name"),
     "options": (S, "the solver's options (JSON)"), "steps": (I, "steps (fixed-step solvers)"),
     "spacing": (S, "the time spacing or explicit grid"), "eta": (F, "eta (DESIGN.md's eta family)"),

@@ -246,6 +246,19 @@ def test_cli_compare_exit_status_and_outputs(base_run, tmp_path):
     assert "**Nothing was judged**: the runs share no value of n_samples" in (tmp_path / "e" / "compare.md").read_text()
 
 
+def test_a_model_of_other_weights_is_named_in_a_warning(base_run, tmp_path):
+    """Retrained weights move every figure as a code change would: compare says which models ran other weights."""
+    rows = store.load_rows(base_run)
+    assert rows[rows.status == "ok"].weights_sha256.notna().all()
+    assert compare_runs(rows, rows)["other_weights"] == []
+    retrained = tmp_path / "retrained"
+    _write_run(retrained, rows.assign(weights_sha256="0" * 64))
+    status, stdout, _ = bench_cli("compare", str(base_run), str(retrained), "--out", str(tmp_path / "c"))
+    line = "warning: ring2d ran other weights in head than in base (weights_sha256): their changes may be the " \
+           "model's, not the code's"
+    assert status == 0 and line in stdout and line.capitalize() in (tmp_path / "c" / "compare.md").read_text()
+
+
 def test_where_nothing_matches_the_line_names_the_keys_without_a_shared_value_else_the_match_keys():
     from bench.analysis.compare import unmatched_line
 

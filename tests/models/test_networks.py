@@ -105,6 +105,11 @@ def test_a_python_function_network_in_float32_gets_its_reference_solve_and_a_flo
         source = build_model("python:my_net:make")
         assert source.module is not None and source.to("cpu") is source
         assert not source.module.training and not any(p.requires_grad for p in source.module.parameters())
+        assert source.weights_sha256 == build_model("python:my_net:make").weights_sha256  # of the tensors: rows say
+        source.module.conv.bias.data += 1.0                                                 # when weights change
+        from bench.models.weights import module_digest
+
+        assert module_digest(source.module) != source.weights_sha256
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
         assert source.model().eps(x, 0.5).dtype == torch.float64
         for dtype in ("float32", "float64"):
