@@ -54,31 +54,38 @@ def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _budget_sections(doc, df: pd.DataFrame, quality: str | None) -> pd.DataFrame:
-    """The best configuration per NFE budget and per time budget by ``quality`` (None: what is missing, and which
-    metrics would give one); the NFE budgets' table."""
-    if quality is None:
+def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
+    """The best configuration per NFE budget and per time budget, each model by its own quality (default_quality of
+    its rows: a model with FID by FID, one beside it with err_reference alone by that), and which models have none
+    and what would give them one; the NFE budgets' tables, concatenated."""
+    quality_of = {model: default_quality(df[df.model == model]) for model in sorted(df.model.unique())}
+    if unranked := [model for model, quality in quality_of.items() if quality is None]:
         doc.heading("Best configuration per budget")
-        doc.paragraph(f"No quality figure in these rows ({', '.join(QUALITY_PREFERENCE)}; err_reference is empty "
-                      "where the reference solve failed, and the rows' message says why): nothing to rank the "
+        which = "these rows" if len(unranked) == len(quality_of) else f"the rows of {', '.join(unranked)}"
+        doc.paragraph(f"No quality figure in {which} ({', '.join(QUALITY_PREFERENCE)}; err_reference is empty where "
+                      "the reference solve failed, and the rows' message says why): nothing to rank the "
                       "configurations by. Add err_reference, or frechet for a stochastic grid, to the spec's metrics.")
-        return pd.DataFrame()
-    doc.heading(f"Best configuration per NFE budget ({quality}, lower is better)")
-    doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest {quality} "
-                  f"among those within the budget, its standard error, and every configuration within "
-                  f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
-    budgets = budget_table(df, quality)
-    doc.table(budgets)
-    by_time = time_budget_table(df, quality)
-    if not by_time.empty:
-        doc.heading(f"Best configuration per time budget ({quality}, lower is better)")
-        doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
-                      "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, wall_s_std "
-                      "their spread: a configuration that close to a budget may fall on its other side in another "
-                      "run). Exec modes compete here, a faster mode winning where its quality holds; times compare "
-                      "only on one machine, so each device and host is ranked on its own.")
-        doc.table(by_time)
-    return budgets
+    tables = []
+    for quality in dict.fromkeys(q for q in quality_of.values() if q is not None):
+        models = [model for model, q in quality_of.items() if q == quality]
+        rows = df[df.model.isin(models)]
+        scope = "" if len(models) == len(quality_of) else f"; {', '.join(models)}"
+        doc.heading(f"Best configuration per NFE budget ({quality}, lower is better{scope})")
+        doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest "
+                      f"{quality} among those within the budget, its standard error, and every configuration within "
+                      f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
+        tables.append(budget_table(rows, quality))
+        doc.table(tables[-1])
+        by_time = time_budget_table(rows, quality)
+        if not by_time.empty:
+            doc.heading(f"Best configuration per time budget ({quality}, lower is better{scope})")
+            doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
+                          "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, "
+                          "wall_s_std their spread: a configuration that close to a budget may fall on its other side "
+                          "in another run). Exec modes compete here, a faster mode winning where its quality holds; "
+                          "times compare only on one machine, so each device and host is ranked on its own.")
+            doc.table(by_time)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
@@ -125,7 +132,7 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     qualities = [q for q in QUALITY_PREFERENCE if q in df and df[q].notna().any()]
     doc.heading("Uncertainty")
     doc.paragraph(UNCERTAINTY)
-    budgets = _budget_sections(doc, df, quality)
+    budgets = _budget_sections(doc, df)
 
     orders = order_table(df)
     if not orders.empty:

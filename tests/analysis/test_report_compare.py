@@ -70,6 +70,22 @@ def test_rows_without_a_quality_figure_still_get_a_report_and_a_comparison_sayin
     assert status == 0, stderr
 
 
+def test_each_model_is_ranked_by_its_own_quality(base_run, tmp_path):
+    """A model with FID beside one with err_reference alone: the budget tables ranked every model by the run's first
+    quality (FID), so the other vanished from them."""
+    rows = store.load_rows(base_run)
+    images = rows.assign(model="images", config_id="i" + rows.config_id, err_reference=np.nan,
+                         fid=rows.frechet * 10, fid_se=rows.frechet_se * 10)
+    mixed = tmp_path / "mixed"
+    _write_run(mixed, pd.concat([rows, images], ignore_index=True))
+    md_path, _ = build_report([mixed])
+    markdown = md_path.read_text()
+    assert "## Best configuration per NFE budget (fid, lower is better; images)" in markdown
+    assert "## Best configuration per NFE budget (err_reference, lower is better; ring2d)" in markdown
+    assert "## Best configuration per time budget (err_reference, lower is better; ring2d)" in markdown
+    assert "| images | 5 |" in markdown and "| ring2d | 5 |" in markdown
+
+
 def _with_changes(rows, edits):
     """A copy of ``rows`` with {(solver, column): factor} applied to that solver's ok rows."""
     out = rows.copy()
