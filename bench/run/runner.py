@@ -210,7 +210,7 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         if key in cache.needed_eager:
             cache.eager[key] = x.cpu()
         notes = _fitted_notes(cfg, row["weights_sha256"])
-        row.update(_metrics(cfg, cache, source, model, x_T, x, device, notes))
+        _metrics(cfg, cache, source, model, x_T, x, device, notes, into=row)
         if result.batch_used != cfg.batch_size:
             noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)
             why = (f"its pre-drawn noise is held for {noise_part} samples at a time (sampling.NOISE_BUDGET_BYTES)"
@@ -223,13 +223,22 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         return {**row, "status": "diverged", "message": str(err)}
     except torch.cuda.OutOfMemoryError as err:
         return {**row, "status": "oom", "message": f"out of memory at batch 1: {err}"}
+    except MetricFailed as err:  # the row keeps its timing and the figures of the metrics before
+        return {**row, "status": "failed", "message": str(err)}
     except Exception as err:  # a failing config is a result, not the end of the sweep
         return {**row, "status": "failed", "message": f"{type(err).__name__}: {err}"}
 
 
-def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, notes: list) -> dict:
-    """The metric columns of a row: every metric of the registry the spec names (and those computed wherever they
-    apply), in registry order; ``notes`` collects what the row's message should say."""
+class MetricFailed(Exception):
+    """A metric raised on a config's samples: its row fails, naming the metric (``str``: "metric NAME: Error:
+    message")."""
+
+
+def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, notes: list, into: dict) -> None:
+    """The metric columns of a row, written ``into`` it as each metric ends: every metric of the registry the spec
+    names (and those computed wherever they apply), in registry order; ``notes`` collects what the row's message
+    should say. A metric that raises ends it with MetricFailed, the figures before it kept (CUDA's out-of-memory
+    error and a diverged solve pass through as they are)."""
     def reference():
         if not references.needed(cfg):  # a stochastic run has no single solution to compare with
             return None
@@ -267,12 +276,17 @@ def _metrics(cfg: RunConfig, cache: SweepCache, source, model, x_T, x, device, n
     inputs = metrics.Inputs(cfg, source, model, x_T, x, device, reference, partner, eager_twin, cache.metrics,
                             row={"key": _sampling_key(cfg, cfg.steps), "eager_key": _sampling_key(cfg, cfg.steps, "eager")},
                             notes=notes, decode=decode if callable(getattr(source, "decode", None)) else None)
-    out = {}
-    for metric in metrics.for_config(cfg.metrics):
-        out.update(metric.compute(inputs))
-    if decoding:
-        out["decode_s"] = sum(decoding)
-    return out
+    try:
+        for metric in metrics.for_config(cfg.metrics):
+            try:
+                into.update(metric.compute(inputs))
+            except (SolverDiverged, torch.cuda.OutOfMemoryError):
+                raise
+            except Exception as err:
+                raise MetricFailed(f"metric {metric.name}: {type(err).__name__}: {err}") from err
+    finally:
+        if decoding:
+            into["decode_s"] = sum(decoding)
 
 
 def reference_solution(cfg: RunConfig, cache: SweepCache):

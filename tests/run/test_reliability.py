@@ -188,6 +188,18 @@ def test_a_model_that_cannot_be_built_fails_its_reference_and_rows_saying_why_an
     assert rows.loc["ring2d", "status"] == "ok" and rows.loc["ring2d", "err_reference"] > 0
 
 
+def test_a_metric_that_raises_fails_its_row_naming_it_and_keeps_what_was_measured_before(tmp_path):
+    """FID's weights unreadable: the row fails, as it did, but says which metric raised and keeps its timing and the
+    figures before it (err_reference was lost with it)."""
+    (tmp_path / "garbage.pth").write_bytes(b"not a model" * 100)
+    spec = parse_spec({"models": ["digits"], "solvers": ["ddim"], "steps": [4], "n_samples": 16, "reference_size": 16,
+                       "fid_weights": str(tmp_path / "garbage.pth"), "metrics": ["err_reference", "fid"],
+                       "time_limit_s": 0, "reference_time_limit_s": 0})
+    (row,) = [run_config(cfg, SweepCache(), {}, "r") for cfg in expand(spec)]
+    assert row["status"] == "failed" and row["message"].startswith("metric fid: UnpicklingError: ")
+    assert row["err_reference"] > 0 and row["wall_s"] > 0 and row.get("fid") is None
+
+
 def test_a_worker_that_dies_is_reported_dead_not_timed_out():
     """A job that raises in the worker ends it; its closed pipe is seen before it has exited, which was taken for
     a timeout after 0.0 s about as often as not."""
