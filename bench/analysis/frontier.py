@@ -278,11 +278,10 @@ def fitted_order(nfe, error, error_se=None) -> tuple[float, float]:
     return float(-slope), float(np.sqrt(1 / np.sum(weights * centred**2))) if weighted else float("nan")
 
 
-def error_per_nfe(rows: pd.DataFrame, error: str) -> pd.DataFrame:
-    """``error`` per NFE over ``rows`` (its ok rows, a configuration and seed counted once: ``per_config``), sorted by
-    NFE: its mean and that mean's standard error (mean_se of the ``<error>_se`` column; NaN without it), the columns
-    ``error`` and ``se``."""
-    configs = per_config(rows, error)
+def error_per_nfe(configs: pd.DataFrame, error: str) -> pd.DataFrame:
+    """``error`` per NFE over ``configs`` (one row per configuration: ``per_config``'s, so that a configuration and
+    seed count once), sorted by NFE: its mean and that mean's standard error (mean_se of the ``<error>_se`` column;
+    NaN without it), the columns ``error`` and ``se``."""
     return configs.groupby("nfe").agg(error=(error, "mean"), se=(f"{error}_se", mean_se))
 
 
@@ -298,7 +297,7 @@ def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
     beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the asymptotic regime)."""
     from solvers import SOLVERS
 
-    ok = df[(df.status == "ok") & df[error].notna() & df.steps.notna()] if error in df else df.iloc[:0]
+    ok = per_config(df[df.steps.notna()], error) if error in df else df.iloc[:0]
     if ok.empty:
         return pd.DataFrame()
     rows = []

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bench.analysis.frontier import (LOWER_IS_BETTER, calibration_pairs, error_per_nfe, fitted_order,  # noqa: E402
-                                     frontier, guidance_table, quality_across, spacing_label)
+                                     frontier, guidance_table, per_config, quality_across, spacing_label)
 from solvers import SOLVERS  # noqa: E402
 
 LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]", "fid": "FID",
@@ -190,6 +190,7 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     data = data[(data.eta == 0) & data.steps.notna() & (data[error] > 0)]
     if spacing in set(data.spacing):
         data = data[data.spacing == spacing]
+    data = per_config(data, error)  # a configuration and seed once, if several runs hold it
     if data.empty:
         return None
     styles = solver_styles()
