@@ -162,9 +162,9 @@ def time_budget_table(df: pd.DataFrame, quality: str, tie_z: float = TIE_Z) -> p
     5 x 10^k ms (``time_budgets``): the question of a user with a time to spend. Exec modes compete (a faster mode
     wins where its quality holds: its drift is in its quality figure); times compare only on one machine, so each
     device and host is ranked apart."""
-    timed, machine = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples}), ("device", "host")
-    budgets = time_budgets(per_config(timed, quality, TIME_COST, machine)[TIME_COST])
-    return budget_table(timed, quality, budgets, TIME_COST, tie_z, apart=machine)
+    timed = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples})
+    ranked = timed[(timed.status == "ok") & timed[quality].notna()]  # the seeds' means lie within their span
+    return budget_table(timed, quality, time_budgets(ranked[TIME_COST]), TIME_COST, tie_z, apart=("device", "host"))
 
 
 def time_budgets(costs) -> tuple[float, ...]:
