@@ -68,6 +68,10 @@ def test_rows_without_a_quality_figure_still_get_a_report_and_a_comparison_sayin
     assert "Best configuration per NFE budget" not in markdown
     status, _, stderr = bench_cli("compare", str(bare), str(bare), "--out", str(tmp_path / "c"))
     assert status == 0, stderr
+    empty = tmp_path / "empty"  # a run folder before its first row: one line, not a traceback
+    store.open_run(empty, parse_spec(SPEC, str(tmp_path / "r.toml")))
+    status, _, stderr = bench_cli("report", str(empty))
+    assert status == 2 and stderr.strip() == f"report: no rows in {empty}"
 
 
 def test_each_model_is_ranked_by_its_own_quality(base_run, tmp_path):
