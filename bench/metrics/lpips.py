@@ -185,10 +185,10 @@ register(Metric(
     "the solver's error as a person sees it (deterministic image configs, 32 px and up)",
     {"lpips_reference": (F64, "median over samples of LPIPS(sample, reference solve)"),
      "lpips_reference_se": (F64, "its standard error (bootstrap over samples)")},
-    ("reference", "images"), _lpips_reference, better={"lpips_reference": "lower"}))
+    ("reference", "images"), _lpips_reference, better={"lpips_reference": "lower"}, min_image_side=LPIPS_MIN_SIZE))
 register(Metric(
     "lpips_diversity", "mean LPIPS (AlexNet, v0.1) over all pairs of samples: what eta buys (image models, 32 px "
     "and up)", {"lpips_diversity": (F64, "mean LPIPS over all pairs of samples"),
                 "lpips_diversity_se": (F64, "its standard error (jackknife over samples)")}, ("images",), _lpips_diversity,
-    min_samples=3))  # a pair in every kept set
+    min_samples=3, min_image_side=LPIPS_MIN_SIZE))  # min_samples: a pair in every kept set
 

@@ -40,7 +40,9 @@ class Metric:
     a signed difference, only "changed"); ``in_spec``: False for a metric computed wherever it applies rather than
     named in a spec (the drift of a non-eager row); ``min_samples``: the fewest samples per configuration, and images
     in a reference set it compares with, from which its figures and their standard errors come (2 for a bootstrap,
-    more for a jackknife whose kept samples need a covariance or k nearest neighbours); the spec checks it."""
+    more for a jackknife whose kept samples need a covariance or k nearest neighbours); the spec checks it;
+    ``min_image_side``: for a metric of images, the fewest pixels a side its network takes (smaller ones are skipped
+    with a note; a spec whose models all make smaller ones is refused)."""
 
     name: str
     description: str
@@ -50,6 +52,7 @@ class Metric:
     in_spec: bool = True
     better: dict = field(default_factory=dict)
     min_samples: int = 2
+    min_image_side: int = 1
 
 
 @dataclass

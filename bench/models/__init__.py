@@ -12,10 +12,10 @@ from bench.models.conditioning import (ClassConditioning, TextConditioning, cond
                                       guided_model, prompts_label)
 from bench.models.presets import (ANALYTIC_PRESETS, CHECKPOINTS_DIR, DATA_MODELS, MODELS, NETWORK_PRESETS,
                                   build_model, digits, fashion_gmm, fmnist_cond_unet, fmnist_unet, gmm_classes, gmm_hd,
-                                  is_model_name, model_conditioning, model_problem, ring2d, weights_digest)
+                                  is_model_name, model_conditioning, model_problem, ring2d, sample_kind, weights_digest)
 
 __all__ = ["ANALYTIC_PRESETS", "CHECKPOINTS_DIR", "DATA_MODELS", "MODELS", "NETWORK_PRESETS", "ClassConditioning",
            "TextConditioning", "prompts_label",
            "build_model", "conditioning_label", "digits", "draw_labels", "fashion_gmm", "fmnist_cond_unet",
            "fmnist_unet", "gmm_classes", "gmm_hd", "guided_model", "is_model_name", "model_conditioning",
-           "model_problem", "ring2d", "weights_digest"]
+           "model_problem", "ring2d", "sample_kind", "weights_digest"]

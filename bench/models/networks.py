@@ -104,7 +104,7 @@ def load_diffusers(path: str | Path):
         raise FileNotFoundError(f"diffusers:{path}: no such folder")
     if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
         return pipelines.PipelineSource(path)
-    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    unet_dir = _unet_dir(path)
     candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
     scheduler_config = next((c for c in candidates if c.is_file()), None)
     if not (unet_dir / "config.json").is_file() or scheduler_config is None:
@@ -117,7 +117,7 @@ def load_diffusers(path: str | Path):
         raise ValueError(f"diffusers:{path}: prediction_type {prediction!r} not supported; supported: "
                          f"{', '.join(PREDICTION_TYPES)}")
     # weights frozen, so a forward builds no graph unless x asks for one (the nll metric's divergence does)
-    unet = UNet2DModel.from_pretrained(str(unet_dir)).eval().requires_grad_(False)
+    unet = UNet2DModel.from_pretrained(str(unet_dir), **pipelines.load_options()).eval().requires_grad_(False)
     schedule = _schedule_from_config(config, path)
     conditioning = read_conditioning(path)
 
@@ -151,6 +151,12 @@ def trained_on(path) -> str | None:
     return f"{FASHION_MNIST} (python -m bench train, {record})" if command.startswith("python -m bench train") else None
 
 
+def _unet_dir(path: Path) -> Path:
+    """Where a plain UNet folder keeps its config.json: unet/ in a pipeline folder (what make train writes), else the
+    folder itself."""
+    return path / "unet" if (path / "unet" / "config.json").is_file() else path
+
+
 def read_conditioning(path):
     """A diffusers folder's conditioning from its configs alone (no weights): a UNet's class conditioning from its
     config.json and classes.json, a latent pipeline's (bench.models.pipelines)."""
@@ -160,7 +166,7 @@ def read_conditioning(path):
         if found:
             raise ValueError("; ".join(found))
         return pipelines.read_conditioning(path)
-    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    unet_dir = _unet_dir(path)
     embeddings = json.loads((unet_dir / "config.json").read_text()).get("num_class_embeds")
     if not embeddings:
         return None
@@ -173,6 +179,17 @@ def read_conditioning(path):
         raise ValueError(f"{record}: null_class {null} with {len(classes['names'])} names does not fit the UNet's "
                          f"{embeddings} class embeddings (expected names 0..{embeddings - 2} and null {embeddings - 1})")
     return ClassConditioning(len(classes["names"]), tuple(classes["names"]), null)
+
+
+def read_image_side(path) -> int:
+    """The shorter side in pixels of the images a diffusers folder's samples are, from its configs alone (no weights):
+    a UNet's sample_size, a latent pipeline's decoded size."""
+    path = Path(path)
+    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+        return pipelines.read_image_side(path)
+    unet_dir = _unet_dir(path)
+    size = json.loads((unet_dir / "config.json").read_text())["sample_size"]
+    return min([size] if isinstance(size, int) else size)
 
 
 def load_python(spec: str):

@@ -24,6 +24,7 @@ SD3, its shift_factor.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -37,6 +38,12 @@ from solvers.schedules import DiscreteVP, FlowMatching
 TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusion3Pipeline")
 SUPPORTED = ("DiTPipeline", *TEXT_PIPELINES)
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def load_options() -> dict:
+    """diffusers' from_pretrained options: accelerate's low-memory loading where it is installed, else the plain
+    loading asked for by name (which diffusers falls back to anyway, warning on every load)."""
+    return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
 
 
 def pipeline_class(path) -> str | None:
@@ -92,6 +99,22 @@ def read_conditioning(path):
     return None
 
 
+def vae_upscale(block_out_channels) -> int:
+    """How many pixels a side of the decoded image one latent pixel becomes: the VAE decoder doubles the size at
+    every level but the first."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
+def read_image_side(path) -> int:
+    """The shorter side in pixels of a pipeline folder's decoded images, from its configs alone: the denoiser's
+    sample_size times the VAE's upscaling."""
+    path = Path(path)
+    denoiser = "unet" if pipeline_class(path) == "StableDiffusionPipeline" else "transformer"
+    size = json.loads((path / denoiser / "config.json").read_text())["sample_size"]
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    return min([size] if isinstance(size, int) else size) * vae_upscale(vae["block_out_channels"])
+
+
 def weights_digest(path) -> str:
     """sha256 over the components' weight digests (bench.models.weights.files_digest), by component name."""
     digest = hashlib.sha256()
@@ -120,7 +143,7 @@ class PipelineSource:
             found = problems(self.path)
             if found:
                 raise ValueError("\n".join(found))
-            pipeline = DiffusionPipeline.from_pretrained(str(self.path))
+            pipeline = DiffusionPipeline.from_pretrained(str(self.path), **load_options())
             self.weights_sha256 = weights_digest(self.path)
         elif type(pipeline).__name__ not in TEXT_PIPELINES:
             raise ValueError(f"an in-memory pipeline must be one of {', '.join(TEXT_PIPELINES)}, got "
@@ -140,7 +163,7 @@ class PipelineSource:
         size = (size, size) if isinstance(size, int) else tuple(size)
         self.event_shape = (denoiser.config.in_channels, *size)
         vae_config = self.pipeline.vae.config
-        upscale = 2 ** (len(vae_config.block_out_channels) - 1)
+        upscale = vae_upscale(vae_config.block_out_channels)
         self.image_shape = (vae_config.out_channels, size[0] * upscale, size[1] * upscale)
         self._prompts: list[str] = []
         self._embeddings = self._pooled = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,6 +101,7 @@ ANALYTIC_PRESETS = {"ring2d": ring2d, "gmm_hd": gmm_hd, "gmm_classes": gmm_class
 NETWORK_PRESETS = {"fmnist_unet": fmnist_unet, "fmnist_cond_unet": fmnist_cond_unet}
 CONDITIONAL_ANALYTIC = {"gmm_classes"}  # analytic presets with component classes (cheap to build)
 DATA_MODELS = {"fashion_gmm"}  # presets that read a dataset and take data_dir
+EXACT_IMAGE_SIDES = {"digits": 8, "fashion_gmm": 32}  # the analytic presets whose samples are images: their side in px
 
 # Every model name a grid spec may use -> a factory. Analytic ones return a GaussianMixture.
 MODELS = {**ANALYTIC_PRESETS, **NETWORK_PRESETS}
@@ -142,6 +144,29 @@ def model_conditioning(name: str):
     if name in NETWORK_PRESETS:
         return read_conditioning(CHECKPOINTS_DIR / name)
     return None
+
+
+@dataclass(frozen=True)
+class SampleKind:
+    """What a model's samples are, as far as the metrics care: ``exact``, an analytic mixture's (exact samples and
+    density to compare with); ``image_side``, the shorter side in pixels of the images the image metrics see (a
+    latent model's decoded ones), None for points that are not images."""
+
+    exact: bool
+    image_side: int | None
+
+
+def sample_kind(name: str) -> SampleKind | None:
+    """A model's SampleKind from its name and configs alone (no weights loaded); None where only the built model
+    says: a python: function's, a diffusers folder that is not there (yet)."""
+    from bench.models.networks import read_image_side
+
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        return SampleKind(False, read_image_side(rest)) if prefix == "diffusers" and Path(rest).is_dir() else None
+    if name in ANALYTIC_PRESETS:
+        return SampleKind(True, EXACT_IMAGE_SIDES.get(name))
+    return SampleKind(False, read_image_side(CHECKPOINTS_DIR / name))
 
 
 def model_problem(name: str) -> str | None:

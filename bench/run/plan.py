@@ -180,9 +180,12 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
             reference_solve(model, probe, model.schedule.t_max, model.schedule.t_min, rtol=cfg.reference_tolerance,
                             atol=cfg.reference_tolerance)
         out["reference_nfe"] = model.nfe
-    out["images"] = len(source.event_shape) == 3  # the image metrics skip other models (a latent model decodes)
+    from bench.metrics.fid import InceptionFeatures, image_shape
+
+    # the image metrics skip other models (a latent model decodes); 0: not images
+    out["image_side"] = min(image_shape(source)[-2:]) if len(source.event_shape) == 3 else 0
+    out["images"] = bool(out["image_side"])
     if metrics.needing("inception") & set(cfg.metrics) and out["images"]:
-        from bench.metrics.fid import InceptionFeatures, image_shape
 
         extractor = InceptionFeatures(cfg.fid_weights, str(device))
         images = torch.rand((50, *image_shape(source))) * 2 - 1
@@ -257,7 +260,8 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                 reference_tasks[references.key(cfg)] = Task(fixed_s=m["setup_s"], makes=references.key(cfg))
         images = bool(metrics.needing("inception") & set(cfg.metrics) and m.get("images", True))
         plan.inception_images += n * images
-        plan.lpips_pairs += n * len({"lpips_reference", "lpips_diversity"} & set(cfg.metrics))
+        plan.lpips_pairs += n * sum(m.get("image_side", float("inf")) >= metrics.METRICS[name].min_image_side
+                                    for name in ("lpips_reference", "lpips_diversity") if name in cfg.metrics)
         for what in counts:  # each model's forwards at its own speed
             seconds[what] += (counts[what] - before[what]) * m["solve_forward_s"]
         if fan_out:

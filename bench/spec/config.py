@@ -27,7 +27,7 @@ from bench.metrics import fewest_samples, named_in_spec, needing
 from bench.metrics.fid import FOLDER_PREFIX, folder_files
 import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
-                          model_conditioning, model_problem, prompts_label)
+                          model_conditioning, model_problem, prompts_label, sample_kind)
 from bench.models.networks import trained_on
 from solvers import SOLVERS
 from solvers.schedules import SCHEDULES
@@ -132,7 +132,8 @@ _LIST_KEYS = {
     "etas": ((int, float), "numbers >= 0"),
     "tolerances": ((int, float), "numbers > 0"),
     "seeds": (int, "integers >= 0"),
-    "metrics": (str, "metrics: " + ", ".join(METRICS)),
+    "metrics": (str, "metrics: " + ", ".join(METRICS) + " (each fills the rows of the models it measures: images, "
+                "an analytic mixture's exact samples, ...; one that measures none of the spec's models is refused)"),
     "exec_modes": (str, "how the network runs: " + ", ".join(EXEC_MODES)),
     "guidance_scales": ((int, float), "classifier-free guidance scales >= 0 (1: the conditional model, no guidance; "
                                       "0: the unconditional one), for class-conditional models"),
@@ -340,6 +341,7 @@ def _validate(raw: dict, where: str) -> list[str]:
         errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
                       f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
     errors += _conditioning_errors(raw, where)
+    errors += _metric_model_errors(raw, where)
     if "clip_score" in raw.get("metrics", []) and "clip_model" not in raw:
         errors.append(f"{where}: key 'clip_model': metric 'clip_score' needs a local CLIP folder (a transformers "
                       f"CLIPModel and its CLIPProcessor); nothing is downloaded")
@@ -484,6 +486,36 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
             if cfg_pp:
                 errors.append(f"{where}: key 'solvers': {cfg_pp[0]!r} needs the unconditional prediction, which "
                               f"model {model!r} lacks (no null class)")
+    return errors
+
+
+def _metric_model_errors(raw: dict, where: str) -> list[str]:
+    """The metrics a spec names that apply to none of its models, read from the models' configs (no weights
+    loaded): every row would lack them. A metric that applies to some of the models is left to their rows; the
+    default metrics apply wherever they can; a python: function's model may be anything."""
+    models = [m for m in raw.get("models", []) if is_model_name(m)]
+    try:
+        kinds = {model: sample_kind(model) for model in models}
+    except (OSError, ValueError, KeyError, TypeError):  # a folder's broken config: the model checks say what
+        return []
+    if "metrics" not in raw or not kinds or None in kinds.values():
+        return []
+    sides = {model: kind.image_side for model, kind in kinds.items() if kind.image_side}
+    errors = []
+    for metric in [METRICS[name] for name in raw["metrics"] if name in METRICS]:
+        if "exact" in metric.needs and not any(kind.exact for kind in kinds.values()):
+            instead = [other.name for other in METRICS.values() if "exact" not in other.needs
+                       and set(other.columns) & set(metric.columns)] if sides else []
+            errors.append(f"{where}: key 'metrics': {metric.name!r} compares with exact samples of an analytic "
+                          f"mixture, and none of the models is one ({', '.join(kinds)})"
+                          + (f"; on images {instead[0]!r} fills its columns" if instead else ""))
+        elif "images" in metric.needs and not sides:
+            errors.append(f"{where}: key 'metrics': {metric.name!r} measures images, and none of the models makes "
+                          f"images ({', '.join(kinds)})")
+        elif sides and max(sides.values()) < metric.min_image_side:
+            made = ", ".join(f"{model}: {side} px" for model, side in sides.items())
+            errors.append(f"{where}: key 'metrics': {metric.name!r} needs images of {metric.min_image_side} px a side "
+                          f"and up, and the models make smaller ones ({made})")
     return errors
 
 

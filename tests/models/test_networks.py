@@ -149,14 +149,17 @@ def test_a_diffusers_checkpoint_runs_in_a_sweep(tmp_path):
     from bench.run.sweep import run_sweep
 
     _save_random_unet(tmp_path / "ckpt")
-    spec = parse_spec({"models": [f"diffusers:{tmp_path / 'ckpt'}"], "solvers": ["ddim", "dpmpp_2m"], "steps": [2],
+    checkpoint = f"diffusers:{tmp_path / 'ckpt'}"
+    spec = parse_spec({"models": [checkpoint, "ring2d"], "solvers": ["ddim", "dpmpp_2m"], "steps": [2],
                        "n_samples": 4, "metrics": ["err_stepdoubling", "sample_log_density"]}, str(tmp_path / "s.toml"))
     meta = store.open_run(tmp_path / "run", spec)
     run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
     table = store.load_rows(tmp_path / "run")
     assert (table.status == "ok").all() and (table.nfe == 2).all() and table.err_stepdoubling.notna().all()
-    assert (table.schedule == "DiscreteVP").all()
-    assert table.sample_log_density.isna().all()  # exact densities exist for analytic models only
+    network, analytic = table[table.model == checkpoint], table[table.model == "ring2d"]
+    assert len(network) == len(analytic) == 2 and (network.schedule == "DiscreteVP").all()
+    # exact densities exist for analytic models only
+    assert network.sample_log_density.isna().all() and analytic.sample_log_density.notna().all()
 
 
 @pytest.mark.gpu

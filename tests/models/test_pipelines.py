@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.models import guided_model
+from bench.models import guided_model, sample_kind
 from bench.models.pipelines import PipelineSource, problems
 from bench.run import sampling
 from bench.run.plan import make_plan
@@ -251,6 +251,14 @@ def test_a_text_pipeline_in_memory_is_the_same_source_as_its_folder(stable_diffu
     with pytest.raises(ValueError, match="an in-memory pipeline must be one of StableDiffusionPipeline, "
                                          "StableDiffusion3Pipeline, got DiTPipeline"):
         PipelineSource("in memory", pipeline=diffusers.DiTPipeline.from_pretrained(dit))
+
+
+def test_the_image_size_the_spec_reads_from_a_folders_configs_is_the_decoded_images(dit, stable_diffusion,
+                                                                                  stable_diffusion_3):
+    """What the spec checks LPIPS's 32 px against, read without loading weights: the decoded size, not the latents'."""
+    for folder in (dit, stable_diffusion, stable_diffusion_3):
+        kind, source = sample_kind(f"diffusers:{folder}"), PipelineSource(folder)
+        assert (kind.exact, kind.image_side) == (False, min(source.image_shape[-2:])) and kind.image_side > LATENT[-1]
 
 
 def _spec(model, **changes):

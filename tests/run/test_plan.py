@@ -65,22 +65,29 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
     assert status == 2 and "--threads must be at least 1, got 0" in stderr
 
 
-def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_inception(monkeypatch):
+def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_their_image_metrics(monkeypatch):
     from bench.run import plan as plan_module
 
-    speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "images": False},
-              "gmm_hd": {"image_forward_s": 0.0, "reference_nfe": 0, "images": False}}
+    speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "images": False, "image_side": 0},
+              "digits": {"image_forward_s": 0.0, "reference_nfe": 0, "images": True, "image_side": 8,
+                         "inception_image_s": 0.01},
+              "fmnist_unet": {"image_forward_s": 0.0, "reference_nfe": 0, "images": True, "image_side": 32,
+                              "inception_image_s": 0.01}}
     fitted = {"ring2d": {"solve_forward_s": 1.0, "harness_s": 2.0, "setup_s": 0.5,
                          "calibrated_on": "1 configuration run in full"},
-              "gmm_hd": {"solve_forward_s": 0.0, "harness_s": 3.0, "setup_s": 1.5,
-                         "calibrated_on": "1 configuration run in full"}}
+              "digits": {"solve_forward_s": 0.0, "harness_s": 3.0, "setup_s": 1.5,
+                         "calibrated_on": "1 configuration run in full"},
+              "fmnist_unet": {"solve_forward_s": 0.0, "harness_s": 4.0, "setup_s": 2.5,
+                              "calibrated_on": "1 configuration run in full"}}
     monkeypatch.setattr(plan_module, "_measure", lambda cfg, cache, probe: dict(speeds[cfg.model]))
     monkeypatch.setattr(plan_module, "_calibrate", lambda group, cache, measured: fitted[group[0].model])
-    plan = _plan(measure=True, models=["ring2d", "gmm_hd"], solvers=["ddim"], steps=[4], metrics=["fid"])
-    assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards at its solve rate; gmm_hd's free
-    assert plan.seconds["harness per configuration"] == 2.0 + 3.0  # each model's own
-    assert plan.seconds["model set-up"] == 0.5 + 1.5 and plan.seconds["worker process start"] == 0  # no time limit
-    assert plan.inception_images == 0  # neither makes images: the image metrics skip them
+    plan = _plan(measure=True, models=["ring2d", "digits", "fmnist_unet"], solvers=["ddim"], steps=[4],
+                 metrics=["fid", "lpips_diversity"], fid_reference="fashion_mnist")
+    assert plan.seconds["network: solves"] == 10 * 4 * 1.0  # ring2d's forwards at its solve rate; the others' free
+    assert plan.seconds["harness per configuration"] == 2.0 + 3.0 + 4.0  # each model's own
+    assert plan.seconds["model set-up"] == 0.5 + 1.5 + 2.5 and plan.seconds["worker process start"] == 0  # no limit
+    assert plan.inception_images == 2 * 10  # ring2d makes no images: the image metrics skip it
+    assert plan.lpips_pairs == 10  # nor does AlexNet LPIPS take digits' 8 px
     assert "500 ms per image-forward at the spec's batch (1e+03 in a solve, harness 2e+03 ms" in plan.measured["ring2d"]
 
 

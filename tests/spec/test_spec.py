@@ -1,6 +1,10 @@
 """Grid spec validation (every malformed spec gets its own one-line message, before any compute) and expansion."""
+import json
+
 import pytest
 
+from bench.models import build_model, sample_kind
+from bench.models.analytic import GaussianMixture
 from bench.spec.config import SpecError, expand, load_spec, parse_spec, shard
 from solvers import SOLVERS
 
@@ -211,6 +215,54 @@ def test_fid_on_a_network_needs_a_dataset_reference():
     assert expand(parse_spec({**raw, "fid_reference": "fashion_mnist"}))[0].fid_reference == "fashion_mnist"
     with pytest.raises(SpecError, match="key 'fid_reference': unknown value 'cifar'"):
         parse_spec({**raw, "fid_reference": "cifar"})
+
+
+def _unet_folder(folder, sample_size):
+    """A diffusers UNet folder's configs (no weights: the spec reads configs alone)."""
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": sample_size}))
+    return f"diffusers:{folder}"
+
+
+def test_a_metric_that_applies_to_none_of_the_models_is_refused_before_compute(tmp_path):
+    """Its rows all came out empty, without a word: fid of points, data-space distances of a network's images, LPIPS
+    of images too small for AlexNet."""
+    small = _unet_folder(tmp_path / "small", 16)
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**GOOD, "metrics": ["fid", "lpips_diversity", "frechet"]})
+    assert str(caught.value).splitlines() == [
+        "<spec>: key 'metrics': 'fid' measures images, and none of the models makes images (ring2d)",
+        "<spec>: key 'metrics': 'lpips_diversity' measures images, and none of the models makes images (ring2d)"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**GOOD, "models": [small, "fmnist_unet"], "metrics": ["precision_recall", "lpips_reference"],
+                    "fid_reference": "fashion_mnist"})
+    assert str(caught.value).splitlines() == [
+        f"<spec>: key 'metrics': 'precision_recall' compares with exact samples of an analytic mixture, and none of "
+        f"the models is one ({small}, fmnist_unet); on images 'fid' fills its columns"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**GOOD, "models": [small, "digits"], "metrics": ["lpips_reference"]})
+    assert str(caught.value).splitlines() == [
+        f"<spec>: key 'metrics': 'lpips_reference' needs images of 32 px a side and up, and the models make smaller "
+        f"ones ({small}: 16 px, digits: 8 px)"]
+
+
+def test_a_metric_that_applies_to_some_of_the_models_or_may_apply_is_accepted(tmp_path):
+    """Each row computes the metrics its model takes; the default metrics apply wherever they can; a python:
+    function's model is known only once built."""
+    large = _unet_folder(tmp_path / "large", [32, 48])
+    for models, metrics in [(["ring2d", large], ["fid", "lpips_diversity", "frechet"]),
+                            ([large], None), (["python:support:smooth_ring"], ["fid"])]:
+        spec = parse_spec(_with(models=models, metrics=metrics, fid_reference="fashion_mnist" if metrics else None))
+        assert {c.model for c in expand(spec)} == set(models)
+
+
+def test_what_the_spec_reads_of_a_model_matches_the_model_built():
+    """The sample kinds the spec checks metrics against, from names and configs, against the models themselves."""
+    for name in ["ring2d", "gmm_hd", "gmm_classes", "digits", "fashion_gmm", "fmnist_unet", "fmnist_cond_unet"]:
+        source, kind = build_model(name), sample_kind(name)
+        side = min(source.event_shape[-2:]) if len(source.event_shape) == 3 else None
+        assert (kind.exact, kind.image_side) == (isinstance(source, GaussianMixture), side), name
+    assert sample_kind("python:support:smooth_ring") is None and sample_kind("diffusers:/no/such/folder") is None
 
 
 def test_image_resize_is_a_checked_spec_option():
