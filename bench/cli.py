@@ -92,6 +92,9 @@ def _sweep(spec, args, execution_policy, ray_running: bool = False) -> int:
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(configs)} configs ({summary}); {len(table)} rows in {run_dir / 'rows'}")
     print(f"load it with: bench.run.store.load_rows('{run_dir}')  (one row per config, the latest)")
+    if any(counts.get(status) for status in store.RETRYABLE):
+        longer = " (a timeout: raise time_limit_s in the spec first)" if counts.get("timeout") else ""
+        print(f"run again what did not finish{longer}: python -m bench run {spec.path} --out {run_dir} --retry-failed")
     return 1 if counts.get("lost") else 0
 
 

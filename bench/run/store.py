@@ -1,7 +1,8 @@
 """Results store: a run folder holding one parquet file per finished configuration.
 
-    <run>/run.json           what made the run (spec name, hash, path, commit, start time)
-    <run>/spec.toml          the spec text
+    <run>/run.json           what made the run (spec name, hash, path, commit, start time; amendments: a resume
+                             whose spec changed only the time limits, LIMIT_KEYS)
+    <run>/spec.toml          the spec text (the latest amendment's)
     <run>/rows/<id>.parquet  one row per config, written to a hidden temp file and renamed into place,
                              so a killed sweep leaves only whole files; readers skip hidden files
     <run>/rows/part-*.parquet  compacted rows: every ``COMPACT_EVERY`` rows and at its end a sweep merges
@@ -181,8 +182,7 @@ def open_run(run_dir: Path, spec) -> dict:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta["spec_hash"] != spec.hash:
-            raise ValueError(f"{run_dir} was made from spec {meta['spec_path']} (hash {meta['spec_hash']}); "
-                             f"{spec.path} has hash {spec.hash}: resume it with the same spec or use a new --out")
+            meta = _amended(run_dir, meta, spec)
         remove_stale_temp_files(run_dir)
         return meta
     (run_dir / "rows").mkdir(parents=True, exist_ok=True)
@@ -192,6 +192,30 @@ def open_run(run_dir: Path, spec) -> dict:
     if Path(spec.path).is_file():
         (run_dir / "spec.toml").write_text(Path(spec.path).read_text())
     _atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def _amended(run_dir: Path, meta: dict, spec) -> dict:
+    """run.json of a run resumed with a spec that differs from the one that made it in LIMIT_KEYS alone: the new spec
+    text in spec.toml, the change in run.json's ``amendments`` (when, the spec's hash before, each key's values).
+    Any other difference is refused, naming the keys."""
+    from bench.spec import LIMIT_KEYS, spec_changes
+
+    stored = run_dir / "spec.toml"
+    refusal = (f"{run_dir} was made from spec {meta['spec_path']} (hash {meta['spec_hash']}); {spec.path} has hash "
+               f"{spec.hash}")
+    if not (stored.is_file() and Path(spec.path).is_file()):
+        raise ValueError(f"{refusal}: resume it with the same spec or use a new --out")
+    text = Path(spec.path).read_text()
+    changed = spec_changes(stored.read_text(), text)
+    if other := [key for key in changed if key not in LIMIT_KEYS]:
+        shown = "; ".join(f"{key!r}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in other)
+        raise ValueError(f"{refusal}, which changes {shown}: resume it with the same spec (only "
+                         f"{' and '.join(LIMIT_KEYS)} may change) or use a new --out")
+    amendment = {"at": now(), "spec_hash_before": meta["spec_hash"], "changed": {k: list(v) for k, v in changed.items()}}
+    meta = {**meta, "spec_hash": spec.hash, "amendments": [*meta.get("amendments", []), amendment]}
+    _atomic_write_bytes(stored, text.encode())
+    _atomic_write_bytes(run_dir / "run.json", json.dumps(meta, indent=2).encode())
     return meta
 
 

@@ -8,8 +8,8 @@ May import: solvers, bench.models (model names), bench.metrics (the metric regis
 analysis stages (they import this): the names of the exec modes are the spec's own, bench.run.execution
 implements them.
 """
-from bench.spec.config import (DEFAULTS, EXEC_MODES, REFERENCE_METRICS, RunConfig, Spec, SpecError, expand, load_spec,
-                               parse_spec, shard)
+from bench.spec.config import (DEFAULTS, EXEC_MODES, LIMIT_KEYS, REFERENCE_METRICS, RunConfig, Spec, SpecError, expand,
+                               load_spec, parse_spec, shard, spec_changes)
 
-__all__ = ["DEFAULTS", "EXEC_MODES", "REFERENCE_METRICS", "RunConfig", "Spec", "SpecError", "expand", "load_spec",
-           "parse_spec", "shard"]
+__all__ = ["DEFAULTS", "EXEC_MODES", "LIMIT_KEYS", "REFERENCE_METRICS", "RunConfig", "Spec", "SpecError", "expand",
+           "load_spec", "parse_spec", "shard", "spec_changes"]

@@ -527,6 +527,18 @@ class Spec:
     values: dict
 
 
+# The keys that bound how long a config or a reference solve may run, and define none of the results: a run folder may
+# be resumed with them changed (say, to give the configs that timed out longer), its run.json recording the change.
+LIMIT_KEYS = ("time_limit_s", "reference_time_limit_s")
+
+
+def spec_changes(before: str, after: str) -> dict:
+    """key -> (before, after) for every key whose value differs between two spec texts, a key left out counting as
+    its default: what a resume with another spec would change (layout and comments change nothing)."""
+    old, new = ({**DEFAULTS, **tomllib.loads(text)} for text in (before, after))
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+
+
 def load_spec(path) -> Spec:
     """Read and validate a grid spec; raises SpecError listing every problem."""
     path = Path(path)

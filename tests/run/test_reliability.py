@@ -21,7 +21,7 @@ from bench.run.sweep import run_sweep
 from solvers import SolverDiverged, sample
 from solvers.schedules import VPLinear
 from solvers.spacing import timesteps
-from support import prior_sample, single_gaussian
+from support import bench_cli, prior_sample, single_gaussian
 
 
 def _sweep(tmp_path, retry=(), **spec):
@@ -94,6 +94,31 @@ def test_retry_failed_runs_only_the_unfinished_configs_again(tmp_path):
     assert counts == {"already_done": 2}
     counts, table = _sweep(tmp_path, retry=store.RETRYABLE, **spec)
     assert counts == {"already_done": 1, "failed": 1} and len(table) == 2
+
+
+def test_a_timed_out_config_runs_again_under_the_longer_limit_the_resumed_spec_gives_it(tmp_path):
+    """The run said how to rerun what timed out, and then refused the spec with the longer limit (another hash);
+    the time limits define no result, so they may change on resume, the change in run.json and the report. Any
+    other change is refused, naming the key."""
+    spec, run_dir = tmp_path / "s.toml", tmp_path / "run"
+    text = ('models = ["python:support:sleeps_forever", "ring2d"]\nsolvers = ["euler"]\nsteps = [2]\n'
+            'n_samples = 4\nmetrics = []\ntime_limit_s = {}\n')
+    spec.write_text(text.format(1))
+    status, out, _ = bench_cli("run", str(spec), "--out", str(run_dir))
+    assert status == 0 and (f"run again what did not finish (a timeout: raise time_limit_s in the spec first): "
+                            f"python -m bench run {spec} --out {run_dir} --retry-failed") in out
+    spec.write_text("# longer\n" + text.format(2))
+    status, out, _ = bench_cli("run", str(spec), "--out", str(run_dir), "--retry-failed")
+    assert status == 0 and "(already_done 1, timeout 1)" in out
+    assert store.load_rows(run_dir).set_index("model").message["python:support:sleeps_forever"].endswith(
+        "time_limit_s = 2")
+    amendment, = json.loads((run_dir / "run.json").read_text())["amendments"]
+    assert amendment["changed"] == {"time_limit_s": [1, 2]} and (run_dir / "spec.toml").read_text() == spec.read_text()
+    assert "with time_limit_s 1 -> 2 (the rows before it: spec hash" in build_report([run_dir])[0].read_text()
+    spec.write_text(text.format(2).replace("[2]", "[3]"))
+    status, _, err = bench_cli("run", str(spec), "--out", str(run_dir))
+    assert status == 2 and err.strip().endswith("which changes 'steps': [2] -> [3]: resume it with the same spec (only "
+                                                "time_limit_s and reference_time_limit_s may change) or use a new --out")
 
 
 def test_resume_on_another_commit_warns_and_the_report_says_rows_mix_commits(tmp_path):
