@@ -132,7 +132,7 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
         ok = ok.assign(guidance_scale=np.nan)
     for (model, *values, scale), group in ok.groupby(["model", *apart, "guidance_scale"], dropna=False):
         for budget in budgets:
-            within = group[group[cost] <= budget].sort_values(quality)
+            within = group[group[cost] <= budget].sort_values([quality, cost], kind="stable")  # equal: the cheaper
             if within.empty:
                 continue
             best = within.iloc[0]
@@ -487,7 +487,7 @@ def fitted_vs_formulas(df: pd.DataFrame, metrics=FITTED_METRICS, tie_z: float = 
             fitted, formulas = group[on_fitted[group.index]], group[~on_fitted[group.index]]
             if fitted.empty or formulas.empty:
                 continue
-            best = formulas.sort_values(metric).iloc[0]
+            best = formulas.sort_values(metric, kind="stable").iloc[0]
             for grid in fitted.itertuples():
                 value, error = getattr(grid, metric), getattr(grid, se)
                 combined = math.hypot(0 if pd.isna(error) else error, 0 if pd.isna(best[se]) else best[se])

@@ -54,26 +54,41 @@ def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ranking_qualities(rows: pd.DataFrame) -> list[str]:
+    """What a model's budget tables rank by: its default_quality, and where that leaves out some of its ok rows
+    (err_reference: a stochastic configuration has no single solution to compare with) the figure of
+    QUALITY_PREFERENCE that ranks the most of them too."""
+    first = default_quality(rows)
+    if first is None:
+        return []
+    ok = rows[rows.status == "ok"]
+    counts = {q: int(ok[q].notna().sum()) for q in QUALITY_PREFERENCE if q in ok}
+    fuller = max(counts, key=lambda q: (counts[q], -QUALITY_PREFERENCE.index(q)))
+    return [first, fuller] if counts[fuller] > counts[first] else [first]
+
+
 def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
     """The best configuration per NFE budget and per time budget, each model by its own quality (default_quality of
-    its rows: a model with FID by FID, one beside it with err_reference alone by that), and which models have none
-    and what would give them one; the NFE budgets' tables, concatenated."""
-    quality_of = {model: default_quality(df[df.model == model]) for model in sorted(df.model.unique())}
-    if unranked := [model for model, quality in quality_of.items() if quality is None]:
+    its rows: a model with FID by FID, one beside it with err_reference alone by that; and by a second figure where
+    the first leaves out configurations, _ranking_qualities), and which models have none and what would give them
+    one; the NFE budgets' tables, concatenated."""
+    qualities_of = {model: _ranking_qualities(df[df.model == model]) for model in sorted(df.model.unique())}
+    if unranked := [model for model, qualities in qualities_of.items() if not qualities]:
         doc.heading("Best configuration per budget")
-        which = "these rows" if len(unranked) == len(quality_of) else f"the rows of {', '.join(unranked)}"
+        which = "these rows" if len(unranked) == len(qualities_of) else f"the rows of {', '.join(unranked)}"
         doc.paragraph(f"No quality figure in {which} ({', '.join(QUALITY_PREFERENCE)}; err_reference is empty where "
                       "the reference solve failed, and the rows' message says why): nothing to rank the "
                       "configurations by. Add err_reference, or frechet for a stochastic grid, to the spec's metrics.")
     tables = []
-    for quality in dict.fromkeys(q for q in quality_of.values() if q is not None):
-        models = [model for model, q in quality_of.items() if q == quality]
+    for quality in dict.fromkeys(q for qualities in qualities_of.values() for q in qualities):
+        models = [model for model, qualities in qualities_of.items() if quality in qualities]
         rows = df[df.model.isin(models)]
-        scope = "" if len(models) == len(quality_of) else f"; {', '.join(models)}"
+        scope = "" if len(models) == len(qualities_of) else f"; {', '.join(models)}"
         doc.heading(f"Best configuration per NFE budget ({quality}, lower is better{scope})")
         doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest "
                       f"{quality} among those within the budget, its standard error, and every configuration within "
-                      f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse.")
+                      f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse."
+                      + _left_out(rows, quality, {m: q[1] for m, q in qualities_of.items() if q[0] == quality and len(q) > 1}))
         tables.append(budget_table(rows, quality))
         doc.table(tables[-1])
         by_time = time_budget_table(rows, quality)
@@ -86,6 +101,20 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
                           "times compare only on one machine, so each device and host is ranked on its own.")
             doc.table(by_time)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _left_out(rows: pd.DataFrame, quality: str, ranked_also_by: dict) -> str:
+    """A sentence on the ok rows these tables cannot rank (no ``quality``), for the models ranked also by another
+    figure (``ranked_also_by``: model -> that figure)."""
+    sentences = []
+    for model, fuller in ranked_also_by.items():
+        ok = rows[(rows.model == model) & (rows.status == "ok")]
+        missing = ok[ok[quality].isna()]
+        stochastic = "stochastic ones, which have no single solution to compare with: " if quality == "err_reference" else ""
+        sentences.append(f" {len(missing)} of {model}'s {len(ok)} ok rows have no {quality} ({stochastic}"
+                         f"{', '.join(sorted({f'{r.solver} at eta {r.eta:g}' for r in missing.itertuples()}))}) and are left out here; the tables by {fuller} "
+                         f"rank them with the others.")
+    return "".join(sentences)
 
 
 def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,

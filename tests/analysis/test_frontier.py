@@ -5,7 +5,7 @@ import pandas as pd
 
 from bench.analysis.frontier import (budget_table, default_quality, eta_gap, exec_mode_table, fitted_order,
                                      fitted_summary, fitted_vs_formulas, frontier, order_summary, order_table,
-                                     pareto_mask, table1_shape)
+                                     pareto_mask, table1_shape, time_budget_table)
 
 
 def test_dominated_points_are_off_the_frontier():
@@ -54,6 +54,17 @@ def test_budget_table_shows_ties_and_ranks_exec_modes_apart():
     assert table.loc["eager", "best config"].startswith("heun") and table.loc["eager", "ties"] == 1
     assert table.loc["eager", "tied with (not significantly worse)"] == "rk4 (5 logsnr, eta 0)"
     assert table.loc["bf16", "err_reference"] == 0.09 and table.loc["bf16", "ties"] == 0
+
+
+def test_an_exact_tie_goes_to_the_cheaper_configuration_at_every_budget():
+    """Configurations of equal quality (euler at eta 1 and euler_maruyama give the same samples): the best was
+    whichever an unstable sort put first, and flipped from budget to budget; now the cheaper, at every budget."""
+    tied = 20
+    df = _rows(status="ok", nfe=[8] * tied + [4], steps=[8] * tied + [4], solver=[f"s{i}" for i in range(tied)] + ["cheap"],
+               eta=1.0, frechet=0.1, frechet_se=0.2, wall_s=[2.0] * tied + [1.0], n_samples=1000, device="cpu",
+               host="h")
+    for table in (budget_table(df, "frechet", budgets=(5, 10, 20)), time_budget_table(df, "frechet")):
+        assert table["best solver"].tolist() == ["cheap"] * len(table) and len(table) >= 2, table
 
 
 def test_budget_table_averages_seeds_and_their_standard_errors():

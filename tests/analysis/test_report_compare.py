@@ -90,6 +90,20 @@ def test_each_model_is_ranked_by_its_own_quality(base_run, tmp_path):
     assert "| images | 5 |" in markdown and "| ring2d | 5 |" in markdown
 
 
+def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_figure_too(base_run):
+    """err_reference exists for deterministic configurations only: the budget tables ranked by it left every
+    stochastic one (ddpm, euler at eta 1, ...) out without a word, whatever eta did for the samples."""
+    rows = store.load_rows(base_run)
+    ok = rows[rows.status == "ok"]
+    stochastic = sorted({f"{r.solver} at eta {r.eta:g}" for r in ok[ok.err_reference.isna()].itertuples()})
+    markdown = build_report([base_run])[0].read_text()
+    assert stochastic and f"{ok.err_reference.isna().sum()} of ring2d's {len(ok)} ok rows have no err_reference " \
+                          f"(stochastic ones, which have no single solution to compare with: {', '.join(stochastic)}) " \
+                          f"and are left out here; the tables by frechet rank them with the others." in markdown
+    by_frechet = markdown.split("## Best configuration per NFE budget (frechet, lower is better)")[1].split("## ")[0]
+    assert "eta 1)" in by_frechet and "eta 0)" in by_frechet  # every ok configuration competes
+
+
 def _with_changes(rows, edits):
     """A copy of ``rows`` with {(solver, column): factor} applied to that solver's ok rows."""
     out = rows.copy()
