@@ -430,7 +430,8 @@ def _plan_or_none(configs, command: str, measure: bool = True, execution_policy=
     from bench.run.plan import make_plan
 
     try:
-        return make_plan(configs, measure=measure, execution_policy=execution_policy, fan_out=fan_out)
+        return make_plan(configs, measure=measure, execution_policy=execution_policy, fan_out=fan_out,
+                         say=lambda line: print(f"{command}: {line}", file=sys.stderr, flush=True))
     except (OSError, ValueError, RuntimeError) as err:
         print(f"{command}: cannot measure the grid here: {err} (python -m bench plan --no-measure counts it without "
               "building the models)", file=sys.stderr)

@@ -158,6 +158,24 @@ def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
     return nfe + sampling.FINAL_STEP_NFE[cfg.final_step]
 
 
+def _measuring(cfg: RunConfig, same_model: list[RunConfig], probe_reference: bool) -> str:
+    """What the plan is about to measure of ``cfg``'s model, in a line."""
+    cheapest = min(same_model, key=_calibration_order)
+    parts = [f"its forward at batch {min(cfg.batch_size, cfg.n_samples)}"]
+    if probe_reference:
+        parts.append(f"a reference solve of {REFERENCE_PROBE} samples")
+    if metrics.needing("inception") & set(cfg.metrics):
+        parts.append("the Inception pass")
+    steps = f"{cheapest.steps} steps" if cheapest.steps is not None else f"tolerance {cheapest.tolerance:g}"
+    return (f"{cfg.model}: timing {', '.join(parts)}; then running configurations in full as the sweep does, the "
+            f"cheapest ({cheapest.solver}, {steps}, N = {cheapest.n_samples}) first ...")
+
+
+def _calibration_order(cfg: RunConfig) -> tuple:
+    """The order in which the calibration picks a model's configurations: the cheapest (fixed steps, fewest) first."""
+    return SOLVERS[cfg.solver].adaptive, cfg.steps or 0
+
+
 def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
     """Per model of the grid: seconds per image-forward at the spec's batch, the reference solve's NFE per sample
     (``probe_reference``: where a config needs a reference solve or runs an adaptive solver; else 0) and Inception
@@ -197,11 +215,13 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
 
 
 def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: ExecutionPolicy | None = None,
-              fan_out: FanOut | None = None) -> Plan:
+              fan_out: FanOut | None = None, say=None) -> Plan:
     """Count what ``configs`` will compute and (``measure``) estimate its time from short measurements here, under
     the sweep's ``execution_policy`` (threads, TF32; default torch's, as a sweep's), which this process keeps.
     ``fan_out`` (bench.run.distributed.ray_fan_out): the grid runs on that Ray, as one task per group of
-    configurations (bench.run.distributed.group_key) and one per reference solve, each with a model of its own."""
+    configurations (bench.run.distributed.group_key) and one per reference solve, each with a model of its own.
+    ``say``: called with a line before each model's measurement and after it (at N = 1,000 on a CPU they take
+    minutes, which the plan spent without a word)."""
     plan = Plan(configs=len(configs), fan_out=fan_out)
     runnable = [c for c in configs if c.skip_reason is None]
     plan.skipped = len(configs) - len(runnable)
@@ -217,9 +237,14 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
                 if cfg.model not in measured:
                     same_model = [c for c in runnable if c.model == cfg.model]
                     probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
+                    started = time.perf_counter()
+                    if say:
+                        say(_measuring(cfg, same_model, probe))
                     measured[cfg.model] = _measure(cfg, SweepCache(), probe)  # its model freed before calibrating
                     _release_device_memory()  # for the worker's copy
                     measured[cfg.model].update(_calibrate(same_model, path, measured[cfg.model]))
+                    if say:
+                        say(f"{cfg.model}: measured in {time.perf_counter() - started:.0f} s")
             worker_start_s = path.worker_start_s
             skipped_row_s = path.skipped_row_s([c for c in configs if c.skip_reason][:SKIPPED_ROWS_TIMED])
         _release_device_memory()  # for the sweep's worker, where `run --max-minutes` planned
@@ -449,7 +474,7 @@ def _calibrate(group: list[RunConfig], path: SweepPath, measured: dict) -> dict:
     forward (a solve runs the network; compile and cuda_graph forwards count at eager speed), a at least 0; one
     configuration, or no spread in x, gives the bare forward."""
     solving_again = metrics.needing("reference") | metrics.needing("partner")
-    ordered = sorted(group, key=lambda c: (SOLVERS[c.solver].adaptive, c.steps or 0))
+    ordered = sorted(group, key=_calibration_order)
     picks = [ordered[0]] + random.Random(0).sample(ordered[1:], min(len(ordered) - 1, CALIBRATION_CONFIGS - 1))
     picks = [dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in solving_again)) for cfg in picks]
     first_s, first_row = path.timed(picks[0])

@@ -58,6 +58,11 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench", "plan", str(spec), "--no-measure"], capture_output=True,
                          text=True, check=True).stdout
     assert "N = 8 samples per configuration" in out and "1 configurations: 1 runnable" in out
+    status, out, stderr = bench_cli("plan", str(spec))
+    assert status == 0 and "estimate:" in out  # what it measures, and how long that took, said as it goes
+    assert re.fullmatch(r"plan: ring2d: timing its forward at batch 8, a reference solve of 4 samples; then running "
+                        r"configurations in full as the sweep does, the cheapest \(ddim, 4 steps, N = 8\) first \.\.\.\n"
+                        r"plan: ring2d: measured in \d+ s\n", stderr), stderr
     spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\nguidance_scales = [2]\n')
     status, _, stderr = bench_cli("plan", str(spec))
     assert status == 2 and "'ring2d' is unconditional" in stderr
@@ -205,8 +210,9 @@ def test_a_grid_that_cannot_be_measured_here_gets_one_line(tmp_path):
                     'n_samples = 8\nmetrics = ["err_reference"]\n')
     for command in (["plan", str(spec)], ["run", str(spec), "--max-minutes", "5", "--out", str(tmp_path / "run")]):
         status, _, stderr = bench_cli(*command)  # an exception would end the test: one line, no traceback
-        assert status == 2 and len(stderr.strip().splitlines()) == 1
-        assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in stderr
+        said, problem = stderr.strip().splitlines()  # what the plan began to measure, then why it cannot
+        assert status == 2 and said.endswith("first ...")
+        assert f"cannot measure the grid here: diffusers:{tmp_path / 'absent'}: no such folder" in problem
 
 
 def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0, ray_start_s=0.0):
@@ -230,7 +236,7 @@ def _run_with_known_plans(tmp_path, monkeypatch, harness_s, planning_s=0.0, ray_
 
     monkeypatch.setattr(bench.cli, "_grid_ray", grid_ray)
 
-    def known(configs, measure=True, execution_policy=None, fan_out=None):
+    def known(configs, measure=True, execution_policy=None, fan_out=None, say=None):
         assert execution_policy == ExecutionPolicy(threads=1)  # measured under the sweep's policy: --threads's
         clock[0] += planning_s
         n = configs[0].n_samples
