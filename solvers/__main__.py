@@ -12,9 +12,11 @@ def registry_table() -> str:
     return "\n".join(rows)
 
 
-def _ode_order(solver) -> int:
-    """The ODE order with default options (an SDE-only solver's nominal order: it has no eta 0 to run at)."""
-    return solver.order if solver.stochastic == "sde" else solver.order_for(0.0)
+def _ode_order(solver) -> str:
+    """The ODE order with default options (an SDE-only solver's nominal order: it has no eta 0 to run at); "none"
+    where there is none (a CFG++ sampler, which has no ODE limit)."""
+    order = solver.order if solver.stochastic == "sde" else solver.order_for(0.0)
+    return "none" if order is None else str(order)
 
 
 def _strong_order(solver) -> str:
@@ -22,7 +24,7 @@ def _strong_order(solver) -> str:
     if solver.stochastic == "ode":
         return "-"
     order = solver.order_for(solver.fixed_eta or 1.0)
-    return "none (corrector)" if order is None else str(order)
+    return "none" if order is None else str(order)
 
 
 if __name__ == "__main__":

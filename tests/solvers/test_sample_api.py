@@ -185,7 +185,8 @@ def test_python_m_solvers_prints_the_registry_table():
     assert lines[0].startswith("| name | order | strong order (eta > 0) | NFE per step | ode/sde | adaptive | eta |")
     assert len(lines) == 2 + len(SOLVERS)
     assert "| `lms` | 4 | - | 1 + 3 per RK4 warm-up step | ode | no |" in result.stdout
-    assert "| `pc` | 1 | none (corrector) |" in result.stdout and "| `ddpm` | 1 | 1 |" in result.stdout
+    assert "| `pc` | 1 | none |" in result.stdout and "| `ddpm` | 1 | 1 |" in result.stdout
+    assert "| `euler_cfg_pp` | none | - |" in result.stdout  # no ODE limit, not "None"
 
 
 def test_the_solver_docs_show_the_registry_table_as_it_is():
