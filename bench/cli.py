@@ -28,7 +28,7 @@ def cmd_run(args) -> int:
     spec = _load_spec(args.spec)
     if spec is None:
         return 2
-    problem = _run_options_problem(args)
+    problem = _run_options_problem(args) or _device_problem(spec, args, "run")
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -253,6 +253,20 @@ def _run_options_problem(args) -> str | None:
     return _backend_problem(args)
 
 
+def _device_problem(spec, args, command: str) -> str | None:
+    """The grid's device (the spec's, or --device) where this machine would run the grid and lacks it: every
+    configuration would fail. A Ray cluster joined with --address runs it on its own nodes."""
+    from bench.run.runner import resolve_device
+
+    if args.backend == "ray" and args.address is not None:
+        return None
+    try:
+        resolve_device(args.device or spec.values["device"])
+    except RuntimeError as err:
+        return f"{command}: {err}: every configuration would fail (--device cpu runs the grid on this machine's CPU)"
+    return None
+
+
 def _backend_problem(args) -> str | None:
     """What is wrong with --backend, --address and --workers together (run's and plan's), before anything is
     computed."""
@@ -407,6 +421,9 @@ def cmd_plan(args) -> int:
         return 2
     spec = _load_spec(args.spec)
     if spec is None:
+        return 2
+    if not args.no_measure and (problem := _device_problem(spec, args, "plan")):
+        print(problem, file=sys.stderr)
         return 2
     configs = config.expand(spec, device=args.device)
     print(f"{spec.name}: N = {spec.values['n_samples']} samples per configuration, batch {spec.values['batch_size']}")

@@ -234,6 +234,22 @@ def test_cli_rejects_bad_arguments_with_a_clear_message(args, message):
     assert status == 2 and message in stderr, stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has the CUDA device the spec asks for")
+def test_a_grid_on_a_cuda_device_this_machine_lacks_is_refused_before_the_run_folder_exists(tmp_path):
+    """Every row of it failed, after the run folder and its reference stage; then the run offered --retry-failed."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nmodels = ["ring2d"]\nsolvers = ["ddim"]\nsteps = [4]\nn_samples = 8\ndevice = "cuda"\n')
+    for command in ("run", "plan"):
+        status, _, stderr = bench_cli(command, str(spec), *(["--out", str(tmp_path / "run")] if command == "run" else []))
+        assert status == 2 and stderr == (f"{command}: device 'cuda' asked for, but torch sees no CUDA device: every "
+                                          f"configuration would fail (--device cpu runs the grid on this machine's CPU)\n")
+    assert not (tmp_path / "run").exists()
+    status, out, _ = bench_cli("run", str(spec), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert status == 0 and "(already_done 0, ok 1)" in out
+    status, out, _ = bench_cli("plan", str(spec), "--no-measure")  # counting needs no device
+    assert status == 0 and "1 configurations: 1 runnable" in out
+
+
 def test_batch_size_is_part_of_a_configs_identity():
     """Each batch draws its own Brownian path and adaptive step control takes norms over the batch."""
     base = {"models": ["ring2d"], "solvers": ["dopri5"], "tolerances": [1e-3], "n_samples": 32}
