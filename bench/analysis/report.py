@@ -156,7 +156,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
             meta = json.loads((run_dir / "run.json").read_text())
             doc.heading(f"Spec of {run_dir.name} ({meta['spec_path']}, hash {meta['spec_hash']})")
             for amendment in meta.get("amendments", []):
-                changed = ", ".join(f"{key} {before!r} -> {after!r}" for key, (before, after) in amendment["changed"].items())
+                changed = (", ".join(f"{key} {before!r} -> {after!r}" for key, (before, after) in amendment["changed"].items())
+                           or "no value changed (the spec's layout or comments)")
                 doc.paragraph(f"Resumed at {amendment['at']} with {changed} (the rows before it: spec hash "
                               f"{amendment['spec_hash_before']}).")
             doc.code(spec_path.read_text())

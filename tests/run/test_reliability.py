@@ -114,7 +114,12 @@ def test_a_timed_out_config_runs_again_under_the_longer_limit_the_resumed_spec_g
         "time_limit_s = 2")
     amendment, = json.loads((run_dir / "run.json").read_text())["amendments"]
     assert amendment["changed"] == {"time_limit_s": [1, 2]} and (run_dir / "spec.toml").read_text() == spec.read_text()
-    assert "with time_limit_s 1 -> 2 (the rows before it: spec hash" in build_report([run_dir])[0].read_text()
+    spec.write_text(text.format(2) + "# a comment\n")  # the text alone: resumed, nothing to say but that
+    status, out, _ = bench_cli("run", str(spec), "--out", str(run_dir))
+    assert status == 0 and "(already_done 2)" in out
+    report = build_report([run_dir])[0].read_text()
+    assert "with time_limit_s 1 -> 2 (the rows before it: spec hash" in report
+    assert "with no value changed (the spec's layout or comments) (the rows before it" in report
     spec.write_text(text.format(2).replace("[2]", "[3]"))
     status, _, err = bench_cli("run", str(spec), "--out", str(run_dir))
     assert status == 2 and err.strip().endswith("which changes 'steps': [2] -> [3]: resume it with the same spec (only "
