@@ -71,7 +71,7 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
     """The best configuration per NFE budget and per time budget, each model by its own quality (default_quality of
     its rows: a model with FID by FID, one beside it with err_reference alone by that; and by a second figure where
     the first leaves out configurations, _ranking_qualities), and which models have none and what would give them
-    one; the NFE budgets' tables, concatenated."""
+    one; the NFE budgets' tables by each model's first figure, concatenated (one table per model)."""
     qualities_of = {model: _ranking_qualities(df[df.model == model]) for model in sorted(df.model.unique())}
     if unranked := [model for model, qualities in qualities_of.items() if not qualities]:
         doc.heading("Best configuration per budget")
@@ -89,8 +89,9 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
                       f"{quality} among those within the budget, its standard error, and every configuration within "
                       f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse."
                       + _left_out(rows, quality, {m: q[1] for m, q in qualities_of.items() if q[0] == quality and len(q) > 1}))
-        tables.append(budget_table(rows, quality))
-        doc.table(tables[-1])
+        table = budget_table(rows, quality)
+        doc.table(table)
+        tables.append(table[table.model.isin([model for model in models if qualities_of[model][0] == quality])])
         by_time = time_budget_table(rows, quality)
         if not by_time.empty:
             doc.heading(f"Best configuration per time budget ({quality}, lower is better{scope})")
@@ -190,7 +191,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         doc.bullets(guidance_trends(trade_off))
         doc.paragraph("Does the best solver at a budget change with the guidance scale? (DPM-Solver++, Lu et al. "
                       "2022b, Sec. 1 and 6: high-order singlestep solvers degrade at large scales, multistep ones "
-                      "hold.) From the budget table above, which ranks each scale on its own:")
+                      "hold.) From the NFE budget table above by each model's first figure (FID, else "
+                      "err_reference, ...), which ranks each scale on its own:")
         doc.bullets(best_solver_by_scale(budgets))
         doc.table(trade_off)
 

@@ -104,6 +104,29 @@ def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_f
     assert "eta 1)" in by_frechet and "eta 0)" in by_frechet  # every ok configuration competes
 
 
+def test_the_best_solver_at_each_guidance_scale_is_read_from_the_models_first_budget_table(tmp_path):
+    """With a second budget table (frechet, for the stochastic configurations), the guidance bullets read both at
+    once: the winners they named at a scale were another table's, garbled ("at scale 2, 1, 2, 4")."""
+    spec = parse_spec({"name": "g", "models": ["gmm_classes"], "solvers": ["ddim", "dpmpp_2m", "euler_ancestral"],
+                       "steps": [3, 6], "etas": [0.0, 1.0], "guidance_scales": [1.0, 4.0], "n_samples": 32,
+                       "metrics": ["err_reference", "frechet", "precision_recall"], "time_limit_s": 0,
+                       "reference_time_limit_s": 0},
+                      str(tmp_path / "g.toml"))
+    run_dir = tmp_path / "run"
+    run_sweep(expand(spec), run_dir, store.open_run(run_dir, spec)["run_id"], progress=False)
+    markdown = build_report([run_dir])[0].read_text()
+    first = markdown.split("## Best configuration per NFE budget (err_reference")[1].split("## ")[0]
+    winners = {(budget, scale): solver for scale, budget, solver in
+               re.findall(r"^\| gmm_classes \| (\d+) \| (\d+) \| (\w+) \|", first, re.M)}
+    bullets = re.findall(r"^- gmm_classes, NFE <= (\d+): (.*)$", markdown, re.M)
+    assert winners and len(bullets) == len({budget for budget, _ in winners}) and "## Best configuration per NFE " \
+           "budget (frechet" in markdown
+    for budget, said in bullets:
+        named = dict(re.findall(r"scale (\d+): (\w+)", said)) or {
+            scale: re.search(r"\((\w+)\)", said).group(1) for b, scale in winners if b == budget}
+        assert named == {scale: solver for (b, scale), solver in winners.items() if b == budget}, said
+
+
 def _with_changes(rows, edits):
     """A copy of ``rows`` with {(solver, column): factor} applied to that solver's ok rows."""
     out = rows.copy()
