@@ -112,10 +112,10 @@ def test_a_python_function_network_in_float32_gets_its_reference_solve_and_a_flo
         assert module_digest(source.module) != source.weights_sha256
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
         assert source.model().eps(x, 0.5).dtype == torch.float64
-        for dtype in ("float32", "float64"):
+        for dtype, limit in (("float32", 0), ("float64", 120)):  # in this process, then in the sweep's workers
             spec = parse_spec({"name": "mine", "models": ["python:my_net:make"], "solvers": ["ddim", "heun"],
                                "steps": [4], "n_samples": 8, "dtype": dtype, "metrics": ["err_reference"],
-                               "time_limit_s": 0, "reference_time_limit_s": 0}, str(tmp_path / "s.toml"))
+                               "time_limit_s": limit, "reference_time_limit_s": limit}, str(tmp_path / "s.toml"))
             run_dir = tmp_path / dtype
             meta = store.open_run(run_dir, spec)
             run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
