@@ -22,10 +22,11 @@ def solvers_page() -> str:
         "# Solvers", GENERATED,
         "Every registered solver (`solvers.SOLVERS`, also printed by `python -m solvers`): its ODE order with default "
         "options (`none`: no ODE limit, the CFG++ samplers), its strong order on a fixed Brownian path at eta = 1 "
-        "(what step doubling of a stochastic row uses; `none`: no pathwise convergence, a corrector's or CFG++'s), network evaluations per step, whether it takes eta (ode: 0 only; sde: > 0; "
-        "both), what eta means for it, the paper it follows and how it relates to the code users run (the "
-        "conformance report, results/conformance/, measures it). eta is DESIGN.md's: dx = [f x - (1 + eta^2)/2 g^2 "
-        "score] dt + eta g dw_bar, 0 the probability-flow ODE, 1 the reverse SDE.",
+        "(what step doubling of a stochastic row uses; `none`: no pathwise convergence, a corrector's or CFG++'s), "
+        "network evaluations per step, whether it takes eta (ode: 0 only; sde: > 0; both), what eta means for it, the "
+        "paper it follows and how it relates to the code users run (the conformance report, results/conformance/, "
+        "measures it). eta is DESIGN.md's: dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw_bar, 0 the "
+        "probability-flow ODE, 1 the reverse SDE.",
         registry_table()]) + "\n"
 
 

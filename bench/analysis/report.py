@@ -88,7 +88,8 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
         doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest "
                       f"{quality} among those within the budget, its standard error, and every configuration within "
                       f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse."
-                      + _left_out(rows, quality, {m: q[1] for m, q in qualities_of.items() if q[0] == quality and len(q) > 1}))
+                      + _left_out(rows, quality, {model: qualities[1] for model, qualities in qualities_of.items()
+                                                  if qualities[0] == quality and len(qualities) > 1}))
         table = budget_table(rows, quality)
         doc.table(table)
         tables.append(table[table.model.isin([model for model in models if qualities_of[model][0] == quality])])
@@ -111,10 +112,10 @@ def _left_out(rows: pd.DataFrame, quality: str, ranked_also_by: dict) -> str:
     for model, fuller in ranked_also_by.items():
         ok = rows[(rows.model == model) & (rows.status == "ok")]
         missing = ok[ok[quality].isna()]
-        stochastic = "stochastic ones, which have no single solution to compare with: " if quality == "err_reference" else ""
-        sentences.append(f" {len(missing)} of {model}'s {len(ok)} ok rows have no {quality} ({stochastic}"
-                         f"{', '.join(sorted({f'{r.solver} at eta {r.eta:g}' for r in missing.itertuples()}))}) and are left out here; the tables by {fuller} "
-                         f"rank them with the others.")
+        why = "stochastic ones, which have no single solution to compare with: " if quality == "err_reference" else ""
+        which = ", ".join(sorted({f"{r.solver} at eta {r.eta:g}" for r in missing.itertuples()}))
+        sentences.append(f" {len(missing)} of {model}'s {len(ok)} ok rows have no {quality} ({why}{which}) and are "
+                         f"left out here; the tables by {fuller} rank them with the others.")
     return "".join(sentences)
 
 
@@ -157,7 +158,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
             meta = json.loads((run_dir / "run.json").read_text())
             doc.heading(f"Spec of {run_dir.name} ({meta['spec_path']}, hash {meta['spec_hash']})")
             for amendment in meta.get("amendments", []):
-                changed = (", ".join(f"{key} {before!r} -> {after!r}" for key, (before, after) in amendment["changed"].items())
+                changed = (", ".join(f"{key} {before!r} -> {after!r}"
+                                     for key, (before, after) in amendment["changed"].items())
                            or "no value changed (the spec's layout or comments)")
                 doc.paragraph(f"Resumed at {amendment['at']} with {changed} (the rows before it: spec hash "
                               f"{amendment['spec_hash_before']}).")

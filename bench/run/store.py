@@ -212,7 +212,8 @@ def _amended(run_dir: Path, meta: dict, spec) -> dict:
         shown = "; ".join(f"{key!r}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in other)
         raise ValueError(f"{refusal}, which changes {shown}: resume it with the same spec (only "
                          f"{' and '.join(LIMIT_KEYS)} may change) or use a new --out")
-    amendment = {"at": now(), "spec_hash_before": meta["spec_hash"], "changed": {k: list(v) for k, v in changed.items()}}
+    amendment = {"at": now(), "spec_hash_before": meta["spec_hash"],
+                 "changed": {key: list(values) for key, values in changed.items()}}
     meta = {**meta, "spec_hash": spec.hash, "amendments": [*meta.get("amendments", []), amendment]}
     _atomic_write_bytes(stored, text.encode())
     _atomic_write_bytes(run_dir / "run.json", json.dumps(meta, indent=2).encode())
