@@ -204,7 +204,6 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
     out["image_side"] = min(image_shape(source)[-2:]) if len(source.event_shape) == 3 else 0
     out["images"] = bool(out["image_side"])
     if metrics.needing("inception") & set(cfg.metrics) and out["images"]:
-
         extractor = InceptionFeatures(cfg.fid_weights, str(device))
         images = torch.rand((50, *image_shape(source))) * 2 - 1
         extractor(images[:5])
