@@ -308,11 +308,12 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
         plan.seconds = {f"network: {what}": value for what, value in seconds.items()}
         plan.seconds["Inception"] = plan.inception_images * inception_s
         for model, m in measured.items():
-            plan.measured[model] = (f"{model}: {m['image_forward_s'] * 1e3:.3g} ms per image-forward at the spec's batch"
-                                    f" ({m['solve_forward_s'] * 1e3:.3g} in a solve, harness {m['harness_s'] * 1e3:.3g} "
-                                    f"ms per configuration: {m['calibrated_on']}; set-up {m['setup_s']:.3g} s)"
+            plan.measured[model] = (f"{model}: {_duration(m['image_forward_s'])} per image-forward at the spec's "
+                                    f"batch ({_duration(m['solve_forward_s'])} in a solve, harness "
+                                    f"{_duration(m['harness_s'])} per configuration: {m['calibrated_on']}; set-up "
+                                    f"{m['setup_s']:.3g} s)"
                                     + (f", reference solve {m['reference_nfe']} NFE per sample" if m["reference_nfe"] else "")
-                                    + (f", Inception {m['inception_image_s'] * 1e3:.3g} ms per image"
+                                    + (f", Inception {_duration(m['inception_image_s'])} per image"
                                        if "inception_image_s" in m else ""))
         plan.seconds["harness per configuration"] = sum(measured[cfg.model]["harness_s"] for cfg in runnable)
         plan.seconds["rows of skipped configurations"] = plan.skipped * skipped_row_s
@@ -326,6 +327,11 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
             if groups:
                 plan.seconds["Ray tasks' own"] = _add_task_overhead(members, groups, fan_out, plan.measured)
     return plan
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a plan line says them: in ms below a second, else in s (not "8.68e+03 ms")."""
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def _add_task_overhead(members: dict, groups: dict, fan_out: FanOut, measured: dict) -> float:

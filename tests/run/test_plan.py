@@ -93,7 +93,7 @@ def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_their_
     assert plan.seconds["model set-up"] == 0.5 + 1.5 + 2.5 and plan.seconds["worker process start"] == 0  # no limit
     assert plan.inception_images == 2 * 10  # ring2d makes no images: the image metrics skip it
     assert plan.lpips_pairs == 10  # nor does AlexNet LPIPS take digits' 8 px
-    assert "500 ms per image-forward at the spec's batch (1e+03 in a solve, harness 2e+03 ms" in plan.measured["ring2d"]
+    assert "500 ms per image-forward at the spec's batch (1 s in a solve, harness 2 s per" in plan.measured["ring2d"]
 
 
 class _ClockPath:
