@@ -88,8 +88,8 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
         doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest "
                       f"{quality} among those within the budget, its standard error, and every configuration within "
                       f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse."
-                      + _left_out(rows, quality, {model: qualities[1] for model, qualities in qualities_of.items()
-                                                  if qualities[0] == quality and len(qualities) > 1}))
+                      + _left_out(rows, quality, {model: qualities[1:] for model, qualities in qualities_of.items()
+                                                  if qualities[0] == quality}))
         table = budget_table(rows, quality)
         doc.table(table)
         tables.append(table[table.model.isin([model for model in models if qualities_of[model][0] == quality])])
@@ -106,16 +106,21 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _left_out(rows: pd.DataFrame, quality: str, ranked_also_by: dict) -> str:
-    """A sentence on the ok rows these tables cannot rank (no ``quality``), for the models ranked also by another
-    figure (``ranked_also_by``: model -> that figure)."""
+    """A sentence per model on the ok rows these tables cannot rank (no ``quality``), and what ranks them:
+    ``ranked_also_by`` (model -> the figures after ``quality`` it is ranked by, none or one)."""
     sentences = []
     for model, fuller in ranked_also_by.items():
         ok = rows[(rows.model == model) & (rows.status == "ok")]
         missing = ok[ok[quality].isna()]
+        if missing.empty:
+            continue
         why = "stochastic ones, which have no single solution to compare with: " if quality == "err_reference" else ""
         which = ", ".join(sorted({f"{r.solver} at eta {r.eta:g}" for r in missing.itertuples()}))
+        then = (f"the tables by {fuller[0]} rank them with the others" if fuller else
+                "no figure of this run ranks them (frechet or sliced_wasserstein in the spec's metrics would, on an "
+                "analytic mixture; FID on images)")
         sentences.append(f" {len(missing)} of {model}'s {len(ok)} ok rows have no {quality} ({why}{which}) and are "
-                         f"left out here; the tables by {fuller} rank them with the others.")
+                         f"left out here; {then}.")
     return "".join(sentences)
 
 

@@ -90,7 +90,7 @@ def test_each_model_is_ranked_by_its_own_quality(base_run, tmp_path):
     assert "| images | 5 |" in markdown and "| ring2d | 5 |" in markdown
 
 
-def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_figure_too(base_run):
+def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_figure_too(base_run, tmp_path):
     """err_reference exists for deterministic configurations only: the budget tables ranked by it left every
     stochastic one (ddpm, euler at eta 1, ...) out without a word, whatever eta did for the samples."""
     rows = store.load_rows(base_run)
@@ -102,6 +102,12 @@ def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_f
                           f"and are left out here; the tables by frechet rank them with the others." in markdown
     by_frechet = markdown.split("## Best configuration per NFE budget (frechet, lower is better)")[1].split("## ")[0]
     assert "eta 1)" in by_frechet and "eta 0)" in by_frechet  # every ok configuration competes
+    alone = tmp_path / "alone"  # err_reference the only figure: nothing ranks them, and the report says so
+    _write_run(alone, rows.assign(frechet=np.nan, sliced_wasserstein=np.nan, precision=np.nan, recall=np.nan))
+    markdown = build_report([alone])[0].read_text()
+    assert f"and are left out here; no figure of this run ranks them (frechet or sliced_wasserstein in the spec's " \
+           f"metrics would, on an analytic mixture; FID on images)." in markdown
+    assert "## Best configuration per NFE budget (frechet" not in markdown
 
 
 def test_the_best_solver_at_each_guidance_scale_is_read_from_the_models_first_budget_table(tmp_path):
