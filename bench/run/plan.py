@@ -202,8 +202,7 @@ def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
 
     # the image metrics skip other models (a latent model decodes); 0: not images
     out["image_side"] = min(image_shape(source)[-2:]) if len(source.event_shape) == 3 else 0
-    out["images"] = bool(out["image_side"])
-    if metrics.needing("inception") & set(cfg.metrics) and out["images"]:
+    if metrics.needing("inception") & set(cfg.metrics) and out["image_side"]:
         extractor = InceptionFeatures(cfg.fid_weights, str(device))
         images = torch.rand((50, *image_shape(source))) * 2 - 1
         extractor(images[:5])
@@ -282,9 +281,10 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
             counts["reference solves"] += (m["reference_nfe"] + sampling.FINAL_STEP_NFE[cfg.final_step]) * (2 if passes == 2 else 1) * n
             if fan_out:
                 reference_tasks[references.key(cfg)] = Task(fixed_s=m["setup_s"], makes=references.key(cfg))
-        images = bool(metrics.needing("inception") & set(cfg.metrics) and m.get("images", True))
+        side = m.get("image_side", float("inf"))  # not measured: taken for images the metrics take
+        images = bool(metrics.needing("inception") & set(cfg.metrics) and side)
         plan.inception_images += n * images
-        plan.lpips_pairs += n * sum(m.get("image_side", float("inf")) >= metrics.METRICS[name].min_image_side
+        plan.lpips_pairs += n * sum(side >= metrics.METRICS[name].min_image_side
                                     for name in ("lpips_reference", "lpips_diversity") if name in cfg.metrics)
         for what in counts:  # each model's forwards at its own speed
             seconds[what] += (counts[what] - before[what]) * m["solve_forward_s"]
@@ -491,7 +491,7 @@ def _calibrate(group: list[RunConfig], path: SweepPath, measured: dict) -> dict:
         spent += elapsed
         if row["status"] != "ok":
             continue
-        images = metrics.needing("inception") & set(cfg.metrics) and measured.get("images")
+        images = metrics.needing("inception") & set(cfg.metrics) and measured.get("image_side")
         inception = cfg.n_samples * measured.get("inception_image_s", 0.0) if images else 0.0
         forwards = row["nfe"] * passes_per_evaluation(cfg) * cfg.n_samples * row["timing_repeats"]
         points.append((forwards, elapsed - _one_off(row) - inception))

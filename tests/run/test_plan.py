@@ -73,10 +73,10 @@ def test_the_plan_command_prints_n_and_refuses_a_bad_spec(tmp_path):
 def test_each_model_is_timed_at_its_own_speed_and_only_image_models_count_their_image_metrics(monkeypatch):
     from bench.run import plan as plan_module
 
-    speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "images": False, "image_side": 0},
-              "digits": {"image_forward_s": 0.0, "reference_nfe": 0, "images": True, "image_side": 8,
+    speeds = {"ring2d": {"image_forward_s": 0.5, "reference_nfe": 0, "image_side": 0},
+              "digits": {"image_forward_s": 0.0, "reference_nfe": 0, "image_side": 8,
                          "inception_image_s": 0.01},
-              "fmnist_unet": {"image_forward_s": 0.0, "reference_nfe": 0, "images": True, "image_side": 32,
+              "fmnist_unet": {"image_forward_s": 0.0, "reference_nfe": 0, "image_side": 32,
                               "inception_image_s": 0.01}}
     fitted = {"ring2d": {"solve_forward_s": 1.0, "harness_s": 2.0, "setup_s": 0.5,
                          "calibrated_on": "1 configuration run in full"},
