@@ -102,7 +102,7 @@ def load_diffusers(path: str | Path):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"diffusers:{path}: no such folder")
-    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+    if _latent_pipeline(path):
         return pipelines.PipelineSource(path)
     unet_dir = _unet_dir(path)
     candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
@@ -133,8 +133,7 @@ def load_diffusers(path: str | Path):
                              f"prediction; give the spec class_labels")
         return conditional_net(x, t, torch.full((x.shape[0],), conditioning.null_class, device=x.device))
 
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = pipelines.sample_sides(unet.config.sample_size)
     return NetworkSource(DiffusionModel(net, schedule, PREDICTION_TYPES[prediction]), (unet.config.in_channels, *size),
                          dataset=trained_on(path), module=unet, weights_sha256=files_digest(unet_dir),
                          conditioning=conditioning, conditional=conditional_net if conditioning is not None else None)
@@ -151,6 +150,11 @@ def trained_on(path) -> str | None:
     return f"{FASHION_MNIST} (python -m bench train, {record})" if command.startswith("python -m bench train") else None
 
 
+def _latent_pipeline(path: Path) -> bool:
+    """Whether a diffusers folder is a latent pipeline (bench.models.pipelines), not a plain UNet's folder."""
+    return pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES)
+
+
 def _unet_dir(path: Path) -> Path:
     """Where a plain UNet folder keeps its config.json: unet/ in a pipeline folder (what make train writes), else the
     folder itself."""
@@ -161,7 +165,7 @@ def read_conditioning(path):
     """A diffusers folder's conditioning from its configs alone (no weights): a UNet's class conditioning from its
     config.json and classes.json, a latent pipeline's (bench.models.pipelines)."""
     path = Path(path)
-    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+    if _latent_pipeline(path):
         found = pipelines.problems(path)
         if found:
             raise ValueError("; ".join(found))
@@ -185,11 +189,11 @@ def read_image_side(path) -> int:
     """The shorter side in pixels of the images a diffusers folder's samples are, from its configs alone (no weights):
     a UNet's sample_size, a latent pipeline's decoded size."""
     path = Path(path)
-    if pipelines.pipeline_class(path) not in (None, *PLAIN_UNET_PIPELINES):
+    if _latent_pipeline(path):
         return pipelines.read_image_side(path)
     unet_dir = _unet_dir(path)
     size = json.loads((unet_dir / "config.json").read_text())["sample_size"]
-    return min([size] if isinstance(size, int) else size)
+    return min(pipelines.sample_sides(size))
 
 
 def load_python(spec: str):

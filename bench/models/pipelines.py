@@ -99,6 +99,16 @@ def read_conditioning(path):
     return None
 
 
+def denoiser_component(kind: str) -> str:
+    """The pipeline component that denoises the latents: Stable Diffusion 1.x's UNet, DiT's and SD3's transformer."""
+    return "unet" if kind == "StableDiffusionPipeline" else "transformer"
+
+
+def sample_sides(sample_size) -> tuple[int, int]:
+    """A diffusers config's sample_size (one int, or height and width) as (height, width)."""
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
 def vae_upscale(block_out_channels) -> int:
     """How many pixels a side of the decoded image one latent pixel becomes: the VAE decoder doubles the size at
     every level but the first."""
@@ -109,10 +119,9 @@ def read_image_side(path) -> int:
     """The shorter side in pixels of a pipeline folder's decoded images, from its configs alone: the denoiser's
     sample_size times the VAE's upscaling."""
     path = Path(path)
-    denoiser = "unet" if pipeline_class(path) == "StableDiffusionPipeline" else "transformer"
-    size = json.loads((path / denoiser / "config.json").read_text())["sample_size"]
+    size = json.loads((path / denoiser_component(pipeline_class(path)) / "config.json").read_text())["sample_size"]
     vae = json.loads((path / "vae" / "config.json").read_text())
-    return min([size] if isinstance(size, int) else size) * vae_upscale(vae["block_out_channels"])
+    return min(sample_sides(size)) * vae_upscale(vae["block_out_channels"])
 
 
 def weights_digest(path) -> str:
@@ -157,10 +166,10 @@ class PipelineSource:
         self.conditioning = TextConditioning() if self.kind in TEXT_PIPELINES else read_conditioning(self.path)
         self.scaling_factor = float(self.pipeline.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.pipeline.vae.config, "shift_factor", None) or 0.0)
-        denoiser = self.pipeline.unet if self.kind == "StableDiffusionPipeline" else self.pipeline.transformer
+        denoiser = getattr(self.pipeline, denoiser_component(self.kind))
         self.denoiser = denoiser
         size = denoiser.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = sample_sides(size)
         self.event_shape = (denoiser.config.in_channels, *size)
         vae_config = self.pipeline.vae.config
         upscale = vae_upscale(vae_config.block_out_channels)
