@@ -82,17 +82,17 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
     tables = []
     for quality in dict.fromkeys(q for qualities in qualities_of.values() for q in qualities):
         models = [model for model, qualities in qualities_of.items() if quality in qualities]
+        first_by_it = [model for model in models if qualities_of[model][0] == quality]
         rows = df[df.model.isin(models)]
         scope = "" if len(models) == len(qualities_of) else f"; {', '.join(models)}"
         doc.heading(f"Best configuration per NFE budget ({quality}, lower is better{scope})")
         doc.paragraph(f"Per model (and exec mode, each ranked on its own), the configuration with the lowest "
                       f"{quality} among those within the budget, its standard error, and every configuration within "
                       f"{TIE_Z:g} combined standard errors of it: ties, not significantly worse."
-                      + _left_out(rows, quality, {model: qualities[1:] for model, qualities in qualities_of.items()
-                                                  if qualities[0] == quality}))
+                      + _left_out(rows, quality, {model: qualities_of[model][1:] for model in first_by_it}))
         table = budget_table(rows, quality)
         doc.table(table)
-        tables.append(table[table.model.isin([model for model in models if qualities_of[model][0] == quality])])
+        tables.append(table[table.model.isin(first_by_it)])
         by_time = time_budget_table(rows, quality)
         if not by_time.empty:
             doc.heading(f"Best configuration per time budget ({quality}, lower is better{scope})")
