@@ -494,6 +494,8 @@ def cmd_list(args) -> int:
     from solvers.spacing import SPACINGS
 
     print("Solvers:\n" + registry_table())
+    print("  and your own: python:module:attribute, a solvers.Solver in your module (docs/guide.md, \"Your own "
+          "solver\")")
     print("\nSpacings: " + ", ".join(SPACINGS))
     print("Schedules: " + ", ".join(SCHEDULES))
     print("Models: " + ", ".join(MODELS))

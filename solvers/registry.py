@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -307,13 +308,60 @@ SOLVERS: dict[str, Solver] = dict([
 ])
 
 
+PLUGIN_PREFIX = "python:"
+_PLUGINS: dict[str, Solver] = {}
+
+
 def get_solver(name: str) -> Solver:
-    """The registry entry for ``name``, or a ValueError listing the valid names and the closest ones."""
+    """The registry entry for ``name``: a registered solver, or ``python:module:attribute``, a Solver of the user's
+    own (``plugin_solver``); else a ValueError listing the valid names and the closest ones."""
     if name in SOLVERS:
         return SOLVERS[name]
+    if isinstance(name, str) and name.startswith(PLUGIN_PREFIX):
+        return plugin_solver(name)
     close = difflib.get_close_matches(str(name), SOLVERS, n=3)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"unknown solver {name!r}.{hint} Valid solvers: {', '.join(SOLVERS)}")
+
+
+def plugin_solver(name: str) -> Solver:
+    """The Solver that ``python:module:attribute`` names: a solver of the user's own, defined outside this package as
+    the registry's are (a plain function plus a ``Solver`` entry), run and checked by the harness as they are. The
+    module is imported on first use, in each process that needs it (the sweep's workers and Ray tasks too), so it
+    must be on the python path; a ValueError names what is wrong (the form, the module, the attribute, its type)."""
+    if name in _PLUGINS:
+        return _PLUGINS[name]
+    module_name, _, attribute = name[len(PLUGIN_PREFIX):].partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"solver {name!r}: expected python:module:attribute, the attribute a solvers.Solver")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name and not module_name.startswith(f"{error.name}."):
+            raise  # the module is there and one of its own imports is not: its traceback says which
+        raise ValueError(f"solver {name!r}: no module {module_name!r} on the python path (put its folder on "
+                         f"PYTHONPATH)") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"solver {name!r}: module {module_name!r} has no attribute {attribute!r}")
+    solver = getattr(module, attribute)
+    if not isinstance(solver, Solver):
+        raise ValueError(f"solver {name!r}: {module_name}.{attribute} is a {type(solver).__name__}, not a "
+                         f"solvers.Solver; wrap the function in one: Solver(name, fn, order, stochastic, "
+                         f"nfe_per_step, eta, reference)")
+    _PLUGINS[name] = solver
+    return solver
+
+
+def solver_problem(name: str) -> str | None:
+    """Why ``name`` names no registry entry, in one line (a python: solver's own import error included: a user's
+    module may raise anything), or None where it names one."""
+    try:
+        get_solver(name)
+    except Exception as error:
+        said = str(error)
+        return said if said.startswith(("unknown solver", f"solver {name!r}")) else (
+            f"solver {name!r}: importing it raised {type(error).__name__}: {error}")
+    return None
 
 
 def _check_time_grid(model: DiffusionModel, ts) -> torch.Tensor:

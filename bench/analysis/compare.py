@@ -10,7 +10,8 @@ Every figure a metric fills with its standard error beside it is judged (bench.m
 metric registry's ``BETTER`` says whether a move is a regression or an improvement (lower or higher is better), and
 a figure without a direction (a diversity, a density that may exceed 1, a signed difference) is only "changed".
 A model whose weights differ between the runs (``weights_sha256``: retrained, or another checkpoint) is judged all
-the same, and named in a warning: its figures move with its weights as with the code.
+the same, and named in a warning: its figures move with its weights as with the code. So is a python: solver whose
+code differs (``solver_sha256``): the user's code, which the commits do not cover, is named beside them.
 Per config, a figure counts as changed when:
 - the figures measured against an image reference set (``REFERENCE_SET_FIGURES``: FID, KID, precision/recall,
   density/coverage) only between rows whose sets are the same (``fid_reference_sha256``); others are counted;
@@ -168,7 +169,7 @@ def _average_seeds(df: pd.DataFrame) -> pd.DataFrame:
     out["wall_s_std"] = np.nan  # timings of different seeds are not repeats of one measurement
     out["status"] = grouped.status.agg(lambda s: "ok" if (s == "ok").all() else s[s != "ok"].iloc[0])
     out["seed"] = grouped.seed.agg(seed_label)
-    for column in ("config_id", *COMPARABLE_TIMING, "fid_reference_sha256"):
+    for column in ("config_id", *COMPARABLE_TIMING, "fid_reference_sha256", "weights_sha256", "solver_sha256"):
         if column in df:
             out[column] = grouped[column].first()
     return out.reset_index()
@@ -244,13 +245,16 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
     timing = timing_shift(merged)
     run_shift = {tuple(row[k] for k in COMPARABLE_TIMING): (row["log_wall_median"], row["log_noise"])
                  for row in timing.to_dict("records")}
-    records, log_ratios, untimed, other_reference, other_weights = [], [], 0, 0, set()
+    records, log_ratios, untimed, other_reference, other_weights, other_code = [], [], 0, 0, set(), set()
     for row in merged.itertuples(index=False):
         row = row._asdict()
         described = {k: row[k] if k in row else row.get(f"{k}_base") for k in _DESCRIBE}
         weights = (row.get("weights_sha256_base"), row.get("weights_sha256_head"))
         if all(isinstance(w, str) for w in weights) and weights[0] != weights[1]:
             other_weights.add(described["model"])
+        code = (row.get("solver_sha256_base"), row.get("solver_sha256_head"))
+        if all(isinstance(c, str) for c in code) and code[0] != code[1]:
+            other_code.add(described["solver"])
         if row["status_base"] == "ok" and row["status_head"] != "ok":
             records.append({**described, "metric": "status", "base": math.nan, "head": math.nan,
                             "change": row["status_head"], "threshold": "", "verdict": "regression"})
@@ -290,6 +294,7 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "changed": changes[changes.verdict == "changed"], "shifts": _shifts(log_ratios, paired),
             "timing": timing, "solver_timing": solver_timing(merged, timing, time_ratio), "time_ratio": time_ratio,
             "not_comparable": untimed, "other_reference": other_reference, "other_weights": sorted(other_weights),
+            "other_code": sorted(other_code),
             "added": added.reindex(columns=_DESCRIBE),
             "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired,
             "orders": order_moves(base, head), "unmatched": "" if len(merged) else unmatched_line(base, head)}
@@ -433,12 +438,21 @@ def other_weights_line(result: dict) -> str:
             "their changes may be the model's, not the code's")
 
 
+def other_code_line(result: dict) -> str:
+    """The python: solvers whose code differs between the runs (said in the terminal and in compare.md): their changes
+    are those of the user's solver, which the commits do not show."""
+    return (f"{', '.join(result['other_code'])} ran other code in head than in base (solver_sha256): the changes "
+            "below are those of your solver's code as well as of the commits")
+
+
 def terminal_summary(result: dict, limit: int = 20) -> str:
     """What CI's log should show: how the run's timings moved as a whole (once), the regressed configs and shifts
     themselves, not only their count."""
     lines = [f"  {line}" for line in timing_lines(result)]
     if result["other_weights"]:
         lines.append(f"  {other_weights_line(result)}")
+    if result["other_code"]:
+        lines.append(f"  {other_code_line(result)}")
     if result["other_reference"]:
         lines.append(f"  {other_reference_line(result)}")
     for row in result["solver_timing"].query("verdict == 'regression'").to_dict("records"):
@@ -487,6 +501,7 @@ def build_comparison(base_dir: Path, head_dir: Path, out_dir: Path, time_ratio: 
                   f"noise. Wall time not comparable (other device, host or batch) for {result['not_comparable']}."
                   + (f" {other_reference_line(result)}." if result["other_reference"] else "")
                   + (f" **{other_weights_line(result).capitalize()}.**" if result["other_weights"] else "")
+                  + (f" {other_code_line(result)}." if result["other_code"] else "")
                   + (f" **Nothing was judged**: {result['unmatched']}." if result["unmatched"] else ""))
     doc.heading("Timings of the run as a whole")
     doc.bullets(timing_lines(result) or ["no wall times to compare (another device, host or batch)"])

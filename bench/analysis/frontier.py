@@ -292,11 +292,9 @@ def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
     """Measured convergence orders: per model, solver (and options), spacing, eta, exec mode and guidance scale with
     ``error`` at two or more NFE of fixed-step configurations (averaged over seeds), ``order`` and ``order_se`` from
     fitted_order (the rows share x_T, so the SE, which takes them as independent, errs large), the ``local orders``
-    between consecutive NFE (the last is the nearest to the asymptotic regime), the registry's ``nominal`` order
-    (SOLVERS[solver].order_for) and ``error falls``: whether the error at the largest NFE is below the smallest's
+    between consecutive NFE (the last is the nearest to the asymptotic regime), the ``nominal`` order the rows were
+    made with (nominal_order: the solver entry's order_for) and ``error falls``: whether the error at the largest NFE is below the smallest's
     beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the asymptotic regime)."""
-    from solvers import SOLVERS
-
     ok = per_config(df[df.steps.notna()], error) if error in df else df.iloc[:0]
     if ok.empty:
         return pd.DataFrame()
@@ -313,13 +311,24 @@ def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
         falls = ("yes" if first.error - last.error > TIE_Z * spread else
                  "no" if last.error - first.error > TIE_Z * spread else "within the SE")
         config = dict(zip(keys, key))
-        solver = SOLVERS.get(config["solver"])
-        options = json.loads(config["options"]) if isinstance(config["options"], str) else {}
-        nominal = solver.order_for(config["eta"], options) if solver else None
         rows.append({**config, "nfe": f"{int(per_nfe.index[0])}-{int(per_nfe.index[-1])}",
-                     "nominal": nominal, "order": order, "order_se": order_se,
+                     "nominal": _nominal_order(group, config), "order": order, "order_se": order_se,
                      "local orders": ", ".join(f"{v:.2g}" for v in local), "error falls": falls})
     return pd.DataFrame(rows)
+
+
+def _nominal_order(group: pd.DataFrame, config: dict) -> int | None:
+    """The order a curve's rows say their solver's entry gave them (nominal_order), else (rows made before that
+    column, or a solver without an order) the registry's here: None where it has none, or for a python: solver whose
+    module does not import here."""
+    from solvers.registry import get_solver, solver_problem
+
+    if "nominal_order" in group and group.nominal_order.notna().any():
+        return int(group.nominal_order.dropna().iloc[0])
+    if solver_problem(config["solver"]):
+        return None
+    options = json.loads(config["options"]) if isinstance(config["options"], str) else {}
+    return get_solver(config["solver"]).order_for(config["eta"], options)
 
 
 def order_summary(orders: pd.DataFrame) -> list[str]:

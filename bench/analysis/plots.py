@@ -29,21 +29,32 @@ LABELS = {"nfe": "NFE (network evaluations)", "wall_s": "wall time per run [s]",
           "precision": "precision", "recall": "recall", "kid": "KID"}
 
 
+USER_FAMILY = "python"  # solvers named python:module:attribute, the user's own (not in the registry)
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
 MODE_FILLS = {"eager": "full", "bf16": "none", "compile": "left", "cuda_graph": "bottom"}
 FAMILY_NAMES = {"runge_kutta": "Runge-Kutta", "denoising": "DDIM / DDPM", "exponential": "exponential integrators",
                 "multistep": "linear multistep", "unipc": "UniPC", "sa_solver": "SA-Solver",
-                "stochastic": "stochastic (own noise)", "adaptive": "adaptive", "cfg_pp": "CFG++"}
+                "stochastic": "stochastic (own noise)", "adaptive": "adaptive", "cfg_pp": "CFG++",
+                USER_FAMILY: "your solvers (python:)"}
+USER_COLOURS = ((0.1, 0.1, 0.1), (0.45, 0.45, 0.45))  # greys, apart from every family's tab10 colour
 
 
 def solver_family(name: str) -> str:
-    """The family a solver belongs to: the solvers module its function lives in."""
-    return SOLVERS[name].fn.__module__.rsplit(".", 1)[-1]
+    """The family a solver belongs to: the solvers module its function lives in; the user's own for a python: one
+    (whose module need not import where the plots are drawn)."""
+    return SOLVERS[name].fn.__module__.rsplit(".", 1)[-1] if name in SOLVERS else USER_FAMILY
 
 
-def solver_styles() -> dict:
+def solver_order(names) -> list[str]:
+    """``names`` once each, the registered ones in registry order, then the user's own by name."""
+    names = set(names)
+    return [s for s in SOLVERS if s in names] + sorted(names - set(SOLVERS))
+
+
+def solver_styles(names=()) -> dict:
     """A fixed (colour, marker) per registered solver: the family's colour, lighter for members beyond the
-    markers; the member's marker in registry order."""
+    markers; the member's marker in registry order. The user's solvers among ``names`` come after them in grey, a
+    marker each in name order."""
     families = list(dict.fromkeys(solver_family(name) for name in SOLVERS))
     palette = dict(zip(families, sns.color_palette("tab10", len(families))))
     styles, seen = {}, {}
@@ -53,8 +64,9 @@ def solver_styles() -> dict:
         lighter = index // len(MARKERS)
         colour = tuple(c + (1 - c) * 0.45 * lighter for c in palette[family])
         styles[name] = (colour, MARKERS[index % len(MARKERS)])
+    for index, name in enumerate(sorted(set(names) - set(SOLVERS))):
+        styles[name] = (USER_COLOURS[index // len(MARKERS) % len(USER_COLOURS)], MARKERS[index % len(MARKERS)])
     return styles
-
 
 
 def _save(fig, out_dir: Path, name: str) -> Path:
@@ -92,7 +104,7 @@ def _log_axes(ax, x=True, y=True):
 
 def _points(ax, data: pd.DataFrame, x: str, y: str, size: float, alpha: float = 0.8, edge: str | None = None):
     """``data``'s rows as points in their solver's colour and marker, filled as their exec mode is."""
-    styles = solver_styles()
+    styles = solver_styles(data.solver)
     modes = data.exec_mode if "exec_mode" in data else pd.Series("eager", index=data.index)
     for (solver, mode), group in data.groupby([data.solver, modes]):
         colour, marker = styles[solver]
@@ -111,8 +123,8 @@ def _model_scatter(data: pd.DataFrame, x: str, y: str, size: float, width: float
 
 def _legend(fig, solvers, extra_handles=(), modes=()):
     """The solvers shown, grouped by family (each family's name before its members), and the exec modes' fills."""
-    styles, handles, family = solver_styles(), list(extra_handles), None
-    for name in [s for s in SOLVERS if s in set(solvers)]:
+    styles, handles, family = solver_styles(solvers), list(extra_handles), None
+    for name in solver_order(solvers):
         if solver_family(name) != family:
             family = solver_family(name)
             handles.append(plt.Line2D([], [], linestyle="", label=FAMILY_NAMES.get(family, family)))
@@ -193,13 +205,13 @@ def plot_convergence(df: pd.DataFrame, out_dir: Path, error: str = "err_referenc
     data = per_config(data, error)  # a configuration and seed once, if several runs hold it
     if data.empty:
         return None
-    styles = solver_styles()
+    styles = solver_styles(data.solver)
     models = sorted(data.model.unique())
     fig, axes = _panels(1, len(models), width=5.2, height=4.2)
     labels = {}
     for ax, model in zip(axes[0], models):
         group = data[data.model == model]
-        for solver in [s for s in SOLVERS if s in set(group.solver)]:
+        for solver in solver_order(group.solver):
             line = error_per_nfe(group[group.solver == solver], error)
             order, order_se = fitted_order(line.index, line.error, line.se)
             ax.plot(line.index, line.error, marker=styles[solver][1], markersize=4, color=styles[solver][0])
@@ -259,7 +271,7 @@ def plot_heatmaps(df: pd.DataFrame, out_dir: Path, quality: str, budget: float):
         group = data[data.model == model]
         for r, (column, metric) in enumerate((("spacing", quality), ("eta", eta_quality))):
             table = group.pivot_table(index="solver", columns=column, values=metric, aggfunc="min")
-            table = table.reindex([s for s in SOLVERS if s in table.index])
+            table = table.reindex(solver_order(table.index))
             log_scale = metric in LOWER_IS_BETTER and bool((table.fillna(1) > 0).all().all())
             ax = axes[r][c]
             if table.empty:
@@ -302,7 +314,7 @@ def plot_guidance(df: pd.DataFrame, out_dir: Path):
     metrics = [m for m in ("fid", "kid", "precision", "recall") if m in table and table[m].notna().any()]
     models = sorted(table.model.unique())
     fig, axes = _panels(len(models), len(metrics), width=4.0, height=3.4)
-    styles = solver_styles()
+    styles = solver_styles(table.solver)
     for r, model in enumerate(models):
         group = table[table.model == model]
         top = group[group.nfe == group.groupby(["solver", "eta"]).nfe.transform("max")]

@@ -184,7 +184,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
                       "propagated from them as if independent (the rows share x_T, so it errs large; it is the "
                       "sampling noise alone, not how far the curve is from a power law, which the local orders "
                       "between consecutive NFE show: the last is the nearest to the asymptotic regime); the "
-                      "registry's nominal order; and whether the error at the largest NFE is below the smallest's "
+                      "nominal order the solver's entry gave the rows (nominal_order; rows made before that "
+                      "column: the registry's here); and whether the error at the largest NFE is below the smallest's "
                       f"beyond {TIE_Z:g} combined standard errors.")
         doc.bullets(order_summary(orders))
         doc.table(orders)

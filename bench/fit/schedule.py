@@ -40,7 +40,8 @@ from bench.run import sampling
 from bench.run.runner import SweepCache, resolve_device
 from bench.spec import SpecError, expand, parse_spec
 from bench.spec import fitted as fitted_grids
-from solvers import SOLVERS, sample
+from solvers import get_solver, sample
+from solvers.registry import solver_problem
 from solvers.noise import NoNoise
 from solvers.reference import reference_trajectory
 from solvers.spacing import AYS_LEVELS, SPACINGS, explicit_name, timesteps
@@ -85,7 +86,7 @@ def _raw_spec(request: FitRequest, solver: str, steps: list[int]) -> dict:
 
 def step_counts(request: FitRequest, solver_name: str) -> list[int]:
     """The step counts to fit for a solver: ``steps``, and for each NFE budget the most steps it affords."""
-    solver = SOLVERS[solver_name]
+    solver = get_solver(solver_name)
     counts = list(request.steps)
     for budget in request.nfe:
         fitting = [n for n in range(solver.min_steps, budget + 1) if solver.nfe(n) <= budget]
@@ -105,10 +106,10 @@ def check(request: FitRequest) -> list[str]:
     if bad := [s for s in request.formulas if s not in SPACINGS]:
         errors.append(f"fit-schedule: --formulas: unknown spacing {bad[0]!r}; allowed: {', '.join(SPACINGS)}")
     for name in request.solvers:
-        if name not in SOLVERS:
-            errors.append(f"fit-schedule: unknown solver {name!r} (python -m solvers lists them)")
+        if problem := solver_problem(name):
+            errors.append(f"fit-schedule: {problem}")
             continue
-        solver = SOLVERS[name]
+        solver = get_solver(name)
         if solver.adaptive:
             errors.append(f"fit-schedule: {name} is adaptive: it chooses its own steps, there is no grid to fit "
                           "(fit a fixed-step solver)")
@@ -310,7 +311,7 @@ class Fitter:
             best_formula = min((k for k in errors if k != "dp"), key=errors.get, default=None)
             sigmas = torch.exp(-self.schedule.lambda_(ts).to(torch.float64))
             fitted.append({
-                "solver": solver, "steps": steps, "nfe": SOLVERS[solver].nfe(steps),
+                "solver": solver, "steps": steps, "nfe": get_solver(solver).nfe(steps),
                 "times": ts.tolist(), "sigmas": sigmas.tolist(), "start": start, "dp_cost": dp_cost,
                 "train_error": {"fitted": error, **errors}, "best_formula": best_formula,
                 "network_evaluations": shared_calls + own_calls, "seconds": shared_s + own_s,

@@ -1,7 +1,7 @@
 """Solver errors per sample: against the reference solve, by step doubling, and a non-eager exec mode's drift."""
 from __future__ import annotations
 
-from solvers import SOLVERS
+from solvers import get_solver
 
 from bench.metrics.registry import F64, Inputs, Metric, register
 from bench.metrics.uncertainty import bootstrap_se
@@ -28,7 +28,7 @@ def _err_stepdoubling(inputs: Inputs) -> dict:
     if ":" in cfg.spacing:
         inputs.notes.append("no err_stepdoubling: an explicit grid has no 2n-step refinement")
         return {}
-    order = SOLVERS[cfg.solver].order_for(cfg.eta, dict(cfg.options))
+    order = get_solver(cfg.solver).order_for(cfg.eta, dict(cfg.options))
     if order is None:  # no pathwise convergence (the registry says why)
         return {}
     norms = per_sample_norms(inputs.samples.cpu() - inputs.partner().cpu()) / (2**order - 1)

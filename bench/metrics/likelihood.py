@@ -94,7 +94,7 @@ NLL_SEED = 30_000  # held-out points and Hutchinson probes come from this offset
 def _nll(inputs: Inputs) -> dict:
     """NLL of held-out data under the model through the PF-ODE integrated by the config's solver: exact samples of
     p_0 for the analytic models, dequantised Fashion-MNIST test images for a network."""
-    from solvers import SOLVERS
+    from solvers import get_solver
     from solvers.spacing import timesteps
 
     from bench.models.analytic import GaussianMixture
@@ -105,7 +105,7 @@ def _nll(inputs: Inputs) -> dict:
     if cfg.solver not in INTEGRATORS:
         inputs.notes.append(f"no nll: {cfg.solver} does not integrate the augmented PF-ODE ({', '.join(INTEGRATORS)} do)")
         return {}
-    if SOLVERS[cfg.solver].draws_noise(cfg.eta, dict(cfg.options)):
+    if get_solver(cfg.solver).draws_noise(cfg.eta, dict(cfg.options)):
         inputs.notes.append("no nll: it is the probability-flow ODE's, measured on the eta = 0 rows")
         return {}
     generator = torch.Generator().manual_seed(NLL_SEED + cfg.seed)

@@ -48,7 +48,7 @@ from bench.run.policy import ExecutionPolicy
 from bench.run.runner import WARM_UP_STEPS, SweepCache, resolve_device, run_config
 from bench.run.worker import ConfigWorker
 from bench.spec import REFERENCE_METRICS, RunConfig
-from solvers import SOLVERS
+from solvers import get_solver
 from solvers.reference import reference_solve
 
 REFERENCE_PROBE = 4  # samples whose reference solve is timed and counted
@@ -148,12 +148,12 @@ def passes_per_evaluation(cfg: RunConfig) -> int:
     """Network passes of one evaluation: 2 for a guided one (both halves; CFG++ at every scale), else 1."""
     if cfg.guidance_scale is None:
         return 1
-    return 2 if SOLVERS[cfg.solver].needs_guidance or cfg.guidance_scale not in (0.0, 1.0) else 1
+    return 2 if get_solver(cfg.solver).needs_guidance or cfg.guidance_scale not in (0.0, 1.0) else 1
 
 
 def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
     """A solve's NFE per sample, its final x0 step included."""
-    solver = SOLVERS[cfg.solver]
+    solver = get_solver(cfg.solver)
     nfe = reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
     return nfe + sampling.FINAL_STEP_NFE[cfg.final_step]
 
@@ -173,7 +173,7 @@ def _measuring(cfg: RunConfig, same_model: list[RunConfig], probe_reference: boo
 
 def _calibration_order(cfg: RunConfig) -> tuple:
     """The order in which the calibration picks a model's configurations: the cheapest (fixed steps, fewest) first."""
-    return SOLVERS[cfg.solver].adaptive, cfg.steps or 0
+    return get_solver(cfg.solver).adaptive, cfg.steps or 0
 
 
 def _measure(cfg: RunConfig, cache: SweepCache, probe_reference: bool) -> dict:
@@ -223,7 +223,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
     plan = Plan(configs=len(configs), fan_out=fan_out)
     runnable = [c for c in configs if c.skip_reason is None]
     plan.skipped = len(configs) - len(runnable)
-    plan.adaptive = sum(SOLVERS[c.solver].adaptive for c in runnable)
+    plan.adaptive = sum(get_solver(c.solver).adaptive for c in runnable)
     modes = {c.exec_mode for c in runnable}
     plan.uncounted = [what for mode, what in UNCOUNTED.items() if mode in modes]
     measured, worker_start_s, skipped_row_s = {}, 0.0, 0.0
@@ -234,7 +234,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
             for cfg in runnable:
                 if cfg.model not in measured:
                     same_model = [c for c in runnable if c.model == cfg.model]
-                    probe = any(references.needed(c) or SOLVERS[c.solver].adaptive for c in same_model)
+                    probe = any(references.needed(c) or get_solver(c.solver).adaptive for c in same_model)
                     started = time.perf_counter()
                     if say:
                         say(_measuring(cfg, same_model, probe))
@@ -271,7 +271,7 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
         partner = (cfg.model, cfg.solver, cfg.options, None if cfg.steps is None else 2 * cfg.steps, cfg.spacing,
                    cfg.eta, cfg.seed, cfg.guidance_scale, cfg.exec_mode)
         if (metrics.needing("partner") & set(cfg.metrics) and cfg.steps is not None and partner not in keys
-                and SOLVERS[cfg.solver].order_for(cfg.eta, dict(cfg.options)) is not None):
+                and get_solver(cfg.solver).order_for(cfg.eta, dict(cfg.options)) is not None):
             counts["step-doubling partners"] += 2 * forwards
         if cfg.exec_mode != "eager" and (*partner[:3], cfg.steps, *partner[4:8], "eager") not in keys:
             counts["eager twins"] += forwards
@@ -345,7 +345,7 @@ def _add_task_overhead(members: dict, groups: dict, fan_out: FanOut, measured: d
     configurations of ring2d / step_doubling_euler, estimated 1.16 s, ran 0.65 s) would measure nothing beyond.
     ``members``: each task's configurations, ``groups`` their estimates (Task), by bench.run.distributed.group_key."""
     running = [key for key in groups if any(cfg.skip_reason is None for cfg in members[key])]  # not rows alone
-    exact = [key for key in running if not any(SOLVERS[cfg.solver].adaptive for cfg in members[key])] or running
+    exact = [key for key in running if not any(get_solver(cfg.solver).adaptive for cfg in members[key])] or running
     probe = min(exact, key=lambda key: groups[key].fixed_s + groups[key].scaled_s)
     ran_s = fan_out.time_task([dataclasses.replace(cfg, metrics=tuple(m for m in cfg.metrics
                                                                       if m not in REFERENCE_METRICS))

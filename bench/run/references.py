@@ -28,7 +28,7 @@ import torch
 from bench import files
 from bench.run import sampling, store
 from bench.spec.config import REFERENCE_METRICS, RunConfig
-from solvers import SOLVERS
+from solvers import get_solver
 from solvers.reference import reference_solve
 
 FOLDER = "references"
@@ -49,7 +49,7 @@ def key(cfg: RunConfig) -> tuple:
 
 def needed(cfg: RunConfig) -> bool:
     """Whether a config's metrics compare its samples with the reference solve (deterministic runs only)."""
-    solver = SOLVERS[cfg.solver]
+    solver = get_solver(cfg.solver)
     return (cfg.skip_reason is None and bool(set(cfg.metrics) & REFERENCE_METRICS)
             and not solver.draws_noise(cfg.eta, dict(cfg.options)))
 

@@ -22,7 +22,7 @@ from bench import metrics
 from bench.models import build_model, draw_labels, guided_model, weights_digest
 from bench.run import execution, policy, references, sampling, store
 from bench.spec import RunConfig
-from solvers import SOLVERS, SolverDiverged
+from solvers import SolverDiverged, get_solver
 from solvers.schedules import SCHEDULES
 
 
@@ -129,7 +129,9 @@ def config_row(cfg: RunConfig, env: dict, run_id: str) -> dict:
     return {**env, **policy.in_effect(), "run_id": run_id, "config_id": cfg.config_id, "created_at": store.now(),
             "spec_name": cfg.spec_name,
             "spec_hash": cfg.spec_hash, "model": cfg.model, "schedule": cfg.schedule,
-            "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True), "steps": cfg.steps,
+            "solver": cfg.solver, "options": json.dumps(dict(cfg.options), sort_keys=True),
+            "solver_sha256": store.solver_sha256(cfg.solver),
+            "nominal_order": get_solver(cfg.solver).order_for(cfg.eta, dict(cfg.options)), "steps": cfg.steps,
             "spacing": cfg.spacing, "eta": cfg.eta, "tolerance": cfg.tolerance, "seed": cfg.seed,
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "dtype": cfg.dtype, "exec_mode": cfg.exec_mode,
             "guidance_scale": cfg.guidance_scale, "conditions": cfg.conditions,
@@ -200,7 +202,7 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
                    samples_per_s=cfg.n_samples / seconds if seconds > 0 else math.nan,
                    batch_used=result.batch_used, forward_s=forward_s,
                    overhead_ratio=seconds / (result.nfe * forward_s * result.batches) if forward_s > 0 else math.nan)
-        if SOLVERS[cfg.solver].adaptive:
+        if get_solver(cfg.solver).adaptive:
             row.update(accepted_steps=result.accepted, rejected_steps=result.rejected)
         if not bool(torch.isfinite(x).all()):
             return {**row, "status": "diverged", "message": "non-finite values in the samples"}
@@ -215,7 +217,7 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)
             why = (f"its pre-drawn noise is held for {noise_part} samples at a time (sampling.NOISE_BUDGET_BYTES)"
                    if result.batch_used == noise_part else f"out of memory at batch {cfg.batch_size}")
-            paired = ", each with its rows of its batch's noise" if SOLVERS[cfg.solver].draws_noise(
+            paired = ", each with its rows of its batch's noise" if get_solver(cfg.solver).draws_noise(
                 cfg.eta, dict(cfg.options)) else ""
             notes.insert(0, f"{why}: ran in parts of {result.batch_used}{paired}")
         return {**row, "status": "ok", "message": "; ".join(notes) or None}

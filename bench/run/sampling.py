@@ -28,7 +28,7 @@ import torch
 
 from bench.spec.config import RunConfig
 from bench.run.execution import CapturedSolve
-from solvers import SOLVERS, sample
+from solvers import get_solver, sample
 from solvers.noise import BrownianNoise, NoNoise, PrecomputedNoise, RowsOf
 from solvers.spacing import timesteps
 
@@ -62,7 +62,7 @@ class Timer:
 
 def _noise_plan(cfg: RunConfig, schedule, ts: torch.Tensor) -> tuple[bool, int, list]:
     """(whether the run draws noise, extra streams, extra intervals) of a config on the grid ``ts``."""
-    solver, options = SOLVERS[cfg.solver], dict(cfg.options)
+    solver, options = get_solver(cfg.solver), dict(cfg.options)
     if not solver.draws_noise(cfg.eta, options):
         return False, 0, []
     return True, solver.extra_noise_streams(options), solver.extra_noise_intervals(schedule, ts.tolist(), options)
@@ -164,9 +164,9 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     if cfg.tolerance is not None:
         options.update(rtol=cfg.tolerance, atol=cfg.tolerance)
     schedule = model.schedule
-    SOLVERS[cfg.solver].validate_options(dict(cfg.options), schedule)  # before any noise is drawn or network called
+    get_solver(cfg.solver).validate_options(dict(cfg.options), schedule)  # before any noise is drawn or network called
     ts = grid(cfg, schedule, steps)
-    adaptive = SOLVERS[cfg.solver].adaptive
+    adaptive = get_solver(cfg.solver).adaptive
     batch = part_size(cfg, schedule, ts, x_T)
     captured = {}  # cuda_graph: one captured solve per part shape (capture untimed)
 

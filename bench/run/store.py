@@ -18,12 +18,16 @@ the folder as it is.
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
+import inspect
 import json
 import os
 import platform
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -51,8 +55,13 @@ RUN_COLUMNS = {
     "model": (S, "the spec's model entry"), "dataset": (S, "what the model is of"),
     "weights_sha256": (S, "sha256 of the network's weight files (a python: function's torch module: of its state "
                           "dict), or of a mixture's parameters"),
-    "schedule": (S, "the noise schedule"), "solver": (S, "the solver's registry name"),
-    "options": (S, "the solver's options (JSON)"), "steps": (I, "steps (fixed-step solvers)"),
+    "schedule": (S, "the noise schedule"), "solver": (S, "the solver's registry name, or python:module:attribute"),
+    "options": (S, "the solver's options (JSON)"),
+    "solver_sha256": (S, "a python: solver's code: sha256 of the files of its entry and its function (the user's, "
+                         "which git_commit does not cover); empty for a registered solver"),
+    "nominal_order": (I, "the order the solver's entry gives this config (order_for(eta, options)): its ODE order, or "
+                         "the strong order of a run that draws noise; empty: none (CFG++)"),
+    "steps": (I, "steps (fixed-step solvers)"),
     "spacing": (S, "the time spacing or explicit grid"), "eta": (F, "eta (DESIGN.md's eta family)"),
     "tolerance": (F, "rtol = atol (adaptive solvers)"), "seed": (I, "the seed of x_T and the noise"),
     "n_samples": (I, "samples"), "batch_size": (I, "the spec's batch (and noise batch)"),
@@ -112,6 +121,37 @@ def git_state(cwd=None) -> tuple[str, bool]:
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
+
+
+@functools.lru_cache(maxsize=None)
+def solver_sha256(name: str) -> str | None:
+    """sha256 of the code a python: solver runs (solvers.registry.plugin_solver): the file of the module that holds its
+    Solver entry and, where another, the file of its function; None for a registered solver (git_commit covers it).
+    Read once per process, near its import."""
+    from solvers import SOLVERS, get_solver
+
+    if name in SOLVERS:
+        return None
+    solver = get_solver(name)
+    files = {inspect.getsourcefile(sys.modules[solver.fn.__module__]),
+             inspect.getsourcefile(sys.modules[name.split(":")[1]])}
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()
+
+
+def changed_solver_code(run_dir: Path, solvers) -> list[str]:
+    """The python: solvers among ``solvers`` whose code differs from the code the run's rows were made with
+    (solver_sha256), one line each: a resume would mix two versions of a solver in one run."""
+    rows = _read_run(run_dir, ["config_id", "created_at", "solver", "solver_sha256"]).dropna(subset=["solver_sha256"])
+    changed = []
+    for solver in [s for s in solvers if s in set(rows.solver)]:
+        before = sorted(set(rows.solver_sha256[rows.solver == solver]))
+        if (now := solver_sha256(solver)) not in before or len(before) > 1:
+            changed.append(f"{solver}: its rows ran code {', '.join(d[:12] for d in before)}, its files now hash "
+                           f"{now[:12]}")
+    return changed
 
 
 def environment(device: str) -> dict:
@@ -183,6 +223,9 @@ def open_run(run_dir: Path, spec) -> dict:
         meta = json.loads(meta_path.read_text())
         if meta["spec_hash"] != spec.hash:
             meta = _amended(run_dir, meta, spec)
+        if changed := changed_solver_code(run_dir, spec.values["solvers"]):
+            raise ValueError(f"{run_dir}: the code of its python: solvers changed since its rows were made "
+                             f"({'; '.join(changed)}): use a new --out, or restore the code")
         remove_stale_temp_files(run_dir)
         return meta
     (run_dir / "rows").mkdir(parents=True, exist_ok=True)

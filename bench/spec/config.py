@@ -29,7 +29,8 @@ import bench.spec.fitted as fitted_grids
 from bench.models import (ANALYTIC_PRESETS, MODELS, TextConditioning, conditioning_label, is_model_name,
                           model_conditioning, model_problem, prompts_label, sample_kind)
 from bench.models.networks import trained_on
-from solvers import SOLVERS
+from solvers import SOLVERS, get_solver
+from solvers.registry import PLUGIN_PREFIX, solver_problem
 from solvers.schedules import SCHEDULES
 from solvers.spacing import AYS_LEVELS, DISCRETE as DISCRETE_SPACINGS, EXPLICIT as EXPLICIT_GRIDS, SPACINGS, explicit_grid, explicit_name, timesteps
 
@@ -124,7 +125,8 @@ class RunConfig:
 # key: (type check, description of what is allowed)
 _LIST_KEYS = {
     "models": (str, "model names (" + ", ".join(MODELS) + "), diffusers:PATH or python:module:function"),
-    "solvers": (str, "solver names (python -m solvers lists them)"),
+    "solvers": (str, "solver names (python -m solvers lists them), or python:module:attribute, a solvers.Solver of "
+                     "your own"),
     "steps": (int, "integers >= 1"),
     "spacings": ((str, dict), "spacings (" + ", ".join(SPACINGS) + "), explicit grids {times = [...]} / "
                               "{sigmas = [...]}, or fitted:PATH (a grid file or a folder of them written by "
@@ -259,6 +261,10 @@ def _validate(raw: dict, where: str) -> list[str]:
                 if problem := model_problem(name):
                     errors.append(f"{where}: key 'models': {name!r}: {problem}")
                 continue
+            if key == "solvers" and name.startswith(PLUGIN_PREFIX):
+                if problem := solver_problem(name):
+                    errors.append(f"{where}: key 'solvers': {problem}")
+                continue
             if key == "metrics" and name in RENAMED_METRICS:
                 errors.append(f"{where}: key 'metrics': {name!r} was renamed {RENAMED_METRICS[name]!r} (the mean "
                               f"exact log p_0 of the samples, not a likelihood of data)")
@@ -299,12 +305,12 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key in ("models", "solvers"):
         if key in raw and not raw[key]:
             errors.append(f"{where}: key {key!r} must not be empty")
-    solvers = raw.get("solvers", [])
-    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" in raw and not raw["steps"]:
+    listed, solvers = raw.get("solvers", []), _resolving_solvers(raw)
+    if any(not get_solver(s).adaptive for s in solvers) and "steps" in raw and not raw["steps"]:
         errors.append(f"{where}: key 'steps' must not be empty when fixed-step solvers are listed")
-    if any(not SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and "steps" not in raw:
+    if any(not get_solver(s).adaptive for s in solvers) and "steps" not in raw:
         errors.append(f"{where}: missing key 'steps' (needed by the fixed-step solvers listed)")
-    if any(SOLVERS[s].adaptive for s in solvers if s in SOLVERS) and not raw.get("tolerances"):
+    if any(get_solver(s).adaptive for s in solvers) and not raw.get("tolerances"):
         errors.append(f"{where}: missing key 'tolerances' (needed by the adaptive solvers listed)")
     networks = [m for m in raw.get("models", []) if m not in ANALYTIC_PRESETS]
     discrete = [sp for sp in raw.get("spacings", []) if isinstance(sp, str) and sp in DISCRETE_SPACINGS]
@@ -324,12 +330,12 @@ def _validate(raw: dict, where: str) -> list[str]:
             timesteps(spacing, 1, schedule)
         except ValueError as err:
             errors.append(f"{where}: key 'spacings': {err} (the analytic models run on it)")
-    for solver in [s for s in solvers if s in SOLVERS]:
+    for solver in solvers:
         options = raw.get("options", {}).get(solver, {})
-        if not isinstance(options, dict) or set(options) - set(SOLVERS[solver].options):
+        if not isinstance(options, dict) or set(options) - set(get_solver(solver).options):
             continue  # reported below
         try:
-            SOLVERS[solver].validate_options(options, schedule)
+            get_solver(solver).validate_options(options, schedule)
         except (ValueError, TypeError) as err:
             on = f" (the analytic models run on {schedule_name})" if schedule else ""
             errors.append(f"{where}: key 'options.{solver}': {err}{on}")
@@ -348,33 +354,42 @@ def _validate(raw: dict, where: str) -> list[str]:
     if "clip_model" in raw and not (Path(raw["clip_model"]) / "config.json").is_file():
         errors.append(f"{where}: key 'clip_model': {raw['clip_model']!r} is not a CLIP folder (no config.json)")
     for solver, steps in raw.get("steps_by_solver", {}).items():
-        if solver not in solvers:
-            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
-        elif SOLVERS[solver].adaptive:
+        if solver not in listed:
+            errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(listed)})")
+        elif solver not in solvers:
+            continue  # reported above
+        elif get_solver(solver).adaptive:
             errors.append(f"{where}: key 'steps_by_solver.{solver}': {solver!r} is adaptive and takes tolerances")
         elif (not isinstance(steps, list) or not steps or not all(_is_type(n, int) and n >= 1 for n in steps)
               or len(set(steps)) != len(steps)):
             errors.append(f"{where}: key 'steps_by_solver.{solver}' must be a non-empty list of distinct integers "
                           f">= 1, got {steps!r}")
     for solver, etas in raw.get("etas_by_solver", {}).items():
-        if solver not in solvers:
-            errors.append(f"{where}: key 'etas_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        if solver not in listed:
+            errors.append(f"{where}: key 'etas_by_solver.{solver}': {solver!r} is not in 'solvers' ({', '.join(listed)})")
         elif (not isinstance(etas, list) or not etas or not all(_is_type(e, (int, float)) and e >= 0 for e in etas)
               or len(set(etas)) != len(etas)):
             errors.append(f"{where}: key 'etas_by_solver.{solver}' must be a non-empty list of distinct numbers >= 0, "
                           f"got {etas!r}")
     for solver, options in raw.get("options", {}).items():
-        if solver not in solvers:
-            errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(solvers)})")
+        if solver not in listed:
+            errors.append(f"{where}: key 'options.{solver}': {solver!r} is not in 'solvers' ({', '.join(listed)})")
+        elif solver not in solvers:
+            continue  # reported above
         elif not isinstance(options, dict):
             errors.append(f"{where}: key 'options.{solver}' must be a table of option = value, got {options!r}")
         else:
-            for option in options:
-                if option not in SOLVERS[solver].options:
-                    allowed = ", ".join(SOLVERS[solver].options) or "none"
-                    errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, SOLVERS[solver].options)}; "
-                                  f"allowed: {allowed}")
+            known = get_solver(solver).options
+            for option in [o for o in options if o not in known]:
+                errors.append(f"{where}: key 'options.{solver}.{option}': unknown option{_suggest(option, known)}; "
+                              f"allowed: {', '.join(known) or 'none'}")
     return errors
+
+
+def _resolving_solvers(raw: dict) -> list[str]:
+    """The spec's solvers that name a registry entry: registered, or a python: solver that imports (the others are
+    reported once, by name, and checked no further)."""
+    return [s for s in raw.get("solvers", []) if not solver_problem(s)]
 
 
 def _sample_count_errors(raw: dict, where: str) -> list[str]:
@@ -434,7 +449,7 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
                 errors.append(f"{where}: key 'prompts_file': {raw['prompts_file']!r} holds no prompts (one per line)")
         except OSError as err:
             errors.append(f"{where}: key 'prompts_file': cannot read {raw['prompts_file']!r}: {err.strerror}")
-    cfg_pp = [s for s in raw.get("solvers", []) if s in SOLVERS and SOLVERS[s].needs_guidance]
+    cfg_pp = [s for s in _resolving_solvers(raw) if get_solver(s).needs_guidance]
     for model in [m for m in raw.get("models", []) if is_model_name(m)]:
         folder = model.partition(":")[2] if model.startswith("diffusers:") else None
         if "nll" in raw.get("metrics", []) and folder and Path(folder).is_dir() and trained_on(folder) is None:
@@ -578,7 +593,7 @@ def expand(spec: Spec, device: str | None = None) -> list[RunConfig]:
         prompts = tuple(v["prompts"]) if text else None
         interval = tuple(float(b) for b in v["guidance_interval"]) if conditional and v["guidance_interval"] else None
         for solver_name in v["solvers"]:
-            solver = SOLVERS[solver_name]
+            solver = get_solver(solver_name)
             options = tuple(sorted(v["options"].get(solver_name, {}).items()))
             if solver.adaptive:
                 grid = [(None, None, tol, None, None) for tol in v["tolerances"]]

@@ -105,8 +105,8 @@ def test_configurations_err_reference_cannot_rank_are_ranked_by_a_distribution_f
     alone = tmp_path / "alone"  # err_reference the only figure: nothing ranks them, and the report says so
     _write_run(alone, rows.assign(frechet=np.nan, sliced_wasserstein=np.nan, precision=np.nan, recall=np.nan))
     markdown = build_report([alone])[0].read_text()
-    assert f"and are left out here; no figure of this run ranks them (frechet or sliced_wasserstein in the spec's " \
-           f"metrics would, on an analytic mixture; FID on images)." in markdown
+    assert "and are left out here; no figure of this run ranks them (frechet or sliced_wasserstein in the spec's " \
+           "metrics would, on an analytic mixture; FID on images)." in markdown
     assert "## Best configuration per NFE budget (frechet" not in markdown
 
 

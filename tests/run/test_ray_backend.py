@@ -22,9 +22,10 @@ pytestmark = pytest.mark.xdist_group("ray")  # one pytest-xdist worker: the seri
 
 TESTS = Path(__file__).parents[1]  # where support.py is
 # The default grid's CPU-sized twin: its three models, ODE, SDE, multistep and adaptive solvers, one step count, two
-# spacings, eta 0 and 1, its metrics.
+# spacings, eta 0 and 1, its metrics; and a user's own solver, which each Ray task imports by name.
 TWIN = ('name = "twin"\nmodels = ["ring2d", "gmm_hd", "digits"]\n'
-        'solvers = ["euler", "heun", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc_2", "dopri5"]\n'
+        'solvers = ["euler", "heun", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc_2", "dopri5", '
+        '"python:user_solvers:MY_EULER_MARUYAMA"]\n'
         'steps = [6]\nspacings = ["uniform", "logsnr"]\netas = [0.0, 1.0]\ntolerances = [1e-2]\n'
         'n_samples = 32\nbatch_size = 32\ndevice = "cpu"\ntiming_repeats = 1\n'
         'metrics = ["err_reference", "err_stepdoubling", "sample_log_density", "frechet", "precision_recall", '
@@ -117,7 +118,7 @@ def test_groups_keep_what_configs_share_together(tmp_path):
     for group in groups:
         shared = {(c.model, c.schedule, c.seed, c.n_samples, c.device, c.solver) for c in group}
         assert len(shared) == 1
-    assert len(groups) == 3 * 8 and [len(g) for g in groups] == sorted((len(g) for g in groups), reverse=True)
+    assert len(groups) == 3 * 9 and [len(g) for g in groups] == sorted((len(g) for g in groups), reverse=True)
 
 
 def test_a_ray_that_can_run_no_task_is_refused_before_anything_runs_and_plan_costs_the_tasks_side_by_side(tmp_path):
