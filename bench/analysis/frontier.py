@@ -109,6 +109,9 @@ def per_config(df: pd.DataFrame, quality: str, cost: str | None = None, apart: t
     grouped = ok.groupby(keys, dropna=False)
     merged = grouped.first().assign(**{column: grouped[column].mean() for column in averaged})
     merged[se] = grouped[se].agg(mean_se)
+    if cost is not None and f"{cost}_std" in ok:  # the cost's spread: over the seeds' costs, where it has several
+        spread = f"{cost}_std"
+        merged[spread] = grouped[cost].std().where(grouped.seed.nunique() > 1, grouped[spread].first())
     merged["seed"] = grouped.seed.agg(seed_label)
     return merged.reset_index()
 
@@ -116,7 +119,8 @@ def per_config(df: pd.DataFrame, quality: str, cost: str | None = None, apart: t
 def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 200), cost: str = "nfe",
                  tie_z: float = TIE_Z, listed: int = 6, apart: tuple[str, ...] = ("exec_mode",)) -> pd.DataFrame:
     """Best configuration per model, guidance scale, ``apart`` and cost budget: the lowest ``quality`` among
-    configurations with cost <= budget (both averaged over seeds), its standard error, and every other
+    configurations with cost <= budget (both averaged over seeds; a ``<cost>_std`` column, the cost's spread, goes
+    beside it), its standard error, and every other
     configuration within ``tie_z`` combined standard errors of it: a tie, not significantly worse (the SEs combined
     as if independent, which for paired configurations of one x_T errs towards more ties). Guidance scales are
     ranked separately, where a run sweeps them (the best solver at a budget may change with the scale), and so is
@@ -141,7 +145,8 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
             names = [describe_config(row) for row in tied.itertuples()]
             rows.append({"model": model, **dict(zip(apart, values)), "guidance_scale": scale, f"{cost} budget": budget,
                          "best solver": best.solver, "best config": describe_config(best),
-                         cost: best[cost], quality: best[quality], se: best[se], "ties": len(tied),
+                         cost: best[cost], **({f"{cost}_std": best[f"{cost}_std"]} if f"{cost}_std" in best else {}),
+                         quality: best[quality], se: best[se], "ties": len(tied),
                          "tied with (not significantly worse)": "; ".join(names[:listed])
                          + (f"; and {len(names) - listed} more" if len(names) > listed else "")})
             if budget >= group[cost].max():
@@ -159,10 +164,12 @@ TIME_COST = "ms_per_sample"  # the time budget table's cost: milliseconds of sam
 
 def time_budget_table(df: pd.DataFrame, quality: str, tie_z: float = TIE_Z) -> pd.DataFrame:
     """``budget_table`` by the measured sampling time per sample (``TIME_COST``) instead of NFE, for budgets 1, 2,
-    5 x 10^k ms (``time_budgets``): the question of a user with a time to spend. Exec modes compete (a faster mode
+    5 x 10^k ms (``time_budgets``): the question of a user with a time to spend. Beside the best configuration's
+    time, its spread (``<TIME_COST>_std``): of its repeated timings (wall_s_std), or over its seeds' times. Exec modes compete (a faster mode
     wins where its quality holds: its drift is in its quality figure); times compare only on one machine, so each
     device and host is ranked apart."""
-    timed = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples})
+    timed = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples,
+                         f"{TIME_COST}_std": 1000.0 * df.get("wall_s_std", np.nan) / df.n_samples})
     ranked = timed[(timed.status == "ok") & timed[quality].notna()]  # the seeds' means lie within their span
     return budget_table(timed, quality, time_budgets(ranked[TIME_COST]), TIME_COST, tie_z, apart=("device", "host"))
 

@@ -97,9 +97,10 @@ def _budget_sections(doc, df: pd.DataFrame) -> pd.DataFrame:
         if not by_time.empty:
             doc.heading(f"Best configuration per time budget ({quality}, lower is better{scope})")
             doc.paragraph(f"The same by the time spent: {TIME_COST} is the sampling time per sample in milliseconds "
-                          "(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings, "
-                          "wall_s_std their spread: a configuration that close to a budget may fall on its other side "
-                          "in another run). Exec modes compete here, a faster mode winning where its quality holds; "
+                          f"(wall_s / n_samples at the row's batch, wall_s the median of timing_repeats timings), "
+                          f"{TIME_COST}_std its spread (of those timings, or over the seeds' times where seeds are "
+                          "averaged; empty: timed once): a configuration that close to a budget may fall on its other "
+                          "side in another run. Exec modes compete here, a faster mode winning where its quality holds; "
                           "times compare only on one machine, so each device and host is ranked on its own.")
             doc.table(by_time)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -122,6 +122,10 @@ def test_by_time_exec_modes_compete_machines_are_ranked_apart_and_seeds_times_av
     best = table.set_index(["host", "ms_per_sample budget"])["best config"]
     assert best["a", 0.5] == "euler (5 logsnr, eta 0)" and best["a", 1.0] == "heun (5 logsnr, eta 0, compile)"
     assert table.set_index("host").loc["b", "ms_per_sample"] == pytest.approx(1.0)
+    assert table.set_index("host").loc["b", "ms_per_sample_std"] == pytest.approx(0.4 / 2**0.5)  # over the seeds
+    assert table.set_index("host").loc["a", "ms_per_sample_std"].isna().all()  # timed once: no spread
+    repeated = time_budget_table(df.assign(wall_s_std=0.01), "err_reference").set_index("host").loc["a"]
+    assert repeated.ms_per_sample_std.tolist() == pytest.approx([0.1] * 3)  # 1000 x 0.01 s / 100 samples
     assert set(budget_table(df[df.host == "a"], "err_reference", budgets=(10,)).exec_mode) == {"eager", "compile"}
 
 
