@@ -125,6 +125,17 @@ def _left_out(rows: pd.DataFrame, quality: str, ranked_also_by: dict) -> str:
     return "".join(sentences)
 
 
+def run_labels(run_dirs) -> list[str]:
+    """A name per run folder that tells it from the others: its folder name, with as many parent folders before it
+    as it takes (``a/run`` and ``b/run`` for two folders named run)."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for depth in range(1, max(map(len, parts))):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(set(parts)):
+            return labels
+    return [str(Path(*p)) for p in parts]
+
+
 def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_BUDGET,
                  facets: tuple[str, ...] = ("eta",)) -> tuple[Path, Path]:
     """Write plots and report.{md,html} for the rows of ``run_dirs`` into ``out_dir`` (default: the first run).
@@ -137,7 +148,8 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
     if df.empty:
         raise ValueError(f"no rows in {', '.join(map(str, run_dirs))}")
     plot_dir = out_dir / "plots"
-    doc = Document(f"Sampler benchmark: {', '.join(d.name for d in run_dirs)}")
+    labels = run_labels(run_dirs)
+    doc = Document(f"Sampler benchmark: {', '.join(labels)}")
 
     counts = df.status.value_counts().to_dict()
     doc.paragraph(f"{len(df)} configurations: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
@@ -156,13 +168,18 @@ def build_report(run_dirs, out_dir: Path | None = None, budget: float = DEFAULT_
         doc.paragraph("**Warning: these rows come from more than one commit** ("
                       + ", ".join(f"{commit[:10]}: {n} rows" for commit, n in commits.items())
                       + "); a difference between configs may be a difference between commits.")
+    for solver, versions in df.dropna(subset=["solver_sha256"]).groupby("solver").solver_sha256:
+        if versions.nunique() > 1:
+            doc.paragraph(f"**Warning: {solver}'s rows come from {versions.nunique()} versions of its code** ("
+                          + ", ".join(f"{digest[:12]}: {n} rows" for digest, n in versions.value_counts().items())
+                          + ", solver_sha256); a difference between its configs may be a difference between them.")
     doc.heading("Environment")
     doc.table(_environment_table(df))
-    for run_dir in run_dirs:
+    for run_dir, label in zip(run_dirs, labels):
         spec_path = run_dir / "spec.toml"
         if spec_path.exists():
             meta = json.loads((run_dir / "run.json").read_text())
-            doc.heading(f"Spec of {run_dir.name} ({meta['spec_path']}, hash {meta['spec_hash']})")
+            doc.heading(f"Spec of {label} ({meta['spec_path']}, hash {meta['spec_hash']})")
             for amendment in meta.get("amendments", []):
                 changed = (", ".join(f"{key} {before!r} -> {after!r}"
                                      for key, (before, after) in amendment["changed"].items())

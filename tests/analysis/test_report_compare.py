@@ -322,6 +322,21 @@ def test_a_model_of_other_weights_is_named_in_a_warning(base_run, tmp_path):
     assert status == 0 and line in stdout and line.capitalize() in (tmp_path / "c" / "compare.md").read_text()
 
 
+def test_a_report_of_two_runs_tells_their_folders_apart_and_warns_of_two_versions_of_a_python_solver(base_run,
+                                                                                                    tmp_path):
+    rows = store.load_rows(base_run)
+    mine = "python:user_solvers:MY_EULER"
+    for side in ("a", "b"):  # two folders named run, as two machines' copies of one spec's run would be
+        _write_run(tmp_path / side / "run", rows.assign(
+            solver=rows.solver.replace({"euler": mine}),
+            solver_sha256=np.where(rows.solver == "euler", side * 64, None)))
+    markdown = build_report([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "report")[0].read_text()
+    assert markdown.startswith("# Sampler benchmark: a/run, b/run\n")
+    n = int((rows.solver == "euler").sum())
+    assert (f"**Warning: {mine}'s rows come from 2 versions of its code** (aaaaaaaaaaaa: {n} rows, bbbbbbbbbbbb: {n} "
+            f"rows, solver_sha256); a difference between its configs may be a difference between them.") in markdown
+
+
 def test_where_nothing_matches_the_line_names_the_keys_without_a_shared_value_else_the_match_keys():
     from bench.analysis.compare import unmatched_line
 
