@@ -33,3 +33,6 @@ MY_EULER = Solver("my_euler", euler_in_my_words, order=1, stochastic="ode", nfe_
 MY_EULER_MARUYAMA = Solver("my_euler_maruyama", euler_maruyama_in_my_words, order=1, stochastic="both",
                            nfe_per_step=1, eta="the eta family",
                            reference="Kloeden & Platen 1992, eq. 9.1.1 (tests: a user's restatement of euler)")
+# An entry whose NFE is wrong (euler evaluates once per step, not twice): the runner counts, and says so.
+MY_EULER_MISCOUNTED = Solver("my_euler_miscounted", euler_in_my_words, order=1, stochastic="ode", nfe_per_step=2,
+                             eta="0 only", reference="tests: an entry that declares the wrong NFE")

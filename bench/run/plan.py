@@ -152,10 +152,9 @@ def passes_per_evaluation(cfg: RunConfig) -> int:
 
 
 def solve_nfe(cfg: RunConfig, steps: int | None, reference_nfe: float) -> float:
-    """A solve's NFE per sample, its final x0 step included."""
-    solver = get_solver(cfg.solver)
-    nfe = reference_nfe if solver.adaptive else solver.nfe(steps, **dict(cfg.options))
-    return nfe + sampling.FINAL_STEP_NFE[cfg.final_step]
+    """A solve's NFE per sample, its final x0 step included (an adaptive solver's: as many as the reference solve's)."""
+    declared = sampling.declared_nfe(cfg, steps)
+    return declared if declared is not None else reference_nfe + sampling.FINAL_STEP_NFE[cfg.final_step]
 
 
 def _measuring(cfg: RunConfig, same_model: list[RunConfig], probe_reference: bool) -> str:

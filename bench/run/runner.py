@@ -212,6 +212,10 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
         if key in cache.needed_eager:
             cache.eager[key] = x.cpu()
         notes = _fitted_notes(cfg, row["weights_sha256"])
+        if (declared := sampling.declared_nfe(cfg, cfg.steps)) is not None and result.nfe != declared:
+            notes.append(f"counted {result.nfe:g} network evaluations per batch where {cfg.solver}'s entry declares "
+                         f"{declared} (nfe_per_step x steps + nfe_extra, + the final step's): the row's nfe is the "
+                         f"counted one, and the plan and fit-schedule's step counts, which read the entry, are off")
         _metrics(cfg, cache, source, model, x_T, x, device, notes, into=row)
         if result.batch_used != cfg.batch_size:
             noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)

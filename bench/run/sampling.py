@@ -104,6 +104,13 @@ def grid(cfg: RunConfig, schedule, steps: int | None) -> torch.Tensor:
 FINAL_STEP_NFE = {"none": 0, "x0": 1}  # network evaluations a solve's final step adds (bench.spec.config.FINAL_STEPS)
 
 
+def declared_nfe(cfg: RunConfig, steps: int | None) -> int | None:
+    """The network evaluations per sample a fixed-step solve of ``steps`` declares: its solver entry's
+    ``nfe(steps, options)`` and the final step's; None for an adaptive solver (it counts as it goes)."""
+    nfe = get_solver(cfg.solver).nfe(steps, **dict(cfg.options))
+    return None if nfe is None else nfe + FINAL_STEP_NFE[cfg.final_step]
+
+
 def final_step(cfg: RunConfig, model, x: torch.Tensor, t_last: float) -> torch.Tensor:
     """A solve's sample from its state ``x`` at the grid's last time: x itself, or with ``final_step = "x0"`` the x0
     prediction there (one network evaluation, counted: the step to sigma 0 that ends k-diffusion's and ComfyUI's

@@ -54,6 +54,21 @@ def test_a_python_solver_runs_as_the_registered_solver_it_restates(run):
     assert len(next(iter(digests[MINE]))) == 64
 
 
+def test_a_solver_entry_that_declares_the_wrong_nfe_is_named_in_its_rows(tmp_path):
+    spec = parse_spec({"name": "n", "models": ["ring2d"], "solvers": [MINE, "python:user_solvers:MY_EULER_MISCOUNTED"],
+                       "steps": [3], "final_step": "x0", "n_samples": 8, "metrics": ["frechet"], "time_limit_s": 0},
+                      str(tmp_path / "n.toml"))
+    meta = store.open_run(tmp_path / "run", spec)
+    run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
+    rows = store.load_rows(tmp_path / "run").set_index("solver")
+    assert (rows.status == "ok").all() and (rows.nfe == 4).all()  # 3 steps and the final x0 step, as counted
+    assert pd.isna(rows.loc[MINE, "message"])
+    assert rows.loc["python:user_solvers:MY_EULER_MISCOUNTED", "message"] == (
+        "counted 4 network evaluations per batch where python:user_solvers:MY_EULER_MISCOUNTED's entry declares 7 "
+        "(nfe_per_step x steps + nfe_extra, + the final step's): the row's nfe is the counted one, and the plan and "
+        "fit-schedule's step counts, which read the entry, are off")
+
+
 def test_the_library_samples_with_a_python_solver():
     model = DiffusionModel(lambda x, t: 0.1 * x, VPLinear(), "eps")
     x, ts = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), torch.linspace(1.0, 1e-3, 6)
