@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from solvers import Solver
+from solvers import NoisePlan, Solver
 
 
 def euler_in_my_words(model, x, ts, *, eta, noise):
@@ -36,3 +36,26 @@ MY_EULER_MARUYAMA = Solver("my_euler_maruyama", euler_maruyama_in_my_words, orde
 # An entry whose NFE is wrong (euler evaluates once per step, not twice): the runner counts, and says so.
 MY_EULER_MISCOUNTED = Solver("my_euler_miscounted", euler_in_my_words, order=1, stochastic="ode", nfe_per_step=2,
                              eta="0 only", reference="tests: an entry that declares the wrong NFE")
+
+
+def euler_maruyama_in_half_steps(model, x, ts, *, eta, noise):
+    """Euler-Maruyama (Kloeden & Platen 1992, eq. 9.1.1) in two half steps per step of the grid, each with its own
+    increment of the Brownian path: draws off the grid's steps, which an entry's NoisePlan must list."""
+    times = ts.tolist()
+    for t, s in zip(times[:-1], times[1:]):
+        for a, b in ((t, (t + s) / 2), ((t + s) / 2, s)):
+            x = x + model.drift(x, a, eta) * (b - a) + eta * math.sqrt(float(model.schedule.g2(a)) * (a - b)) * noise(a, b, x)
+    return x
+
+
+def _half_steps(schedule, times, options):
+    return [(0, a, b) for t, s in zip(times[:-1], times[1:]) for a, b in ((t, (t + s) / 2), ((t + s) / 2, s))]
+
+
+MY_HALF_STEPS = Solver("my_half_steps", euler_maruyama_in_half_steps, order=1, stochastic="sde", nfe_per_step=2,
+                       eta="the eta family", reference="tests: draws at half steps, listed in its NoisePlan",
+                       noise=NoisePlan(intervals=_half_steps))
+# The same without its half steps listed: the runner draws them inside the timed solve, and says so.
+MY_HALF_STEPS_UNLISTED = Solver("my_half_steps_unlisted", euler_maruyama_in_half_steps, order=1, stochastic="sde",
+                                nfe_per_step=2, eta="the eta family",
+                                reference="tests: draws at half steps its NoisePlan does not list")

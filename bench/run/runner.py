@@ -216,6 +216,10 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             notes.append(f"counted {result.nfe:g} network evaluations per batch where {cfg.solver}'s entry declares "
                          f"{declared} (nfe_per_step x steps + nfe_extra, + the final step's): the row's nfe is the "
                          f"counted one, and the plan and fit-schedule's step counts, which read the entry, are off")
+        if result.noise_misses:
+            notes.append(f"its solve drew {result.noise_misses} noise increments that {cfg.solver}'s entry does not "
+                         f"list (NoisePlan streams and intervals): they came from the Brownian tree inside the timed "
+                         f"solve, so wall_s counts their cost (the samples are the same)")
         _metrics(cfg, cache, source, model, x_T, x, device, notes, into=row)
         if result.batch_used != cfg.batch_size:
             noise_part = sampling.part_size(cfg, model.schedule, sampling.grid(cfg, model.schedule, cfg.steps), x_T)

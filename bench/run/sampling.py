@@ -123,7 +123,8 @@ class Solve:
     """All samples of one config and what it cost: time (the median over repeated timings, their standard
     deviation, how many), NFE, network passes (a guided evaluation: 1 NFE, 2 passes; None for an unguided model) and
     adaptive steps per part, the part size used and the number of parts (for the overhead against the bare network
-    forward), and the untimed CUDA-graph capture."""
+    forward), the untimed CUDA-graph capture, and the noise draws the solver asked for that its entry's NoisePlan
+    did not list (drawn from the Brownian tree inside the timed solve: PrecomputedNoise.misses)."""
 
     samples: torch.Tensor
     seconds: float
@@ -136,6 +137,7 @@ class Solve:
     batch_used: int
     batches: int
     capture_s: float
+    noise_misses: int = 0
 
 
 FORWARD_REPEATS = 5
@@ -176,6 +178,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     adaptive = get_solver(cfg.solver).adaptive
     batch = part_size(cfg, schedule, ts, x_T)
     captured = {}  # cuda_graph: one captured solve per part shape (capture untimed)
+    noise_misses = 0  # in the first timed pass
 
     def solve_part(x, noise, **extra):
         x = sample(cfg.solver, model, x, ts, eta=cfg.eta, noise=noise, **options, **extra)
@@ -184,6 +187,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
     def timed_pass(drawn: list | None):
         """Every part once: (outputs, seconds, NFE, passes, accepted, rejected) summed over parts, and the parts with
         their noise while the pass is still short enough to be repeated (a repeat reuses them; None after that)."""
+        nonlocal noise_misses
         outputs, seconds, nfe, passes, accepted, rejected = [], 0.0, 0, 0, 0, 0
         parts = drawn if drawn is not None else _parts()
         kept = []
@@ -200,6 +204,8 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
             outputs.append(out)
             seconds += timer.seconds
             nfe += captured[part.shape].nfe if graphed else model.nfe
+            if drawn is None:  # the first pass (a repeat reuses the same noise, and would count its misses again)
+                noise_misses += getattr(noise, "misses", 0)
             passes += captured[part.shape].passes if graphed else getattr(model, "passes", 0)
             if adaptive:
                 accepted, rejected = accepted + extra["stats"]["accepted"], rejected + extra["stats"]["rejected"]
@@ -220,6 +226,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
 
     while True:
         try:
+            noise_misses = 0
             (outputs, seconds, nfe, passes, accepted, rejected), drawn = timed_pass(None)
             timings = [seconds]
             while drawn is not None and len(timings) < repeats:  # a short solve, timed again on the same noise
@@ -228,7 +235,7 @@ def solve(cfg: RunConfig, model, x_T: torch.Tensor, steps: int | None, device: t
             spread = statistics.stdev(timings) if len(timings) > 1 else float("nan")
             return Solve(torch.cat(outputs), statistics.median(timings), spread, len(timings), nfe / n,
                          passes / n if hasattr(model, "passes") else None, accepted / n, rejected / n, batch, n,
-                         sum(c.capture_s for c in captured.values()))
+                         sum(c.capture_s for c in captured.values()), noise_misses)
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise

@@ -69,6 +69,21 @@ def test_a_solver_entry_that_declares_the_wrong_nfe_is_named_in_its_rows(tmp_pat
         "fit-schedule's step counts, which read the entry, are off")
 
 
+def test_noise_a_solver_draws_off_its_entrys_noise_plan_is_named_in_its_rows(tmp_path):
+    listed, unlisted = "python:user_solvers:MY_HALF_STEPS", "python:user_solvers:MY_HALF_STEPS_UNLISTED"
+    spec = parse_spec({"name": "h", "models": ["ring2d"], "solvers": [listed, unlisted], "steps": [3], "etas": [1.0],
+                       "n_samples": 8, "metrics": ["frechet"], "time_limit_s": 0}, str(tmp_path / "h.toml"))
+    meta = store.open_run(tmp_path / "run", spec)
+    run_sweep(expand(spec), tmp_path / "run", meta["run_id"], progress=False)
+    rows = store.load_rows(tmp_path / "run").set_index("solver")
+    assert (rows.status == "ok").all() and rows.loc[listed, "frechet"] == rows.loc[unlisted, "frechet"]  # same draws
+    assert pd.isna(rows.loc[listed, "message"])
+    assert rows.loc[unlisted, "message"] == (
+        f"its solve drew 6 noise increments that {unlisted}'s entry does not list (NoisePlan streams and intervals): "
+        "they came from the Brownian tree inside the timed solve, so wall_s counts their cost (the samples are the "
+        "same)")
+
+
 def test_the_library_samples_with_a_python_solver():
     model = DiffusionModel(lambda x, t: 0.1 * x, VPLinear(), "eps")
     x, ts = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), torch.linspace(1.0, 1e-3, 6)
