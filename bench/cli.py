@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import re
 import shlex
 import sys
 import time
@@ -486,6 +488,43 @@ def cmd_fit_schedule(args) -> int:
     return 0
 
 
+def cmd_check_solver(args) -> int:
+    """A solver's grid on the analytic mixtures (bench.check) and its verdicts; exit 1 where one fails."""
+    from bench.check import CHECK_MODELS, check_solver
+    from bench.check.solver import check_spec
+    from bench.run import store
+    from bench.run.policy import ExecutionPolicy
+
+    try:
+        options = json.loads(args.options) if args.options else {}
+        if not isinstance(options, dict):
+            raise ValueError(f"check-solver: --options must be a JSON object of option: value, got {args.options!r}")
+        raw = check_spec(args.solver, args.schedule, args.spacing, args.steps, args.n_samples, options)
+    except json.JSONDecodeError as err:
+        print(f"check-solver: --options is not JSON ({err}): {args.options!r}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    run_dir = Path(args.out) if args.out else store.new_run_dir(DEFAULT_RESULTS, "check-" + re.sub(
+        r"[^A-Za-z0-9_.-]+", "_", args.solver))
+    ExecutionPolicy(threads=args.threads).apply()
+    print(f"check-solver {args.solver} on {', '.join(CHECK_MODELS)} ({args.schedule}, {args.spacing} spacing, steps "
+          f"{', '.join(map(str, args.steps))}, eta {', '.join(f'{e:g}' for e in raw['etas'])}, {args.n_samples} "
+          f"samples) -> {run_dir}", file=sys.stderr)
+    try:
+        checks, _ = check_solver(raw, run_dir)
+    except ValueError as err:  # the spec's own checks (a schedule, a spacing, an option) or a run folder refused
+        print(err, file=sys.stderr)
+        return 2
+    print("\n".join(check.line() for check in checks))
+    checked = [check for check in checks if check.passed is not None]
+    passed, unchecked = sum(check.passed for check in checked), len(checks) - len(checked)
+    print(f"{passed} of {len(checked)} checks passed" + (f" ({unchecked} not measured)" if unchecked else "")
+          + f"; the rows: {run_dir} (python -m bench report {run_dir})")
+    return 0 if passed == len(checked) else 1
+
+
 def cmd_list(args) -> int:
     from bench.metrics import named_in_spec
     from bench.models import MODELS
@@ -628,6 +667,18 @@ def main(argv=None) -> int:
     fit.add_argument("--out", help="folder for the grid files (default: bench.spec.fitted.DEFAULT_DIR, "
                      "results/scratch/fitted-grids, where a spec's fitted:NAME looks)")
     fit.set_defaults(func=cmd_fit_schedule)
+    check = sub.add_parser("check-solver", help="a solver (registered or python:module:attribute) on the analytic "
+                           "mixtures: every configuration runs, NFE and noise draws as its entry says, and its "
+                           "measured order reaches the entry's")
+    check.add_argument("solver")
+    check.add_argument("--schedule", default="VPLinear", help="the mixtures' noise schedule (default VPLinear)")
+    check.add_argument("--spacing", default="logsnr", help="the time spacing (default logsnr)")
+    check.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64], help="step counts (default 8 16 32 64)")
+    check.add_argument("--n-samples", type=int, default=256, help="samples per configuration (default 256)")
+    check.add_argument("--options", help="the solver's options as a JSON object, e.g. '{\"order\": 3}'")
+    check.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    check.add_argument("--out", help="the run folder (default: results/scratch/<time>-<commit>-check-<solver>)")
+    check.set_defaults(func=cmd_check_solver)
     sub.add_parser("list", help="solvers, spacings, schedules, models, metrics").set_defaults(func=cmd_list)
     docs = sub.add_parser("docs", help="write the reference tables of docs/ from the registries")
     docs.add_argument("--out", default="docs", help="folder (default: docs)")

@@ -15,6 +15,7 @@ ALLOWED = {
     "analysis": {"bench.spec", "bench.metrics", "bench.run.store"},
     "conformance": {"bench.models"},
     "fit": {"bench.files", "bench.models", "bench.metrics", "bench.spec", "bench.run"},
+    "check": {"bench.spec", "bench.run", "bench.analysis"},
 }
 
 

@@ -1,0 +1,72 @@
+"""python -m bench check-solver: a solver's grid on the analytic mixtures, and verdicts that fail where its entry is
+wrong about it (its NFE, its noise draws, its order), for a user's python: solver as for a registered one."""
+import pytest
+
+from support import bench_cli
+
+QUICK = ["--steps", "8", "16", "32", "--n-samples", "64"]
+
+
+def _check(tmp_path, solver, *extra):
+    return bench_cli("check-solver", solver, "--out", str(tmp_path / "run"), *QUICK, *extra)
+
+
+def test_a_users_restated_euler_maruyama_passes_every_check(tmp_path):
+    status, stdout, stderr = _check(tmp_path, "python:user_solvers:MY_EULER_MARUYAMA")
+    assert status == 0, stdout + stderr
+    lines = stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:3]] == [
+        "ok    every configuration ran", "ok    network evaluations", "ok    noise draws"]
+    orders = sorted(line for line in lines if "order:" in line)
+    assert len(orders) == 4 and all(line.startswith("  ok") and line.endswith("the entry says 1") for line in orders)
+    assert "gmm_hd, eta 1: strong order" in stdout and "against the 2n-step solve on the same x_T and Brownian path" \
+        in stdout and "ring2d, eta 0: order" in stdout and "against the exact reference solve" in stdout
+    assert lines[-1].startswith("7 of 7 checks passed; the rows: ")
+
+
+@pytest.mark.parametrize("solver, failing", [
+    ("python:user_solvers:MY_EULER_MISCOUNTED", "FAIL  network evaluations: counted 32 network evaluations per batch "
+                                                "where python:user_solvers:MY_EULER_MISCOUNTED's entry declares 64"),
+    ("python:user_solvers:MY_HALF_STEPS_UNLISTED", "FAIL  noise draws: its solve drew 64 noise increments that "
+                                                   "python:user_solvers:MY_HALF_STEPS_UNLISTED's entry does not list"),
+])
+def test_an_entry_wrong_about_its_nfe_or_its_noise_fails_its_check(tmp_path, solver, failing):
+    status, stdout, _ = _check(tmp_path, solver)
+    assert status == 1 and failing in stdout
+
+
+def test_an_entry_that_claims_a_higher_order_than_its_solver_reaches_fails_its_check(tmp_path, monkeypatch):
+    (tmp_path / "overclaimed.py").write_text(
+        "from solvers import Solver\nfrom user_solvers import euler_in_my_words\n"
+        "EULER_AS_HEUN = Solver('euler_as_heun', euler_in_my_words, order=2, stochastic='ode', nfe_per_step=1, "
+        "eta='0 only', reference='tests: euler claiming order 2')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status, stdout, _ = _check(tmp_path, "python:overclaimed:EULER_AS_HEUN")
+    orders = [line for line in stdout.splitlines() if "order:" in line]
+    assert status == 1 and len(orders) == 2 and all(line.startswith("  FAIL") for line in orders)
+    assert all(line.endswith("; the entry says 2") for line in orders) and "3 of 5 checks passed" in stdout
+
+
+def test_a_solver_without_a_pathwise_order_is_run_and_its_order_said_not_measured(tmp_path):
+    status, stdout, _ = bench_cli("check-solver", "pc", "--out", str(tmp_path / "run"), "--steps", "4", "8",
+                                  "--n-samples", "32")
+    assert status == 0 and "--    ring2d, eta 1: strong order: not measured: no err_stepdoubling: the entry gives it " \
+                           "no order (no pathwise convergence), so its rows have no step-doubling estimate" in stdout
+    assert "3 of 3 checks passed (2 not measured)" in stdout
+
+
+@pytest.mark.parametrize("args, said", [
+    (["heum"], "unknown solver 'heum'. Did you mean 'heun'?"),
+    (["dopri5"], "check-solver: dopri5 is adaptive: it chooses its own steps, so it has no order in the steps to "
+                 "check (check a fixed-step solver)"),
+    (["euler_cfg_pp"], "check-solver: euler_cfg_pp is a CFG++ sampler: it needs a classifier-free guided model, and "
+                       "the analytic mixtures are not one"),
+    (["lms", "--options", "{order: 3}"], "check-solver: --options is not JSON (Expecting property name enclosed in "
+                                          "double quotes: line 1 column 2 (char 1)): '{order: 3}'"),
+    (["lms", "--options", "[3]"], "check-solver: --options must be a JSON object of option: value, got '[3]'"),
+    (["lms", "--options", '{"ordr": 3}'], "key 'options.lms.ordr': unknown option (did you mean 'order'?)"),
+    (["heun", "--schedule", "VPLinearr"], "key 'schedule': unknown value 'VPLinearr' (did you mean 'VPLinear'?)"),
+])
+def test_bad_input_is_refused_before_anything_runs(tmp_path, args, said):
+    status, _, stderr = bench_cli("check-solver", *args, "--out", str(tmp_path / "run"))
+    assert status == 2 and said in stderr and not (tmp_path / "run").exists()
