@@ -673,7 +673,8 @@ def main(argv=None) -> int:
     check.add_argument("solver")
     check.add_argument("--schedule", default="VPLinear", help="the mixtures' noise schedule (default VPLinear)")
     check.add_argument("--spacing", default="logsnr", help="the time spacing (default logsnr)")
-    check.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128], help="step counts (default 16 32 64 128)")
+    check.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128],
+                       help="step counts (default 16 32 64 128)")
     check.add_argument("--n-samples", type=int, default=256, help="samples per configuration (default 256)")
     check.add_argument("--options", help="the solver's options as a JSON object, e.g. '{\"order\": 3}'")
     check.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")

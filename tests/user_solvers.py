@@ -44,7 +44,8 @@ def euler_maruyama_in_half_steps(model, x, ts, *, eta, noise):
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         for a, b in ((t, (t + s) / 2), ((t + s) / 2, s)):
-            x = x + model.drift(x, a, eta) * (b - a) + eta * math.sqrt(float(model.schedule.g2(a)) * (a - b)) * noise(a, b, x)
+            x = x + model.drift(x, a, eta) * (b - a)
+            x = x + eta * math.sqrt(float(model.schedule.g2(a)) * (a - b)) * noise(a, b, x)
     return x
 
 

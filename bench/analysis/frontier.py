@@ -120,13 +120,13 @@ def budget_table(df: pd.DataFrame, quality: str, budgets=(5, 10, 20, 50, 100, 20
                  tie_z: float = TIE_Z, listed: int = 6, apart: tuple[str, ...] = ("exec_mode",)) -> pd.DataFrame:
     """Best configuration per model, guidance scale, ``apart`` and cost budget: the lowest ``quality`` among
     configurations with cost <= budget (both averaged over seeds; a ``<cost>_std`` column, the cost's spread, goes
-    beside it), its standard error, and every other
-    configuration within ``tie_z`` combined standard errors of it: a tie, not significantly worse (the SEs combined
-    as if independent, which for paired configurations of one x_T errs towards more ties). Guidance scales are
-    ranked separately, where a run sweeps them (the best solver at a budget may change with the scale), and so is
-    each value of the ``apart`` columns: by NFE the exec modes, so that a faster mode cannot win through its drift
-    from eager; by time (``time_budget_table``) the machines instead. Budgets stop at the first that holds every
-    configuration; an ``apart`` column of one value is left out of the table."""
+    beside it), its standard error, and every other configuration within ``tie_z`` combined standard errors of it: a
+    tie, not significantly worse (the SEs combined as if independent, which for paired configurations of one x_T
+    errs towards more ties). Guidance scales are ranked separately, where a run sweeps them (the best solver at a
+    budget may change with the scale), and so is each value of the ``apart`` columns: by NFE the exec modes, so that
+    a faster mode cannot win through its drift from eager; by time (``time_budget_table``) the machines instead.
+    Budgets stop at the first that holds every configuration; an ``apart`` column of one value is left out of the
+    table."""
     rows = []
     se = f"{quality}_se"
     ok = per_config(df, quality, cost, apart)
@@ -165,9 +165,9 @@ TIME_COST = "ms_per_sample"  # the time budget table's cost: milliseconds of sam
 def time_budget_table(df: pd.DataFrame, quality: str, tie_z: float = TIE_Z) -> pd.DataFrame:
     """``budget_table`` by the measured sampling time per sample (``TIME_COST``) instead of NFE, for budgets 1, 2,
     5 x 10^k ms (``time_budgets``): the question of a user with a time to spend. Beside the best configuration's
-    time, its spread (``<TIME_COST>_std``): of its repeated timings (wall_s_std), or over its seeds' times. Exec modes compete (a faster mode
-    wins where its quality holds: its drift is in its quality figure); times compare only on one machine, so each
-    device and host is ranked apart."""
+    time, its spread (``<TIME_COST>_std``): of its repeated timings (wall_s_std), or over its seeds' times. Exec
+    modes compete (a faster mode wins where its quality holds: its drift is in its quality figure); times compare
+    only on one machine, so each device and host is ranked apart."""
     timed = df.assign(**{TIME_COST: 1000.0 * df.wall_s / df.n_samples,
                          f"{TIME_COST}_std": 1000.0 * df.get("wall_s_std", np.nan) / df.n_samples})
     ranked = timed[(timed.status == "ok") & timed[quality].notna()]  # the seeds' means lie within their span
@@ -300,8 +300,9 @@ def order_table(df: pd.DataFrame, error: str = "err_reference") -> pd.DataFrame:
     ``error`` at two or more NFE of fixed-step configurations (averaged over seeds), ``order`` and ``order_se`` from
     fitted_order (the rows share x_T, so the SE, which takes them as independent, errs large), the ``local orders``
     between consecutive NFE (the last is the nearest to the asymptotic regime), the ``nominal`` order the rows were
-    made with (nominal_order: the solver entry's order_for) and ``error falls``: whether the error at the largest NFE is below the smallest's
-    beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the asymptotic regime)."""
+    made with (nominal_order: the solver entry's order_for) and ``error falls``: whether the error at the largest
+    NFE is below the smallest's beyond TIE_Z combined standard errors (no: unstable on this spacing, or far from the
+    asymptotic regime)."""
     ok = per_config(df[df.steps.notna()], error) if error in df else df.iloc[:0]
     if ok.empty:
         return pd.DataFrame()

@@ -46,7 +46,8 @@ def check_spec(solver: str, schedule: str, spacing: str, steps: list[int], n_sam
     etas = [0.0, 1.0] if entry.stochastic == "both" else [entry.default_eta]
     return {"name": "check-solver", "models": list(CHECK_MODELS), "solvers": [solver], "schedule": schedule,
             "spacings": [spacing], "steps": steps, "etas": etas, "n_samples": n_samples, "seeds": [0],
-            "dtype": "float64", "metrics": ["err_reference", "err_stepdoubling"], "options": {solver: options} if options else {},
+            "dtype": "float64", "metrics": ["err_reference", "err_stepdoubling"],
+            "options": {solver: options} if options else {},
             "time_limit_s": 0, "reference_time_limit_s": 0, "timing_repeats": 1}
 
 
@@ -83,7 +84,8 @@ def verdicts(rows: pd.DataFrame) -> list[SolverCheck]:
         for (model, eta), group in ok[(ok.eta > 0) == draws].groupby(["model", "eta"]):
             if (model, eta) not in measured:
                 why = (": the entry gives it no order (no pathwise convergence), so its rows have no step-doubling "
-                       "estimate" if group.nominal_order.isna().all() else " at two or more NFE (see the rows' messages)")
+                       "estimate" if group.nominal_order.isna().all() else
+                       " at two or more NFE (see the rows' messages)")
                 checks.append(SolverCheck(f"{model}, eta {eta:g}: {'strong order' if draws else 'order'}", None,
                                           f"not measured: no {error}{why}"))
     return checks
@@ -96,7 +98,7 @@ def _order_check(curve: dict, draws: bool, against: str) -> SolverCheck:
     measured = (f"{curve['order']:.2f} ± {curve['order_se']:.2g} over NFE {curve['nfe']} (local orders "
                 f"{curve['local orders']}) against {against}")
     if pd.isna(curve["nominal"]):
-        return SolverCheck(what, curve["error falls"] == "yes",
-                           f"{measured}; the entry gives no order, so only whether the error falls: {curve['error falls']}")
+        return SolverCheck(what, curve["error falls"] == "yes", f"{measured}; the entry gives no order, so only "
+                                                                 f"whether the error falls: {curve['error falls']}")
     reached = math.isfinite(curve["order"]) and curve["order"] >= curve["nominal"] - ORDER_SLACK
     return SolverCheck(what, reached, f"{measured}; the entry says {int(curve['nominal'])}")

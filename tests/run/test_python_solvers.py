@@ -105,7 +105,8 @@ def test_the_library_samples_with_a_python_solver():
 ])
 def test_a_python_solver_that_names_no_solver_is_a_spec_error(name, said):
     with pytest.raises(SpecError) as refused:
-        parse_spec({"models": ["ring2d"], "n_samples": 8, "solvers": ["euler", name], "steps": [4], "options": {name: {"x": 1}}})
+        parse_spec({"models": ["ring2d"], "n_samples": 8, "solvers": ["euler", name], "steps": [4],
+                    "options": {name: {"x": 1}}})
     assert str(refused.value).splitlines() == [f"<spec>: key 'solvers': {said}"]  # its options: not checked further
 
 
@@ -114,7 +115,8 @@ def test_a_python_solver_whose_module_fails_to_import_is_a_spec_error(tmp_path, 
     (tmp_path / "needs_more.py").write_text("import not_installed_anywhere\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SpecError) as refused:
-        parse_spec({"models": ["ring2d"], "n_samples": 8, "solvers": ["python:half_written:S", "python:needs_more:S"], "steps": [4]})
+        parse_spec({"models": ["ring2d"], "n_samples": 8, "solvers": ["python:half_written:S", "python:needs_more:S"],
+                    "steps": [4]})
     assert str(refused.value).splitlines() == [
         "<spec>: key 'solvers': solver 'python:half_written:S': importing it raised RuntimeError: not finished",
         "<spec>: key 'solvers': solver 'python:needs_more:S': importing it raised ModuleNotFoundError: No module "
