@@ -10,7 +10,8 @@ import pandas as pd
 from bench.analysis.frontier import order_table
 from bench.run import store
 from bench.run.sweep import run_sweep
-from bench.spec.config import expand, parse_spec
+from bench.spec.config import expand, load_spec, parse_spec
+from bench.spec.fitted import toml_key, toml_value
 from solvers import get_solver
 
 CHECK_MODELS = ("ring2d", "gmm_hd")  # exact scores and samples: a 2-D ring of 8 Gaussians, a 16-D mixture
@@ -52,8 +53,16 @@ def check_spec(solver: str, schedule: str, spacing: str, steps: list[int], n_sam
 
 
 def check_solver(raw: dict, run_dir: Path) -> tuple[list[SolverCheck], pd.DataFrame]:
-    """Run the check's grid ``raw`` (check_spec) into ``run_dir`` and read the verdicts from its rows."""
-    spec = parse_spec(raw, str(Path(run_dir) / "check-solver.toml"))
+    """Run the check's grid ``raw`` (check_spec) into a new run folder ``run_dir``, its spec written there as
+    spec.toml (``python -m bench run`` reruns it), and read the verdicts from its rows."""
+    run_dir = Path(run_dir)
+    if (run_dir / "run.json").exists():
+        raise ValueError(f"check-solver: {run_dir} holds a run already; a check writes a new one (choose another --out)")
+    spec_path = run_dir / "spec.toml"
+    parse_spec(raw, str(spec_path))  # every problem said before the folder is made
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text("".join(f"{toml_key(key)} = {toml_value(value)}\n" for key, value in raw.items()))
+    spec = load_spec(spec_path)
     meta = store.open_run(run_dir, spec)
     run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
     rows = store.load_rows(run_dir)

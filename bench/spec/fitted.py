@@ -80,11 +80,13 @@ def is_fitted(spacing) -> bool:
     return isinstance(spacing, str) and spacing.startswith(PREFIX)
 
 
-def _toml_key(key) -> str:
+def toml_key(key) -> str:
+    """``key`` as a TOML key: bare where it may be, else quoted (a python: solver's name)."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", str(key)) else json.dumps(str(key))
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """``value`` (a number, string, list or table of them) in TOML's form; a TypeError for anything else."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -93,18 +95,18 @@ def _toml_value(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML form for {value!r}")
 
 
 def write(path: Path, fields: dict, tables: dict, comment: str) -> None:
     """A fitted grid's file: ``fields`` (scalars and lists), then one [table] per entry of ``tables``."""
-    lines = [f"# {line}" for line in comment.splitlines()] + [f"kind = {_toml_value(KIND)}"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in fields.items() if value is not None]
+    lines = [f"# {line}" for line in comment.splitlines()] + [f"kind = {toml_value(KIND)}"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in fields.items() if value is not None]
     for name, table in tables.items():
-        lines += ["", f"[{name}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+        lines += ["", f"[{name}]"] + [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items()]
     Path(path).write_text("\n".join(lines) + "\n")
 
 

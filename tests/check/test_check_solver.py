@@ -2,6 +2,7 @@
 wrong about it (its NFE, its noise draws, its order), for a user's python: solver as for a registered one."""
 import pytest
 
+from bench.run.store import load_rows
 from solvers import SOLVERS
 from support import bench_cli
 
@@ -82,3 +83,15 @@ def test_every_registered_solver_it_can_run_passes_with_the_defaults(tmp_path, s
     """The guide's claim (33 solvers, 3-39 s each on 2 cores): the defaults are where every entry's order shows."""
     status, stdout, _ = bench_cli("check-solver", solver, "--out", str(tmp_path / "run"))
     assert status == 0, stdout
+
+
+def test_the_check_writes_its_spec_into_its_run_folder_and_never_runs_into_an_existing_one(tmp_path):
+    status, _, _ = bench_cli("check-solver", "heun", "--out", str(tmp_path / "run"), "--steps", "4", "8",
+                             "--n-samples", "16", "--options", "{}")
+    assert status == 0
+    rerun, _, _ = bench_cli("run", str(tmp_path / "run" / "spec.toml"), "--out", str(tmp_path / "again"),
+                            "--no-progress")
+    assert rerun == 0 and len(load_rows(tmp_path / "again")) == len(load_rows(tmp_path / "run")) == 4
+    status, _, stderr = bench_cli("check-solver", "heun", "--out", str(tmp_path / "run"))
+    assert status == 2 and f"check-solver: {tmp_path / 'run'} holds a run already; a check writes a new one " \
+                           "(choose another --out)" in stderr
