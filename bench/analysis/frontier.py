@@ -339,16 +339,19 @@ def _nominal_order(group: pd.DataFrame, config: dict) -> int | None:
     return get_solver(config["solver"]).order_for(config["eta"], options)
 
 
+ORDER_SLACK = 0.5  # a fitted order this far below the nominal one still counts as reaching it
+
+
 def order_summary(orders: pd.DataFrame) -> list[str]:
-    """Per model: how many curves of ``orders`` (order_table) reach their nominal order (fitted order within 0.5 of
-    it, or above), and which do not get better with more NFE (the error at their largest NFE not below their
-    smallest's beyond the standard errors)."""
+    """Per model: how many curves of ``orders`` (order_table) reach their nominal order (fitted order within
+    ``ORDER_SLACK`` of it, or above), and which do not get better with more NFE (the error at their largest NFE not
+    below their smallest's beyond the standard errors)."""
     sentences = []
     for model, group in orders.groupby("model"):
         rated = group[group.nominal.notna()]
-        reached = int((rated.order >= rated.nominal - 0.5).sum())
+        reached = int((rated.order >= rated.nominal - ORDER_SLACK).sum())
         sentences.append(f"{model}: {reached} of {len(rated)} curves reach their nominal order (fitted order within "
-                         f"0.5 of it or above) over the NFE measured.")
+                         f"{ORDER_SLACK:g} of it or above) over the NFE measured.")
         stuck = group[group["error falls"] != "yes"]
         if not stuck.empty:
             sentences.append(f"{model}: the error does not fall with NFE beyond the standard errors for "
