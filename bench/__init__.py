@@ -1,1 +1,1 @@
-"""The benchmarking harness: grid specs, models, runner, metrics, results store, plots and reports."""
+"""The benchmarking harness: grid specs, models, runner, metrics, results store, plots and reports, and solver checks."""
