@@ -178,5 +178,9 @@ def for_cell(spacing: str, model: str, solver: str, steps: int | None) -> tuple[
 
 
 def file_name(model: str, solver: str, steps: int) -> str:
-    """The file fit-schedule writes a grid to: the model's name made safe for a file name, solver, steps."""
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model).strip('_')}-{solver}-{steps}steps.toml"
+    """The file fit-schedule writes a grid to: the model's and the solver's names made safe for a file name (a
+    diffusers: folder, a python: function or solver), steps."""
+    def safe(name):
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+    return f"{safe(model)}-{safe(solver)}-{steps}steps.toml"

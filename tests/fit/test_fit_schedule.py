@@ -219,3 +219,15 @@ def test_a_grid_is_found_by_name_in_the_default_folder(grid_folder, tmp_path, mo
     assert by_name[0].fitted.path == str(path) and by_name[0].steps == 3
     with pytest.raises(SpecError, match="no such file or folder \\(nor a grid of that name in"):
         _spec(spacings=["fitted:no-such-grid"])
+
+
+def test_a_users_python_solver_is_fitted_to_a_safe_file_name_and_its_grid_found_in_the_folder(tmp_path):
+    mine = "python:user_solvers:MY_EULER"
+    status, stdout, _ = bench_cli("fit-schedule", "ring2d", "--solvers", mine, "--steps", "3", "--n-samples", "8",
+                                  "--candidates", "6", "--refine-rounds", "0", "--threads", "1", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*.toml")
+    assert status == 0 and path.name == "ring2d-python_user_solvers_MY_EULER-3steps.toml"
+    assert fitted_grids.read(path).solver == mine
+    (cfg,) = expand(parse_spec({"models": ["ring2d"], "solvers": [mine], "steps": [3], "n_samples": 8,
+                                "spacings": [f"fitted:{tmp_path}"]}))
+    assert cfg.fitted is not None and cfg.fitted.path == str(path) and cfg.skip_reason is None
