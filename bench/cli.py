@@ -490,7 +490,7 @@ def cmd_fit_schedule(args) -> int:
 
 def cmd_check_solver(args) -> int:
     """A solver's grid on the analytic mixtures (bench.check) and its verdicts; exit 1 where one fails."""
-    from bench.check import CHECK_MODELS, check_solver
+    from bench.check import check_solver
     from bench.check.solver import check_spec
     from bench.run import store
     from bench.run.policy import ExecutionPolicy
@@ -499,7 +499,8 @@ def cmd_check_solver(args) -> int:
         options = json.loads(args.options) if args.options else {}
         if not isinstance(options, dict):
             raise ValueError(f"check-solver: --options must be a JSON object of option: value, got {args.options!r}")
-        raw = check_spec(args.solver, args.schedule, args.spacing, args.steps, args.n_samples, options)
+        raw = check_spec(args.solver, args.schedule, args.spacing, args.steps, args.n_samples, options,
+                         args.guidance_scale)
     except json.JSONDecodeError as err:
         print(f"check-solver: --options is not JSON ({err}): {args.options!r}", file=sys.stderr)
         return 2
@@ -509,9 +510,10 @@ def cmd_check_solver(args) -> int:
     run_dir = Path(args.out) if args.out else store.new_run_dir(DEFAULT_RESULTS, "check-" + re.sub(
         r"[^A-Za-z0-9_.-]+", "_", args.solver))
     ExecutionPolicy(threads=args.threads).apply()
-    print(f"check-solver {args.solver} on {', '.join(CHECK_MODELS)} ({args.schedule}, {args.spacing} spacing, steps "
-          f"{', '.join(map(str, args.steps))}, eta {', '.join(f'{e:g}' for e in raw['etas'])}, {args.n_samples} "
-          f"samples) -> {run_dir}", file=sys.stderr)
+    guided = f" guided at {args.guidance_scale:g}" if args.guidance_scale is not None else ""
+    print(f"check-solver {args.solver} on {', '.join(raw['models'])}{guided} ({args.schedule}, {args.spacing} "
+          f"spacing, steps {', '.join(map(str, args.steps))}, eta {', '.join(f'{e:g}' for e in raw['etas'])}, "
+          f"{args.n_samples} samples) -> {run_dir}", file=sys.stderr)
     try:
         checks, _ = check_solver(raw, run_dir)
     except ValueError as err:  # the spec's own checks (a schedule, a spacing, an option) or a run folder refused
@@ -520,7 +522,7 @@ def cmd_check_solver(args) -> int:
     print("\n".join(check.line() for check in checks))
     checked = [check for check in checks if check.passed is not None]
     passed, unchecked = sum(check.passed for check in checked), len(checks) - len(checked)
-    print(f"{passed} of {len(checked)} checks passed" + (f" ({unchecked} not measured)" if unchecked else "")
+    print(f"{passed} of {len(checked)} checks passed" + (f" ({unchecked} not checked)" if unchecked else "")
           + f"; the rows: {run_dir} (python -m bench report {run_dir})")
     return 0 if passed == len(checked) else 1
 
@@ -676,6 +678,8 @@ def main(argv=None) -> int:
     check.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128],
                        help="step counts (default 16 32 64 128)")
     check.add_argument("--n-samples", type=int, default=256, help="samples per configuration (default 256)")
+    check.add_argument("--guidance-scale", type=float, help="check it on gmm_classes, the class-conditional "
+                       "mixture, guided at this scale (CFG++ samplers need one)")
     check.add_argument("--options", help="the solver's options as a JSON object, e.g. '{\"order\": 3}'")
     check.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     check.add_argument("--out", help="the run folder (default: results/scratch/<time>-<commit>-check-<solver>)")

@@ -8,6 +8,6 @@ python: solver as for a registered one after an edit.
 
 May import: solvers, bench.spec, bench.run, bench.analysis (the measured orders).
 """
-from bench.check.solver import CHECK_MODELS, SolverCheck, check_solver
+from bench.check.solver import CHECK_MODELS, GUIDED_MODEL, SolverCheck, check_solver
 
-__all__ = ["CHECK_MODELS", "SolverCheck", "check_solver"]
+__all__ = ["CHECK_MODELS", "GUIDED_MODEL", "SolverCheck", "check_solver"]

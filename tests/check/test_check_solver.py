@@ -54,15 +54,27 @@ def test_a_solver_without_a_pathwise_order_is_run_and_its_order_said_not_measure
                                   "--n-samples", "32")
     assert status == 0 and "--    ring2d, eta 1: strong order: not measured: no err_stepdoubling: the entry gives it " \
                            "no order (no pathwise convergence), so its rows have no step-doubling estimate" in stdout
-    assert "3 of 3 checks passed (2 not measured)" in stdout
+    assert "3 of 3 checks passed (2 not checked)" in stdout
+
+
+def test_a_guided_check_measures_the_order_under_guidance_and_runs_a_cfg_pp_sampler_without_an_order(tmp_path):
+    status, stdout, stderr = _check(tmp_path, "dpmpp_2m", "--guidance-scale", "3")
+    assert status == 0 and "on gmm_classes guided at 3 (" in stderr
+    assert "ok    gmm_classes, eta 0: order: " in stdout and stdout.count("order:") == 1
+    status, stdout, _ = bench_cli("check-solver", "euler_cfg_pp", "--guidance-scale", "2", *QUICK,
+                                  "--out", str(tmp_path / "cfg_pp"))
+    (line,) = [line for line in stdout.splitlines() if "order:" in line]
+    assert status == 0 and line.startswith("  --    gmm_classes, eta 0: order: ")  # CFG++ leaves the guided ODE:
+    assert "; not checked: the entry gives it no order (whether the error falls: " in line  # its error need not fall
+    assert "3 of 3 checks passed (1 not checked)" in stdout
 
 
 @pytest.mark.parametrize("args, said", [
     (["heum"], "unknown solver 'heum'. Did you mean 'heun'?"),
     (["dopri5"], "check-solver: dopri5 is adaptive: it chooses its own steps, so it has no order in the steps to "
                  "check (check a fixed-step solver)"),
-    (["euler_cfg_pp"], "check-solver: euler_cfg_pp is a CFG++ sampler: it needs a classifier-free guided model, and "
-                       "the analytic mixtures are not one"),
+    (["euler_cfg_pp"], "check-solver: euler_cfg_pp is a CFG++ sampler: it needs a classifier-free guided model; "
+                       "--guidance-scale S checks it on gmm_classes, the class-conditional mixture, guided at S"),
     (["lms", "--options", "{order: 3}"], "check-solver: --options is not JSON (Expecting property name enclosed in "
                                           "double quotes: line 1 column 2 (char 1)): '{order: 3}'"),
     (["lms", "--options", "[3]"], "check-solver: --options must be a JSON object of option: value, got '[3]'"),
@@ -95,3 +107,9 @@ def test_the_check_writes_its_spec_into_its_run_folder_and_never_runs_into_an_ex
     status, _, stderr = bench_cli("check-solver", "heun", "--out", str(tmp_path / "run"))
     assert status == 2 and f"check-solver: {tmp_path / 'run'} holds a run already; a check writes a new one " \
                            "(choose another --out)" in stderr
+
+
+@pytest.mark.parametrize("solver", [name for name, s in SOLVERS.items() if s.needs_guidance])
+def test_every_cfg_pp_sampler_runs_its_guided_check_with_nfe_and_noise_as_declared(tmp_path, solver):
+    status, stdout, _ = bench_cli("check-solver", solver, "--guidance-scale", "2", "--out", str(tmp_path / "run"))
+    assert status == 0, stdout
