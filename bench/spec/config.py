@@ -254,6 +254,7 @@ def _validate(raw: dict, where: str) -> list[str]:
             fitted_grids.grids(spacing)
         except (OSError, ValueError) as err:
             errors.append(f"{where}: key 'spacings': {err}")
+    plugin_problems = _plugin_problems(raw)
     for key, allowed in (("models", MODELS), ("solvers", SOLVERS), ("spacings", SPACINGS), ("metrics", METRICS),
                          ("exec_modes", EXEC_MODES)):
         for name in (n for n in raw.get(key, []) if not isinstance(n, dict) and not fitted_grids.is_fitted(n)):
@@ -261,8 +262,8 @@ def _validate(raw: dict, where: str) -> list[str]:
                 if problem := model_problem(name):
                     errors.append(f"{where}: key 'models': {name!r}: {problem}")
                 continue
-            if key == "solvers" and name.startswith(PLUGIN_PREFIX):
-                if problem := solver_problem(name):
+            if key == "solvers" and name in plugin_problems:
+                if problem := plugin_problems[name]:
                     errors.append(f"{where}: key 'solvers': {problem}")
                 continue
             if key == "metrics" and name in RENAMED_METRICS:
@@ -305,7 +306,8 @@ def _validate(raw: dict, where: str) -> list[str]:
     for key in ("models", "solvers"):
         if key in raw and not raw[key]:
             errors.append(f"{where}: key {key!r} must not be empty")
-    listed, solvers = raw.get("solvers", []), _resolving_solvers(raw)
+    listed = raw.get("solvers", [])
+    solvers = [s for s in listed if s in SOLVERS or (s in plugin_problems and not plugin_problems[s])]
     if any(not get_solver(s).adaptive for s in solvers) and "steps" in raw and not raw["steps"]:
         errors.append(f"{where}: key 'steps' must not be empty when fixed-step solvers are listed")
     if any(not get_solver(s).adaptive for s in solvers) and "steps" not in raw:
@@ -346,7 +348,7 @@ def _validate(raw: dict, where: str) -> list[str]:
             and raw.get("image_resize") == "bilinear" and "fashion_gmm" in raw.get("models", [])):
         errors.append(f"{where}: key 'fid_reference': 'fashion_mnist_test' compares at 28px by cropping the padding "
                       f"of 32px images, but image_resize = 'bilinear' stretches them; use image_resize = 'pad'")
-    errors += _conditioning_errors(raw, where)
+    errors += _conditioning_errors(raw, where, solvers)
     errors += _metric_model_errors(raw, where)
     if "clip_score" in raw.get("metrics", []) and "clip_model" not in raw:
         errors.append(f"{where}: key 'clip_model': metric 'clip_score' needs a local CLIP folder (a transformers "
@@ -386,10 +388,10 @@ def _validate(raw: dict, where: str) -> list[str]:
     return errors
 
 
-def _resolving_solvers(raw: dict) -> list[str]:
-    """The spec's solvers that name a registry entry: registered, or a python: solver that imports (the others are
-    reported once, by name, and checked no further)."""
-    return [s for s in raw.get("solvers", []) if not solver_problem(s)]
+def _plugin_problems(raw: dict) -> dict:
+    """The spec's python: solvers -> why each names no Solver (None where it does): each module imported once, so a
+    module that fails to import runs once, and its failure is reported once; such a solver is checked no further."""
+    return {name: solver_problem(name) for name in raw.get("solvers", []) if name.startswith(PLUGIN_PREFIX)}
 
 
 def _sample_count_errors(raw: dict, where: str) -> list[str]:
@@ -422,8 +424,9 @@ def _read_prompts(path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _conditioning_errors(raw: dict, where: str) -> list[str]:
-    """Conditions and guidance against what each model takes, read from its configs (no weights loaded)."""
+def _conditioning_errors(raw: dict, where: str, solvers: list[str]) -> list[str]:
+    """Conditions and guidance against what each model takes, read from its configs (no weights loaded);
+    ``solvers``: the spec's solvers that name a registry entry."""
     errors = []
     scales, interval = raw.get("guidance_scales"), raw.get("guidance_interval")
     labels = raw.get("class_labels")
@@ -449,7 +452,7 @@ def _conditioning_errors(raw: dict, where: str) -> list[str]:
                 errors.append(f"{where}: key 'prompts_file': {raw['prompts_file']!r} holds no prompts (one per line)")
         except OSError as err:
             errors.append(f"{where}: key 'prompts_file': cannot read {raw['prompts_file']!r}: {err.strerror}")
-    cfg_pp = [s for s in _resolving_solvers(raw) if get_solver(s).needs_guidance]
+    cfg_pp = [s for s in solvers if get_solver(s).needs_guidance]
     for model in [m for m in raw.get("models", []) if is_model_name(m)]:
         folder = model.partition(":")[2] if model.startswith("diffusers:") else None
         if "nll" in raw.get("metrics", []) and folder and Path(folder).is_dir() and trained_on(folder) is None:

@@ -111,7 +111,9 @@ def test_a_python_solver_that_names_no_solver_is_a_spec_error(name, said):
 
 
 def test_a_python_solver_whose_module_fails_to_import_is_a_spec_error(tmp_path, monkeypatch):
-    (tmp_path / "half_written.py").write_text("import math\nraise RuntimeError('not finished')\n")
+    runs = tmp_path / "runs.txt"
+    (tmp_path / "half_written.py").write_text(f"open({str(runs)!r}, 'a').write('x')\n"
+                                              "raise RuntimeError('not finished')\n")
     (tmp_path / "needs_more.py").write_text("import not_installed_anywhere\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SpecError) as refused:
@@ -121,6 +123,7 @@ def test_a_python_solver_whose_module_fails_to_import_is_a_spec_error(tmp_path, 
         "<spec>: key 'solvers': solver 'python:half_written:S': importing it raised RuntimeError: not finished",
         "<spec>: key 'solvers': solver 'python:needs_more:S': importing it raised ModuleNotFoundError: No module "
         "named 'not_installed_anywhere'"]
+    assert runs.read_text() == "x"  # the failing module ran once, not once per check that reads the solvers
 
 
 def test_a_python_solvers_options_eta_and_steps_are_checked_as_a_registered_ones():
