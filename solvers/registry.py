@@ -5,6 +5,7 @@ import difflib
 import importlib
 import inspect
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -331,7 +332,7 @@ def plugin_solver(name: str) -> Solver:
     must be on the python path; a ValueError names what is wrong (the form, the module, the attribute, its type)."""
     if name in _PLUGINS:
         return _PLUGINS[name]
-    module_name, _, attribute = name[len(PLUGIN_PREFIX):].partition(":")
+    module_name, attribute = _plugin_parts(name)
     if not module_name or not attribute:
         raise ValueError(f"solver {name!r}: expected python:module:attribute, the attribute a solvers.Solver")
     try:
@@ -350,6 +351,19 @@ def plugin_solver(name: str) -> Solver:
                          f"nfe_per_step, eta, reference)")
     _PLUGINS[name] = solver
     return solver
+
+
+def _plugin_parts(name: str) -> tuple[str, str]:
+    """``python:module:attribute`` -> (module, attribute); empty where the name lacks one."""
+    module_name, _, attribute = name[len(PLUGIN_PREFIX):].partition(":")
+    return module_name, attribute
+
+
+def plugin_source_files(name: str) -> list[str]:
+    """The files a python: solver's code is in: its module's (the Solver entry) and, where another, its function's."""
+    solver = plugin_solver(name)
+    modules = {_plugin_parts(name)[0], solver.fn.__module__}
+    return sorted(inspect.getsourcefile(sys.modules[module]) for module in modules)
 
 
 def solver_problem(name: str) -> str | None:

@@ -20,14 +20,12 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
-import inspect
 import json
 import os
 import platform
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -125,18 +123,16 @@ def git_state(cwd=None) -> tuple[str, bool]:
 
 @functools.lru_cache(maxsize=None)
 def solver_sha256(name: str) -> str | None:
-    """sha256 of the code a python: solver runs (solvers.registry.plugin_solver): the file of the module that holds its
-    Solver entry and, where another, the file of its function; None for a registered solver (git_commit covers it).
-    Read once per process, near its import."""
-    from solvers import SOLVERS, get_solver
+    """sha256 of the code a python: solver runs (solvers.registry.plugin_source_files: the file of the module that holds
+    its Solver entry and, where another, the file of its function); None for a registered solver (git_commit covers
+    it). Read once per process, near its import."""
+    from solvers import SOLVERS
+    from solvers.registry import plugin_source_files
 
     if name in SOLVERS:
         return None
-    solver = get_solver(name)
-    files = {inspect.getsourcefile(sys.modules[solver.fn.__module__]),
-             inspect.getsourcefile(sys.modules[name.split(":")[1]])}
     digest = hashlib.sha256()
-    for file in sorted(files):
+    for file in plugin_source_files(name):
         digest.update(Path(file).read_bytes())
     return digest.hexdigest()
 
