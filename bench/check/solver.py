@@ -10,7 +10,7 @@ import pandas as pd
 from bench.analysis.frontier import ORDER_SLACK, order_table
 from bench.run import store
 from bench.run.sweep import run_sweep
-from bench.spec.config import expand, load_spec, parse_spec
+from bench.spec.config import expand, parse_spec
 from bench.spec.fitted import toml_key, toml_value
 from solvers import get_solver
 
@@ -62,10 +62,10 @@ def check_solver(raw: dict, run_dir: Path) -> tuple[list[SolverCheck], pd.DataFr
     if (run_dir / "run.json").exists():
         raise ValueError(f"check-solver: {run_dir} holds a run already; a check writes a new one (choose another --out)")
     spec_path = run_dir / "spec.toml"
-    parse_spec(raw, str(spec_path))  # every problem said before the folder is made
+    text = "".join(f"{toml_key(key)} = {toml_value(value)}\n" for key, value in raw.items())
+    spec = parse_spec(raw, str(spec_path), text)  # every problem said before the folder is made
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text("".join(f"{toml_key(key)} = {toml_value(value)}\n" for key, value in raw.items()))
-    spec = load_spec(spec_path)
+    spec_path.write_text(text)
     meta = store.open_run(run_dir, spec)
     run_sweep(expand(spec), run_dir, meta["run_id"], progress=False)
     rows = store.load_rows(run_dir)
