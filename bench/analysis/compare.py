@@ -249,11 +249,9 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
     for row in merged.itertuples(index=False):
         row = row._asdict()
         described = {k: row[k] if k in row else row.get(f"{k}_base") for k in _DESCRIBE}
-        weights = (row.get("weights_sha256_base"), row.get("weights_sha256_head"))
-        if all(isinstance(w, str) for w in weights) and weights[0] != weights[1]:
+        if _digests_differ(row, "weights_sha256"):
             other_weights.add(described["model"])
-        code = (row.get("solver_sha256_base"), row.get("solver_sha256_head"))
-        if all(isinstance(c, str) for c in code) and code[0] != code[1]:
+        if _digests_differ(row, "solver_sha256"):
             other_code.add(described["solver"])
         if row["status_base"] == "ok" and row["status_head"] != "ok":
             records.append({**described, "metric": "status", "base": math.nan, "head": math.nan,
@@ -298,6 +296,13 @@ def compare_runs(base: pd.DataFrame, head: pd.DataFrame, time_ratio: float = DEF
             "added": added.reindex(columns=_DESCRIBE),
             "removed": removed.reindex(columns=_DESCRIBE), "matched": len(merged), "paired": paired,
             "orders": order_moves(base, head), "unmatched": "" if len(merged) else unmatched_line(base, head)}
+
+
+def _digests_differ(row: dict, column: str) -> bool:
+    """Whether a matched row's base and head both carry the digest ``column`` (a model's weights, a python: solver's
+    code) and it differs."""
+    digests = (row.get(f"{column}_base"), row.get(f"{column}_head"))
+    return all(isinstance(d, str) for d in digests) and digests[0] != digests[1]
 
 
 def order_moves(base: pd.DataFrame, head: pd.DataFrame) -> pd.DataFrame:
