@@ -202,6 +202,11 @@ def _suggest(value, allowed) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _metrics_filling(column: str) -> list[str]:
+    """The metrics a spec may name whose rows fill ``column`` (``kid``: fid; ``precision``: precision_recall, fid)."""
+    return [metric.name for metric in METRICS.values() if metric.in_spec and column in metric.columns]
+
+
 def _is_type(value, types) -> bool:
     return isinstance(value, types) and (types is bool or not isinstance(value, bool))
 
@@ -269,6 +274,11 @@ def _validate(raw: dict, where: str) -> list[str]:
             if key == "metrics" and name in RENAMED_METRICS:
                 errors.append(f"{where}: key 'metrics': {name!r} was renamed {RENAMED_METRICS[name]!r} (the mean "
                               f"exact log p_0 of the samples, not a likelihood of data)")
+                continue
+            if key == "metrics" and name not in allowed and (fillers := _metrics_filling(name)):
+                errors.append(f"{where}: key 'metrics': {name!r} is a row column, not a metric; it is filled by "
+                              + " or ".join(repr(m) for m in fillers) + f": name {'one' if fillers[1:] else 'it'} "
+                              "in 'metrics'")
                 continue
             if name not in allowed:
                 errors.append(f"{where}: key {key!r}: unknown {key[:-1]} {name!r}{_suggest(name, allowed)}; "

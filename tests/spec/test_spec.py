@@ -24,6 +24,10 @@ MALFORMED = [
     (_with(models=["ring3d"]), "key 'models': unknown model 'ring3d' (did you mean 'ring2d'?)"),
     (_with(spacings=["logsnrr"]), "key 'spacings': unknown spacing 'logsnrr' (did you mean 'logsnr'?)"),
     (_with(metrics=["fid_score"]), "key 'metrics': unknown metric 'fid_score'"),
+    (_with(metrics=["kid"]), "key 'metrics': 'kid' is a row column, not a metric; it is filled by 'fid': name it in "
+                             "'metrics'"),
+    (_with(metrics=["recall"]), "key 'metrics': 'recall' is a row column, not a metric; it is filled by "
+                                "'precision_recall' or 'fid': name one in 'metrics'"),
     (_with(steps=[4, -2]), "key 'steps' must hold integers >= 1, got -2"),
     (_with(steps=[4, 2.5]), "key 'steps' must hold integers >= 1, got 2.5"),
     (_with(steps=4), "key 'steps' must be a list of integers >= 1, got 4"),
