@@ -9,6 +9,7 @@ import math
 
 import torch
 
+DDPM_VARIANCES = ("beta_tilde", "beta")  # the posterior's variance, the forward step's (ddpm's variance option)
 
 def ancestral_noise_std(schedule, t: float, s: float, eta: float) -> float:
     """The std c of the fresh noise a step from t to s adds at ``eta``: DDIM's eq. 16 variance in log-SNR form,
@@ -89,8 +90,6 @@ def ddpm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, varianc
     ``variance="beta"`` uses the forward variance sigma_{t|s}^2 (DDPM's sigma_t^2 = beta_t). First
     order, 1 NFE per step. It is the reverse SDE's discretisation: eta is fixed at 1.
     """
-    if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"ddpm: variance must be 'beta_tilde' or 'beta', got {variance!r}")
     times = ts.tolist()
     for t, s in zip(times[:-1], times[1:]):
         x = ddpm_step(model, x, t, s, noise, variance)

@@ -121,8 +121,6 @@ def dpmpp_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r:
     plus c_s z_2. z_1 is the noise of [t, t_mid] and z_2 of [t, s]: on one Brownian path they are
     correlated, as in k-diffusion's Brownian tree. eta = 0 is dpmpp_2s. 2 NFE per step.
     """
-    if not 0 < r < 1:
-        raise ValueError(f"dpmpp_sde: r must be in (0, 1), got {r}")
     schedule, times = model.schedule, ts.tolist()
     midpoints = [u for (u,) in stage_times(schedule, times, (r,))]
 
@@ -174,7 +172,6 @@ def seeds_2(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r: f
     ((1 - 1/(2r)) x0_t + x0_u/(2r)); ``"phi_2"``: kappa h [phi_1 x0_t + phi_2 (x0_u - x0_t)/r] at -kappa h.
     ComfyUI's eta is our eta^2 (as for dpmpp_2m_sde); eta 0 with phi_1 is dpmpp_2s. 2 NFE per step.
     """
-    check_seeds_2({"r": r, "solver_type": solver_type})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     kappa, eta2 = 1 + eta * eta, eta * eta
@@ -204,7 +201,6 @@ def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: 
     [phi_1 x0_t + (r2/r1) phi_2 (x0_1 - x0_t)]; x_s the same over h with phi_2 (x0_2 - x0_t)/r2. Order 3 at
     eta = 0; ComfyUI's eta is our eta^2. 3 NFE per step.
     """
-    check_seeds_3({"r1": r1, "r2": r2})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     kappa, eta2 = 1 + eta * eta, eta * eta
@@ -229,20 +225,13 @@ def seeds_3(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, r1: 
     return x
 
 
-def check_seeds_2(options: dict, schedule=None) -> None:
-    """SEEDS-2's options (Solver.check_options): its stage strictly inside the step, a known solver type. r = 1 would
-    put the stage on the step's end, an empty noise segment [u, s]."""
-    if options["solver_type"] not in SEEDS_SOLVER_TYPES:
-        raise ValueError(f"seeds_2: solver_type must be one of {SEEDS_SOLVER_TYPES}, got {options['solver_type']!r}")
-    if not 0 < options["r"] < 1:
-        raise ValueError(f"seeds_2: r must be in (0, 1), got {options['r']}")
-
-
-def check_seeds_3(options: dict, schedule=None) -> None:
-    """SEEDS-3's options (Solver.check_options): both stages strictly inside the step, in order."""
-    r1, r2 = options["r1"], options["r2"]
-    if not 0 < r1 < r2 < 1:
-        raise ValueError(f"seeds_3: need 0 < r1 < r2 < 1, got r1={r1}, r2={r2}")
+def ordered_stages(solver: str):
+    """Solver.check_options of a three-stage step (dpm_solver_3, seeds_3): its stages r1 h and r2 h in order (each
+    inside the step: Solver.allowed)."""
+    def check(options: dict, schedule=None) -> None:
+        if not options["r1"] < options["r2"]:
+            raise ValueError(f"{solver}: need 0 < r1 < r2 < 1, got r1={options['r1']}, r2={options['r2']}")
+    return check
 
 
 def seeds_noise(fraction_options: tuple[str, ...]):
@@ -345,10 +334,6 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
     "taylor", diffusers' "heun"); step 1 is first order. ``lower_order_final=True`` takes the last
     two steps at orders 1 and 2 (DPM-Solver's default below 10 steps, diffusers' below 15). 1 NFE per step.
     """
-    if d2_weight not in D2_WEIGHTS:
-        raise ValueError(f"dpmpp_3m: d2_weight must be one of {tuple(D2_WEIGHTS)}, got {d2_weight!r}")
-    if second_order not in SECOND_ORDER_FORMS:
-        raise ValueError(f"dpmpp_3m: second_order must be one of {SECOND_ORDER_FORMS}, got {second_order!r}")
     return _x0_multistep(model, x, ts, 3, D2_WEIGHTS[d2_weight], second_order, lower_order_final)
 
 
@@ -402,8 +387,6 @@ def deis(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, order: 
     (rho' = e^(-lambda) g^2 / (2 sigma^2)). The first steps run at the order the history allows.
     Order ``order``, 1 NFE per step.
     """
-    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
-        raise ValueError(f"deis: order must be an integer in 1..4, got {order!r}")
     schedule, times = model.schedule, ts.tolist()
     nodes, weights = gauss_legendre(16)
     y = x / float(schedule.alpha(times[0]))

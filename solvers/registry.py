@@ -46,8 +46,9 @@ class Solver:
     default options; ``order_for(eta, options)`` is the order a run converges at as its steps are refined,
     from ``order_rule(eta, options)`` where a solver has one, else the default rule (``_default_order``).
     ``noise`` says what a run draws (NoisePlan). ``needs_guidance``: the solver reads the unconditional prediction
-    beside the guided one (CFG++), so it runs on classifier-free guided models only. ``check_options(options, schedule or None)`` raises a
-    ValueError naming a bad option before any compute.
+    beside the guided one (CFG++), so it runs on classifier-free guided models only. Before any compute, each option given
+    must be of its default's type and within ``allowed[option]``; then ``check_options(options, schedule or None)``
+    (what involves several options, or the schedule) raises a ValueError naming a bad option.
     """
 
     name: str
@@ -68,6 +69,7 @@ class Solver:
     min_steps: int = 1  # fewer steps give a skipped row with the reason
     check_options: Callable[[dict, object], None] | None = None
     needs_guidance: bool = False  # CFG++: needs a classifier-free guided model (its unconditional prediction)
+    allowed: dict = field(default_factory=dict)  # option -> (is_allowed(value), what is allowed), checked before compute
     options: dict = field(init=False)
 
     def __post_init__(self):
@@ -130,8 +132,18 @@ class Solver:
         return self.noise.intervals(schedule, times, self._complete(options)) if self.noise.intervals else []
 
     def validate_options(self, options: dict | None = None, schedule=None) -> None:
-        """A ValueError naming the option, its value and what is allowed, before any compute; ``schedule`` (None
-        where it is not known yet) lets a solver check options against the time range it runs on."""
+        """A ValueError naming the option, its value and what is allowed, before any compute: each given option of
+        its default's type (a TOML "false" is no boolean; an integer option takes no 2.5) and within ``allowed``,
+        then the entry's ``check_options``; ``schedule`` (None where it is not known yet) lets a solver check options
+        against the time range it runs on."""
+        for option, value in (options or {}).items():
+            if option not in self.options:
+                continue  # sample() and the spec name unknown options
+            wanted = _type_problem(self.options[option], value)
+            if wanted is None and option in self.allowed and not self.allowed[option][0](value):
+                wanted = self.allowed[option][1]
+            if wanted:
+                raise ValueError(f"{self.name}: {option} must be {wanted}, got {value!r}")
         if self.check_options:
             self.check_options(self._complete(options), schedule)
 
@@ -151,6 +163,33 @@ class Solver:
         if self.stochastic == "sde" and eta == 0:
             raise ValueError(f"{self.name} is an SDE solver: eta must be > 0, got 0 (use an ODE solver for eta = 0)")
         return float(eta)
+
+
+def _type_problem(default, value) -> str | None:
+    """What an option's ``value`` must be, judged by the type of its ``default`` (None: it is that, or the default
+    is None and the entry's check_options judges it)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
+def _one_of(values) -> tuple:
+    return (lambda value: value in values), f"one of {tuple(values)}"
+
+
+def _integer_in(low: int, high: int) -> tuple:
+    return (lambda value: low <= value <= high), f"an integer in {low}..{high}"
+
+
+_STAGE_FRACTION = (lambda value: 0 < value < 1), "in (0, 1)"  # a stage strictly inside the step
+_POSITIVE, _NON_NEGATIVE = ((lambda value: value > 0), "> 0"), ((lambda value: value >= 0), ">= 0")
+_TOLERANCES = {"rtol": _POSITIVE, "atol": _NON_NEGATIVE, "max_nfe": ((lambda value: value >= 1), ">= 1")}
 
 
 def _solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs) -> tuple[str, Solver]:
@@ -188,34 +227,41 @@ SOLVERS: dict[str, Solver] = dict([
             "k-diffusion 0.1.1 sample_dpmpp_sde (Crowson); DPM-Solver++(2S), arXiv:2211.01095, Alg. 1",
             noise=NoisePlan(intervals=lambda schedule, times, options: [
                 (0, t, t_mid) for t, (t_mid,) in zip(times, exponential.stage_times(schedule, times, (options["r"],)))]),
+            allowed={"r": _STAGE_FRACTION},
             peers="= k-diffusion sample_dpmpp_sde (tested on the same draws); its eta 0 is dpmpp_2s"),
     _solver("gradient_estimation", denoising.gradient_estimation, 1, "ode", 1, _ODE_ONLY,
             "Permenter & Yuan 2024, arXiv:2306.04848, Alg. 2",
             peers="ComfyUI's sample_gradient_estimation (Euler in sigma with the same extrapolated direction, "
                   "ge_gamma = gamma); not installable here, so not compared"),
     _solver("ddpm", denoising.ddpm, 1, "sde", 1, "fixed at 1: ancestral sampling is the reverse SDE",
-            "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0),
+            "Ho et al. 2020, arXiv:2006.11239, Alg. 2", fixed_eta=1.0,
+            allowed={"variance": _one_of(denoising.DDPM_VARIANCES)}),
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
             nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step",
+            allowed={"order": _integer_in(1, 4), "warmup": _one_of(multistep.LMS_WARMUPS)},
             peers="k-diffusion's sample_lms warms up at lower order (warmup='lower_order', order 2) and steps in sigma"),
     _solver("ipndm", multistep.ipndm, 2, "ode", 1, _ODE_ONLY,
             "Zhang & Chen 2022, arXiv:2204.13902, iPNDM; Hairer et al. 1993, III.1",
+            allowed={"max_order": _integer_in(1, 4)},
             peers="ComfyUI's sample_ipndm (AB weights for equal steps in sigma~; not installable here: compared with "
                   "its published update restated in k-diffusion's variables); order 2 on non-uniform grids"),
     _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
-    _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1"),
-    _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2"),
+    _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1",
+            allowed={"r1": _STAGE_FRACTION}),
+    _solver("dpm_solver_3", exponential.dpm_solver_3, 3, "ode", 3, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 2",
+            allowed={"r1": _STAGE_FRACTION, "r2": _STAGE_FRACTION}, check_options=exponential.ordered_stages("dpm_solver_3")),
     _solver("dpmpp_2s", exponential.dpmpp_2s, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 1",
+            allowed={"r": _STAGE_FRACTION},
             peers="= k-diffusion sample_dpmpp_2s_ancestral at eta 0 (tested)"),
     _solver("dpmpp_2m", exponential.dpmpp_2m, 2, "ode", 1, _ODE_ONLY, "Lu et al. 2022b, arXiv:2211.01095, Alg. 2",
             peers="= k-diffusion sample_dpmpp_2m; = diffusers DPMSolverMultistepScheduler order 2, whose default below 15 steps is lower_order_final (both tested)"),
     _solver("dpmpp_3m", exponential.dpmpp_3m, 3, "ode", 1, _ODE_ONLY,
             "Lu et al. 2022b, arXiv:2211.01095, App. B; D2 weighted 2 phi_3 (Taylor-consistent)",
-            fixed={"d2_weight": "2phi_3"},
+            fixed={"d2_weight": "2phi_3"}, allowed={"second_order": _one_of(exponential.SECOND_ORDER_FORMS)},
             peers="peers weight D2 by phi_3: dpmpp_3m_phi3; step 2: second_order='midpoint' (DPM-Solver, diffusers) or 'taylor' (k-diffusion); lower_order_final"),
     _solver("dpmpp_3m_phi3", exponential.dpmpp_3m, 2, "ode", 1, _ODE_ONLY,
             "the peers' DPM-Solver++(3M): D2 weighted phi_3 as in DPM-Solver's code, k-diffusion, diffusers",
-            fixed={"d2_weight": "phi_3"},
+            fixed={"d2_weight": "phi_3"}, allowed={"second_order": _one_of(exponential.SECOND_ORDER_FORMS)},
             peers="= diffusers DPMSolverMultistepScheduler order 3 (solver_type midpoint/heun = second_order midpoint/taylor, lower_order_final); taylor = k-diffusion sample_dpmpp_3m_sde at eta 0 (all tested)"),
     _solver("res_multistep", exponential.res_multistep, 2, "ode", 1, _ODE_ONLY,
             "Zhang et al. 2023, arXiv:2308.02157 (RES), exponential AB2 with phi_2 weight",
@@ -226,13 +272,13 @@ SOLVERS: dict[str, Solver] = dict([
             peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
     _solver("seeds_2", exponential.seeds_2, 2, "both", 2, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
             "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise=NoisePlan(intervals=exponential.seeds_noise(("r",))),
-            check_options=exponential.check_seeds_2,
+            allowed={"r": _STAGE_FRACTION, "solver_type": _one_of(exponential.SEEDS_SOLVER_TYPES)},
             peers="ComfyUI's sample_seeds_2 (not installable here: compared with its published update restated); "
                   "eta 0 with phi_1 is dpmpp_2s"),
     _solver("seeds_3", exponential.seeds_3, 3, "both", 3, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
             "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-3",
             noise=NoisePlan(intervals=exponential.seeds_noise(("r1", "r2"))),
-            check_options=exponential.check_seeds_3,
+            allowed={"r1": _STAGE_FRACTION, "r2": _STAGE_FRACTION}, check_options=exponential.ordered_stages("seeds_3"),
             peers="ComfyUI's sample_seeds_3 (not installable here: compared with its published update restated)"),
     _solver("deis_2", exponential.deis, 2, "ode", 1, _ODE_ONLY, "Zhang & Chen 2022, arXiv:2204.13902, tAB eq. 14",
             fixed={"order": 2},
@@ -241,10 +287,10 @@ SOLVERS: dict[str, Solver] = dict([
             fixed={"order": 3},
             peers="tAB in t; diffusers' DEISMultistepScheduler extrapolates in log rho (not offered)"),
     _solver("unipc_2", unipc.unipc, 3, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-2 + UniC",
-            fixed={"order": 2},
+            fixed={"order": 2}, allowed={"variant": _one_of(unipc.UNIPC_VARIANTS)},
             peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("unipc_3", unipc.unipc, 4, "ode", 1, _ODE_ONLY, "Zhao et al. 2023, arXiv:2302.04867, UniP-3 + UniC",
-            fixed={"order": 3},
+            fixed={"order": 3}, allowed={"variant": _one_of(unipc.UNIPC_VARIANTS)},
             peers="= diffusers UniPCMultistepScheduler for bh1/bh2 (variant) and lower_order_final, its default below 15 steps (tested); reference code default bh1"),
     _solver("sa_solver", sa_solver.sa_solver, 4, "both", 1,
             _ETA_FAMILY + " where sigma/alpha is in [noise_sigma_min, noise_sigma_max] (default 0.72-25.5, "
@@ -257,6 +303,10 @@ SOLVERS: dict[str, Solver] = dict([
             "eta sets EDM's churn gamma_i = eta^2 (sigma_i - sigma_i+1)/sigma_i (eta family to first order); "
             "or pass s_churn", "Karras et al. 2022, arXiv:2206.00364, Alg. 2",
             noise=NoisePlan(draws=stochastic.edm_draws_noise),
+            allowed={"s_churn": ((lambda value: value is None or (isinstance(value, (int, float))
+                                                                 and not isinstance(value, bool) and value >= 0)),
+                                 "a number >= 0 (or unset: eta sets the churn)"),
+                     "s_noise": _NON_NEGATIVE},
             peers="eta 0 = k-diffusion sample_heun (tested); k-diffusion's s_churn is ours"),
     _solver("restart", stochastic.restart, 2, "sde", 2,
             "fixed at 1: the noise is restart's forward jumps, not the eta family",
@@ -269,24 +319,28 @@ SOLVERS: dict[str, Solver] = dict([
                   "(not installable here; not compared)"),
     _solver("er_sde", stochastic.er_sde, 3, "sde", 1,
             "fixed at 1: the noise is set by ER-SDE's scale function phi(v) = v (e^(v^0.3) + 10), not by eta",
-            "Cui et al. 2023, arXiv:2309.06169, ER-SDE-Solver-3", fixed_eta=1.0,
+            "Cui et al. 2023, arXiv:2309.06169, ER-SDE-Solver-3", fixed_eta=1.0, allowed={"max_stage": _integer_in(1, 3)},
             peers="ComfyUI's sample_er_sde (not installable here: compared with its published update restated; "
                   "it integrates phi by a 200-point float32 Riemann sum, we by Gauss-Legendre)"),
     _solver("pc", stochastic.pc, 1, "sde", 1, _ETA_FAMILY + " for the predictor (default 1)",
             "Song et al. 2021, arXiv:2011.13456, Alg. 2-3", nfe_extra=stochastic.corrector_nfe,
             nfe_note="+ corrector_steps", order_rule=stochastic.pc_order,
             noise=NoisePlan(streams=lambda options: options["corrector_steps"]),
+            allowed={"predictor": _one_of(stochastic.PC_PREDICTORS), "corrector_steps": _NON_NEGATIVE, "snr": _POSITIVE},
             peers="the paper's code: batch-averaged norms in the Langevin step (so results depend on the batch)"),
     _solver("step_doubling_euler", adaptive.step_doubling, 1, "ode", None, _ODE_ONLY,
-            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"}),
+            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "euler"},
+            allowed=_TOLERANCES),
     _solver("step_doubling_heun", adaptive.step_doubling, 2, "ode", None, _ODE_ONLY,
-            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "heun"}),
+            "Richardson step doubling; Hairer et al. 1993, II.4", adaptive=True, fixed={"method": "heun"},
+            allowed=_TOLERANCES),
     _solver("dpm_adaptive", adaptive.dpm_adaptive, 3, "ode", None, _ODE_ONLY,
             "Lu et al. 2022, arXiv:2206.00927, DPM-Solver-23 with adaptive step size", adaptive=True,
+            allowed={**_TOLERANCES, "order": _integer_in(2, 3), "h_init": _POSITIVE},
             peers="= k-diffusion sample_dpm_adaptive at eta 0 (tested; its defaults rtol 0.05, atol 0.0078); "
                   "k-diffusion's eta > 0 variant is not offered"),
     *[_solver(name, adaptive.torchdiffeq_adaptive, order, "ode", None, _ODE_ONLY, f"torchdiffeq {name}; {ref}",
-              adaptive=True, fixed={"method": name})
+              adaptive=True, fixed={"method": name}, allowed=_TOLERANCES)
       for name, order, ref in [("dopri5", 5, "Dormand & Prince 1980"), ("bosh3", 3, "Bogacki & Shampine 1989"),
                                ("adaptive_heun", 2, "Heun-Euler 2(1)"), ("dopri8", 8, "Prince & Dormand 1981")]],
     *[_solver(name, fn, 1, kind, nfe, eta, reference, order_rule=_NO_ORDER, needs_guidance=True,

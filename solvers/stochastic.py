@@ -24,8 +24,6 @@ def edm_stochastic(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, nois
     the eta family's noise and drift to first order, so eta keeps DESIGN.md's meaning. sigma^ is
     capped at the schedule's t_max. Order 2 for gamma = 0 (Heun), 2 NFE per step.
     """
-    if s_churn is not None and s_churn < 0:
-        raise ValueError(f"edm_stochastic: s_churn must be >= 0, got {s_churn}")
     schedule, times = model.schedule, ts.tolist()
     n = len(times) - 1
     sigma_cap = math.exp(-float(schedule.lambda_(schedule.t_max)))
@@ -160,8 +158,6 @@ def er_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_s
     ``max_stage`` (1-3); phi = er_sde_noise_scale. Its noise is phi's, not the eta family's: eta is fixed at 1.
     1 NFE per step.
     """
-    if isinstance(max_stage, bool) or max_stage not in (1, 2, 3):
-        raise ValueError(f"er_sde: max_stage must be 1, 2 or 3, got {max_stage!r}")
     schedule, times = model.schedule, ts.tolist()
     scaled = [math.exp(-float(schedule.lambda_(t))) for t in times]
     x0_prev = d1_prev = None
@@ -200,12 +196,6 @@ def pc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, predictor
     The Langevin step size does not shrink with the time step, so with correctors the samples do
     not converge pathwise as steps are refined (no strong order; see ``pc_order``).
     """
-    if predictor not in PC_PREDICTORS:
-        raise ValueError(f"pc: predictor must be one of {tuple(PC_PREDICTORS)}, got {predictor!r}")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"pc: corrector_steps must be an integer >= 0, got {corrector_steps!r}")
-    if not snr > 0:
-        raise ValueError(f"pc: snr must be > 0, got {snr}")
     if predictor == "reverse_diffusion" and eta != 1:
         raise ValueError(f"pc: the reverse_diffusion predictor is the reverse SDE, eta must be 1, got {eta}")
     schedule, times = model.schedule, ts.tolist()

@@ -38,10 +38,6 @@ def unipc(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, order:
     the order their history allows, and with ``lower_order_final=True`` the last p - 1 steps lower it
     again (order min(p, steps left), diffusers' default below 15 steps).
     """
-    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
-        raise ValueError(f"unipc: order must be an integer in 1..3, got {order!r}")
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"unipc: variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     n = len(times) - 1
