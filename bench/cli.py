@@ -407,6 +407,7 @@ def cmd_conformance(args) -> int:
     failed = table[~table.ok]
     print(f"{len(table)} comparisons: {int((table.verdict == 'agrees').sum())} agree, "
           f"{int((table.verdict == 'differs by design').sum())} differ by design, "
+          f"{int((table.verdict == conformance.PEER_ERROR).sum())} differ by the peer's error, "
           f"{int(table.verdict.str.startswith('not run').sum())} not run (peer missing), {len(failed)} failed; {path}")
     for row in failed.itertuples():
         print(f"FAILED {row.ours} vs {row.library} {row.peer}: {row.verdict} "

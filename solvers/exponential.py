@@ -281,10 +281,10 @@ def dpmpp_2m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
     the last step at first order (DPM-Solver's and diffusers' default on short grids). Order 2, 1 NFE
     per step.
     """
-    return dpmpp_2m_sde(model, x, ts, eta=0.0, noise=noise, lower_order_final=lower_order_final)
+    return _x0_multistep(model, x, ts, 2, 0.0, "midpoint", lower_order_final)
 
 
-def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
+def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, second_order: str = "midpoint",
                  lower_order_final: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, arXiv:2211.01095, Sec. 5 / App. B; "midpoint" form).
 
@@ -292,26 +292,13 @@ def dpmpp_2m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise,
     x_s = (sigma_s/sigma_t) e^(-eta^2 h) x + alpha_s (1 - e^(-kappa h)) (x0 + (x0 - x0_prev)/(2 r))
           + sigma_s sqrt(1 - e^(-2 eta^2 h)) z.
     eta = 0 is DPM-Solver++(2M); eta = 1 is the published SDE solver. k-diffusion's and diffusers'
-    eta for this sampler is eta^2 here. Order 2 for eta = 0 (strong order 1 for eta > 0), 1 NFE per
-    step; feed it a solvers.noise.BrownianNoise to refine one Brownian path. ``lower_order_final``:
+    eta for this sampler is eta^2 here. ``second_order="taylor"`` weights the history term
+    kappa h phi_2(-kappa h) instead of (1 - e^(-kappa h))/2 (k-diffusion's solver_type="heun", ComfyUI's
+    dpmpp_2m_sde_heun, diffusers' solver_type="heun"). Order 2 for eta = 0 (strong order 1 for eta > 0),
+    1 NFE per step; feed it a solvers.noise.BrownianNoise to refine one Brownian path. ``lower_order_final``:
     the last step without the history term, as diffusers does on grids of fewer than 15 steps.
     """
-    schedule, times = model.schedule, ts.tolist()
-    lams = log_snr(schedule, times)
-    n = len(times) - 1
-    x0_prev = None
-    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        h = lams[i + 1] - lams[i]
-        (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        x0_t = model.x0(x, t)
-        first_order = x0_prev is None or (lower_order_final and i == n - 1)
-        d = x0_t if first_order else x0_t + (x0_t - x0_prev) * (h / (lams[i] - lams[i - 1])) / 2
-        kappa_h = (1 + eta * eta) * h
-        x = (sigma_s / sigma_t) * math.exp(-eta * eta * h) * x - alpha_s * math.expm1(-kappa_h) * d
-        if eta > 0:
-            x = x + sigma_s * math.sqrt(-math.expm1(-2 * eta * eta * h)) * noise(t, s, x)
-        x0_prev = x0_t
-    return x
+    return _x0_multistep(model, x, ts, 2, 0.0, second_order, lower_order_final, eta, noise)
 
 
 D2_WEIGHTS = {"2phi_3": 2.0, "phi_3": 1.0}
@@ -337,6 +324,22 @@ def dpmpp_3m(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_
     return _x0_multistep(model, x, ts, 3, D2_WEIGHTS[d2_weight], second_order, lower_order_final)
 
 
+def dpmpp_3m_sde(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, d2_weight: str = "phi_3",
+                 second_order: str = "taylor", lower_order_final: bool = False) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE, k-diffusion's sample_dpmpp_3m_sde (Crowson, k-diffusion 0.1.1; ComfyUI's
+    dpmpp_3m_sde): dpmpp_3m's update on the eta family solved exactly in its linear part, as dpmpp_2m_sde is.
+
+    With kappa = 1 + eta^2 and phi_k at -kappa h:
+    x_s = (sigma_s/sigma_t) e^(-eta^2 h) x + alpha_s kappa h [phi_1 x0 + phi_2 D1 + w phi_3 D2]
+          + sigma_s sqrt(1 - e^(-2 eta^2 h)) z,
+    the integral of x0's Taylor expansion against the SDE's kernel kappa e^(-kappa (lambda_s - lambda)). The
+    defaults are k-diffusion's: D2 weighted phi_3 (w = 1) and the "taylor" second step; eta 0 is dpmpp_3m_phi3
+    with second_order="taylor", and ``d2_weight="2phi_3"`` gives dpmpp_3m's order-3 weight. k-diffusion's eta is
+    our eta^2 (as for dpmpp_2m_sde). ODE order 2 (3 with 2phi_3), strong order 1 for eta > 0; 1 NFE per step.
+    """
+    return _x0_multistep(model, x, ts, 3, D2_WEIGHTS[d2_weight], second_order, lower_order_final, eta, noise)
+
+
 def res_multistep(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise) -> torch.Tensor:
     """RES multistep (Zhang et al. 2023, arXiv:2308.02157, its second-order multistep; ComfyUI's
     sample_res_multistep).
@@ -351,30 +354,36 @@ def res_multistep(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise
     return _x0_multistep(model, x, ts, 2, 0.0, "taylor", False)
 
 
-def _x0_multistep(model, x, ts, max_order: int, d2_weight: float, second_order: str, lower_order_final: bool):
-    """The data-prediction exponential multistep update of dpmpp_3m (see there) up to ``max_order``."""
+def _x0_multistep(model, x, ts, max_order: int, d2_weight: float, second_order: str, lower_order_final: bool,
+                  eta: float = 0.0, noise=None):
+    """The data-prediction exponential multistep update of dpmpp_3m (see there) up to ``max_order``, on the eta
+    family solved exactly in its linear part (dpmpp_3m_sde): h becomes kappa h = (1 + eta^2) h in the weights, the
+    state decays by e^(-eta^2 h) more, and noise of variance sigma_s^2 (1 - e^(-2 eta^2 h)) is added."""
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     n = len(times) - 1
     history: list[torch.Tensor] = []  # newest first
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         h = lams[i + 1] - lams[i]
+        kappa_h = (1 + eta * eta) * h
         (_, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         history = [model.x0(x, t)] + history[: max_order - 1]
         order = min(len(history), n - i) if lower_order_final else len(history)
         m0 = history[0]
-        update = phi(1, -h) * m0
+        update = phi(1, -kappa_h) * m0
         if order >= 2:
             r0 = (lams[i] - lams[i - 1]) / h
             d1_0 = (m0 - history[1]) / r0
         if order == 2:
-            update = update + (phi(1, -h) / 2 if second_order == "midpoint" else phi(2, -h)) * d1_0
+            update = update + (phi(1, -kappa_h) / 2 if second_order == "midpoint" else phi(2, -kappa_h)) * d1_0
         elif order == 3:
             r1 = (lams[i - 1] - lams[i - 2]) / h
             d1_1 = (history[1] - history[2]) / r1
             d2 = (d1_0 - d1_1) / (r0 + r1)
-            update = update + phi(2, -h) * (d1_0 + r0 * d2) + d2_weight * phi(3, -h) * d2
-        x = (sigma_s / sigma_t) * x + alpha_s * h * update
+            update = update + phi(2, -kappa_h) * (d1_0 + r0 * d2) + d2_weight * phi(3, -kappa_h) * d2
+        x = (sigma_s / sigma_t) * math.exp(-eta * eta * h) * x + alpha_s * kappa_h * update
+        if eta > 0:
+            x = x + sigma_s * math.sqrt(-math.expm1(-2 * eta * eta * h)) * noise(t, s, x)
     return x
 
 

@@ -269,7 +269,17 @@ SOLVERS: dict[str, Solver] = dict([
                   "in k-diffusion's variables); = dpmpp_3m's taylor second-order step"),
     _solver("dpmpp_2m_sde", exponential.dpmpp_2m_sde, 2, "both", 1,
             _ETA_FAMILY + " (k-diffusion's/diffusers' eta = eta^2)", "Lu et al. 2022b, arXiv:2211.01095, Sec. 5",
-            peers="k-diffusion/diffusers 'midpoint' form; their eta is our eta^2"),
+            allowed={"second_order": _one_of(exponential.SECOND_ORDER_FORMS)},
+            peers="= k-diffusion sample_dpmpp_2m_sde (their eta is our eta^2; solver_type 'heun', ComfyUI's "
+                  "dpmpp_2m_sde_heun: second_order='taylor'); = diffusers' sde-dpmsolver++ at eta 1 (all tested)"),
+    _solver("dpmpp_3m_sde", exponential.dpmpp_3m_sde, 2, "both", 1,
+            _ETA_FAMILY + " (k-diffusion's eta = eta^2)",
+            "k-diffusion 0.1.1 sample_dpmpp_3m_sde (Crowson); DPM-Solver++(3M), arXiv:2211.01095, App. B, on the SDE",
+            order_rule=lambda eta, options: 1 if eta > 0 else 3 if options["d2_weight"] == "2phi_3" else 2,
+            allowed={"d2_weight": _one_of(exponential.D2_WEIGHTS),
+                     "second_order": _one_of(exponential.SECOND_ORDER_FORMS)},
+            peers="= k-diffusion sample_dpmpp_3m_sde (tested on the same draws; their eta is our eta^2); its eta 0 is "
+                  "dpmpp_3m_phi3 with second_order='taylor'"),
     _solver("seeds_2", exponential.seeds_2, 2, "both", 2, _ETA_FAMILY + " (ComfyUI's eta = eta^2)",
             "Gonzalez et al. 2023, arXiv:2305.14267, SEEDS-2", noise=NoisePlan(intervals=exponential.seeds_noise(("r",))),
             allowed={"r": _STAGE_FRACTION, "solver_type": _one_of(exponential.SEEDS_SOLVER_TYPES)},

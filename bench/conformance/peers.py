@@ -74,17 +74,19 @@ class ReplayedNoise:
 
 
 def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: str, options: dict, n: int = 10,
-                  eta: float | None = None, seed: int | None = None):
-    """(ours, diffusers') samples: ``scheduler_name``'s own loop, ``n`` steps, under the scheduler's linear betas
+                  eta: float | None = None, seed: int | None = None, replayed: bool = False):
+    """(ours, diffusers') samples: ``scheduler_name``'s own loop (or a subclass of a scheduler, given as the class), ``n`` steps, under the scheduler's linear betas
     (as a DiscreteVP: its float32 alphas_cumprod, exactly), and ``name`` at ``eta`` on the same discrete grid from
     the same x_T, ending at timestep 0. ``make_model(schedule)`` and ``x_T_of(schedule)`` give the model and x_T.
     With ``seed``, both draw their noise from a generator seeded with it (diffusers' randn_tensor is torch.randn
-    on it, so both see the same draws when they draw one per step)."""
+    on it, so both see the same draws when they draw one per step and in one dtype); ``replayed``: both get the same
+    float64 normal draws, one per step (ReplayedNoise; the scheduler's as its step's ``variance_noise``, which
+    DPMSolverMultistepScheduler would otherwise draw in float32)."""
     import inspect
 
     import diffusers
 
-    scheduler_class = getattr(diffusers, scheduler_name)
+    scheduler_class = getattr(diffusers, scheduler_name) if isinstance(scheduler_name, str) else scheduler_name
     if "final_sigmas_type" in inspect.signature(scheduler_class.__init__).parameters:
         config = {"final_sigmas_type": "sigma_min", **config}  # the last step to timestep 0 (DEIS always does)
     scheduler = scheduler_class(num_train_timesteps=1000, beta_schedule="linear", **config)
@@ -94,8 +96,14 @@ def diffusers_run(scheduler_name: str, config: dict, make_model, x_T_of, name: s
     x_T = x_T_of(schedule)
     x = x_T
     step_kwargs = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
+    noise = ReplayedNoise(x_T.shape, n) if replayed else None
     for step in scheduler.timesteps:
+        if noise:
+            step_kwargs["variance_noise"] = noise.sampler(None, None)
         x = scheduler.step(model.eps(x, (int(step) + 1) / 1000), step, x, **step_kwargs).prev_sample
     ts = torch.tensor([(int(s) + 1) / 1000 for s in scheduler.timesteps] + [1 / 1000], dtype=torch.float64)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return sample(name, model, x_T, ts, eta=eta, generator=generator, **options), x
+    ours = sample(name, model, x_T, ts, eta=eta, generator=generator, noise=noise, **options)
+    if noise and not noise.all_used():
+        raise RuntimeError(f"{name} and {scheduler_name} drew different numbers of normals")
+    return ours, x

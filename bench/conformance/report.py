@@ -5,8 +5,9 @@ purpose, the reason in one line (`python -m bench conformance`, `make conformanc
 Users ask in the peers' issue trackers why one sampler gives different images in two tools (diffusers #8683 and
 #3253, ComfyUI #3507 and #4098); the answer is nearly always a convention (a weight, a warm-up, the last step,
 what eta means), and this table names it. Each comparison either agrees (below its tolerance: 1e-8 against
-k-diffusion in float64; 2e-6 against diffusers, whose schedulers keep sigmas and samples in float32) or differs
-by design (above it, with the reason); anything else is a failure and the command exits 1.
+k-diffusion in float64; 2e-6 against diffusers, whose schedulers keep sigmas and samples in float32), or differs
+by design (above it, with the reason), or differs by the peer's error (above it, with the error named, and a row of
+the peer with that error mended, which agrees); anything else is a failure and the command exits 1.
 
 Problem: the 8-mode ring (exact score) under VPLinear, 64 samples from one seeded x_T, 10 steps on the Karras
 grid for k-diffusion (its users' default), on the scheduler's own discrete grid for diffusers.
@@ -31,6 +32,7 @@ from solvers.spacing import timesteps
 SCHEDULE = VPLinear()
 STEPS, N_SAMPLES = 10, 64
 K_DIFFUSION_TOLERANCE, DIFFUSERS_TOLERANCE = 1e-8, 2e-6
+PEER_ERROR = "differs: the peer's error"  # the verdict where the peer's code is wrong (Comparison.peer_error)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Comparison:
     library: str
     run: Callable[[], tuple[torch.Tensor, torch.Tensor]]
     by_design: str = ""  # non-empty: they differ on purpose, and why
+    peer_error: str = ""  # non-empty: they differ because the peer's code is wrong, and where
 
     @property
     def tolerance(self) -> float:
@@ -108,6 +111,42 @@ def _diffusers(scheduler: str, config: dict, name: str, options: dict, eta: floa
         return peers.diffusers_run(scheduler, config, lambda schedule: ring2d().model(schedule), _x_T, name, options,
                                    n=STEPS, eta=eta, seed=seed)
     return run
+
+
+def _diffusers_sde(order: int, solver_type: str, name: str, options: dict, sign_fixed: bool = False):
+    """DPMSolverMultistepScheduler's sde-dpmsolver++ (the eta family at eta 1) at ``order`` against ``name`` at eta 1,
+    on the same float64 draws (the scheduler's as variance_noise); ``sign_fixed``: its third-order update with the
+    sign of the D2 weight's 1/2 corrected (_sign_fixed_sde3)."""
+    def run():
+        import diffusers
+
+        scheduler = _sign_fixed_sde3(diffusers.DPMSolverMultistepScheduler) if sign_fixed else _MULTISTEP
+        return peers.diffusers_run(scheduler, {"solver_order": order, "algorithm_type": "sde-dpmsolver++",
+                                               "solver_type": solver_type, "lower_order_final": False},
+                                   lambda schedule: ring2d().model(schedule), _x_T, name, options, n=STEPS, eta=1.0,
+                                   replayed=True)
+    return run
+
+
+def _sign_fixed_sde3(scheduler_class):
+    """``scheduler_class`` (DPMSolverMultistepScheduler) whose sde-dpmsolver++ third-order update weights D2 by
+    kappa h phi_3(-kappa h) = 1/2 - phi_2(-kappa h) (kappa h = 2h), as k-diffusion's sample_dpmpp_3m_sde and ours do.
+    diffusers 0.42.1 writes (1 - e^(-2h) - 2h)/(2h)^2 - 1/2 = -phi_2(-2h) - 1/2 there: the 1/2 has the wrong sign,
+    which adds -alpha_t D2 (about -alpha_t h^2 x0''/2) to every step from the third on. The subclass adds alpha_t D2
+    back: the weight's difference is exactly 1."""
+    class SignFixed(scheduler_class):
+        def multistep_dpm_solver_third_order_update(self, model_output_list, *args, sample=None, noise=None, **kwargs):
+            x_t = super().multistep_dpm_solver_third_order_update(model_output_list, *args, sample=sample, noise=noise,
+                                                                  **kwargs)
+            sigmas = [self.sigmas[self.step_index + 1 - k] for k in range(4)]  # t, s0, s1, s2
+            alphas_sigmas = [self._sigma_to_alpha_sigma_t(sigma) for sigma in sigmas]
+            lam = [torch.log(alpha) - torch.log(sigma) for alpha, sigma in alphas_sigmas]
+            h = lam[0] - lam[1]
+            r0, r1 = (lam[1] - lam[2]) / h, (lam[2] - lam[3]) / h
+            m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
+            d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
+            return x_t + alphas_sigmas[0][0] * d2
+    return SignFixed
 
 
 def _sa_solver(diffusers_config: dict, options: dict, eta: float):
@@ -207,6 +246,13 @@ COMPARISONS = [
                _k_diffusion("dpmpp_2m_sde", {}, "sample_dpmpp_2m_sde", {"eta": 0.5}, eta=0.5, draws_per_step=1),
                by_design="eta means different things: k-diffusion's (and diffusers') eta for this sampler is our "
                          "eta^2, so our 0.5 is their 0.25 (row above)"),
+    Comparison("dpmpp_2m_sde (eta 1, second_order=taylor)", "sample_dpmpp_2m_sde(eta=1, solver_type=heun)",
+               "k-diffusion", _k_diffusion("dpmpp_2m_sde", {"second_order": "taylor"}, "sample_dpmpp_2m_sde",
+                                           {"eta": 1.0, "solver_type": "heun"}, eta=1.0, draws_per_step=1)),
+    Comparison("dpmpp_3m_sde (eta 1)", "sample_dpmpp_3m_sde(eta=1)", "k-diffusion",
+               _k_diffusion("dpmpp_3m_sde", {}, "sample_dpmpp_3m_sde", {"eta": 1.0}, eta=1.0, draws_per_step=1)),
+    Comparison("dpmpp_3m_sde (eta 0.5)", "sample_dpmpp_3m_sde(eta=0.25)", "k-diffusion",
+               _k_diffusion("dpmpp_3m_sde", {}, "sample_dpmpp_3m_sde", {"eta": 0.25}, eta=0.5, draws_per_step=1)),
     Comparison("euler_ancestral (eta 1)", "sample_euler_ancestral(eta=1)", "k-diffusion",
                _k_diffusion("euler_ancestral", {}, "sample_euler_ancestral", {"eta": 1.0}, eta=1.0, draws_per_step=1)),
     Comparison("ddim (eta 0.5)", "sample_euler_ancestral(eta=0.5)", "k-diffusion",
@@ -257,6 +303,17 @@ COMPARISONS = [
                _diffusers(_MULTISTEP, {"solver_order": 3, "algorithm_type": "dpmsolver++", "lower_order_final": False},
                           "dpmpp_3m", {}),
                by_design="D2 weighted 2 phi_3 (order 3); diffusers weights it phi_3 (order 2): dpmpp_3m_phi3"),
+    *[Comparison(f"dpmpp_2m_sde (eta 1, second_order={ours})",
+                 f"{_MULTISTEP}(algorithm_type=sde-dpmsolver++, solver_order=2, solver_type={form})", "diffusers",
+                 _diffusers_sde(2, form, "dpmpp_2m_sde", {"second_order": ours}))
+      for form, ours in (("midpoint", "midpoint"), ("heun", "taylor"))],
+    Comparison("dpmpp_3m_sde (eta 1)", f"{_MULTISTEP}(algorithm_type=sde-dpmsolver++, solver_order=3, "
+               "solver_type=heun)", "diffusers", _diffusers_sde(3, "heun", "dpmpp_3m_sde", {}),
+               peer_error="diffusers' third-order sde-dpmsolver++ step weights D2 by (1 - e^(-2h) - 2h)/(2h)^2 - 1/2; "
+                          "the 1/2 must be + (k-diffusion's -phi_3): about -alpha_t D2 more per step (row below)"),
+    Comparison("dpmpp_3m_sde (eta 1)", f"{_MULTISTEP}(algorithm_type=sde-dpmsolver++, solver_order=3, "
+               "solver_type=heun), its D2 weight's sign fixed", "diffusers",
+               _diffusers_sde(3, "heun", "dpmpp_3m_sde", {}, sign_fixed=True)),
     *[Comparison(f"unipc_{order} (variant={variant}, lower_order_final={final})",
                  f"UniPCMultistepScheduler(solver_order={order}, solver_type={variant}, lower_order_final={final})",
                  "diffusers", _diffusers("UniPCMultistepScheduler", {"solver_order": order, "solver_type": variant,
@@ -322,8 +379,9 @@ def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def verdict(comparison: Comparison, difference: float) -> tuple[str, bool]:
     """(verdict, ok): agreement where expected, a difference where the reason says there is one."""
     agrees = math.isfinite(difference) and difference < comparison.tolerance
-    if comparison.by_design:
-        return ("differs by design", True) if not agrees else ("agrees, but a difference was expected", False)
+    if comparison.by_design or comparison.peer_error:
+        expected = "differs by design" if comparison.by_design else PEER_ERROR
+        return (expected, True) if not agrees else ("agrees, but a difference was expected", False)
     return ("agrees", True) if agrees else ("DIFFERS", False)
 
 
@@ -333,7 +391,7 @@ def run_comparisons(comparisons: list[Comparison] | None = None) -> pd.DataFrame
     rows = []
     for comparison in COMPARISONS if comparisons is None else comparisons:
         row = {"ours": comparison.ours, "peer": comparison.peer, "library": comparison.library,
-               "tolerance": comparison.tolerance, "reason": comparison.by_design}
+               "tolerance": comparison.tolerance, "reason": comparison.by_design or comparison.peer_error}
         try:
             difference = relative_difference(*comparison.run())
         except ImportError as err:

@@ -14,7 +14,8 @@ def test_each_solver_agrees_with_its_peer_or_differs_by_its_stated_reason(compar
     difference = conformance.relative_difference(*comparison.run())
     text, ok = conformance.verdict(comparison, difference)
     assert ok, f"{comparison.ours} vs {comparison.library} {comparison.peer}: {text}, max relative difference " \
-               f"{difference:.2e} (tolerance {comparison.tolerance:g}; reason on record: {comparison.by_design!r})"
+               f"{difference:.2e} (tolerance {comparison.tolerance:g}; reason on record: " \
+               f"{comparison.by_design or comparison.peer_error!r})"
 
 
 def _fixed(ours, theirs):
@@ -27,6 +28,9 @@ def test_the_verdicts_fail_both_ways():
     assert conformance.verdict(Comparison("a", "b", "k-diffusion", _fixed(same, other)), 0.1) == ("DIFFERS", False)
     stale = Comparison("a", "b", "diffusers", _fixed(same, same), by_design="a reason that no longer holds")
     assert conformance.verdict(stale, 1e-7) == ("agrees, but a difference was expected", False)
+    bug = Comparison("a", "b", "diffusers", _fixed(same, other), peer_error="their sign")
+    assert conformance.verdict(bug, 0.1) == ("differs: the peer's error", True)
+    assert conformance.verdict(bug, 1e-7) == ("agrees, but a difference was expected", False)  # fixed upstream
     assert conformance.verdict(Comparison("a", "b", "diffusers", _fixed(same, same)), float("nan"))[1] is False
 
 
@@ -47,7 +51,8 @@ def test_command_writes_the_table_and_exits_1_on_a_failure(tmp_path, monkeypatch
     ])
     assert cli.main(["conformance", "--out", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
-    assert "4 comparisons: 1 agree, 0 differ by design, 1 not run (peer missing), 2 failed" in out
+    assert ("4 comparisons: 1 agree, 0 differ by design, 0 differ by the peer's error, 1 not run (peer missing), "
+            "2 failed") in out
     assert "FAILED crash vs k-diffusion sample_crash: ERROR: RuntimeError: the peer drew a different number" in err
     assert "FAILED broken vs k-diffusion sample_broken: DIFFERS (max relative difference 5.00e-01" in err
     table = pd.read_csv(tmp_path / "conformance.csv")

@@ -39,6 +39,7 @@ ODE_CASES = [(name, {}) for name, s in SOLVERS.items()  # CFG++ samplers have no
 ODE_CASES += [("lms", {"order": k}) for k in (1, 2, 3, 4)] + [("unipc_2", {"variant": "bh1"}), ("unipc_3", {"variant": "bh1"})]
 # The peers' short-grid setting: one first-order final step caps the order at 2 (registry: order_for).
 ODE_CASES += [(name, {"lower_order_final": True}) for name in ("dpmpp_3m", "dpmpp_3m_phi3", "unipc_3")]
+ODE_CASES += [("dpmpp_3m_sde", {"d2_weight": "2phi_3"}), ("dpmpp_2m_sde", {"second_order": "taylor"})]
 ODE_CASES += [("seeds_2", {"solver_type": "phi_2"}), ("sa_solver", {"predictor_order": 2, "corrector_order": 2}),
               ("sa_solver", {"lower_order_final": True})]
 NS_FINE = (256, 512, 1024)
@@ -70,7 +71,7 @@ def _errors(problem, name, options, spacing, ns=NS):
 
 
 EXPONENTIAL = {"dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_phi3", "dpmpp_2m_sde",
-               "deis_2", "deis_3", "unipc_2", "unipc_3", "sa_solver"}
+               "dpmpp_3m_sde", "deis_2", "deis_3", "unipc_2", "unipc_3", "sa_solver"}
 
 
 def _step_counts(schedule_name, name, options, spacing):

@@ -22,6 +22,7 @@ CPU = torch.device("cpu")
 STOCHASTIC_RUNS = [
     ("euler_maruyama", {}, 1.0), ("euler", {}, 0.5), ("ddim", {}, 1.0), ("ddpm", {}, 1.0),
     ("ddpm", {"variance": "beta"}, 1.0), ("dpmpp_2m_sde", {}, 1.0), ("dpmpp_2m_sde", {}, 0.5),
+    ("dpmpp_2m_sde", {"second_order": "taylor"}, 1.0), ("dpmpp_3m_sde", {}, 1.0), ("dpmpp_3m_sde", {}, 0.5),
     ("edm_stochastic", {}, 1.0), ("edm_stochastic", {"s_churn": 10.0}, 0.0), ("pc", {}, 1.0),
     ("pc", {"corrector_steps": 0}, 1.0), ("pc", {"corrector_steps": 0, "predictor": "reverse_diffusion"}, 1.0),
     ("euler_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 1.0), ("dpm_2_ancestral", {}, 0.5),

@@ -43,10 +43,12 @@ def _sample(setup, name, noise, **options):
     ("euler_maruyama", {}), ("euler", {}), ("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}),
     ("dpmpp_2m_sde", {}), ("edm_stochastic", {}), ("pc", {}), ("pc", {"predictor": "reverse_diffusion"}),
     ("euler_ancestral", {}), ("dpm_2_ancestral", {}), ("dpmpp_sde", {}), ("restart", {}), ("seeds_2", {}),
-    ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {}),
+    ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {}), ("dpmpp_2m_sde", {"second_order": "taylor"}),
+    ("dpmpp_3m_sde", {}), ("dpmpp_3m_sde", {"d2_weight": "2phi_3"}),
 ], ids=["euler_maruyama", "euler-eta1", "ddpm-beta_tilde", "ddpm-beta", "ddim-eta1", "dpmpp_2m_sde-eta1",
         "edm_stochastic-eta1", "pc-em", "pc-reverse_diffusion", "euler_ancestral-eta1", "dpm_2_ancestral-eta1",
-        "dpmpp_sde-eta1", "restart", "seeds_2-eta1", "seeds_3-eta1", "er_sde", "sa_solver-eta1"])
+        "dpmpp_sde-eta1", "restart", "seeds_2-eta1", "seeds_3-eta1", "er_sde", "sa_solver-eta1",
+        "dpmpp_2m_sde-taylor-eta1", "dpmpp_3m_sde-eta1", "dpmpp_3m_sde-2phi_3-eta1"])
 def test_eta_one_matches_exact_moments(setup, name, options):
     x = _sample(setup, name, GaussianNoise(torch.Generator().manual_seed(1)), **options)
     z_mean, z_cov = _z_scores(x, *setup[2])
@@ -110,9 +112,9 @@ def test_langevin_corrector_brings_pc_closer_to_the_exact_distribution():
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [("euler_maruyama", {}), ("dpmpp_2m_sde", {}), ("edm_stochastic", {}),
                                            ("pc", {}), ("dpmpp_sde", {}), ("restart", {}), ("seeds_2", {}),
-                                           ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {})],
+                                           ("seeds_3", {}), ("er_sde", {}), ("sa_solver", {}), ("dpmpp_3m_sde", {})],
                          ids=["euler_maruyama", "dpmpp_2m_sde", "edm_stochastic", "pc", "dpmpp_sde", "restart",
-                              "seeds_2", "seeds_3", "er_sde", "sa_solver"])
+                              "seeds_2", "seeds_3", "er_sde", "sa_solver", "dpmpp_3m_sde"])
 def test_exact_moments_on_the_runners_own_noise(name, options):
     """The moment check on the path a sweep takes: bench.run.sampling with its seeded Brownian path, drawn
     for the whole grid before the solve (the fast tests above use GaussianNoise)."""
