@@ -347,10 +347,15 @@ def _validate(raw: dict, where: str) -> list[str]:
         if not isinstance(options, dict) or set(options) - set(get_solver(solver).options):
             continue  # reported below
         try:
-            get_solver(solver).validate_options(options, schedule)
+            get_solver(solver).validate_options(options)
         except (ValueError, TypeError) as err:
-            on = f" (the analytic models run on {schedule_name})" if schedule else ""
-            errors.append(f"{where}: key 'options.{solver}': {err}{on}")
+            errors.append(f"{where}: key 'options.{solver}': {err}")
+            continue
+        try:  # what must fit the time range, where the spec's schedule is the models'
+            if schedule is not None:
+                get_solver(solver).validate_options(options, schedule)
+        except (ValueError, TypeError) as err:
+            errors.append(f"{where}: key 'options.{solver}': {err} (the analytic models run on {schedule_name})")
     if "fid" in raw.get("metrics", []) and networks and raw.get("fid_reference", "exact") == "exact":
         errors.append(f"{where}: key 'fid_reference': 'exact' needs an image mixture, but {networks[0]!r} is a "
                       f"network; set fid_reference = \"fashion_mnist_test\" (Fashion-MNIST models) or \"folder:PATH\" (your images)")

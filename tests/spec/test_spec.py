@@ -312,6 +312,8 @@ def test_solver_options_out_of_range_are_spec_errors_for_networks_too(solver, op
     spec = {**GOOD, "models": ["fmnist_unet"], "solvers": [solver], "etas": [1.0], "options": {solver: options}}
     with pytest.raises(SpecError, match=f"key 'options.{solver}': {message}$"):
         parse_spec(spec)
+    with pytest.raises(SpecError, match=f"key 'options.{solver}': {message}$"):  # the schedule is beside the point
+        parse_spec({**spec, "models": ["ring2d"]})
 
 
 def test_guidance_scales_are_an_axis_of_conditional_models_only():
