@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.analysis.frontier import ORDER_SLACK, order_table
 from bench.run import store
+from bench.run.runner import NFE_NOT_DECLARED, NOISE_NOT_DECLARED
 from bench.run.sweep import run_sweep
 from bench.spec.config import expand, parse_spec
 from bench.spec.fitted import toml_key, toml_value
@@ -77,8 +78,8 @@ def verdicts(rows: pd.DataFrame) -> list[SolverCheck]:
     per model and eta, the order measured against ERRORS[draws noise] reaches the entry's (nominal_order)."""
     failed = rows[rows.status != "ok"]
     messages = rows.message.fillna("")
-    miscounted = rows[messages.str.contains("network evaluations per batch where")]  # the runner's notes
-    undeclared = rows[messages.str.contains("noise increments that")]
+    miscounted = rows[messages.str.contains(NFE_NOT_DECLARED, regex=False)]  # the runner's notes
+    undeclared = rows[messages.str.contains(NOISE_NOT_DECLARED, regex=False)]
     checks = [
         SolverCheck("every configuration ran", failed.empty,
                     f"{len(rows) - len(failed)} of {len(rows)} rows ok" + "".join(

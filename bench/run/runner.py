@@ -154,6 +154,9 @@ def _fitted_notes(cfg: RunConfig, weights_sha256: str | None) -> list[str]:
 
 
 WARM_UP_STEPS = 3  # enough for every multistep solver to reach its full-order update
+# The words of a row's message that say its solve was not what its solver's entry declares (check-solver reads them).
+NFE_NOT_DECLARED = "network evaluations per batch where"
+NOISE_NOT_DECLARED = "noise increments that"
 
 
 def _warm_up(cfg: RunConfig, cache: SweepCache, model, x_T, conditions, device) -> float | None:
@@ -213,11 +216,11 @@ def run_config(cfg: RunConfig, cache: SweepCache, env: dict, run_id: str) -> dic
             cache.eager[key] = x.cpu()
         notes = _fitted_notes(cfg, row["weights_sha256"])
         if (declared := sampling.declared_nfe(cfg, cfg.steps)) is not None and result.nfe != declared:
-            notes.append(f"counted {result.nfe:g} network evaluations per batch where {cfg.solver}'s entry declares "
+            notes.append(f"counted {result.nfe:g} {NFE_NOT_DECLARED} {cfg.solver}'s entry declares "
                          f"{declared} (nfe_per_step x steps + nfe_extra, + the final step's): the row's nfe is the "
                          f"counted one, and the plan and fit-schedule's step counts, which read the entry, are off")
         if result.noise_misses:
-            notes.append(f"its solve drew {result.noise_misses} noise increments that {cfg.solver}'s entry does not "
+            notes.append(f"its solve drew {result.noise_misses} {NOISE_NOT_DECLARED} {cfg.solver}'s entry does not "
                          f"list (NoisePlan streams and intervals): they came from the Brownian tree inside the timed "
                          f"solve, so wall_s counts their cost (the samples are the same)")
         _metrics(cfg, cache, source, model, x_T, x, device, notes, into=row)
