@@ -1,5 +1,7 @@
-"""Linear multistep solvers in t on the probability-flow ODE."""
+"""Linear multistep solvers: Adams-Bashforth in t on the probability-flow ODE (lms), in sigma~ on eps (ipndm)."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -43,22 +45,34 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_order: int = 4) -> torch.Tensor:
+IPNDM_WEIGHTS = ("equal_step", "variable_step")
+
+
+def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_order: int = 4,
+          weights: str = "equal_step") -> torch.Tensor:
     """iPNDM (Zhang & Chen 2022, arXiv:2204.13902: PNDM's Adams-Bashforth with a lower-order warm-up; ComfyUI's
-    sample_ipndm, after zju-pi/diff-sampler): Adams-Bashforth in sigma~ = sigma/alpha on eps, equal-step weights.
+    sample_ipndm, after zju-pi/diff-sampler): Adams-Bashforth in sigma~ = sigma/alpha on eps.
 
     In x~ = x/alpha the ODE is dx~/dsigma~ = eps exactly; each step is
-    x~_s = x~_t + (sigma~_s - sigma~_t) sum_j w_j eps_{i-j}, with the weights of ADAMS_BASHFORTH at
-    order min(max_order, i + 1) (the history builds up at lower order, no extra NFE). The weights assume
-    equal steps in sigma~; on the smoothly varying grids of the spacings their error is one order of h
-    per step ratio away from 1, which caps the global order at 2 (measured: tests/solvers/test_convergence.py).
-    1 NFE per step.
+    x~_s = x~_t + sum_j w_j eps_{i-j} at order min(max_order, i + 1) (the history builds up at lower order, no
+    extra NFE). ``weights="equal_step"`` (ipndm): (sigma~_s - sigma~_t) times the ADAMS_BASHFORTH weights, which
+    assume equal steps in sigma~; on the smoothly varying grids of the spacings their error is one order of h per
+    step ratio away from 1. ``"variable_step"`` (ipndm_v): the integrals over [sigma~_t, sigma~_s] of the Lagrange
+    basis through the past sigma~ (Hairer et al. 1993, III.5, eq. 5.3), exact on any grid: k-diffusion's
+    sample_lms. Either way the Euler first step caps the global order at 2 (measured:
+    tests/solvers/test_convergence.py). 1 NFE per step.
     """
     schedule, times = model.schedule, ts.tolist()
+    scaled = [math.exp(-float(schedule.lambda_(t))) for t in times]  # sigma~
     history: list[torch.Tensor] = []  # newest first
-    for t, s in zip(times[:-1], times[1:]):
+    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         history = [model.eps(x, t)] + history[: max_order - 1]
-        direction = sum(w * e for w, e in zip(ADAMS_BASHFORTH[len(history)], history))
-        x = alpha_s * (x / alpha_t + (sigma_s / alpha_s - sigma_t / alpha_t) * direction)
+        if weights == "equal_step":
+            step = (sigma_s / alpha_s - sigma_t / alpha_t) * sum(
+                w * e for w, e in zip(ADAMS_BASHFORTH[len(history)], history))
+        else:
+            coefficients = lagrange_integrals(scaled[i::-1][: len(history)], scaled[i], scaled[i + 1])
+            step = sum(c * e for c, e in zip(coefficients, history))
+        x = alpha_s * (x / alpha_t + step)
     return x

@@ -239,12 +239,18 @@ SOLVERS: dict[str, Solver] = dict([
     _solver("lms", multistep.lms, 4, "ode", 1, _ODE_ONLY, "Adams-Bashforth; Hairer et al. 1993, III.5",
             nfe_extra=multistep.lms_warmup_nfe, nfe_note="+ 3 per RK4 warm-up step",
             allowed={"order": _integer_in(1, 4), "warmup": _one_of(multistep.LMS_WARMUPS)},
-            peers="k-diffusion's sample_lms warms up at lower order (warmup='lower_order', order 2) and steps in sigma"),
+            peers="k-diffusion's sample_lms warms up at lower order (warmup='lower_order', order 2) and steps in sigma~ on "
+                  "eps: that is ipndm_v"),
     _solver("ipndm", multistep.ipndm, 2, "ode", 1, _ODE_ONLY,
             "Zhang & Chen 2022, arXiv:2204.13902, iPNDM; Hairer et al. 1993, III.1",
-            allowed={"max_order": _integer_in(1, 4)},
+            fixed={"weights": "equal_step"}, allowed={"max_order": _integer_in(1, 4)},
             peers="ComfyUI's sample_ipndm (AB weights for equal steps in sigma~; not installable here: compared with "
                   "its published update restated in k-diffusion's variables); order 2 on non-uniform grids"),
+    _solver("ipndm_v", multistep.ipndm, 2, "ode", 1, _ODE_ONLY,
+            "Zhang & Chen 2022, arXiv:2204.13902, iPNDM with variable-step AB weights; Hairer et al. 1993, III.5",
+            fixed={"weights": "variable_step"}, allowed={"max_order": _integer_in(1, 4)},
+            peers="= k-diffusion sample_lms(order=max_order) (tested); ComfyUI's sample_ipndm_v at max_order 2, where "
+                  "its closed-form weights at orders 3 and 4 are not the variable-step ones (tests/conformance/test_peers.py)"),
     _solver("dpm_solver_1", exponential.dpm_solver_1, 1, "ode", 1, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, eq. 3.7"),
     _solver("dpm_solver_2", exponential.dpm_solver_2, 2, "ode", 2, _ODE_ONLY, "Lu et al. 2022, arXiv:2206.00927, Alg. 1",
             allowed={"r1": _STAGE_FRACTION}),

@@ -33,6 +33,39 @@ def _restated_ipndm(denoiser, x, sigmas, disable=True):
     return x
 
 
+def _restated_ipndm_v(denoiser, x, sigmas, disable=True, max_order=4, parenthesis_moved=False):
+    """ComfyUI's sample_ipndm_v as published (from zju-pi/diff-sampler: Adams-Bashforth on d = (x - D)/sigma with
+    closed-form weights for the steps h_n, h_n_1, ... in sigma), restated here. ``parenthesis_moved``: its order-3
+    correction read as (1 - h_n / (3 (h_n + h_n_1))) (h_n (h_n + h_n_1)) / (h_n_1 (h_n_1 + h_n_2)) / 2, where the
+    published line closes the first parenthesis after the whole product."""
+    ds = []  # newest first
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        ds = [(x - denoiser(x, sigma.expand(len(x)))) / sigma] + ds[: max_order - 1]
+        h_n = sigma_next - sigma
+        order = len(ds)
+        if order == 1:
+            weights = [1.0]
+        else:
+            h_n_1 = sigma - sigmas[i - 1]
+            weights = [(2 + h_n / h_n_1) / 2, -(h_n / h_n_1) / 2]
+        if order >= 3:
+            h_n_2 = sigmas[i - 1] - sigmas[i - 2]
+            ratio = (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))
+            third = h_n / (3 * (h_n + h_n_1))
+            temp1 = (1 - third) * ratio / 2 if parenthesis_moved else (1 - third * ratio) / 2
+            weights = [weights[0] + temp1, weights[1] - (1 + h_n_1 / h_n_2) * temp1, temp1 * h_n_1 / h_n_2]
+        if order == 4:
+            h_n_3 = sigmas[i - 2] - sigmas[i - 3]
+            span = h_n + h_n_1 + h_n_2
+            temp2 = (((1 - third) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * span))
+                     * (h_n * (h_n + h_n_1) * span) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3)))
+            q = h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))
+            weights = [weights[0] + temp2, weights[1] - (1 + h_n_1 / h_n_2 + q) * temp2,
+                       weights[2] + (h_n_1 / h_n_2 + q * (1 + h_n_2 / h_n_3)) * temp2, -temp2 * q * h_n_1 / h_n_2]
+        x = x + h_n * sum(w * d for w, d in zip(weights, ds))
+    return x
+
+
 def _restated_res_multistep(denoiser, x, sigmas, disable=True):
     """ComfyUI's sample_res_multistep as published (b1, b2 with c2 = -(previous step)/h in -log sigma), restated."""
     previous = None
@@ -61,6 +94,50 @@ def test_agrees_with_comfyuis_published_update(name, restated, spacing):
     theirs = k_diffusion_run(restated, model, x_T, ts)
     relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
     assert relative < 1e-8, f"{name} vs ComfyUI's update: relative difference {relative:.2e}"
+
+
+def _relative(ours, theirs) -> float:
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_comfyuis_ipndm_v_is_ours_at_order_2_and_off_at_3_by_a_parenthesis(spacing):
+    """ipndm_v is k-diffusion's sample_lms (the conformance table); ComfyUI's sample_ipndm_v computes the same
+    variable-step weights in closed form. At max_order 2 they agree; at 3 its published line misplaces a
+    parenthesis (8.3% relative on karras, 5.0% on logsnr, 10 steps), and read as intended it agrees."""
+    model = ring2d().model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 64, 2)
+    ts = timesteps(spacing, 10, SCHEDULE)
+
+    def comfy(max_order, moved=False):
+        return k_diffusion_run(lambda denoiser, x, sigmas, disable: _restated_ipndm_v(
+            denoiser, x, sigmas, max_order=max_order, parenthesis_moved=moved), model, x_T, ts)
+
+    assert _relative(sample("ipndm_v", model, x_T, ts, max_order=2), comfy(2)) < 1e-8
+    ours = sample("ipndm_v", model, x_T, ts, max_order=3)
+    assert _relative(ours, comfy(3)) > 0.01
+    assert _relative(ours, comfy(3, moved=True)) < 1e-8
+
+
+def test_comfyuis_ipndm_v_at_its_default_order_4_converges_at_order_2_where_ours_is_at_4():
+    """At max_order 4 (ComfyUI's default) its weights do not even sum to 1 unless the steps' ratios are equal
+    (h_n_1/h_n_2 = h_n_2/h_n_3), parenthesis moved or not. On karras grids of the ring (std 0.25, 100 samples,
+    16-128 steps) it measured order 1.82 against ipndm_v's 3.38, and at 128 steps a 10x larger error
+    (2.4e-4 against 2.4e-5); at 16 steps its error was the smaller (7.9e-3 against 2.7e-2)."""
+    from solvers.reference import reference_solve
+    from support import fitted_slope
+
+    model = ring2d(std=0.25).model(SCHEDULE)
+    x_T = prior_sample(SCHEDULE, 100, 2)
+    exact = reference_solve(model, x_T, SCHEDULE.t_max, SCHEDULE.t_min, rtol=1e-12, atol=1e-12)
+    ns, errors = (16, 32, 64, 128), {"ours": [], "comfy": []}
+    for n in ns:
+        ts = timesteps("karras", n, SCHEDULE)
+        errors["ours"].append((sample("ipndm_v", model, x_T, ts) - exact).norm(dim=1).median().item())
+        theirs = k_diffusion_run(_restated_ipndm_v, model, x_T, ts)
+        errors["comfy"].append((theirs - exact).norm(dim=1).median().item())
+    assert fitted_slope(ns, errors["ours"]) > 3 and fitted_slope(ns, errors["comfy"]) < 2.2
+    assert errors["comfy"][-1] > 5 * errors["ours"][-1]
 
 
 def _restated_seeds(denoiser, x, sigmas, disable=True, eta=1.0, noise_sampler=None, fractions=(0.5,),

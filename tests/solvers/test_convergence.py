@@ -76,6 +76,8 @@ EXPONENTIAL = {"dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmp
 
 def _step_counts(schedule_name, name, options, spacing):
     """The step counts to fit over; None where the module docstring says the pair is not asserted."""
+    if name == "ipndm_v":
+        return None  # see test_ipndm_v_is_fourth_order_until_its_euler_start_shows
     if name == "sa_solver" and options.get("lower_order_final"):
         return NS_FINE if schedule_name != "FlowMatching" and spacing == "logsnr" else None
     if name == "sa_solver" and options.get("predictor_order") == 2 and schedule_name == "FlowMatching":
@@ -114,6 +116,20 @@ def test_lower_order_warmup_caps_lms_at_order_two():
     options = {"order": 4, "warmup": "lower_order"}
     slope = fitted_slope(NS, _errors(_problem("VE"), "lms", options, "uniform"))
     assert SOLVERS["lms"].order_for(0.0, options) == 2 and abs(slope - 2) < 0.2
+
+
+def test_ipndm_v_is_fourth_order_until_its_euler_start_shows():
+    """ipndm_v's variable-step weights (k-diffusion's sample_lms) against ipndm's equal-step ones, which are one
+    order of h per step ratio off: over 64-256 steps on logsnr ipndm_v measured 3.76 (VPLinear and VE), ipndm 2.00,
+    and at 256 steps its error is 20x smaller. Its first step is Euler's, whose O(h^2) local error sets the
+    registry's order 2 once the rest is far smaller: on VE over 1,024-4,096 steps it measured 2.60 (3.58 over
+    256-1,024), at errors of 1e-8 to 2e-10."""
+    problem = _problem("VPLinear")
+    variable, equal = (_errors(problem, name, {}, "logsnr") for name in ("ipndm_v", "ipndm"))
+    assert fitted_slope(NS, variable) > 3.5 and abs(fitted_slope(NS, equal) - 2) < 0.2
+    assert variable[-1] < equal[-1] / 10
+    assert SOLVERS["ipndm_v"].order_for(0.0) == 2
+    assert fitted_slope((1024, 2048, 4096), _errors(_problem("VE"), "ipndm_v", {}, "uniform", (1024, 2048, 4096))) < 3
 
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))

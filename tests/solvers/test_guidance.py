@@ -139,7 +139,7 @@ def _guided_problem(scale):
 GUIDED_ORDER_CASES = [  # orders 3 and 4 need 256-1024 steps: 3-10 s each, so marked slow
     pytest.param(name, marks=[pytest.mark.slow] if s.order_for(0.0) >= 3 else [])
     for name, s in SOLVERS.items()
-    if s.stochastic != "sde" and not s.adaptive and not s.needs_guidance and name != "sa_solver"]
+    if s.stochastic != "sde" and not s.adaptive and not s.needs_guidance and name not in ("sa_solver", "ipndm_v")]
 
 
 @pytest.mark.parametrize("name", GUIDED_ORDER_CASES)
@@ -148,7 +148,8 @@ def test_every_ode_solver_keeps_its_order_under_guidance(name):
     conditional and unconditional scores, scale 3) each fixed-step ODE solver's fitted order over 64-256 logsnr steps
     (256-1024 for orders 3 and 4: over 64-256 lms, dpmpp_3m and unipc_3 measured 3.66, 3.61 and 3.32, not yet
     asymptotic; lms over 256-1024: 3.74) is within 0.3 of its registered order (as test_convergence.py checks unguided models; sa_solver,
-    whose lower-order start is slow to become asymptotic, is checked there)."""
+    whose lower-order start is slow to become asymptotic, is checked there, and so is ipndm_v, whose Euler start sets
+    its order 2 only at errors near 1e-9: guided, over 64-256 steps, it measured 3.82)."""
     model, x_T, reference = _guided_problem(3.0)
     order = SOLVERS[name].order_for(0.0)
     ns, errors = ((64, 128, 256) if order < 3 else (256, 512, 1024)), []
