@@ -329,7 +329,10 @@ def make_plan(configs: list[RunConfig], measure: bool = True, execution_policy: 
 
 
 def _duration(seconds: float) -> str:
-    """Seconds as a plan line says them: in ms below a second, else in s (not "8.68e+03 ms")."""
+    """Seconds as a plan line says them: in us below a millisecond, in ms below a second, else in s (not
+    "8.68e+03 ms", nor "0.000474 ms")."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} us"
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
