@@ -45,9 +45,6 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-IPNDM_WEIGHTS = ("equal_step", "variable_step")
-
-
 def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_order: int = 4,
           weights: str = "equal_step") -> torch.Tensor:
     """iPNDM (Zhang & Chen 2022, arXiv:2204.13902: PNDM's Adams-Bashforth with a lower-order warm-up; ComfyUI's
@@ -59,8 +56,8 @@ def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_or
     assume equal steps in sigma~; on the smoothly varying grids of the spacings their error is one order of h per
     step ratio away from 1. ``"variable_step"`` (ipndm_v): the integrals over [sigma~_t, sigma~_s] of the Lagrange
     basis through the past sigma~ (Hairer et al. 1993, III.5, eq. 5.3), exact on any grid: k-diffusion's
-    sample_lms. Either way the Euler first step caps the global order at 2 (measured:
-    tests/solvers/test_convergence.py). 1 NFE per step.
+    sample_lms. Either way the Euler first step caps the global order at 2, which for ipndm_v shows only near
+    errors of 1e-9: it measured 3.8 over 64-256 steps (tests/solvers/test_convergence.py). 1 NFE per step.
     """
     schedule, times = model.schedule, ts.tolist()
     scaled = [math.exp(-float(schedule.lambda_(t))) for t in times]  # sigma~
