@@ -1,8 +1,6 @@
 """Linear multistep solvers: Adams-Bashforth in t on the probability-flow ODE (lms), in sigma~ on eps (ipndm)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from solvers.coefficients import lagrange_integrals
@@ -60,16 +58,16 @@ def ipndm(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, max_or
     errors of 1e-9: it measured 3.8 over 64-256 steps (tests/solvers/test_convergence.py). 1 NFE per step.
     """
     schedule, times = model.schedule, ts.tolist()
-    scaled = [math.exp(-float(schedule.lambda_(t))) for t in times]  # sigma~
     history: list[torch.Tensor] = []  # newest first
-    for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
+    nodes: list[float] = []  # the sigma~ of history's evaluations
+    for t, s in zip(times[:-1], times[1:]):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
         history = [model.eps(x, t)] + history[: max_order - 1]
+        nodes = [sigma_t / alpha_t] + nodes[: max_order - 1]
         if weights == "equal_step":
             step = (sigma_s / alpha_s - sigma_t / alpha_t) * sum(
                 w * e for w, e in zip(ADAMS_BASHFORTH[len(history)], history))
         else:
-            coefficients = lagrange_integrals(scaled[i::-1][: len(history)], scaled[i], scaled[i + 1])
-            step = sum(c * e for c, e in zip(coefficients, history))
+            step = sum(c * e for c, e in zip(lagrange_integrals(nodes, nodes[0], sigma_s / alpha_s), history))
         x = alpha_s * (x / alpha_t + step)
     return x
