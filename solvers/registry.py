@@ -189,7 +189,8 @@ def _integer_in(low: int, high: int) -> tuple:
 
 _STAGE_FRACTION = (lambda value: 0 < value < 1), "in (0, 1)"  # a stage strictly inside the step
 _POSITIVE, _NON_NEGATIVE = ((lambda value: value > 0), "> 0"), ((lambda value: value >= 0), ">= 0")
-_TOLERANCES = {"rtol": _POSITIVE, "atol": _NON_NEGATIVE, "max_nfe": ((lambda value: value >= 1), ">= 1")}
+_COUNT = (lambda value: value >= 1), "an integer >= 1"  # of an integer option (its type is checked first)
+_TOLERANCES = {"rtol": _POSITIVE, "atol": _NON_NEGATIVE, "max_nfe": _COUNT}
 
 
 def _solver(name, fn, order, stochastic, nfe_per_step, eta, reference, **kwargs) -> tuple[str, Solver]:
@@ -312,7 +313,8 @@ SOLVERS: dict[str, Solver] = dict([
             _ETA_FAMILY + " where sigma/alpha is in [noise_sigma_min, noise_sigma_max] (default 0.72-25.5, "
             "DDPM's steps 200-800), 0 outside (SA-Solver's tau)",
             "Xue et al. 2023, arXiv:2309.05019, SA-Predictor + SA-Corrector", order_rule=sa_solver.sa_solver_order,
-            check_options=sa_solver.check_options,
+            allowed={"predictor_order": _integer_in(1, 4), "corrector_order": _integer_in(1, 4),
+                     "noise_switch": _one_of(sa_solver.NOISE_SWITCHES)}, check_options=sa_solver.check_options,
             peers="= diffusers SASolverScheduler with the same orders, tau interval and lower_order_final (tested on the "
                   "same generator draws); diffusers defaults to orders 2/2 and lower_order_final=True (order 2)"),
     _solver("edm_stochastic", stochastic.edm_stochastic, 2, "both", 2,
@@ -330,7 +332,7 @@ SOLVERS: dict[str, Solver] = dict([
             nfe_extra=lambda n, options: 2 * options["restarts"] * options["restart_steps"],
             nfe_note="+ 2 x restarts x restart_steps",
             noise=NoisePlan(streams=lambda options: options["restarts"] - 1, intervals=stochastic.restart_noise),
-            min_steps=2, check_options=stochastic.check_restart,
+            min_steps=2, allowed={"restarts": _COUNT, "restart_steps": _COUNT}, check_options=stochastic.check_restart,
             peers="ComfyUI's sample_restart restarts at the nearest grid sigma with its own interval table "
                   "(not installable here; not compared)"),
     _solver("er_sde", stochastic.er_sde, 3, "sde", 1,

@@ -62,8 +62,6 @@ def sa_solver(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, pr
     the plain Lagrange integrals (ComfyUI's default). A stochastic run draws z every step, even where tau is 0 (as
     diffusers does).
     """
-    check_options({"predictor_order": predictor_order, "corrector_order": corrector_order,
-                   "noise_sigma_min": noise_sigma_min, "noise_sigma_max": noise_sigma_max, "noise_switch": noise_switch})
     schedule, times = model.schedule, ts.tolist()
     lams = log_snr(schedule, times)
     noisy = [noise_sigma_min <= math.exp(-lam) <= noise_sigma_max for lam in lams]  # sigma~ = exp(-lambda)
@@ -102,14 +100,9 @@ def sa_solver_order(eta: float, options: dict) -> int | None:
 
 
 def check_options(options: dict, schedule=None) -> None:
-    """ValueError naming the option, its value and what is allowed (Solver.check_options: before any compute)."""
-    for name in ("predictor_order", "corrector_order"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4:
-            raise ValueError(f"sa_solver: {name} must be an integer in 1..4, got {value!r}")
+    """The noise interval's ends in order (Solver.check_options: before any compute; each option alone is judged by
+    Solver.allowed)."""
     low, high = options["noise_sigma_min"], options["noise_sigma_max"]
     if not 0 <= low <= high:
         raise ValueError(f"sa_solver: need 0 <= noise_sigma_min <= noise_sigma_max (sigma~ = sigma/alpha), got "
                          f"{low}, {high}")
-    if options["noise_switch"] not in NOISE_SWITCHES:
-        raise ValueError(f"sa_solver: noise_switch must be one of {NOISE_SWITCHES}, got {options['noise_switch']!r}")

@@ -63,11 +63,8 @@ def restart_interval(schedule, t_start: float, t_end: float, options: dict) -> t
 
 
 def check_restart(options: dict, schedule=None) -> None:
-    """restart's options (Solver.check_options): whole counts, and an interval inside ``schedule`` where it is known."""
-    for name in ("restarts", "restart_steps"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"restart: {name} must be an integer >= 1, got {value!r}")
+    """restart's interval (Solver.check_options; its counts are judged by Solver.allowed): in order, and inside
+    ``schedule`` where it is known."""
     if schedule is None:
         low, high = options["sigma_restart_min"], options["sigma_restart_max"]
         if not 0 < low < high:
@@ -103,8 +100,6 @@ def restart(model, x: torch.Tensor, ts: torch.Tensor, *, eta: float, noise, sigm
     ones. The defaults are an illustration (the paper tunes the interval, K and steps per dataset); eta has no
     role (fixed at 1). NFE: 2 per step + 2 restarts x restart_steps.
     """
-    check_restart({"restarts": restarts, "restart_steps": restart_steps, "sigma_restart_min": sigma_restart_min,
-                   "sigma_restart_max": sigma_restart_max})
     schedule, times = model.schedule, ts.tolist()
     j, t_restart, t_restart_max = restart_times(schedule, times, {"sigma_restart_min": sigma_restart_min,
                                                                    "sigma_restart_max": sigma_restart_max})
