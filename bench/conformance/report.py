@@ -105,11 +105,11 @@ def _k_diffusion_grid(spacing: str, getter: str):
     return run
 
 
-def _diffusers(scheduler: str, config: dict, name: str, options: dict, eta: float | None = None,
-               seed: int | None = None):
+def _diffusers(scheduler, config: dict, name: str, options: dict, eta: float | None = None,
+               seed: int | None = None, replayed: bool = False):
     def run():
         return peers.diffusers_run(scheduler, config, lambda schedule: ring2d().model(schedule), _x_T, name, options,
-                                   n=STEPS, eta=eta, seed=seed)
+                                   n=STEPS, eta=eta, seed=seed, replayed=replayed)
     return run
 
 
@@ -121,10 +121,9 @@ def _diffusers_sde(order: int, solver_type: str, name: str, options: dict, sign_
         import diffusers
 
         scheduler = _sign_fixed_sde3(diffusers.DPMSolverMultistepScheduler) if sign_fixed else _MULTISTEP
-        return peers.diffusers_run(scheduler, {"solver_order": order, "algorithm_type": "sde-dpmsolver++",
-                                               "solver_type": solver_type, "lower_order_final": False},
-                                   lambda schedule: ring2d().model(schedule), _x_T, name, options, n=STEPS, eta=1.0,
-                                   replayed=True)
+        config = {"solver_order": order, "algorithm_type": "sde-dpmsolver++", "solver_type": solver_type,
+                  "lower_order_final": False}
+        return _diffusers(scheduler, config, name, options, eta=1.0, replayed=True)()
     return run
 
 
